@@ -1,0 +1,131 @@
+//! Phase 2: decide one handle request from two precomputed records.
+//!
+//! No allocation, no string work, no loop over rules or processes: one slot read,
+//! one AND, at most 8 table reads (see [`crate::compiled`]), a few bit operations.
+
+use crate::compiled::{slot_index, CompiledPolicy, ProcessRecord, SlotSummary, CRITICAL_BIT, ENTRY_BITS, NO_RULE};
+use crate::model::{ObjectKind, Operation, RuleId};
+use crate::rights::AccessMask;
+
+/// One handle request as the callback sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HandleRequest {
+    /// Process or thread handle (a thread is judged by its owning process's record).
+    pub object: ObjectKind,
+    /// Create or duplicate.
+    pub operation: Operation,
+    /// `DesiredAccess` as the callback received it.
+    pub desired_access: AccessMask,
+    /// The `KernelHandle` flag.
+    pub kernel_handle: bool,
+    /// The requester is the target process itself (for a duplicate: the receiving
+    /// process is the process the handle is for).
+    pub same_process: bool,
+}
+
+/// A built-in exemption that left the request untouched although rules matched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Exemption {
+    /// A kernel handle (`settings.exempt_kernel_handles`).
+    KernelHandle,
+    /// A process opening itself or its own threads (`settings.exempt_self`).
+    SelfAccess,
+    /// The requester is a critical system process
+    /// (`settings.exempt_critical_requesters`).
+    CriticalRequester,
+}
+
+/// The outcome of a handle request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Decision {
+    /// The access to grant: always a subset of the desired access.
+    pub access: AccessMask,
+    /// The responsible rule: if bits were removed, the lowest-numbered matching
+    /// enforce rule for this (object, operation); else, if audit rules would have
+    /// removed bits, the lowest-numbered matching audit rule; else, when an exemption
+    /// applied, the rule that would have applied. `None` when nothing matched.
+    pub rule: Option<RuleId>,
+    /// Whether to emit an audit record: bits were removed, or audit rules would have
+    /// removed some. Exempted requests are not audited.
+    pub audit: bool,
+    /// Bits of the desired access that audit-mode rules would have removed (and that
+    /// enforce rules did not).
+    pub would_strip: AccessMask,
+    /// The exemption that applied, if any (only reported when rules matched).
+    pub exemption: Option<Exemption>,
+}
+
+impl Decision {
+    /// Leaves the request as it is.
+    #[must_use]
+    pub const fn unchanged(desired: AccessMask) -> Self {
+        Self { access: desired, rule: None, audit: false, would_strip: 0, exemption: None }
+    }
+
+    /// Bits removed from `desired`.
+    #[must_use]
+    pub const fn removed(&self, desired: AccessMask) -> AccessMask {
+        desired & !self.access
+    }
+}
+
+#[inline]
+const fn rule_of(id: u16) -> Option<RuleId> {
+    if id == NO_RULE {
+        None
+    } else {
+        Some(id)
+    }
+}
+
+impl CompiledPolicy {
+    /// Phase 2: the access to grant for a handle request.
+    ///
+    /// `target` is the record of the process the handle is for (for a thread: its
+    /// owning process); `requester` the record of the process that gets the handle
+    /// (create: the current process; duplicate: `TargetProcess`).
+    #[inline]
+    #[must_use]
+    pub fn decide(&self, target: &ProcessRecord, requester: &ProcessRecord, req: &HandleRequest) -> Decision {
+        let slot = slot_index(req.object, req.operation);
+        let mut sum = target.slot(slot);
+        let dep = target.target_entries & requester.requester_entries & ENTRY_BITS;
+        if dep != 0 {
+            sum = self.merge_dependent(sum, dep, slot);
+        }
+        let desired = req.desired_access;
+        let removed = desired & sum.strip;
+        let would_strip = desired & sum.audit & !removed;
+        if removed == 0 && would_strip == 0 {
+            return Decision::unchanged(desired);
+        }
+        let rule = if removed != 0 { rule_of(sum.rule) } else { rule_of(sum.audit_rule) };
+        let s = &self.settings;
+        let exemption = if req.kernel_handle && s.exempt_kernel_handles {
+            Some(Exemption::KernelHandle)
+        } else if req.same_process && s.exempt_self {
+            Some(Exemption::SelfAccess)
+        } else if requester.requester_entries & CRITICAL_BIT != 0 && s.exempt_critical_requesters {
+            Some(Exemption::CriticalRequester)
+        } else {
+            None
+        };
+        if exemption.is_some() {
+            return Decision { access: desired, rule, audit: false, would_strip: 0, exemption };
+        }
+        Decision { access: desired & !removed, rule, audit: true, would_strip, exemption: None }
+    }
+
+    #[inline]
+    fn merge_dependent(&self, mut sum: SlotSummary, dep: u64, slot: usize) -> SlotSummary {
+        for (chunk, byte) in dep.to_le_bytes().into_iter().enumerate() {
+            if byte != 0 {
+                let at = (chunk * 4 + slot) * 256 + usize::from(byte);
+                if let Some(e) = self.dep_table.get(at) {
+                    sum = sum.merge(*e);
+                }
+            }
+        }
+        sum
+    }
+}

@@ -1,0 +1,119 @@
+//! `explain`: the decision for one request, in words a person can read.
+
+use alloc::string::String;
+use core::fmt::{self, Write as _};
+
+use crate::decide::{Exemption, HandleRequest};
+use crate::identity::ProcessIdentity;
+use crate::model::{kind_word, Mode, Operation, Policy};
+use crate::reference::{evaluate, Evaluation, RuleOutcome};
+use crate::rights::MaskNames;
+
+/// Explains how `policy` decides a request: which rules matched the target, which
+/// applied, which exemption applied, and the result.
+#[must_use]
+pub fn explain(
+    policy: &Policy,
+    requester: &ProcessIdentity<'_>,
+    target: &ProcessIdentity<'_>,
+    req: &HandleRequest,
+) -> Explanation {
+    let ev = evaluate(policy, target, requester, req);
+    let mut text = String::new();
+    // Writing to a String cannot fail.
+    let _ = write_text(&mut text, policy, requester, target, req, &ev);
+    Explanation { evaluation: ev, text }
+}
+
+/// The result of [`explain`]: the structured evaluation and its text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Explanation {
+    /// Structured form.
+    pub evaluation: Evaluation,
+    /// Human-readable form (also its `Display`).
+    pub text: String,
+}
+
+impl fmt::Display for Explanation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+fn who(id: &ProcessIdentity<'_>) -> String {
+    let mut s = String::new();
+    let path = if id.image_path.is_empty() { "(no image path)" } else { id.image_path };
+    let _ = write!(s, "{path} (pid {})", id.pid);
+    s
+}
+
+fn write_text(
+    out: &mut String,
+    policy: &Policy,
+    requester: &ProcessIdentity<'_>,
+    target: &ProcessIdentity<'_>,
+    req: &HandleRequest,
+    ev: &Evaluation,
+) -> fmt::Result {
+    let kind = kind_word(req.object);
+    let how = match req.operation {
+        Operation::Create => "opens",
+        Operation::Duplicate => "receives a duplicated",
+    };
+    writeln!(
+        out,
+        "Request: {} {how} {kind} handle to {}, asking for {}{}.",
+        who(requester),
+        who(target),
+        MaskNames(req.object, req.desired_access),
+        if req.kernel_handle { " (kernel handle)" } else { "" }
+    )?;
+    if ev.matches.is_empty() {
+        writeln!(out, "No rule protects the target.")?;
+    }
+    for m in &ev.matches {
+        let r = policy.rules.get(usize::from(m.rule));
+        let name = r.map_or("?", |r| &*r.name);
+        let mode = match m.mode {
+            Mode::Enforce => "enforce",
+            Mode::Audit => "audit",
+        };
+        write!(out, "Rule {} \"{name}\" ({mode}) protects the target: ", m.rule)?;
+        match m.outcome {
+            RuleOutcome::NotThisHandle => writeln!(out, "it does not cover this object kind and operation.")?,
+            RuleOutcome::RequesterNotRestricted => writeln!(out, "it does not restrict this requester.")?,
+            RuleOutcome::Applies(0) => writeln!(out, "it applies, but the request asks for none of its rights.")?,
+            RuleOutcome::Applies(bits) => {
+                let verb = if m.mode == Mode::Enforce { "removes" } else { "would remove (audit only)" };
+                writeln!(out, "it applies and {verb} {}.", MaskNames(req.object, bits))?;
+            }
+        }
+    }
+    if ev.requester_critical {
+        writeln!(out, "The requester is a critical system process.")?;
+    }
+    let d = &ev.decision;
+    if let Some(e) = d.exemption {
+        let why = match e {
+            Exemption::KernelHandle => "kernel handles are not filtered (settings.exempt_kernel_handles)",
+            Exemption::SelfAccess => "a process opening itself keeps every right (settings.exempt_self)",
+            Exemption::CriticalRequester => {
+                "critical system processes keep every right (settings.exempt_critical_requesters)"
+            }
+        };
+        writeln!(out, "Exemption: {why}.")?;
+    }
+    let removed = req.desired_access & !d.access;
+    write!(out, "Result: granted {}", MaskNames(req.object, d.access))?;
+    if removed != 0 {
+        write!(out, "; removed {}", MaskNames(req.object, removed))?;
+    }
+    if d.would_strip != 0 {
+        write!(out, "; audit rules would have removed {}", MaskNames(req.object, d.would_strip))?;
+    }
+    if let Some(rule) = d.rule {
+        let name = policy.rules.get(usize::from(rule)).map_or("?", |r| &*r.name);
+        write!(out, "; responsible rule {rule} \"{name}\"")?;
+    }
+    writeln!(out, "; audit record: {}.", if d.audit { "yes" } else { "no" })
+}

@@ -1,0 +1,25 @@
+//! procguard's policy engine.
+#![no_std]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+#[cfg(any(test, feature = "toml"))]
+extern crate std;
+
+pub mod blob;
+pub mod compiled;
+pub mod decide;
+pub mod explain;
+pub mod glob;
+pub mod identity;
+pub mod model;
+pub mod reference;
+pub mod rights;
+
+pub use blob::{decode, encode, policy_id, DecodeError};
+pub use compiled::{CompiledPolicy, ProcessRecord};
+pub use explain::{explain, Explanation};
+pub use decide::{Decision, Exemption, HandleRequest};
+pub use identity::{is_critical_system_process, ProcessIdentity};
+pub use model::{Mode, ObjectKind, Objects, Operation, Operations, Policy, PolicyError, Requester, Rule, RuleError, RuleId, Selector, Settings};
+pub use rights::AccessMask;
