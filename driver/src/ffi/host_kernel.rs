@@ -1,0 +1,330 @@
+//! Host test doubles of the kernel and framework functions the driver calls.
+//!
+//! `cargo test` builds the driver for Linux; these functions take the place of
+//! `ntoskrnl.exe` and the KMDF function table with the same names and
+//! signatures, record what the driver asked for, and answer what a test set
+//! up. State is per test thread, so tests run in parallel without sharing a
+//! fake kernel.
+#![allow(non_snake_case, non_upper_case_globals, missing_docs)]
+#![allow(clippy::missing_safety_doc)]
+
+extern crate std;
+
+use super::types::*;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
+use std::string::String;
+use std::vec::Vec;
+
+/// Address of the fake `PsProcessType` variable's value (an object type pointer).
+pub const FAKE_PROCESS_TYPE: usize = 0x7000_0010;
+/// Address of the fake `PsThreadType` variable's value.
+pub const FAKE_THREAD_TYPE: usize = 0x7000_0020;
+const FAKE_PROCESS_BASE: usize = 0x1000_0000;
+const FAKE_THREAD_BASE: usize = 0x2000_0000;
+
+/// A fake `PEPROCESS` for process id `pid`.
+#[must_use]
+pub fn fake_process(pid: u32) -> PEPROCESS {
+    (FAKE_PROCESS_BASE + pid as usize * 16) as PEPROCESS
+}
+
+/// A fake `PETHREAD` owned by process `pid`.
+#[must_use]
+pub fn fake_thread(owner_pid: u32) -> PETHREAD {
+    (FAKE_THREAD_BASE + owner_pid as usize * 16) as PETHREAD
+}
+
+pub static mut PsProcessType: POBJECT_TYPE = FAKE_PROCESS_TYPE as POBJECT_TYPE;
+pub static mut PsThreadType: POBJECT_TYPE = FAKE_THREAD_TYPE as POBJECT_TYPE;
+
+/// What one `ObRegisterCallbacks` call was given.
+#[derive(Debug, Clone)]
+pub struct RecordedRegistration {
+    pub version: u16,
+    pub altitude: String,
+    pub context: usize,
+    /// (address of the object type variable, operations, has pre, has post)
+    pub operations: Vec<(usize, u32, bool, bool)>,
+}
+
+/// A registry value the fake `Parameters` key holds.
+#[derive(Debug, Clone)]
+pub struct FakeValue {
+    pub value_type: u32,
+    pub data: Vec<u8>,
+}
+
+/// The fake kernel of one test thread.
+#[derive(Debug, Default)]
+pub struct HostKernel {
+    pub current_process_id: u32,
+    /// Statuses `ObRegisterCallbacks` returns, in order (then success).
+    pub register_results: VecDeque<NTSTATUS>,
+    pub registrations: Vec<RecordedRegistration>,
+    pub unregistered: Vec<usize>,
+    pub wdf_driver_create_result: NTSTATUS,
+    pub wdf_driver_config: Option<WDF_DRIVER_CONFIG>,
+    /// `None`: the service has no `Parameters` key.
+    pub parameters: Option<BTreeMap<String, FakeValue>>,
+    pub open_keys: i64,
+    /// Live pool allocations: address -> (size, tag).
+    pub pool: BTreeMap<usize, (usize, u32)>,
+    pub fail_allocations: bool,
+    pub trace: Vec<String>,
+}
+
+std::thread_local! {
+    /// The fake kernel of the current test thread.
+    pub static HOST: RefCell<HostKernel> = RefCell::new(HostKernel::default());
+}
+
+/// Runs `f` with this thread's fake kernel.
+pub fn with_host<R>(f: impl FnOnce(&mut HostKernel) -> R) -> R {
+    HOST.with(|host| f(&mut host.borrow_mut()))
+}
+
+/// Resets this thread's fake kernel.
+pub fn reset_host() {
+    with_host(|host| *host = HostKernel::default());
+}
+
+unsafe fn unicode_to_string(value: *const UNICODE_STRING) -> String {
+    if value.is_null() {
+        return String::new();
+    }
+    // SAFETY: test doubles are called by the driver with valid strings.
+    let value = unsafe { &*value };
+    if value.Buffer.is_null() {
+        return String::new();
+    }
+    // SAFETY: Length bytes of Buffer are valid per UNICODE_STRING's contract.
+    let units = unsafe { core::slice::from_raw_parts(value.Buffer, usize::from(value.Length) / 2) };
+    String::from_utf16_lossy(units)
+}
+
+pub unsafe extern "C" fn ObRegisterCallbacks(
+    CallbackRegistration: POB_CALLBACK_REGISTRATION,
+    RegistrationHandle: *mut PVOID,
+) -> NTSTATUS {
+    // SAFETY: the driver passes a valid registration.
+    let registration = unsafe { &*CallbackRegistration };
+    let mut operations = Vec::new();
+    for index in 0..usize::from(registration.OperationRegistrationCount) {
+        // SAFETY: OperationRegistrationCount entries are valid.
+        let entry = unsafe { &*registration.OperationRegistration.add(index) };
+        operations.push((
+            entry.ObjectType as usize,
+            entry.Operations,
+            entry.PreOperation.is_some(),
+            entry.PostOperation.is_some(),
+        ));
+    }
+    let recorded = RecordedRegistration {
+        version: registration.Version,
+        // SAFETY: Altitude is a valid UNICODE_STRING.
+        altitude: unsafe { unicode_to_string(&raw const registration.Altitude) },
+        context: registration.RegistrationContext as usize,
+        operations,
+    };
+    with_host(|host| {
+        host.registrations.push(recorded);
+        let status = host.register_results.pop_front().unwrap_or(STATUS_SUCCESS);
+        if status >= 0 {
+            // SAFETY: the driver passes a valid out pointer.
+            unsafe { *RegistrationHandle = (0xC0B0_0000 + host.registrations.len()) as PVOID };
+        }
+        status
+    })
+}
+
+pub unsafe extern "C" fn ObUnRegisterCallbacks(RegistrationHandle: PVOID) {
+    with_host(|host| host.unregistered.push(RegistrationHandle as usize));
+}
+
+pub unsafe extern "C" fn ObGetFilterVersion() -> USHORT {
+    0x0100
+}
+
+pub unsafe extern "C" fn PsGetCurrentProcessId() -> HANDLE {
+    with_host(|host| host.current_process_id as usize as HANDLE)
+}
+
+pub unsafe extern "C" fn PsGetProcessId(Process: PEPROCESS) -> HANDLE {
+    ((Process as usize).wrapping_sub(FAKE_PROCESS_BASE) / 16) as HANDLE
+}
+
+pub unsafe extern "C" fn PsGetThreadProcessId(Thread: PETHREAD) -> HANDLE {
+    ((Thread as usize).wrapping_sub(FAKE_THREAD_BASE) / 16) as HANDLE
+}
+
+const POOL_ALIGN: usize = 16;
+
+pub unsafe extern "C" fn ExAllocatePool2(
+    Flags: POOL_FLAGS,
+    NumberOfBytes: SIZE_T,
+    Tag: ULONG,
+) -> PVOID {
+    assert_eq!(
+        Flags, POOL_FLAG_NON_PAGED,
+        "the driver only allocates non-paged pool"
+    );
+    if with_host(|host| host.fail_allocations) || NumberOfBytes == 0 {
+        return core::ptr::null_mut();
+    }
+    let size = usize::try_from(NumberOfBytes).expect("size fits");
+    let layout = Layout::from_size_align(size, POOL_ALIGN).expect("layout");
+    // SAFETY: non-zero size; the pool zero-initialises like ExAllocatePool2.
+    let pointer = unsafe { System.alloc_zeroed(layout) };
+    with_host(|host| host.pool.insert(pointer as usize, (size, Tag)));
+    pointer.cast()
+}
+
+pub unsafe extern "C" fn ExFreePoolWithTag(P: PVOID, Tag: ULONG) {
+    let (size, tag) =
+        with_host(|host| host.pool.remove(&(P as usize))).expect("freeing a live pool block");
+    assert_eq!(tag, Tag, "pool block freed with another tag");
+    let layout = Layout::from_size_align(size, POOL_ALIGN).expect("layout");
+    // SAFETY: allocated above with this layout.
+    unsafe { System.dealloc(P.cast(), layout) };
+}
+
+const SERVICE_KEY: usize = 0x5E0;
+const PARAMETERS_KEY: usize = 0x9A0;
+
+pub unsafe extern "C" fn ZwOpenKey(
+    KeyHandle: PHANDLE,
+    _DesiredAccess: ACCESS_MASK,
+    ObjectAttributes: POBJECT_ATTRIBUTES,
+) -> NTSTATUS {
+    // SAFETY: the driver passes valid attributes.
+    let attributes = unsafe { &*ObjectAttributes };
+    // SAFETY: ObjectName is a valid UNICODE_STRING.
+    let name = unsafe { unicode_to_string(attributes.ObjectName) };
+    let handle = if attributes.RootDirectory.is_null() {
+        SERVICE_KEY
+    } else if attributes.RootDirectory as usize == SERVICE_KEY
+        && name.eq_ignore_ascii_case("Parameters")
+        && with_host(|host| host.parameters.is_some())
+    {
+        PARAMETERS_KEY
+    } else {
+        return STATUS_OBJECT_NAME_NOT_FOUND;
+    };
+    with_host(|host| host.open_keys += 1);
+    // SAFETY: valid out pointer.
+    unsafe { *KeyHandle = handle as HANDLE };
+    STATUS_SUCCESS
+}
+
+pub unsafe extern "C" fn ZwQueryValueKey(
+    KeyHandle: HANDLE,
+    ValueName: PUNICODE_STRING,
+    KeyValueInformationClass: KEY_VALUE_INFORMATION_CLASS,
+    KeyValueInformation: PVOID,
+    Length: ULONG,
+    ResultLength: PULONG,
+) -> NTSTATUS {
+    assert_eq!(
+        KeyValueInformationClass,
+        _KEY_VALUE_INFORMATION_CLASS::KeyValuePartialInformation
+    );
+    if KeyHandle as usize != PARAMETERS_KEY {
+        return STATUS_OBJECT_NAME_NOT_FOUND;
+    }
+    // SAFETY: valid UNICODE_STRING from the driver.
+    let name = unsafe { unicode_to_string(ValueName) };
+    let value = with_host(|host| {
+        host.parameters.as_ref().and_then(|values| {
+            values
+                .iter()
+                .find(|(key, _)| key.eq_ignore_ascii_case(&name))
+                .map(|(_, v)| v.clone())
+        })
+    });
+    let Some(value) = value else {
+        return STATUS_OBJECT_NAME_NOT_FOUND;
+    };
+    const HEADER: usize = 12;
+    let needed = HEADER + value.data.len();
+    // SAFETY: valid out pointer.
+    unsafe { *ResultLength = u32::try_from(needed).expect("small") };
+    let length = Length as usize;
+    if length < HEADER {
+        return STATUS_BUFFER_TOO_SMALL;
+    }
+    let out = KeyValueInformation.cast::<u8>();
+    let header = [
+        0u32,
+        value.value_type,
+        u32::try_from(value.data.len()).expect("small"),
+    ];
+    for (index, word) in header.iter().enumerate() {
+        // SAFETY: `length >= HEADER`; the buffer is at least that long.
+        unsafe { out.add(index * 4).cast::<u32>().write_unaligned(*word) };
+    }
+    if length < needed {
+        return STATUS_BUFFER_OVERFLOW;
+    }
+    // SAFETY: the buffer holds `needed` bytes.
+    unsafe {
+        core::ptr::copy_nonoverlapping(value.data.as_ptr(), out.add(HEADER), value.data.len())
+    };
+    STATUS_SUCCESS
+}
+
+pub unsafe extern "C" fn ZwClose(Handle: HANDLE) -> NTSTATUS {
+    assert!(
+        matches!(Handle as usize, SERVICE_KEY | PARAMETERS_KEY),
+        "closing an unknown handle"
+    );
+    with_host(|host| host.open_keys -= 1);
+    STATUS_SUCCESS
+}
+
+/// `DbgPrintEx(ComponentId, Level, "%s", message)`: the only form the driver uses.
+pub unsafe extern "C" fn DbgPrintEx(
+    _ComponentId: ULONG,
+    Level: ULONG,
+    Format: PCSTR,
+    Message: PCSTR,
+) -> ULONG {
+    // SAFETY: NUL-terminated strings from the driver.
+    let format = unsafe { core::ffi::CStr::from_ptr(Format) };
+    assert_eq!(
+        format.to_bytes(),
+        b"%s",
+        "the driver prints preformatted text only"
+    );
+    // SAFETY: as above.
+    let message = unsafe { core::ffi::CStr::from_ptr(Message) }
+        .to_string_lossy()
+        .into_owned();
+    with_host(|host| host.trace.push(std::format!("[{Level}] {message}")));
+    0
+}
+
+pub unsafe extern "C" fn KeBugCheckEx(code: ULONG, p1: u64, p2: u64, p3: u64, p4: u64) -> ! {
+    panic!("KeBugCheckEx({code:#x}, {p1:#x}, {p2:#x}, {p3:#x}, {p4:#x})");
+}
+
+/// Host double of `WdfDriverCreate`: records the configuration.
+pub unsafe fn WdfDriverCreate(
+    _DriverObject: PDRIVER_OBJECT,
+    _RegistryPath: PCUNICODE_STRING,
+    _DriverAttributes: PWDF_OBJECT_ATTRIBUTES,
+    DriverConfig: PWDF_DRIVER_CONFIG,
+    Driver: *mut WDFDRIVER,
+) -> NTSTATUS {
+    // SAFETY: valid config from the driver.
+    let config = unsafe { *DriverConfig };
+    with_host(|host| {
+        host.wdf_driver_config = Some(config);
+        if host.wdf_driver_create_result >= 0 && !Driver.is_null() {
+            // SAFETY: valid out pointer when non-null.
+            unsafe { *Driver = 0xD0D0 as WDFDRIVER };
+        }
+        host.wdf_driver_create_result
+    })
+}

@@ -1,0 +1,43 @@
+//! The binding layer: the one seam between the two builds of the driver.
+//!
+//! - With the `wdk` feature (Windows, WDK installed) everything is re-exported
+//!   from `wdk-sys`: types and constants at the root, kernel functions in
+//!   [`ntddk`], WDF calls through `call_unsafe_wdf_function_binding!`.
+//! - Without it, the same names with the same shapes come from [`types`] and
+//!   from either the kernel's export tables (the cross build for
+//!   `x86_64-pc-windows-msvc`: `ntoskrnl.exe` and `WDFLDR.SYS` linked as
+//!   `raw-dylib`, WDF calls through the function table the loader fills) or
+//!   host test doubles (`cargo test` on Linux).
+//!
+//! Every other module of the driver uses `crate::ffi::*` and is ignorant of
+//! which build it is in.
+
+#[cfg(feature = "wdk")]
+pub use wdk_sys::*;
+
+#[cfg(feature = "wdk")]
+pub(crate) use wdk_sys::call_unsafe_wdf_function_binding;
+
+#[cfg(not(feature = "wdk"))]
+pub mod types;
+#[cfg(not(feature = "wdk"))]
+pub use types::*;
+
+/// Kernel functions and data exported by `ntoskrnl.exe` (cross build).
+#[cfg(all(not(feature = "wdk"), target_os = "windows"))]
+#[path = "ntoskrnl_imports.rs"]
+pub mod ntddk;
+
+/// Kernel functions replaced by test doubles (host unit tests).
+#[cfg(not(target_os = "windows"))]
+#[path = "host_kernel.rs"]
+pub mod ntddk;
+
+#[cfg(not(feature = "wdk"))]
+pub mod wdf;
+
+#[cfg(not(feature = "wdk"))]
+pub(crate) use wdf::call_unsafe_wdf_function_binding;
+
+#[cfg(all(test, not(feature = "wdk")))]
+mod layout_check;

@@ -1,0 +1,47 @@
+//! Imports from `ntoskrnl.exe` for the cross build, declared as `wdk-sys`
+//! declares them (`wdk_sys::ntddk`). `raw-dylib` makes rustc emit the import
+//! descriptors itself, so no import library is needed, and data exports
+//! (`PsProcessType`) are imported through their `__imp_` slot as they must be.
+#![allow(non_snake_case, missing_docs, clippy::upper_case_acronyms)]
+
+use super::types::*;
+
+#[link(name = "ntoskrnl.exe", kind = "raw-dylib", modifiers = "+verbatim")]
+extern "C" {
+    pub fn ObRegisterCallbacks(
+        CallbackRegistration: POB_CALLBACK_REGISTRATION,
+        RegistrationHandle: *mut PVOID,
+    ) -> NTSTATUS;
+    pub fn ObUnRegisterCallbacks(RegistrationHandle: PVOID);
+    pub fn ObGetFilterVersion() -> USHORT;
+    pub fn PsGetCurrentProcessId() -> HANDLE;
+    pub fn PsGetProcessId(Process: PEPROCESS) -> HANDLE;
+    pub fn PsGetThreadProcessId(Thread: PETHREAD) -> HANDLE;
+    pub fn ExAllocatePool2(Flags: POOL_FLAGS, NumberOfBytes: SIZE_T, Tag: ULONG) -> PVOID;
+    pub fn ExFreePoolWithTag(P: PVOID, Tag: ULONG);
+    pub fn ZwOpenKey(
+        KeyHandle: PHANDLE,
+        DesiredAccess: ACCESS_MASK,
+        ObjectAttributes: POBJECT_ATTRIBUTES,
+    ) -> NTSTATUS;
+    pub fn ZwQueryValueKey(
+        KeyHandle: HANDLE,
+        ValueName: PUNICODE_STRING,
+        KeyValueInformationClass: KEY_VALUE_INFORMATION_CLASS,
+        KeyValueInformation: PVOID,
+        Length: ULONG,
+        ResultLength: PULONG,
+    ) -> NTSTATUS;
+    pub fn ZwClose(Handle: HANDLE) -> NTSTATUS;
+    pub fn DbgPrintEx(ComponentId: ULONG, Level: ULONG, Format: PCSTR, ...) -> ULONG;
+    pub fn KeBugCheckEx(
+        BugCheckCode: ULONG,
+        BugCheckParameter1: u64,
+        BugCheckParameter2: u64,
+        BugCheckParameter3: u64,
+        BugCheckParameter4: u64,
+    ) -> !;
+
+    pub static mut PsProcessType: POBJECT_TYPE;
+    pub static mut PsThreadType: POBJECT_TYPE;
+}

@@ -1,0 +1,363 @@
+//! Kernel and KMDF types, constants and layouts for the builds without the WDK.
+//!
+//! Every name here is the name `wdk-sys` generates (bindgen output of the WDK
+//! headers), with the same field names, field order and field types, so the
+//! driver code compiles unchanged against `wdk_sys` in the Windows build.
+//! Only what the driver uses is declared. Each struct's layout is checked
+//! against the mingw-w64 DDK headers (`layout_check.rs`) and, for the WDF
+//! structures mingw does not ship, against an independent record in the
+//! emulator suite.
+#![allow(
+    non_camel_case_types,
+    non_snake_case,
+    non_upper_case_globals,
+    missing_docs
+)]
+#![allow(clippy::upper_case_acronyms)]
+
+use core::ffi::c_void;
+
+// ---------------------------------------------------------------- basic types
+
+pub type NTSTATUS = i32;
+pub type BOOLEAN = u8;
+pub type UCHAR = u8;
+pub type USHORT = u16;
+pub type ULONG = u32;
+pub type LONG = i32;
+pub type ULONG64 = u64;
+pub type SIZE_T = u64;
+pub type WCHAR = u16;
+pub type PWCH = *mut WCHAR;
+pub type PWCHAR = *mut WCHAR;
+pub type CHAR = i8;
+pub type PCSTR = *const CHAR;
+pub type PVOID = *mut c_void;
+pub type HANDLE = *mut c_void;
+pub type PHANDLE = *mut HANDLE;
+pub type PULONG = *mut ULONG;
+pub type ACCESS_MASK = ULONG;
+pub type POOL_FLAGS = ULONG64;
+pub type KEY_VALUE_INFORMATION_CLASS = i32;
+
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct _UNICODE_STRING {
+    pub Length: USHORT,
+    pub MaximumLength: USHORT,
+    pub Buffer: PWCH,
+}
+pub type UNICODE_STRING = _UNICODE_STRING;
+pub type PUNICODE_STRING = *mut UNICODE_STRING;
+pub type PCUNICODE_STRING = *const UNICODE_STRING;
+
+impl Default for _UNICODE_STRING {
+    fn default() -> Self {
+        Self {
+            Length: 0,
+            MaximumLength: 0,
+            Buffer: core::ptr::null_mut(),
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct _OBJECT_ATTRIBUTES {
+    pub Length: ULONG,
+    pub RootDirectory: HANDLE,
+    pub ObjectName: PUNICODE_STRING,
+    pub Attributes: ULONG,
+    pub SecurityDescriptor: PVOID,
+    pub SecurityQualityOfService: PVOID,
+}
+pub type OBJECT_ATTRIBUTES = _OBJECT_ATTRIBUTES;
+pub type POBJECT_ATTRIBUTES = *mut OBJECT_ATTRIBUTES;
+
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct _KEY_VALUE_PARTIAL_INFORMATION {
+    pub TitleIndex: ULONG,
+    pub Type: ULONG,
+    pub DataLength: ULONG,
+    pub Data: [UCHAR; 1usize],
+}
+pub type KEY_VALUE_PARTIAL_INFORMATION = _KEY_VALUE_PARTIAL_INFORMATION;
+
+// Opaque kernel objects: the driver only passes pointers to them around.
+#[repr(C)]
+pub struct _OBJECT_TYPE {
+    _opaque: [u8; 0],
+}
+pub type POBJECT_TYPE = *mut _OBJECT_TYPE;
+#[repr(C)]
+pub struct _KPROCESS {
+    _opaque: [u8; 0],
+}
+pub type PEPROCESS = *mut _KPROCESS;
+#[repr(C)]
+pub struct _KTHREAD {
+    _opaque: [u8; 0],
+}
+pub type PETHREAD = *mut _KTHREAD;
+#[repr(C)]
+pub struct _DEVICE_OBJECT {
+    _opaque: [u8; 0],
+}
+pub type PDEVICE_OBJECT = *mut _DEVICE_OBJECT;
+
+pub type PDRIVER_UNLOAD = Option<unsafe extern "C" fn(DriverObject: *mut _DRIVER_OBJECT)>;
+
+/// `DRIVER_OBJECT` (wdm.h). Fields the driver does not use keep their place
+/// and size as plain pointers.
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct _DRIVER_OBJECT {
+    pub Type: i16,
+    pub Size: i16,
+    pub DeviceObject: PDEVICE_OBJECT,
+    pub Flags: ULONG,
+    pub DriverStart: PVOID,
+    pub DriverSize: ULONG,
+    pub DriverSection: PVOID,
+    pub DriverExtension: PVOID,
+    pub DriverName: UNICODE_STRING,
+    pub HardwareDatabase: PUNICODE_STRING,
+    pub FastIoDispatch: PVOID,
+    pub DriverInit: PVOID,
+    pub DriverStartIo: PVOID,
+    pub DriverUnload: PDRIVER_UNLOAD,
+    pub MajorFunction: [PVOID; 28usize],
+}
+pub type DRIVER_OBJECT = _DRIVER_OBJECT;
+pub type PDRIVER_OBJECT = *mut DRIVER_OBJECT;
+
+// ----------------------------------------------------------- object callbacks
+
+pub type OB_OPERATION = ULONG;
+pub type OB_PREOP_CALLBACK_STATUS = i32;
+
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct _OB_PRE_CREATE_HANDLE_INFORMATION {
+    pub DesiredAccess: ACCESS_MASK,
+    pub OriginalDesiredAccess: ACCESS_MASK,
+}
+pub type OB_PRE_CREATE_HANDLE_INFORMATION = _OB_PRE_CREATE_HANDLE_INFORMATION;
+
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct _OB_PRE_DUPLICATE_HANDLE_INFORMATION {
+    pub DesiredAccess: ACCESS_MASK,
+    pub OriginalDesiredAccess: ACCESS_MASK,
+    pub SourceProcess: PVOID,
+    pub TargetProcess: PVOID,
+}
+pub type OB_PRE_DUPLICATE_HANDLE_INFORMATION = _OB_PRE_DUPLICATE_HANDLE_INFORMATION;
+
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub union _OB_PRE_OPERATION_PARAMETERS {
+    pub CreateHandleInformation: OB_PRE_CREATE_HANDLE_INFORMATION,
+    pub DuplicateHandleInformation: OB_PRE_DUPLICATE_HANDLE_INFORMATION,
+}
+pub type OB_PRE_OPERATION_PARAMETERS = _OB_PRE_OPERATION_PARAMETERS;
+pub type POB_PRE_OPERATION_PARAMETERS = *mut OB_PRE_OPERATION_PARAMETERS;
+
+/// The anonymous `union { ULONG Flags; struct { ULONG KernelHandle:1; ULONG Reserved:31; }; }`.
+/// bindgen names it like this and exposes the bit field through accessor
+/// methods; the driver reads `Flags` (bit 0 is `KernelHandle`), which both
+/// builds have.
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub union _OB_PRE_OPERATION_INFORMATION__bindgen_ty_1 {
+    pub Flags: ULONG,
+}
+
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub struct _OB_PRE_OPERATION_INFORMATION {
+    pub Operation: OB_OPERATION,
+    pub __bindgen_anon_1: _OB_PRE_OPERATION_INFORMATION__bindgen_ty_1,
+    pub Object: PVOID,
+    pub ObjectType: POBJECT_TYPE,
+    pub CallContext: PVOID,
+    pub Parameters: POB_PRE_OPERATION_PARAMETERS,
+}
+pub type OB_PRE_OPERATION_INFORMATION = _OB_PRE_OPERATION_INFORMATION;
+pub type POB_PRE_OPERATION_INFORMATION = *mut OB_PRE_OPERATION_INFORMATION;
+
+#[repr(C)]
+pub struct _OB_POST_OPERATION_INFORMATION {
+    _opaque: [u8; 0],
+}
+pub type POB_POST_OPERATION_INFORMATION = *mut _OB_POST_OPERATION_INFORMATION;
+
+pub type POB_PRE_OPERATION_CALLBACK = Option<
+    unsafe extern "C" fn(
+        RegistrationContext: PVOID,
+        OperationInformation: POB_PRE_OPERATION_INFORMATION,
+    ) -> OB_PREOP_CALLBACK_STATUS,
+>;
+pub type POB_POST_OPERATION_CALLBACK = Option<
+    unsafe extern "C" fn(
+        RegistrationContext: PVOID,
+        OperationInformation: POB_POST_OPERATION_INFORMATION,
+    ),
+>;
+
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct _OB_OPERATION_REGISTRATION {
+    pub ObjectType: *mut POBJECT_TYPE,
+    pub Operations: OB_OPERATION,
+    pub PreOperation: POB_PRE_OPERATION_CALLBACK,
+    pub PostOperation: POB_POST_OPERATION_CALLBACK,
+}
+pub type OB_OPERATION_REGISTRATION = _OB_OPERATION_REGISTRATION;
+
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct _OB_CALLBACK_REGISTRATION {
+    pub Version: USHORT,
+    pub OperationRegistrationCount: USHORT,
+    pub Altitude: UNICODE_STRING,
+    pub RegistrationContext: PVOID,
+    pub OperationRegistration: *mut OB_OPERATION_REGISTRATION,
+}
+pub type OB_CALLBACK_REGISTRATION = _OB_CALLBACK_REGISTRATION;
+pub type POB_CALLBACK_REGISTRATION = *mut OB_CALLBACK_REGISTRATION;
+
+// ------------------------------------------------------------------------ WDF
+
+#[repr(C)]
+pub struct WDFDRIVER__ {
+    _opaque: [u8; 0],
+}
+pub type WDFDRIVER = *mut WDFDRIVER__;
+#[repr(C)]
+pub struct WDFDEVICE_INIT {
+    _opaque: [u8; 0],
+}
+pub type PWDFDEVICE_INIT = *mut WDFDEVICE_INIT;
+pub type WDFOBJECT = PVOID;
+
+pub type PFN_WDF_DRIVER_DEVICE_ADD =
+    Option<unsafe extern "C" fn(Driver: WDFDRIVER, DeviceInit: PWDFDEVICE_INIT) -> NTSTATUS>;
+pub type PFN_WDF_DRIVER_UNLOAD = Option<unsafe extern "C" fn(Driver: WDFDRIVER)>;
+pub type PFN_WDF_OBJECT_CONTEXT_CLEANUP = Option<unsafe extern "C" fn(Object: WDFOBJECT)>;
+pub type PFN_WDF_OBJECT_CONTEXT_DESTROY = Option<unsafe extern "C" fn(Object: WDFOBJECT)>;
+
+#[repr(C)]
+#[derive(Debug, Copy, Clone, Default)]
+pub struct _WDF_DRIVER_CONFIG {
+    pub Size: ULONG,
+    pub EvtDriverDeviceAdd: PFN_WDF_DRIVER_DEVICE_ADD,
+    pub EvtDriverUnload: PFN_WDF_DRIVER_UNLOAD,
+    pub DriverInitFlags: ULONG,
+    pub DriverPoolTag: ULONG,
+}
+pub type WDF_DRIVER_CONFIG = _WDF_DRIVER_CONFIG;
+pub type PWDF_DRIVER_CONFIG = *mut WDF_DRIVER_CONFIG;
+
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct _WDF_OBJECT_ATTRIBUTES {
+    pub Size: ULONG,
+    pub EvtCleanupCallback: PFN_WDF_OBJECT_CONTEXT_CLEANUP,
+    pub EvtDestroyCallback: PFN_WDF_OBJECT_CONTEXT_DESTROY,
+    pub ExecutionLevel: i32,
+    pub SynchronizationScope: i32,
+    pub ParentObject: WDFOBJECT,
+    pub ContextSizeOverride: SIZE_T,
+    pub ContextTypeInfo: PVOID,
+}
+pub type WDF_OBJECT_ATTRIBUTES = _WDF_OBJECT_ATTRIBUTES;
+pub type PWDF_OBJECT_ATTRIBUTES = *mut WDF_OBJECT_ATTRIBUTES;
+
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct _WDF_DRIVER_GLOBALS {
+    pub Driver: WDFDRIVER,
+    pub DriverFlags: ULONG,
+    pub DriverTag: ULONG,
+    pub DriverName: [CHAR; 32usize],
+    pub DisplaceDriverUnload: BOOLEAN,
+}
+pub type WDF_DRIVER_GLOBALS = _WDF_DRIVER_GLOBALS;
+pub type PWDF_DRIVER_GLOBALS = *mut WDF_DRIVER_GLOBALS;
+
+/// `_WDF_DRIVER_INIT_FLAGS` (bindgen turns C enums into modules of consts).
+pub mod _WDF_DRIVER_INIT_FLAGS {
+    pub type Type = i32;
+    pub const WdfDriverInitNonPnpDriver: Type = 1;
+    pub const WdfDriverInitNoDispatchOverride: Type = 2;
+    pub const WdfVerifyOn: Type = 4;
+    pub const WdfVerifierOn: Type = 8;
+}
+
+/// `_KEY_VALUE_INFORMATION_CLASS` values.
+pub mod _KEY_VALUE_INFORMATION_CLASS {
+    pub type Type = i32;
+    pub const KeyValueBasicInformation: Type = 0;
+    pub const KeyValueFullInformation: Type = 1;
+    pub const KeyValuePartialInformation: Type = 2;
+}
+
+pub const WDF_NO_OBJECT_ATTRIBUTES: PWDF_OBJECT_ATTRIBUTES = core::ptr::null_mut();
+pub const WDF_NO_HANDLE: PVOID = core::ptr::null_mut();
+
+// ------------------------------------------------------------------ constants
+
+pub const STATUS_SUCCESS: NTSTATUS = 0;
+pub const STATUS_UNSUCCESSFUL: NTSTATUS = 0xC000_0001_u32 as i32;
+pub const STATUS_NOT_IMPLEMENTED: NTSTATUS = 0xC000_0002_u32 as i32;
+pub const STATUS_INVALID_PARAMETER: NTSTATUS = 0xC000_000D_u32 as i32;
+pub const STATUS_ACCESS_DENIED: NTSTATUS = 0xC000_0022_u32 as i32;
+pub const STATUS_BUFFER_TOO_SMALL: NTSTATUS = 0xC000_0023_u32 as i32;
+pub const STATUS_OBJECT_NAME_NOT_FOUND: NTSTATUS = 0xC000_0034_u32 as i32;
+pub const STATUS_INSUFFICIENT_RESOURCES: NTSTATUS = 0xC000_009A_u32 as i32;
+pub const STATUS_NAME_TOO_LONG: NTSTATUS = 0xC000_0106_u32 as i32;
+pub const STATUS_BUFFER_OVERFLOW: NTSTATUS = 0x8000_0005_u32 as i32;
+pub const STATUS_FLT_INSTANCE_ALTITUDE_COLLISION: NTSTATUS = 0xC01C_0011_u32 as i32;
+
+pub const OB_FLT_REGISTRATION_VERSION: u32 = 0x0100;
+pub const OB_OPERATION_HANDLE_CREATE: u32 = 1;
+pub const OB_OPERATION_HANDLE_DUPLICATE: u32 = 2;
+pub const OB_PREOP_SUCCESS: OB_PREOP_CALLBACK_STATUS = 0;
+
+pub const POOL_FLAG_NON_PAGED: POOL_FLAGS = 0x0000_0000_0000_0040;
+
+pub const OBJ_CASE_INSENSITIVE: u32 = 0x0000_0040;
+pub const OBJ_KERNEL_HANDLE: u32 = 0x0000_0200;
+pub const KEY_READ: u32 = 0x0002_0019;
+pub const REG_SZ: u32 = 1;
+pub const REG_BINARY: u32 = 3;
+pub const REG_DWORD: u32 = 4;
+
+/// `_DPFLTR_TYPE` component ids for `DbgPrintEx`.
+pub mod _DPFLTR_TYPE {
+    pub type Type = i32;
+    pub const DPFLTR_IHVDRIVER_ID: Type = 77;
+}
+pub const DPFLTR_ERROR_LEVEL: u32 = 0;
+pub const DPFLTR_INFO_LEVEL: u32 = 3;
+
+// Process-specific access rights (winnt.h).
+pub const PROCESS_TERMINATE: u32 = 0x0001;
+pub const PROCESS_CREATE_THREAD: u32 = 0x0002;
+pub const PROCESS_SET_SESSIONID: u32 = 0x0004;
+pub const PROCESS_VM_OPERATION: u32 = 0x0008;
+pub const PROCESS_VM_READ: u32 = 0x0010;
+pub const PROCESS_VM_WRITE: u32 = 0x0020;
+pub const PROCESS_DUP_HANDLE: u32 = 0x0040;
+pub const PROCESS_CREATE_PROCESS: u32 = 0x0080;
+pub const PROCESS_SET_QUOTA: u32 = 0x0100;
+pub const PROCESS_SET_INFORMATION: u32 = 0x0200;
+pub const PROCESS_QUERY_INFORMATION: u32 = 0x0400;
+pub const PROCESS_SUSPEND_RESUME: u32 = 0x0800;
+pub const PROCESS_QUERY_LIMITED_INFORMATION: u32 = 0x1000;
+pub const THREAD_TERMINATE: u32 = 0x0001;
+pub const THREAD_SUSPEND_RESUME: u32 = 0x0002;
+pub const THREAD_SET_CONTEXT: u32 = 0x0010;
+pub const THREAD_SET_INFORMATION: u32 = 0x0020;

@@ -1,0 +1,58 @@
+//! # procguard.sys
+//!
+//! A KMDF driver that registers `ObRegisterCallbacks` pre-operation callbacks
+//! for process and thread handles and strips the access rights a policy
+//! forbids from every handle being created or duplicated.
+//!
+//! Follow a handle request: [`object_callbacks`] (reads the kernel's request)
+//! → [`handle_request`] (decides) → [`pid_table`] (the policy).
+//!
+//! One source, three builds (see `ffi`): Windows with the WDK (`--features
+//! wdk`), the Linux cross build of the real `.sys`, and host unit tests with
+//! kernel test doubles.
+#![cfg_attr(not(test), no_std)]
+
+extern crate alloc;
+
+pub mod altitude;
+pub mod driver_entry;
+pub mod ffi;
+#[cfg(all(target_os = "windows", not(feature = "wdk")))]
+pub mod fx_entry;
+pub mod handle_request;
+pub mod object_callbacks;
+pub mod parameters;
+pub mod pid_table;
+#[cfg(not(feature = "wdk"))]
+pub mod pool;
+pub mod trace;
+
+#[cfg(all(not(test), feature = "wdk"))]
+extern crate wdk_panic;
+
+#[cfg(all(not(test), feature = "wdk"))]
+#[global_allocator]
+static GLOBAL_ALLOCATOR: wdk_alloc::WdkAllocator = wdk_alloc::WdkAllocator;
+
+#[cfg(all(not(test), target_os = "windows", not(feature = "wdk")))]
+#[global_allocator]
+static GLOBAL_ALLOCATOR: pool::PoolAllocator = pool::PoolAllocator;
+
+/// Required by the MSVC toolchain when floating point may appear; the driver
+/// uses none (wdk-sys defines it in the Windows build).
+#[cfg(all(target_os = "windows", not(feature = "wdk")))]
+#[no_mangle]
+pub static _fltused: i32 = 0;
+
+/// A panic is a bug: stop the machine with a recognisable bug check
+/// (`0x5047504E`, "PGPN") rather than run on in an unknown state.
+/// The packaging check reports whether any panic path survived optimisation.
+#[cfg(all(not(test), target_os = "windows", not(feature = "wdk")))]
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    let line = info
+        .location()
+        .map_or(0, |location| u64::from(location.line()));
+    // SAFETY: KeBugCheckEx never returns; the parameters are plain numbers.
+    unsafe { ffi::ntddk::KeBugCheckEx(0x5047_504E, line, 0, 0, 0) }
+}

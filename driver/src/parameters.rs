@@ -1,0 +1,511 @@
+//! The service's `Parameters` registry key: altitude, collision retries and
+//! the policy the driver starts with.
+//!
+//! Everything read here is untrusted input (an administrator, or malware
+//! running as one, controls it). A missing value takes its default; a value
+//! of the wrong type, size or content is reported in the debug log and in
+//! [`Settings::problems`], and its default is used instead: the driver always
+//! loads, with no rules rather than with a half-understood policy.
+
+use alloc::vec::Vec;
+use core::ptr;
+
+use crate::altitude::{Altitude, AltitudeError, DEFAULT_RETRIES, MAX_RETRIES};
+use crate::ffi::{
+    ntddk, _KEY_VALUE_INFORMATION_CLASS, HANDLE, KEY_READ, NTSTATUS, OBJECT_ATTRIBUTES,
+    OBJ_CASE_INSENSITIVE, OBJ_KERNEL_HANDLE, PCUNICODE_STRING, REG_BINARY, REG_DWORD, REG_SZ,
+    STATUS_BUFFER_OVERFLOW, STATUS_BUFFER_TOO_SMALL, STATUS_INSUFFICIENT_RESOURCES,
+    STATUS_INVALID_PARAMETER, STATUS_OBJECT_NAME_NOT_FOUND, UNICODE_STRING,
+};
+use crate::pid_table::{PidTable, PidTableError};
+use crate::trace;
+
+/// Largest registry value the driver reads (the policy blob is the big one).
+pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
+/// `FIELD_OFFSET(KEY_VALUE_PARTIAL_INFORMATION, Data)`.
+const PARTIAL_INFO_HEADER: usize = 12;
+
+const fn utf16<const N: usize>(text: &str) -> [u16; N] {
+    let bytes = text.as_bytes();
+    let mut units = [0u16; N];
+    let mut index = 0;
+    while index < N && index < bytes.len() {
+        units[index] = bytes[index] as u16;
+        index += 1;
+    }
+    units
+}
+
+const PARAMETERS_KEY: [u16; 10] = utf16("Parameters");
+const ALTITUDE_VALUE: [u16; 8] = utf16("Altitude");
+const RETRIES_VALUE: [u16; 15] = utf16("AltitudeRetries");
+const POLICY_VALUE: [u16; 6] = utf16("Policy");
+
+/// A value that could not be used, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueProblem {
+    /// Present with a registry type other than the one documented.
+    WrongType(u32),
+    /// Larger than [`MAX_VALUE_BYTES`], or of a size its type does not allow.
+    BadSize(usize),
+    /// The registry call failed with this status.
+    ReadFailed(NTSTATUS),
+    /// `Altitude` is not a valid altitude.
+    Altitude(AltitudeError),
+    /// `Policy` is not a valid policy blob.
+    Policy(PidTableError),
+}
+
+/// What the driver starts with, and what was wrong with the registry.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The altitude to register at first.
+    pub altitude: Altitude,
+    /// Collision retries (0: fail on a collision).
+    pub altitude_retries: u32,
+    /// The starting policy.
+    pub policy: PidTable,
+    /// Problems with `Altitude`, `AltitudeRetries`, `Policy`, in that order.
+    pub problems: [Option<ValueProblem>; 3],
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            altitude: Altitude::default_altitude(),
+            altitude_retries: DEFAULT_RETRIES,
+            policy: PidTable::empty(),
+            problems: [None; 3],
+        }
+    }
+}
+
+/// An open registry key, closed on drop.
+struct Key(HANDLE);
+
+impl Key {
+    /// Opens `name`, relative to `root` when given.
+    fn open(root: Option<&Self>, name: &UNICODE_STRING) -> Result<Self, NTSTATUS> {
+        let mut attributes = OBJECT_ATTRIBUTES {
+            Length: core::mem::size_of::<OBJECT_ATTRIBUTES>() as u32,
+            RootDirectory: root.map_or(ptr::null_mut(), |key| key.0),
+            ObjectName: ptr::from_ref(name).cast_mut(),
+            Attributes: OBJ_CASE_INSENSITIVE | OBJ_KERNEL_HANDLE,
+            SecurityDescriptor: ptr::null_mut(),
+            SecurityQualityOfService: ptr::null_mut(),
+        };
+        let mut handle: HANDLE = ptr::null_mut();
+        // SAFETY: `attributes` and the name it points to live across the call;
+        // a kernel handle (OBJ_KERNEL_HANDLE) cannot be used by user mode.
+        let status = unsafe { ntddk::ZwOpenKey(&raw mut handle, KEY_READ, &raw mut attributes) };
+        if status < 0 {
+            return Err(status);
+        }
+        Ok(Self(handle))
+    }
+
+    /// Reads a value: its registry type and data, at most [`MAX_VALUE_BYTES`].
+    fn query(&self, name: &[u16]) -> Result<(u32, Vec<u8>), NTSTATUS> {
+        let mut name_units: [u16; 16] = [0; 16];
+        let name_len = name.len().min(name_units.len());
+        name_units[..name_len].copy_from_slice(&name[..name_len]);
+        let mut value_name = UNICODE_STRING {
+            Length: (name_len * 2) as u16,
+            MaximumLength: (name_units.len() * 2) as u16,
+            Buffer: name_units.as_mut_ptr(),
+        };
+        // First call: learn the size. A 4-byte-aligned header-sized buffer.
+        let mut probe = [0u32; PARTIAL_INFO_HEADER.div_ceil(4) + 1];
+        let mut needed: u32 = 0;
+        // SAFETY: the buffer is `size_of_val(&probe)` bytes and writable;
+        // `value_name` and `needed` live across the call.
+        let status = unsafe {
+            ntddk::ZwQueryValueKey(
+                self.0,
+                &raw mut value_name,
+                _KEY_VALUE_INFORMATION_CLASS::KeyValuePartialInformation,
+                probe.as_mut_ptr().cast(),
+                core::mem::size_of_val(&probe) as u32,
+                &raw mut needed,
+            )
+        };
+        let needed = needed as usize;
+        if status < 0 && status != STATUS_BUFFER_OVERFLOW && status != STATUS_BUFFER_TOO_SMALL {
+            return Err(status);
+        }
+        if needed < PARTIAL_INFO_HEADER || needed > PARTIAL_INFO_HEADER + MAX_VALUE_BYTES {
+            return Err(STATUS_INVALID_PARAMETER);
+        }
+        let mut words: Vec<u32> = Vec::new();
+        words
+            .try_reserve_exact(needed.div_ceil(4))
+            .map_err(|_| STATUS_INSUFFICIENT_RESOURCES)?;
+        words.resize(needed.div_ceil(4), 0);
+        let mut written: u32 = 0;
+        // SAFETY: `words` holds at least `needed` writable, 4-byte aligned bytes.
+        let status = unsafe {
+            ntddk::ZwQueryValueKey(
+                self.0,
+                &raw mut value_name,
+                _KEY_VALUE_INFORMATION_CLASS::KeyValuePartialInformation,
+                words.as_mut_ptr().cast(),
+                needed as u32,
+                &raw mut written,
+            )
+        };
+        if status < 0 {
+            // Includes a value that grew between the two calls.
+            return Err(status);
+        }
+        let (Some(&value_type), Some(&data_len)) = (words.get(1), words.get(2)) else {
+            return Err(STATUS_INVALID_PARAMETER);
+        };
+        let data_len = data_len as usize;
+        if data_len > needed - PARTIAL_INFO_HEADER {
+            return Err(STATUS_INVALID_PARAMETER);
+        }
+        let mut data = Vec::new();
+        data.try_reserve_exact(data_len)
+            .map_err(|_| STATUS_INSUFFICIENT_RESOURCES)?;
+        data.extend(
+            words
+                .iter()
+                .flat_map(|word| word.to_le_bytes())
+                .skip(PARTIAL_INFO_HEADER)
+                .take(data_len),
+        );
+        Ok((value_type, data))
+    }
+}
+
+impl Drop for Key {
+    fn drop(&mut self) {
+        // SAFETY: the handle was opened by `Key::open` and is closed once.
+        unsafe { ntddk::ZwClose(self.0) };
+    }
+}
+
+/// Reads one value: `Ok(None)` when absent.
+fn read_value(key: &Key, name: &[u16]) -> Result<Option<(u32, Vec<u8>)>, ValueProblem> {
+    match key.query(name) {
+        Ok(value) => Ok(Some(value)),
+        Err(STATUS_OBJECT_NAME_NOT_FOUND) => Ok(None),
+        Err(STATUS_INVALID_PARAMETER) => Err(ValueProblem::BadSize(MAX_VALUE_BYTES + 1)),
+        Err(status) => Err(ValueProblem::ReadFailed(status)),
+    }
+}
+
+fn parse_altitude(value: Option<(u32, Vec<u8>)>) -> Result<Option<Altitude>, ValueProblem> {
+    let Some((value_type, data)) = value else {
+        return Ok(None);
+    };
+    if value_type != REG_SZ {
+        return Err(ValueProblem::WrongType(value_type));
+    }
+    if data.len() % 2 != 0 {
+        return Err(ValueProblem::BadSize(data.len()));
+    }
+    let mut units = [0u16; crate::altitude::MAX_LEN + 2];
+    let count = data.len() / 2;
+    // Trailing NULs do not count toward the length limit.
+    let meaningful = data
+        .chunks_exact(2)
+        .rposition(|pair| pair != [0, 0])
+        .map_or(0, |last| last + 1);
+    if meaningful > crate::altitude::MAX_LEN {
+        return Err(ValueProblem::Altitude(AltitudeError::TooLong));
+    }
+    for (unit, pair) in units
+        .iter_mut()
+        .zip(data.chunks_exact(2))
+        .take(count.min(meaningful))
+    {
+        *unit = u16::from_le_bytes([pair[0], pair[1]]);
+    }
+    Altitude::from_utf16(&units[..meaningful])
+        .map(Some)
+        .map_err(ValueProblem::Altitude)
+}
+
+fn parse_retries(value: Option<(u32, Vec<u8>)>) -> Result<Option<u32>, ValueProblem> {
+    let Some((value_type, data)) = value else {
+        return Ok(None);
+    };
+    if value_type != REG_DWORD {
+        return Err(ValueProblem::WrongType(value_type));
+    }
+    let bytes: [u8; 4] = data
+        .as_slice()
+        .try_into()
+        .map_err(|_| ValueProblem::BadSize(data.len()))?;
+    Ok(Some(u32::from_le_bytes(bytes).min(MAX_RETRIES)))
+}
+
+fn parse_policy(value: Option<(u32, Vec<u8>)>) -> Result<Option<PidTable>, ValueProblem> {
+    let Some((value_type, data)) = value else {
+        return Ok(None);
+    };
+    if value_type != REG_BINARY {
+        return Err(ValueProblem::WrongType(value_type));
+    }
+    if data.is_empty() {
+        // The INF installs an empty policy: no rules, not an error.
+        return Ok(None);
+    }
+    PidTable::decode(&data)
+        .map(Some)
+        .map_err(ValueProblem::Policy)
+}
+
+fn report(name: &str, problem: ValueProblem) {
+    match problem {
+        ValueProblem::WrongType(value_type) => {
+            trace::error(format_args!(
+                "Parameters\\{name} has registry type {value_type}; ignored, default used"
+            ));
+        }
+        ValueProblem::BadSize(size) => {
+            trace::error(format_args!(
+                "Parameters\\{name} has an unusable size ({size} bytes); ignored, default used"
+            ));
+        }
+        ValueProblem::ReadFailed(status) => {
+            trace::error(format_args!(
+                "reading Parameters\\{name} failed with {}; default used",
+                trace::Status(status)
+            ));
+        }
+        ValueProblem::Altitude(error) => {
+            trace::error(format_args!("Parameters\\{name}: {error}; default used"))
+        }
+        ValueProblem::Policy(error) => trace::error(format_args!(
+            "Parameters\\{name}: {error}; starting with no rules"
+        )),
+    }
+}
+
+/// Reads the settings under `<registry_path>\Parameters`. Never fails: see
+/// the module documentation.
+///
+/// # Safety
+/// `registry_path` is the registry path `DriverEntry` received.
+pub unsafe fn read_settings(registry_path: PCUNICODE_STRING) -> Settings {
+    let mut settings = Settings::default();
+    // SAFETY: DriverEntry's registry path is a valid UNICODE_STRING.
+    let Some(path) = (unsafe { registry_path.as_ref() }) else {
+        return settings;
+    };
+    let parameters = Key::open(None, path).and_then(|service| {
+        let mut name_units = PARAMETERS_KEY;
+        let name = UNICODE_STRING {
+            Length: (name_units.len() * 2) as u16,
+            MaximumLength: (name_units.len() * 2) as u16,
+            Buffer: name_units.as_mut_ptr(),
+        };
+        Key::open(Some(&service), &name)
+    });
+    let key = match parameters {
+        Ok(key) => key,
+        Err(STATUS_OBJECT_NAME_NOT_FOUND) => {
+            trace::info(format_args!("no Parameters key; defaults in use"));
+            return settings;
+        }
+        Err(status) => {
+            trace::error(format_args!(
+                "opening the Parameters key failed with {}; defaults in use",
+                trace::Status(status)
+            ));
+            return settings;
+        }
+    };
+
+    match read_value(&key, &ALTITUDE_VALUE).and_then(parse_altitude) {
+        Ok(Some(altitude)) => settings.altitude = altitude,
+        Ok(None) => {}
+        Err(problem) => {
+            report("Altitude", problem);
+            settings.problems[0] = Some(problem);
+        }
+    }
+    match read_value(&key, &RETRIES_VALUE).and_then(parse_retries) {
+        Ok(Some(retries)) => settings.altitude_retries = retries,
+        Ok(None) => {}
+        Err(problem) => {
+            report("AltitudeRetries", problem);
+            settings.problems[1] = Some(problem);
+        }
+    }
+    match read_value(&key, &POLICY_VALUE).and_then(parse_policy) {
+        Ok(Some(policy)) => settings.policy = policy,
+        Ok(None) => {}
+        Err(problem) => {
+            report("Policy", problem);
+            settings.problems[2] = Some(problem);
+        }
+    }
+    settings
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ffi::ntddk::{reset_host, with_host, FakeValue};
+    use crate::pid_table::PidRule;
+    use std::collections::BTreeMap;
+    use std::string::{String, ToString};
+
+    fn service_path() -> (Vec<u16>, UNICODE_STRING) {
+        let mut units: Vec<u16> =
+            "\\REGISTRY\\MACHINE\\SYSTEM\\CurrentControlSet\\Services\\procguard"
+                .encode_utf16()
+                .collect();
+        let string = UNICODE_STRING {
+            Length: (units.len() * 2) as u16,
+            MaximumLength: (units.len() * 2) as u16,
+            Buffer: units.as_mut_ptr(),
+        };
+        (units, string)
+    }
+
+    fn with_values(values: &[(&str, u32, Vec<u8>)]) -> Settings {
+        reset_host();
+        let map: BTreeMap<String, FakeValue> = values
+            .iter()
+            .map(|(name, value_type, data)| {
+                (
+                    name.to_string(),
+                    FakeValue {
+                        value_type: *value_type,
+                        data: data.clone(),
+                    },
+                )
+            })
+            .collect();
+        with_host(|host| host.parameters = Some(map));
+        let (_units, path) = service_path();
+        // SAFETY: a valid UNICODE_STRING backed by `_units`.
+        let settings = unsafe { read_settings(&raw const path) };
+        assert_eq!(
+            with_host(|host| host.open_keys),
+            0,
+            "every key opened is closed"
+        );
+        settings
+    }
+
+    fn reg_sz(text: &str) -> Vec<u8> {
+        text.encode_utf16()
+            .chain([0])
+            .flat_map(u16::to_le_bytes)
+            .collect()
+    }
+
+    #[test]
+    fn defaults_apply_without_a_parameters_key() {
+        reset_host();
+        let (_units, path) = service_path();
+        // SAFETY: valid string.
+        let settings = unsafe { read_settings(&raw const path) };
+        assert_eq!(
+            settings.altitude.to_string(),
+            crate::altitude::DEFAULT_ALTITUDE
+        );
+        assert_eq!(settings.altitude_retries, DEFAULT_RETRIES);
+        assert!(settings.policy.is_empty());
+        assert_eq!(settings.problems, [None; 3]);
+        assert_eq!(with_host(|host| host.open_keys), 0);
+    }
+
+    #[test]
+    fn valid_values_are_used() {
+        let table = PidTable::from_rules(vec![PidRule {
+            pid: 1234,
+            process_strip: 1,
+            thread_strip: 2,
+        }]);
+        let settings = with_values(&[
+            ("Altitude", REG_SZ, reg_sz("385210.25")),
+            ("AltitudeRetries", REG_DWORD, 3u32.to_le_bytes().to_vec()),
+            ("Policy", REG_BINARY, table.encode()),
+        ]);
+        assert_eq!(settings.altitude.to_string(), "385210.25");
+        assert_eq!(settings.altitude_retries, 3);
+        assert_eq!(settings.policy, table);
+        assert_eq!(settings.problems, [None; 3]);
+    }
+
+    #[test]
+    fn corrupt_values_are_reported_and_replaced_by_defaults() {
+        let mut corrupt = PidTable::from_rules(vec![PidRule {
+            pid: 1,
+            process_strip: 1,
+            thread_strip: 1,
+        }])
+        .encode();
+        corrupt[0] = b'X';
+        let settings = with_values(&[
+            ("Altitude", REG_SZ, reg_sz("not-a-number")),
+            ("AltitudeRetries", REG_DWORD, vec![1, 2]),
+            ("Policy", REG_BINARY, corrupt),
+        ]);
+        assert_eq!(
+            settings.altitude.to_string(),
+            crate::altitude::DEFAULT_ALTITUDE
+        );
+        assert_eq!(settings.altitude_retries, DEFAULT_RETRIES);
+        assert!(settings.policy.is_empty());
+        assert_eq!(
+            settings.problems,
+            [
+                Some(ValueProblem::Altitude(AltitudeError::NotDecimal)),
+                Some(ValueProblem::BadSize(2)),
+                Some(ValueProblem::Policy(PidTableError::BadMagic)),
+            ]
+        );
+        let trace = with_host(|host| host.trace.clone());
+        assert!(trace.iter().any(|line| line.contains(
+            "Parameters\\Policy: policy blob does not start with PGPT; starting with no rules"
+        )));
+    }
+
+    #[test]
+    fn wrong_types_odd_sizes_and_oversized_values_are_rejected() {
+        let settings = with_values(&[
+            ("Altitude", REG_DWORD, vec![0; 4]),
+            ("AltitudeRetries", REG_SZ, reg_sz("3")),
+            ("Policy", REG_BINARY, vec![0; MAX_VALUE_BYTES + 1]),
+        ]);
+        assert_eq!(
+            settings.problems,
+            [
+                Some(ValueProblem::WrongType(REG_DWORD)),
+                Some(ValueProblem::WrongType(REG_SZ)),
+                Some(ValueProblem::BadSize(MAX_VALUE_BYTES + 1)),
+            ]
+        );
+        let odd = with_values(&[("Altitude", REG_SZ, vec![b'1', 0, b'2'])]);
+        assert_eq!(odd.problems[0], Some(ValueProblem::BadSize(3)));
+        let long = with_values(&[("Altitude", REG_SZ, reg_sz(&"1".repeat(40)))]);
+        assert_eq!(
+            long.problems[0],
+            Some(ValueProblem::Altitude(AltitudeError::TooLong))
+        );
+    }
+
+    #[test]
+    fn an_empty_policy_means_no_rules_without_a_problem() {
+        let settings = with_values(&[("Policy", REG_BINARY, Vec::new())]);
+        assert!(settings.policy.is_empty());
+        assert_eq!(settings.problems, [None; 3]);
+    }
+
+    #[test]
+    fn retries_are_capped() {
+        let settings = with_values(&[(
+            "AltitudeRetries",
+            REG_DWORD,
+            u32::MAX.to_le_bytes().to_vec(),
+        )]);
+        assert_eq!(settings.altitude_retries, MAX_RETRIES);
+    }
+}
