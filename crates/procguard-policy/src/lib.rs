@@ -12,14 +12,18 @@ pub mod decide;
 pub mod explain;
 pub mod glob;
 pub mod identity;
+pub mod lint;
 pub mod model;
 pub mod reference;
 pub mod rights;
+#[cfg(feature = "toml")]
+pub mod toml;
 
 pub use blob::{decode, encode, policy_id, DecodeError};
 pub use compiled::{CompiledPolicy, ProcessRecord};
 pub use explain::{explain, Explanation};
 pub use decide::{Decision, Exemption, HandleRequest};
+pub use lint::{lint, LintKind, LintWarning};
 pub use identity::{is_critical_system_process, ProcessIdentity};
 pub use model::{Mode, ObjectKind, Objects, Operation, Operations, Policy, PolicyError, Requester, Rule, RuleError, RuleId, Selector, Settings};
 pub use rights::AccessMask;
