@@ -51,7 +51,7 @@ fn print(level: u32, arguments: fmt::Arguments<'_>) {
             _DPFLTR_TYPE::DPFLTR_IHVDRIVER_ID as u32,
             level,
             c"%s".as_ptr(),
-            message.bytes.as_ptr().cast(),
+            message.bytes.as_ptr().cast::<crate::ffi::CHAR>(),
         );
     }
 }
