@@ -10,6 +10,8 @@ pub mod blob;
 pub mod compiled;
 pub mod decide;
 pub mod explain;
+#[doc = include_str!("../FORMAT.md")]
+pub mod format {}
 pub mod glob;
 pub mod identity;
 pub mod lint;

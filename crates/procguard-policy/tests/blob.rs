@@ -1,0 +1,221 @@
+//! The blob codec: round trip, one test per malformation, and the Python encoder of
+//! FORMAT.md producing the same bytes.
+
+use procguard_policy::blob::{blob_checksum, decode, encode, DecodeError, HEADER_SIZE};
+use procguard_policy::toml::parse_policy;
+use procguard_policy::{Policy, PolicyError, RuleError};
+
+fn example() -> Policy {
+    parse_policy(include_str!("../examples/policy.toml")).unwrap()
+}
+
+/// Rewrites the checksum so a mutation is not caught by it.
+fn reseal(mut b: Vec<u8>) -> Vec<u8> {
+    let c = blob_checksum(&b);
+    b[12..16].copy_from_slice(&c.to_le_bytes());
+    b
+}
+
+fn put(b: &mut [u8], at: usize, v: u32) {
+    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+fn rules_offset(b: &[u8]) -> usize {
+    let n = u32::from_le_bytes(b[20..24].try_into().unwrap()) as usize;
+    let d = u32::from_le_bytes(b[28..32].try_into().unwrap()) as usize;
+    (HEADER_SIZE + 8 * n + d).div_ceil(4) * 4
+}
+
+#[test]
+fn round_trip_example() {
+    let p = example();
+    let b = encode(&p);
+    assert_eq!(decode(&b).unwrap(), p);
+    assert_eq!(encode(&decode(&b).unwrap()), b);
+}
+
+#[test]
+fn strings_are_stored_once() {
+    let p = example();
+    let b = encode(&p);
+    let count = b.windows(b"acme-agent.exe".len()).filter(|w| *w == b"acme-agent.exe").count();
+    assert_eq!(count, 1, "acme-agent.exe is used by two rules but stored once");
+}
+
+#[test]
+fn header_errors() {
+    let b = encode(&example());
+    assert_eq!(decode(&b[..10]), Err(DecodeError::TooShort { len: 10 }));
+    let mut m = b.clone();
+    m[0] = b'X';
+    assert_eq!(decode(&m), Err(DecodeError::BadMagic));
+    let mut m = b.clone();
+    m[4] = 2;
+    assert_eq!(decode(&m), Err(DecodeError::UnsupportedVersion { version: 2 }));
+    let mut m = b.clone();
+    m[6] = 41;
+    assert_eq!(decode(&m), Err(DecodeError::BadHeaderSize { size: 41 }));
+    let mut m = b.clone();
+    m.push(0);
+    assert_eq!(decode(&m), Err(DecodeError::LengthMismatch { declared: b.len() as u32, actual: b.len() + 1 }));
+    let big = vec![0u8; procguard_policy::blob::MAX_BLOB_SIZE + 1];
+    assert!(matches!(decode(&big), Err(DecodeError::TooLarge { .. })));
+}
+
+#[test]
+fn any_flipped_bit_is_caught() {
+    let b = encode(&example());
+    for i in 16..b.len() {
+        let mut m = b.clone();
+        m[i] ^= 0x10;
+        assert!(matches!(decode(&m), Err(DecodeError::ChecksumMismatch { .. })), "byte {i}");
+    }
+}
+
+#[test]
+fn reserved_bits_are_rejected() {
+    let b = encode(&example());
+    let mut m = b.clone();
+    put(&mut m, 16, 8 | 7);
+    assert_eq!(decode(&reseal(m)), Err(DecodeError::ReservedBits { field: "settings", offset: 16 }));
+    let mut m = b.clone();
+    put(&mut m, 32, 1);
+    assert_eq!(decode(&reseal(m)), Err(DecodeError::ReservedBits { field: "reserved header word", offset: 32 }));
+    let mut m = b.clone();
+    let r = rules_offset(&b);
+    m[r + 4] |= 4;
+    assert_eq!(decode(&reseal(m)), Err(DecodeError::ReservedBits { field: "objects", offset: r + 4 }));
+}
+
+#[test]
+fn bad_enums_are_rejected() {
+    let b = encode(&example());
+    let r = rules_offset(&b);
+    let mut m = b.clone();
+    m[r + 6] = 2;
+    assert_eq!(decode(&reseal(m)), Err(DecodeError::BadEnum { field: "mode", offset: r + 6, value: 2 }));
+    let mut m = b.clone();
+    m[r + 7] = 3;
+    assert_eq!(decode(&reseal(m)), Err(DecodeError::BadEnum { field: "requester kind", offset: r + 7, value: 3 }));
+}
+
+#[test]
+fn huge_counts_are_rejected_before_allocating() {
+    let b = encode(&example());
+    let mut m = b.clone();
+    put(&mut m, 20, u32::MAX);
+    assert_eq!(decode(&reseal(m)), Err(DecodeError::CountTooLarge { what: "string", count: u32::MAX }));
+    let mut m = b.clone();
+    put(&mut m, 24, 0x1000_0000);
+    assert_eq!(decode(&reseal(m)), Err(DecodeError::CountTooLarge { what: "rule", count: 0x1000_0000 }));
+    let mut m = b.clone();
+    put(&mut m, 28, 0x7FFF_FFFF);
+    assert!(matches!(decode(&reseal(m)), Err(DecodeError::CountTooLarge { what: "string byte", .. })));
+    let mut m = b.clone();
+    let r = rules_offset(&b);
+    put(&mut m, r + 16, 0x4000_0000);
+    assert!(matches!(decode(&reseal(m)), Err(DecodeError::CountTooLarge { what: "selector entry", .. })));
+}
+
+#[test]
+fn string_errors() {
+    let b = encode(&example());
+    let mut m = b.clone();
+    put(&mut m, HEADER_SIZE + 4, 0xFFFF); // length of string 0
+    assert_eq!(decode(&reseal(m)), Err(DecodeError::StringOutOfBounds { index: 0 }));
+    let n = u32::from_le_bytes(b[20..24].try_into().unwrap()) as usize;
+    let mut m = b.clone();
+    m[HEADER_SIZE + 8 * n] = 0xFF; // first byte of string 0
+    assert_eq!(decode(&reseal(m)), Err(DecodeError::StringNotUtf8 { index: 0 }));
+    let mut m = b.clone();
+    let r = rules_offset(&b);
+    put(&mut m, r, 999);
+    assert_eq!(decode(&reseal(m)), Err(DecodeError::BadStringIndex { offset: r, index: 999 }));
+}
+
+#[test]
+fn padding_truncation_and_trailing_bytes() {
+    let b = encode(&example());
+    let r = rules_offset(&b);
+    let n = u32::from_le_bytes(b[20..24].try_into().unwrap()) as usize;
+    let d = u32::from_le_bytes(b[28..32].try_into().unwrap()) as usize;
+    let pad_at = HEADER_SIZE + 8 * n + d;
+    if pad_at < r {
+        let mut m = b.clone();
+        m[pad_at] = 1;
+        assert_eq!(decode(&reseal(m)), Err(DecodeError::BadPadding));
+    }
+    // One rule fewer declared: the last rule's bytes become trailing bytes.
+    let mut m = b.clone();
+    put(&mut m, 24, 2);
+    assert!(matches!(decode(&reseal(m)), Err(DecodeError::TrailingBytes { .. })));
+    // One rule more declared than present: truncated.
+    let mut m = b.clone();
+    put(&mut m, 24, 4);
+    let e = decode(&reseal(m)).unwrap_err();
+    assert!(matches!(e, DecodeError::Truncated { .. } | DecodeError::CountTooLarge { .. }), "{e:?}");
+}
+
+#[test]
+fn non_canonical_string_layout_is_rejected() {
+    // Swap the order of the first two strings in the directory: offsets no longer
+    // follow directory order.
+    let b = encode(&example());
+    let mut m = b.clone();
+    let (e0, e1) = (HEADER_SIZE, HEADER_SIZE + 8);
+    let first: Vec<u8> = m[e0..e0 + 8].to_vec();
+    let second: Vec<u8> = m[e1..e1 + 8].to_vec();
+    m[e0..e0 + 8].copy_from_slice(&second);
+    m[e1..e1 + 8].copy_from_slice(&first);
+    assert_eq!(decode(&reseal(m)), Err(DecodeError::NonCanonical));
+}
+
+#[test]
+fn invalid_policy_in_well_formed_blob_is_rejected() {
+    let mut p = example();
+    p.rules[1].strip_process = 0;
+    let b = encode(&p);
+    assert_eq!(
+        decode(&b),
+        Err(DecodeError::InvalidPolicy(PolicyError::Rule { index: 1, error: RuleError::StripsNothing }))
+    );
+    let mut p = example();
+    p.rules[1].name = p.rules[0].name.clone();
+    assert!(matches!(decode(&encode(&p)), Err(DecodeError::InvalidPolicy(PolicyError::DuplicateRuleName { .. }))));
+}
+
+#[test]
+fn python_encoder_in_format_md_produces_identical_bytes() {
+    let doc = include_str!("../FORMAT.md");
+    let start = doc.find("```python\n").unwrap() + "```python\n".len();
+    let code = &doc[start..start + doc[start..].find("```").unwrap()];
+    let script = format!(
+        r#"{code}
+rules = [
+  dict(name="agent-no-tamper", objects=3, operations=3, mode=0, kind=2, strip_p={sp}, strip_t={st},
+       target=(["acme-agent.exe"], [r"\Device\HarddiskVolume*\Program Files\Acme\**\*.exe"], []),
+       requester=([], [r"\Device\HarddiskVolume*\Program Files\Acme\acme-updater.exe"], [])),
+  dict(name="agent-no-read-audit", objects=1, operations=3, mode=1, kind=0, strip_p=0x10, strip_t=0,
+       target=(["acme-agent.exe"], [], []), requester=None),
+  dict(name="kiosk-no-debug", objects=3, operations=3, mode=0, kind=1, strip_p={kp}, strip_t={kt},
+       target=([], [r"\Device\HarddiskVolume*\Kiosk\kiosk.exe"], []),
+       requester=(["msedge.exe", "msedgewebview2.exe"], [], [])),
+]
+print(encode(7, rules).hex())
+"#,
+        sp = example().rules[0].strip_process,
+        st = example().rules[0].strip_thread,
+        kp = example().rules[2].strip_process,
+        kt = example().rules[2].strip_thread,
+    );
+    let out = match std::process::Command::new("python3").arg("-c").arg(&script).output() {
+        Ok(o) => o,
+        Err(_) => {
+            eprintln!("python3 not available; skipping");
+            return;
+        }
+    };
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let hex: String = encode(&example()).iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), hex);
+}
