@@ -1,0 +1,56 @@
+//! Linux entry points of the procguard build (README commands 1 and 2).
+//!
+//! - `cargo xtask package`: installs the Debian packages the cross build
+//!   needs, cross-builds `procguard.sys`, checks its structure, test-signs it
+//!   and writes the package folder (`package/`).
+//! - `cargo xtask test`: everything `package` does, then formatting, lints,
+//!   docs, host tests and the emulator suite.
+//! - `cargo xtask check-pe FILE`: the structural checks alone.
+//!
+//! On Windows with the WDK, `cargo make` (Makefile.toml) is the entry point.
+
+mod cross_build;
+mod host_tools;
+mod inf_stamp;
+mod package;
+mod pe_check;
+mod signing;
+mod test_suite;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// The workspace root (two levels above this crate).
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+const USAGE: &str = "usage: cargo xtask <package | test | check-pe FILE>";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = repo_root();
+    let result = match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        ["package"] => package::run(&root).map(|_| ()),
+        ["test"] => test_suite::run(&root),
+        ["check-pe", file] => {
+            pe_check::check_file(Path::new(file), false).map(|report| println!("{report}"))
+        }
+        _ => Err(USAGE.to_string()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("xtask: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,56 @@
+//! README command 1: the signed, verified driver package in `package/`.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::{cross_build, host_tools, inf_stamp, pe_check, signing};
+
+/// Where the package is written.
+pub fn package_dir(root: &Path) -> PathBuf {
+    root.join("package")
+}
+
+/// Builds, checks, signs and assembles the package; returns the `.sys` path.
+pub fn run(root: &Path) -> Result<PathBuf, String> {
+    let started = Instant::now();
+    host_tools::ensure(false)?;
+    let image = cross_build::build(root)?;
+
+    // The unsigned image must already be a well-formed driver.
+    let unsigned = pe_check::check_file(&image, false)?;
+    let out = package_dir(root);
+    std::fs::create_dir_all(&out).map_err(|error| format!("{}: {error}", out.display()))?;
+
+    let certificate = signing::ensure_certificate(&signing::signing_dir(root))?;
+    let sys = out.join("procguard.sys");
+    signing::sign(&certificate, &image, &sys)?;
+    let signed = pe_check::check_file(&sys, true)?;
+    signing::verify(&certificate, &sys)?;
+    signing::export_der(&certificate, &out.join("procguard.cer"))?;
+
+    let pdb = image.with_extension("pdb");
+    if pdb.exists() {
+        std::fs::copy(&pdb, out.join("procguard.pdb"))
+            .map_err(|error| format!("copy pdb: {error}"))?;
+    }
+
+    let template_path = root.join("inf").join("procguard.inx");
+    let template = std::fs::read_to_string(&template_path)
+        .map_err(|error| format!("{}: {error}", template_path.display()))?;
+    let inf = inf_stamp::stamp(&template, &inf_stamp::today(), env!("CARGO_PKG_VERSION"))?;
+    std::fs::write(out.join("procguard.inf"), inf)
+        .map_err(|error| format!("write procguard.inf: {error}"))?;
+
+    println!("{signed}");
+    println!(
+        "xtask: package ready in {} ({} s): procguard.sys ({} bytes unsigned, {} signed), procguard.inf, procguard.cer",
+        out.display(),
+        started.elapsed().as_secs(),
+        unsigned.size,
+        signed.size
+    );
+    if signed.has_panic_path() {
+        println!("xtask: note: the image imports KeBugCheckEx: a panic path survived optimisation");
+    }
+    Ok(sys)
+}

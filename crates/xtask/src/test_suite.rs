@@ -1,0 +1,156 @@
+//! README command 2: every test layer, fast to real, with a summary.
+//!
+//! 1. formatting, lints (`clippy -D warnings`) and docs of every host crate;
+//! 2. host tests (`cargo test --workspace`: policy engine, driver logic with
+//!    kernel test doubles, layout check against the mingw DDK, xtask);
+//! 3. the package (README command 1: build, structural checks, signature);
+//! 4. the emulator suite: the packaged `.sys` run in Speakeasy (pytest).
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use crate::{host_tools, package};
+
+struct Step {
+    name: &'static str,
+    seconds: u64,
+    result: Result<(), String>,
+}
+
+fn cargo(root: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string()));
+    command.current_dir(root).args(args);
+    command
+}
+
+fn status_of(mut command: Command, what: &str) -> Result<(), String> {
+    let status = command
+        .status()
+        .map_err(|error| format!("{what}: {error}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{what} failed ({status})"))
+    }
+}
+
+fn python_env(root: &Path) -> Result<std::path::PathBuf, String> {
+    let venv = root.join(".venv");
+    let python = venv.join("bin").join("python");
+    if !python.exists() {
+        println!("xtask: creating the test virtualenv in {}", venv.display());
+        let mut create = Command::new("python3");
+        create.args(["-m", "venv"]).arg(&venv);
+        status_of(create, "python3 -m venv")?;
+    }
+    let requirements = root.join("tests").join("emulator").join("requirements.txt");
+    let mut install = Command::new(&python);
+    install
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-r",
+        ])
+        .arg(&requirements);
+    status_of(install, "pip install (tests/emulator/requirements.txt)")?;
+    Ok(python)
+}
+
+/// Runs every layer; fails if any step failed (all steps run regardless).
+pub fn run(root: &Path) -> Result<(), String> {
+    let mut steps: Vec<Step> = Vec::new();
+    let mut step = |name: &'static str, body: &mut dyn FnMut() -> Result<(), String>| {
+        println!("\n==== {name}");
+        let started = Instant::now();
+        let result = body();
+        if let Err(message) = &result {
+            println!("xtask: {name}: {message}");
+        }
+        steps.push(Step {
+            name,
+            seconds: started.elapsed().as_secs(),
+            result,
+        });
+    };
+
+    step("install test tools", &mut || host_tools::ensure(true));
+    step("cargo fmt --check", &mut || {
+        status_of(cargo(root, &["fmt", "--all", "--check"]), "cargo fmt")
+    });
+    step("cargo clippy -D warnings", &mut || {
+        status_of(
+            cargo(
+                root,
+                &[
+                    "clippy",
+                    "--workspace",
+                    "--all-targets",
+                    "--",
+                    "-D",
+                    "warnings",
+                ],
+            ),
+            "cargo clippy",
+        )
+    });
+    step("cargo doc -D warnings", &mut || {
+        let mut doc = cargo(root, &["doc", "--workspace", "--no-deps"]);
+        doc.env("RUSTDOCFLAGS", "-D warnings");
+        status_of(doc, "cargo doc")
+    });
+    let layout_json = root.join("target").join("layout").join("wdf-layout.json");
+    step("host tests (cargo test --workspace)", &mut || {
+        if let Some(parent) = layout_json.parent() {
+            std::fs::create_dir_all(parent).map_err(|error| error.to_string())?;
+        }
+        let mut test = cargo(root, &["test", "--workspace"]);
+        test.env("PROCGUARD_LAYOUT_JSON", &layout_json);
+        status_of(test, "cargo test")
+    });
+    let mut sys = None;
+    step("package (README command 1)", &mut || {
+        package::run(root).map(|path| sys = Some(path))
+    });
+    step("emulator suite (pytest, Speakeasy)", &mut || {
+        let python = python_env(root)?;
+        let mut pytest = Command::new(python);
+        pytest.current_dir(root).args([
+            "-m",
+            "pytest",
+            "tests/emulator",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+        ]);
+        pytest.env("PROCGUARD_LAYOUT_JSON", &layout_json);
+        if let Some(path) = &sys {
+            pytest.env("PROCGUARD_SYS", path);
+        }
+        status_of(pytest, "pytest tests/emulator")
+    });
+
+    println!("\n==== summary");
+    for Step {
+        name,
+        seconds,
+        result,
+    } in &steps
+    {
+        let verdict = if result.is_ok() { "ok" } else { "FAILED" };
+        println!("{verdict:>6}  {seconds:>4} s  {name}");
+    }
+    let failed: Vec<&str> = steps
+        .iter()
+        .filter(|step| step.result.is_err())
+        .map(|step| step.name)
+        .collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("failed: {}", failed.join(", ")))
+    }
+}
