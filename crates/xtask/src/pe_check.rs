@@ -76,7 +76,7 @@ pub fn pe_checksum(data: &[u8], checksum_offset: usize) -> u32 {
     let mut sum: u64 = 0;
     let mut offset = 0;
     while offset < data.len() {
-        let word = if offset == checksum_offset || offset == checksum_offset + 2 {
+        let word = if offset == checksum_offset || Some(offset) == checksum_offset.checked_add(2) {
             0
         } else {
             let low = u64::from(data[offset]);
