@@ -5,7 +5,7 @@
 //!   and writes the package folder (`package/`).
 //! - `cargo xtask test`: everything `package` does, then formatting, lints,
 //!   docs, host tests and the emulator suite.
-//! - `cargo xtask check-pe FILE`: the structural checks alone.
+//! - `cargo xtask check-pe [--signed] FILE`: the structural checks alone.
 //!
 //! On Windows with the WDK, `cargo make` (Makefile.toml) is the entry point.
 
@@ -28,7 +28,7 @@ fn repo_root() -> PathBuf {
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
-const USAGE: &str = "usage: cargo xtask <package | test | check-pe FILE>";
+const USAGE: &str = "usage: cargo xtask <package | test | check-pe [--signed] FILE>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -43,6 +43,9 @@ fn main() -> ExitCode {
         ["test"] => test_suite::run(&root),
         ["check-pe", file] => {
             pe_check::check_file(Path::new(file), false).map(|report| println!("{report}"))
+        }
+        ["check-pe", "--signed", file] => {
+            pe_check::check_file(Path::new(file), true).map(|report| println!("{report}"))
         }
         _ => Err(USAGE.to_string()),
     };

@@ -4,7 +4,8 @@
 //! 2. host tests (`cargo test --workspace`: policy engine, driver logic with
 //!    kernel test doubles, layout check against the mingw DDK, xtask);
 //! 3. the package (README command 1: build, structural checks, signature);
-//! 4. the emulator suite: the packaged `.sys` run in Speakeasy (pytest).
+//! 4. pytest: structural tests of the package (`tests/package`) and the
+//!    emulator suite, the packaged `.sys` run in Speakeasy (`tests/emulator`).
 
 use std::path::Path;
 use std::process::Command;
@@ -115,23 +116,26 @@ pub fn run(root: &Path) -> Result<(), String> {
     step("package (README command 1)", &mut || {
         package::run(root).map(|path| sys = Some(path))
     });
-    step("emulator suite (pytest, Speakeasy)", &mut || {
-        let python = python_env(root)?;
-        let mut pytest = Command::new(python);
-        pytest.current_dir(root).args([
-            "-m",
-            "pytest",
-            "tests/emulator",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-        ]);
-        pytest.env("PROCGUARD_LAYOUT_JSON", &layout_json);
-        if let Some(path) = &sys {
-            pytest.env("PROCGUARD_SYS", path);
-        }
-        status_of(pytest, "pytest tests/emulator")
-    });
+    step(
+        "package checks and emulator suite (pytest, Speakeasy)",
+        &mut || {
+            let python = python_env(root)?;
+            let mut pytest = Command::new(python);
+            pytest.current_dir(root).args([
+                "-m",
+                "pytest",
+                "tests/emulator",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+            ]);
+            pytest.env("PROCGUARD_LAYOUT_JSON", &layout_json);
+            if let Some(path) = &sys {
+                pytest.env("PROCGUARD_SYS", path);
+            }
+            status_of(pytest, "pytest tests/emulator")
+        },
+    );
 
     println!("\n==== summary");
     for Step {
