@@ -170,8 +170,11 @@ pub unsafe extern "C" fn pre_operation(
         return OB_PREOP_SUCCESS;
     }
 
-    // SAFETY: reading the kernel's object type variables (plain loads).
-    let (process_type, thread_type) = unsafe { (ntddk::PsProcessType, ntddk::PsThreadType) };
+    // SAFETY: reading the kernel's object type variable (a plain load of data
+    // the kernel initialised before any driver loaded).
+    let process_type = unsafe { ntddk::PsProcessType };
+    // SAFETY: as above.
+    let thread_type = unsafe { ntddk::PsThreadType };
     let (object, target_pid) = if info.ObjectType == process_type {
         // SAFETY: for PsProcessType, Object is the process being opened.
         (

@@ -133,7 +133,7 @@ impl Key {
         if status < 0 && status != STATUS_BUFFER_OVERFLOW && status != STATUS_BUFFER_TOO_SMALL {
             return Err(status);
         }
-        if needed < PARTIAL_INFO_HEADER || needed > PARTIAL_INFO_HEADER + MAX_VALUE_BYTES {
+        if !(PARTIAL_INFO_HEADER..=PARTIAL_INFO_HEADER + MAX_VALUE_BYTES).contains(&needed) {
             return Err(STATUS_INVALID_PARAMETER);
         }
         let mut words: Vec<u32> = Vec::new();

@@ -113,7 +113,9 @@ pub unsafe extern "C" fn ObRegisterCallbacks(
     let mut operations = Vec::new();
     for index in 0..usize::from(registration.OperationRegistrationCount) {
         // SAFETY: OperationRegistrationCount entries are valid.
-        let entry = unsafe { &*registration.OperationRegistration.add(index) };
+        let pointer = unsafe { registration.OperationRegistration.add(index) };
+        // SAFETY: as above: in bounds and initialised.
+        let entry = unsafe { &*pointer };
         operations.push((
             entry.ObjectType as usize,
             entry.Operations,
@@ -262,15 +264,17 @@ pub unsafe extern "C" fn ZwQueryValueKey(
     ];
     for (index, word) in header.iter().enumerate() {
         // SAFETY: `length >= HEADER`; the buffer is at least that long.
-        unsafe { out.add(index * 4).cast::<u32>().write_unaligned(*word) };
+        let field = unsafe { out.add(index * 4) };
+        // SAFETY: as above.
+        unsafe { field.cast::<u32>().write_unaligned(*word) };
     }
     if length < needed {
         return STATUS_BUFFER_OVERFLOW;
     }
     // SAFETY: the buffer holds `needed` bytes.
-    unsafe {
-        core::ptr::copy_nonoverlapping(value.data.as_ptr(), out.add(HEADER), value.data.len())
-    };
+    let data = unsafe { out.add(HEADER) };
+    // SAFETY: as above; source and destination do not overlap.
+    unsafe { core::ptr::copy_nonoverlapping(value.data.as_ptr(), data, value.data.len()) };
     STATUS_SUCCESS
 }
 
