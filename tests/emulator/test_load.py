@@ -1,0 +1,293 @@
+"""Loading procguard.sys: KMDF binding, the Parameters key, and the one
+ObRegisterCallbacks registration with its altitude-collision retries."""
+
+from __future__ import annotations
+
+import pytest
+
+from kernel_harness import (
+    OB_FLT_REGISTRATION_VERSION,
+    OB_OPERATION_HANDLE_CREATE,
+    OB_OPERATION_HANDLE_DUPLICATE,
+    POOL_FLAG_NON_PAGED,
+    POOL_TAG_PGRD,
+    STATUS_ACCESS_DENIED,
+    STATUS_FLT_INSTANCE_ALTITUDE_COLLISION,
+    STATUS_SUCCESS,
+    WDF_FUNCTION_COUNT_1_33,
+    policy_blob,
+    reg_binary,
+    reg_dword,
+    reg_sz,
+)
+
+DEFAULT_ALTITUDE = "385201"
+DEFAULT_RETRIES = 8
+MAX_RETRIES = 32
+PROTECTED_PID = 500
+OTHER_PID = 600
+
+
+def assert_nothing_left_behind(kernel) -> None:
+    """After a failed DriverEntry a kernel must find no trace of the driver."""
+    assert kernel.live_registrations == {}, "a registration survived the failed load"
+    assert kernel.pool == {}, f"pool blocks leaked: {kernel.pool}"
+    assert kernel.open_keys == {}, f"registry handles leaked: {kernel.open_keys}"
+    assert len(kernel.wdf_unbinds) == 1, "the entry stub must unbind from KMDF after a failed DriverEntry"
+
+
+def test_load_with_defaults_registers_once_for_process_and_thread_handles(kernel):
+    kernel.parameters = None  # no Parameters key at all
+    kernel.load()
+
+    assert len(kernel.registrations) == 1
+    registration = kernel.registrations[0]
+    assert registration.status == STATUS_SUCCESS
+    assert registration.version == OB_FLT_REGISTRATION_VERSION
+    assert registration.count == 2
+    assert registration.altitude == DEFAULT_ALTITUDE
+    assert registration.altitude_length == 2 * len(DEFAULT_ALTITUDE), "Length counts no NUL"
+    assert registration.context != 0
+    # ObjectType is POBJECT_TYPE*: the ADDRESS of the kernel's PsProcessType
+    # variable, not the OBJECT_TYPE it points to (one dereference too many is
+    # the classic bug this catches).
+    assert [entry.object_type for entry in registration.entries] == [
+        kernel.ps_process_type_variable,
+        kernel.ps_thread_type_variable,
+    ]
+    assert kernel.process_object_type not in [e.object_type for e in registration.entries]
+    for entry in registration.entries:
+        assert entry.operations == OB_OPERATION_HANDLE_CREATE | OB_OPERATION_HANDLE_DUPLICATE == 3
+        assert kernel.in_image(entry.pre_operation), f"{entry.pre_operation:#x} is outside the image"
+        assert entry.post_operation == 0
+    assert len(kernel.live_registrations) == 1
+
+
+def test_entry_stub_binds_to_kmdf_1_33_with_the_full_function_table(kernel):
+    kernel.load()
+    assert len(kernel.wdf_binds) == 1
+    bind = kernel.wdf_binds[0]
+    assert bind.size == 48
+    assert bind.component == "KmdfLibrary"
+    assert bind.version == (1, 33, 0)
+    assert bind.func_count == WDF_FUNCTION_COUNT_1_33 == 458
+    assert kernel.in_image(bind.func_table_slot), "FuncTable must point at the driver's table variable"
+    assert bind.module == 0
+    # The loader wrote the table through FuncTable and the driver used it:
+    # WdfDriverCreate (index 116) was reached through it.
+    assert kernel.read(bind.func_table_slot, 8) == kernel.wdf_function_table.to_bytes(8, "little")
+    assert len(kernel.wdf_driver_creates) == 1
+    assert kernel.wdf_unbinds == [], "unbinding belongs to unload on success"
+
+
+def test_wdf_driver_create_gets_a_non_pnp_config_with_an_unload_callback(kernel):
+    kernel.load()
+    (create,) = kernel.wdf_driver_creates
+    assert create["globals"] == kernel.wdf_driver_globals
+    assert create["driver_object"] == kernel.driver_object
+    assert create["registry_path"].lower().endswith("\\services\\procguard")
+    assert create["config_size"] == 32
+    assert create["evt_driver_device_add"] == 0
+    assert kernel.in_image(create["evt_driver_unload"])
+    assert create["driver_init_flags"] == 1  # WdfDriverInitNonPnpDriver
+    # DriverUnload is the entry stub's (displacing the framework's), in the image.
+    assert kernel.in_image(kernel.driver_unload_routine())
+
+
+def test_registry_values_are_read_with_a_size_probe_and_every_key_is_closed(kernel):
+    kernel.parameters = {
+        "Altitude": reg_sz("385210.25"),
+        "AltitudeRetries": reg_dword(3),
+        "Policy": reg_binary(policy_blob([(PROTECTED_PID, 1, 2)])),
+    }
+    kernel.load()
+    service, parameters = kernel.key_opens
+    assert service[0].lower().endswith("\\services\\procguard") and service[1] == 0
+    assert parameters[0] == "Parameters" and parameters[1] != 0, "opened relative to the service key"
+    names = [query[0] for query in kernel.value_queries]
+    assert names == ["Altitude", "Altitude", "AltitudeRetries", "AltitudeRetries", "Policy", "Policy"]
+    assert all(query[1] == 2 for query in kernel.value_queries), "KeyValuePartialInformation"
+    sizes = {name: kernel.parameters[name][1] for name in kernel.parameters}
+    for index in range(0, 6, 2):
+        probe, full = kernel.value_queries[index], kernel.value_queries[index + 1]
+        assert probe[2] == 16
+        assert full[2] >= 12 + len(sizes[probe[0]])
+    assert kernel.open_keys == {}, "every key opened is closed"
+    assert kernel.registration.altitude == "385210.25"
+
+
+def test_custom_altitude_from_the_registry_is_used(kernel):
+    kernel.parameters = {"Altitude": reg_sz("320000.5")}
+    kernel.load()
+    assert [r.altitude for r in kernel.registrations] == ["320000.5"]
+    assert "registered at altitude 320000.5 after 1 attempt(s)" in kernel.trace_text()
+    assert not kernel.messages_containing("Parameters\\Altitude"), "a valid value draws no complaint"
+
+
+def test_altitude_collision_on_first_try_registers_at_385201_1(kernel):
+    kernel.occupied_altitudes = {DEFAULT_ALTITUDE}  # another driver holds it
+    kernel.load()
+    assert [(r.altitude, r.status) for r in kernel.registrations] == [
+        (DEFAULT_ALTITUDE, STATUS_FLT_INSTANCE_ALTITUDE_COLLISION),
+        ("385201.1", STATUS_SUCCESS),
+    ]
+    assert kernel.registration.altitude == "385201.1"
+    assert "registered at altitude 385201.1 after 2 attempt(s)" in kernel.trace_text()
+    # The retry is the same registration otherwise.
+    first, second = kernel.registrations
+    assert first.entries == second.entries and first.context == second.context
+
+
+@pytest.mark.parametrize(
+    ("retries_value", "expected_retries"),
+    [(None, DEFAULT_RETRIES), (3, 3), (1000, MAX_RETRIES)],
+    ids=["default-8", "configured-3", "capped-at-32"],
+)
+def test_every_attempt_colliding_fails_driver_entry_after_one_plus_retries_attempts(
+    kernel, retries_value, expected_retries
+):
+    if retries_value is not None:
+        kernel.parameters = {"AltitudeRetries": reg_dword(retries_value)}
+    kernel.register_results.extend([STATUS_FLT_INSTANCE_ALTITUDE_COLLISION] * 100)
+    assert kernel.driver_entry() == STATUS_FLT_INSTANCE_ALTITUDE_COLLISION
+    altitudes = [r.altitude for r in kernel.registrations]
+    assert len(altitudes) == 1 + expected_retries
+    assert altitudes[:3] == [DEFAULT_ALTITUDE, "385201.1", "385201.2"][: len(altitudes)]
+    assert len(set(altitudes)) == len(altitudes), "each attempt uses a new altitude string"
+    assert kernel.messages_containing("ObRegisterCallbacks failed with 0xC01C0011")
+    assert_nothing_left_behind(kernel)
+
+
+def test_altitude_retries_zero_fails_at_once_on_a_collision(kernel):
+    kernel.parameters = {"AltitudeRetries": reg_dword(0)}
+    kernel.occupied_altitudes = {DEFAULT_ALTITUDE}
+    assert kernel.driver_entry() == STATUS_FLT_INSTANCE_ALTITUDE_COLLISION
+    assert [r.altitude for r in kernel.registrations] == [DEFAULT_ALTITUDE]
+    assert_nothing_left_behind(kernel)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="driver bug (altitude.rs Altitude::candidate): with AltitudeRetries >= 10 the "
+    "candidates 385201.10/.20/.30 are the decimal numbers 385201.1/.2/.3 again; altitudes "
+    "are compared as decimal numbers, so those retries can only collide again",
+)
+def test_collision_retries_try_numerically_distinct_altitudes(kernel):
+    from decimal import Decimal
+
+    kernel.parameters = {"AltitudeRetries": reg_dword(MAX_RETRIES)}
+    kernel.register_results.extend([STATUS_FLT_INSTANCE_ALTITUDE_COLLISION] * 100)
+    assert kernel.driver_entry() == STATUS_FLT_INSTANCE_ALTITUDE_COLLISION
+    values = [Decimal(r.altitude) for r in kernel.registrations]
+    assert len(set(values)) == len(values), sorted(values)
+
+
+def test_registration_access_denied_fails_driver_entry_cleanly_without_retrying(kernel):
+    kernel.register_results.append(STATUS_ACCESS_DENIED)
+    assert kernel.driver_entry() == STATUS_ACCESS_DENIED
+    assert len(kernel.registrations) == 1, "only collisions are retried"
+    assert kernel.messages_containing("ObRegisterCallbacks failed with 0xC0000022")
+    assert_nothing_left_behind(kernel)
+
+
+@pytest.mark.parametrize(
+    ("blob", "message"),
+    [
+        (b"XGPT" + policy_blob([(PROTECTED_PID, 1, 1)])[4:], "policy blob does not start with PGPT"),
+        (policy_blob([(PROTECTED_PID, 1, 1)])[:-4], "policy blob is 16 bytes, its count implies 20"),
+        (policy_blob([(PROTECTED_PID, 1, 1)], count=2), "policy blob is 20 bytes, its count implies 32"),
+        (b"PGPT\x01", "policy blob of 5 bytes is shorter than its 8-byte header"),
+        (policy_blob([(PROTECTED_PID, 1, 1)], version=2), "policy blob version 2 is not 1"),
+        (policy_blob([], count=4097), "policy blob has 4097 entries, more than 4096"),
+        (
+            policy_blob([(PROTECTED_PID + 1, 1, 1), (PROTECTED_PID, 1, 1)]),
+            "policy entry 1 is not in ascending pid order",
+        ),
+        (
+            policy_blob([(PROTECTED_PID, 1, 1), (PROTECTED_PID, 1, 1)]),
+            "policy entry 1 is not in ascending pid order",
+        ),
+    ],
+    ids=["bad-magic", "truncated", "count-too-big", "shorter-than-header", "bad-version",
+         "too-many-entries", "unsorted", "duplicate-pid"],
+)
+def test_corrupt_policy_loads_with_no_rules_and_names_the_problem(kernel, blob, message):
+    kernel.parameters = {"Policy": reg_binary(blob)}
+    kernel.load()
+    assert kernel.messages_containing(f"Parameters\\Policy: {message}; starting with no rules"), (
+        kernel.trace_text()
+    )
+    assert "0 protected process(es)" in kernel.trace_text()
+    result = kernel.pre_operation(
+        operation=OB_OPERATION_HANDLE_CREATE,
+        object_kind="process",
+        target=kernel.new_process(PROTECTED_PID),
+        desired_access=0x1FFFFF,
+        current_pid=OTHER_PID,
+    )
+    assert result.desired_access == 0x1FFFFF, "no rule of a rejected blob may apply"
+
+
+def test_values_of_the_wrong_registry_type_are_ignored_and_defaults_used(kernel):
+    kernel.parameters = {
+        "Altitude": reg_dword(385300),
+        "AltitudeRetries": reg_sz("3"),
+        "Policy": reg_sz("PGPT"),
+    }
+    kernel.register_results.extend([STATUS_FLT_INSTANCE_ALTITUDE_COLLISION] * 100)
+    assert kernel.driver_entry() == STATUS_FLT_INSTANCE_ALTITUDE_COLLISION
+    trace = kernel.trace_text()
+    assert "Parameters\\Altitude has registry type 4; ignored, default used" in trace
+    assert "Parameters\\AltitudeRetries has registry type 1; ignored, default used" in trace
+    assert "Parameters\\Policy has registry type 1; ignored, default used" in trace
+    # Defaults in force: the default altitude, and 1 + 8 attempts.
+    altitudes = [r.altitude for r in kernel.registrations]
+    assert altitudes[0] == DEFAULT_ALTITUDE
+    assert len(altitudes) == 1 + DEFAULT_RETRIES
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (reg_sz("38a201"), "altitude is not a decimal number"),
+        (reg_sz(""), "altitude is empty"),
+        (reg_sz("1" * 40), "altitude is longer than 32 characters"),
+        # REG_SZ with an odd byte count: not UTF-16.
+        ((1, b"3\x008\x005"), "has an unusable size (5 bytes)"),
+    ],
+    ids=["not-decimal", "empty", "too-long", "odd-size"],
+)
+def test_malformed_altitude_falls_back_to_the_default(kernel, value, message):
+    kernel.parameters = {"Altitude": value}
+    kernel.load()
+    assert message in kernel.trace_text()
+    assert kernel.registration.altitude == DEFAULT_ALTITUDE
+
+
+def test_malformed_altitude_retries_falls_back_to_the_default(kernel):
+    kernel.parameters = {"AltitudeRetries": (4, b"\x03\x00")}  # 2-byte REG_DWORD
+    kernel.register_results.extend([STATUS_FLT_INSTANCE_ALTITUDE_COLLISION] * 100)
+    assert kernel.driver_entry() == STATUS_FLT_INSTANCE_ALTITUDE_COLLISION
+    assert "Parameters\\AltitudeRetries has an unusable size (2 bytes)" in kernel.trace_text()
+    assert len(kernel.registrations) == 1 + DEFAULT_RETRIES
+
+
+def test_empty_policy_value_means_no_rules_without_a_complaint(kernel):
+    kernel.parameters = {"Policy": reg_binary(b"")}
+    kernel.load()
+    assert "Policy" not in kernel.trace_text()
+    assert "0 protected process(es)" in kernel.trace_text()
+
+
+def test_every_pool_allocation_is_non_paged_and_tagged_pgrd(kernel):
+    kernel.parameters = {
+        "Altitude": reg_sz("385201"),
+        "Policy": reg_binary(policy_blob([(PROTECTED_PID, 1, 2), (PROTECTED_PID + 4, 3, 4)])),
+    }
+    kernel.load()
+    assert kernel.allocation_count > 0
+    assert kernel.pool, "the driver state lives in pool"
+    for block in kernel.pool.values():
+        assert block.flags == POOL_FLAG_NON_PAGED
+        assert block.tag == POOL_TAG_PGRD
+    assert all(tag == POOL_TAG_PGRD for _address, tag in kernel.frees)
