@@ -115,7 +115,8 @@ impl Altitude {
     /// The UTF-16 code units (no terminating NUL).
     #[must_use]
     pub fn units(&self) -> &[u16] {
-        &self.units[..self.len]
+        // `len` never exceeds the capacity; `get` keeps this free of a panic path.
+        self.units.get(..self.len).unwrap_or_default()
     }
 
     /// The `attempt`-th candidate: 0 is the altitude itself; `k` ≥ 1 appends

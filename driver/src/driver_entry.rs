@@ -62,7 +62,9 @@ pub unsafe extern "system" fn driver_entry(
     registry_path: PCUNICODE_STRING,
 ) -> NTSTATUS {
     // SAFETY: the registry path DriverEntry received.
-    let settings = unsafe { read_settings(registry_path) };
+    let mut settings = unsafe { read_settings(registry_path) };
+    // The policy moves into the callback context (no copy that could fail).
+    let policy = core::mem::take(&mut settings.policy);
 
     let mut config = WDF_DRIVER_CONFIG {
         Size: core::mem::size_of::<WDF_DRIVER_CONFIG>() as ULONG,
