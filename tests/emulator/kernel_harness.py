@@ -210,6 +210,8 @@ class KernelHarness:
 
         # Records.
         self.hook_failures: list[str] = []
+        # (API, argument) of the calls whose order matters, in call order.
+        self.events: list[tuple[str, int]] = []
         self.bugchecks: list[tuple[int, ...]] = []
         self.registrations: list[RegistrationAttempt] = []
         self.live_registrations: dict[int, RegistrationAttempt] = {}
@@ -469,11 +471,17 @@ class KernelHarness:
         target_process: int = 0,
         current_pid: Optional[int] = None,
         flags: Optional[int] = None,
+        object_type: Optional[int] = None,
     ) -> PreOperationResult:
         """Calls the registered pre-operation callback the way the object
-        manager does, with a freshly built OB_PRE_OPERATION_INFORMATION."""
+        manager does, with a freshly built OB_PRE_OPERATION_INFORMATION.
+
+        ``object_kind`` picks the registration entry whose callback is called;
+        ObjectType is that kind's OBJECT_TYPE unless ``object_type`` overrides it.
+        """
         registration = self.registration
-        object_type = {"process": self.process_object_type, "thread": self.thread_object_type}[object_kind]
+        if object_type is None:
+            object_type = {"process": self.process_object_type, "thread": self.thread_object_type}[object_kind]
         entry_variable = {"process": self.ps_process_type_variable, "thread": self.ps_thread_type_variable}[object_kind]
         entry = next(e for e in registration.entries if e.object_type == entry_variable)
         if current_pid is not None:
@@ -564,6 +572,7 @@ class KernelHarness:
     def _ob_unregister_callbacks(self, argv, _original):
         handle = argv[0]
         self.unregistrations.append(handle)
+        self.events.append(("ObUnRegisterCallbacks", handle))
         if handle not in self.live_registrations:
             # A real kernel bugchecks on an unknown registration handle.
             raise KernelFault(f"ObUnRegisterCallbacks({handle:#x}): not a live registration")
@@ -603,6 +612,7 @@ class KernelHarness:
     def _ex_free_pool_with_tag(self, argv, _original):
         address, tag = argv[0], argv[1] & 0xFFFFFFFF
         self.frees.append((address, tag))
+        self.events.append(("ExFreePoolWithTag", address))
         block = self.pool.pop(address, None)
         if block is None:
             raise KernelFault(f"ExFreePoolWithTag({address:#x}): not a live pool block (double free?)")
@@ -736,6 +746,7 @@ class KernelHarness:
 
     def _wdf_version_unbind(self, argv, _original):
         self.wdf_unbinds.append(tuple(argv[:3]))
+        self.events.append(("WdfVersionUnbind", argv[2]))
         return STATUS_SUCCESS
 
     def _wdf_driver_create(self, argv, original):
@@ -775,6 +786,7 @@ class KernelHarness:
         into it) with the WDFDRIVER in RCX; it then returns straight to our
         caller, whose return address sits just above.
         """
+        self.events.append(("EvtDriverUnload", WDFDRIVER_HANDLE))
         emu = self.emu
         rsp = emu.reg_read(se_arch.AMD64_REG_RSP) - 8
         self._write_u64(rsp, self.evt_driver_unload)
