@@ -19,6 +19,7 @@ pub mod driver_entry;
 pub mod ffi;
 #[cfg(all(target_os = "windows", not(feature = "wdk")))]
 pub mod fx_entry;
+pub mod grace_period;
 pub mod handle_request;
 pub mod object_callbacks;
 pub mod parameters;
