@@ -94,7 +94,7 @@ pub unsafe extern "system" fn driver_entry(
 
     let Some(mut state) = try_box(DriverState {
         context: CallbackContext {
-            policy: settings.policy.clone(),
+            policy,
             counters: Counters::default(),
         },
         registration: None,
