@@ -165,26 +165,40 @@ mod tests {
             Arc::new((0..VERSIONS + 1).map(|_| AtomicUsize::new(1)).collect());
         let current = Arc::new(AtomicUsize::new(0));
         let done = Arc::new(AtomicBool::new(false));
+        let ready = Arc::new(AtomicUsize::new(0));
         let readers: Vec<_> = (0..3)
             .map(|_| {
-                let (grace, slots, current, done) =
-                    (grace.clone(), slots.clone(), current.clone(), done.clone());
+                let (grace, slots, current, done, ready) = (
+                    grace.clone(),
+                    slots.clone(),
+                    current.clone(),
+                    done.clone(),
+                    ready.clone(),
+                );
                 std::thread::spawn(move || {
+                    ready.fetch_add(1, Ordering::SeqCst);
                     let mut reads = 0u64;
-                    while !done.load(Ordering::Relaxed) {
-                        let _section = grace.read();
-                        let index = current.load(Ordering::SeqCst);
-                        assert_eq!(
-                            slots[index].load(Ordering::SeqCst),
-                            1,
-                            "read a retired version"
-                        );
+                    loop {
+                        {
+                            let _section = grace.read();
+                            let index = current.load(Ordering::SeqCst);
+                            assert_eq!(
+                                slots[index].load(Ordering::SeqCst),
+                                1,
+                                "read a retired version"
+                            );
+                        }
                         reads += 1;
+                        if done.load(Ordering::Relaxed) {
+                            return reads;
+                        }
                     }
-                    reads
                 })
             })
             .collect();
+        while ready.load(Ordering::SeqCst) < 3 {
+            std::thread::yield_now();
+        }
         for next in 1..=VERSIONS {
             let old = current.swap(next, Ordering::SeqCst);
             grace.synchronize(std::thread::yield_now);
@@ -195,7 +209,7 @@ mod tests {
             .into_iter()
             .map(|reader| reader.join().unwrap())
             .sum();
-        assert!(total > 0);
+        assert!(total >= 3, "every reader read at least once");
     }
 }
 
