@@ -48,9 +48,14 @@ def wdf_layout() -> dict:
 
 
 @pytest.fixture
-def kernel(driver_path: str) -> KernelHarness:
+def kernel(driver_path: str):
     """A fresh machine with the image mapped and the harness' kernel hooks in
     place, DriverEntry not yet run. A new Speakeasy per test (~0.1 s) keeps
     tests independent: nothing a driver run leaves behind can leak into the
     next test."""
-    return KernelHarness(driver_path)
+    harness = KernelHarness(driver_path)
+    yield harness
+    # Every run already checks for faults; this catches a hook that raised
+    # outside any checked run.
+    assert not harness.hook_failures, harness.hook_failures
+    assert not harness.bugchecks, harness.bugchecks
