@@ -11,12 +11,15 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use procguard_policy::reference::evaluate;
 use procguard_policy::rights::{self, *};
 use procguard_policy::{
-    CompiledPolicy, HandleRequest, Mode, ObjectKind, Objects, Operation, Operations, Policy, ProcessIdentity,
-    ProcessRecord, Requester, Rule, Selector, Settings,
+    CompiledPolicy, HandleRequest, Mode, ObjectKind, Objects, Operation, Operations, Policy,
+    ProcessIdentity, ProcessRecord, Requester, Rule, Selector, Settings,
 };
 
 fn sel_name(n: String) -> Selector {
-    Selector { names: vec![Arc::from(n.as_str())], ..Selector::default() }
+    Selector {
+        names: vec![Arc::from(n.as_str())],
+        ..Selector::default()
+    }
 }
 
 /// A deterministic policy of `n` rules: image-name rules (4 per app), one path
@@ -28,7 +31,13 @@ fn policy(n: usize) -> Policy {
     for i in 0..n {
         let mut target = sel_name(format!("app{}.exe", i / 4));
         if i % 25 == 3 {
-            target.paths.push(Arc::from(format!("\\Device\\HarddiskVolume*\\Program Files\\Vendor{}\\*.exe", (i / 4) % 10).as_str()));
+            target.paths.push(Arc::from(
+                format!(
+                    "\\Device\\HarddiskVolume*\\Program Files\\Vendor{}\\*.exe",
+                    (i / 4) % 10
+                )
+                .as_str(),
+            ));
         }
         let requester = if i % 20 == 0 && i / 20 < 40 {
             if (i / 20) % 2 == 0 {
@@ -44,14 +53,27 @@ fn policy(n: usize) -> Policy {
             name: Arc::from(format!("rule-{i}").as_str()),
             target,
             requester,
-            objects: Objects { process: true, thread: true },
-            operations: Operations { create: true, duplicate: i % 3 != 0 },
+            objects: Objects {
+                process: true,
+                thread: true,
+            },
+            operations: Operations {
+                create: true,
+                duplicate: i % 3 != 0,
+            },
             strip_process: set.process,
             strip_thread: set.thread,
-            mode: if i % 7 == 6 { Mode::Audit } else { Mode::Enforce },
+            mode: if i % 7 == 6 {
+                Mode::Audit
+            } else {
+                Mode::Enforce
+            },
         });
     }
-    Policy { settings: Settings::default(), rules }
+    Policy {
+        settings: Settings::default(),
+        rules,
+    }
 }
 
 struct Inputs {
@@ -63,24 +85,50 @@ struct Inputs {
 fn inputs() -> Inputs {
     // Apps 0..2 exist in every policy size (the 10-rule policy has apps 0, 1, 2).
     let targets = (0..8)
-        .map(|k| format!("\\Device\\HarddiskVolume3\\Program Files\\Vendor{}\\app{}.exe", k % 3, k % 3))
+        .map(|k| {
+            format!(
+                "\\Device\\HarddiskVolume3\\Program Files\\Vendor{}\\app{}.exe",
+                k % 3,
+                k % 3
+            )
+        })
         .collect();
-    let requesters = (0..8).map(|k| format!("\\Device\\HarddiskVolume3\\Tools\\tool{}.exe", k % 5)).collect();
-    let desired = [PROCESS_TERMINATE, 0x001F_FFFF, PROCESS_VM_READ | PROCESS_VM_WRITE, PROCESS_QUERY_LIMITED_INFORMATION];
+    let requesters = (0..8)
+        .map(|k| format!("\\Device\\HarddiskVolume3\\Tools\\tool{}.exe", k % 5))
+        .collect();
+    let desired = [
+        PROCESS_TERMINATE,
+        0x001F_FFFF,
+        PROCESS_VM_READ | PROCESS_VM_WRITE,
+        PROCESS_QUERY_LIMITED_INFORMATION,
+    ];
     let mut requests = Vec::new();
     for d in &desired {
         for (object, operation) in [
             (ObjectKind::Process, Operation::Create),
             (ObjectKind::Thread, Operation::Duplicate),
         ] {
-            requests.push(HandleRequest { object, operation, desired_access: *d, kernel_handle: false, same_process: false });
+            requests.push(HandleRequest {
+                object,
+                operation,
+                desired_access: *d,
+                kernel_handle: false,
+                same_process: false,
+            });
         }
     }
-    Inputs { targets, requesters, requests }
+    Inputs {
+        targets,
+        requesters,
+        requests,
+    }
 }
 
 fn id(pid: usize, path: &str) -> ProcessIdentity<'_> {
-    ProcessIdentity { pid: 10_000 + pid as u32, image_path: path }
+    ProcessIdentity {
+        pid: 10_000 + pid as u32,
+        image_path: path,
+    }
 }
 
 fn phase2(c: &mut Criterion) {
@@ -89,15 +137,29 @@ fn phase2(c: &mut Criterion) {
     for n in [10usize, 1_000, 10_000] {
         let p = policy(n);
         let cp = CompiledPolicy::new(&p).expect("valid");
-        let t: Vec<ProcessRecord> = inp.targets.iter().enumerate().map(|(i, s)| cp.classify(&id(i, s))).collect();
-        let r: Vec<ProcessRecord> = inp.requesters.iter().enumerate().map(|(i, s)| cp.classify(&id(100 + i, s))).collect();
+        let t: Vec<ProcessRecord> = inp
+            .targets
+            .iter()
+            .enumerate()
+            .map(|(i, s)| cp.classify(&id(i, s)))
+            .collect();
+        let r: Vec<ProcessRecord> = inp
+            .requesters
+            .iter()
+            .enumerate()
+            .map(|(i, s)| cp.classify(&id(100 + i, s)))
+            .collect();
         // Sanity: the inputs are protected, and some request is actually changed.
         assert!(t.iter().all(ProcessRecord::is_protected));
         let mut i = 0usize;
         g.bench_with_input(BenchmarkId::new("compiled", n), &n, |b, _| {
             b.iter(|| {
                 i = i.wrapping_add(1);
-                let (tt, rr, q) = (&t[i % 8], &r[(i / 8) % 8], &inp.requests[(i / 3) % inp.requests.len()]);
+                let (tt, rr, q) = (
+                    &t[i % 8],
+                    &r[(i / 8) % 8],
+                    &inp.requests[(i / 3) % inp.requests.len()],
+                );
                 black_box(cp.decide(black_box(tt), black_box(rr), black_box(q)))
             })
         });

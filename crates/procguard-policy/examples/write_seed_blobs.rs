@@ -5,12 +5,18 @@ use procguard_policy::toml::parse_policy;
 use procguard_policy::{encode, Policy};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let dir = std::env::args().nth(1).ok_or("usage: write_seed_blobs DIR")?;
+    let dir = std::env::args()
+        .nth(1)
+        .ok_or("usage: write_seed_blobs DIR")?;
     std::fs::create_dir_all(&dir)?;
     let example = parse_policy(include_str!("policy.toml"))?;
     let mut smaller = example.clone();
     smaller.rules.truncate(1);
-    for (name, p) in [("example", example), ("one-rule", smaller), ("empty", Policy::default())] {
+    for (name, p) in [
+        ("example", example),
+        ("one-rule", smaller),
+        ("empty", Policy::default()),
+    ] {
         std::fs::write(format!("{dir}/{name}.blob"), encode(&p))?;
     }
     Ok(())

@@ -10,7 +10,9 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
 
-use crate::model::{Mode, Objects, Operations, Policy, PolicyError, Requester, Rule, Selector, Settings};
+use crate::model::{
+    Mode, Objects, Operations, Policy, PolicyError, Requester, Rule, Selector, Settings,
+};
 
 /// `b"PGPB"`.
 pub const MAGIC: [u8; 4] = *b"PGPB";
@@ -129,26 +131,50 @@ pub enum DecodeError {
 impl fmt::Display for DecodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::TooShort { len } => write!(f, "blob of {len} bytes is shorter than the {HEADER_SIZE}-byte header"),
-            Self::TooLarge { len } => write!(f, "blob of {len} bytes exceeds the {MAX_BLOB_SIZE}-byte limit"),
+            Self::TooShort { len } => write!(
+                f,
+                "blob of {len} bytes is shorter than the {HEADER_SIZE}-byte header"
+            ),
+            Self::TooLarge { len } => write!(
+                f,
+                "blob of {len} bytes exceeds the {MAX_BLOB_SIZE}-byte limit"
+            ),
             Self::BadMagic => f.write_str("bad magic (expected \"PGPB\")"),
-            Self::UnsupportedVersion { version } => write!(f, "unsupported format version {version}"),
+            Self::UnsupportedVersion { version } => {
+                write!(f, "unsupported format version {version}")
+            }
             Self::BadHeaderSize { size } => write!(f, "header size {size}, expected {HEADER_SIZE}"),
             Self::LengthMismatch { declared, actual } => {
                 write!(f, "header declares {declared} bytes, buffer has {actual}")
             }
             Self::ChecksumMismatch { stored, computed } => {
-                write!(f, "checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")
+                write!(
+                    f,
+                    "checksum mismatch: stored {stored:#010x}, computed {computed:#010x}"
+                )
             }
-            Self::ReservedBits { field, offset } => write!(f, "reserved bits set in {field} at offset {offset}"),
-            Self::CountTooLarge { what, count } => write!(f, "{what} count {count} cannot fit in the blob"),
+            Self::ReservedBits { field, offset } => {
+                write!(f, "reserved bits set in {field} at offset {offset}")
+            }
+            Self::CountTooLarge { what, count } => {
+                write!(f, "{what} count {count} cannot fit in the blob")
+            }
             Self::Truncated { offset } => write!(f, "truncated at offset {offset}"),
-            Self::StringOutOfBounds { index } => write!(f, "string {index} lies outside the string data"),
+            Self::StringOutOfBounds { index } => {
+                write!(f, "string {index} lies outside the string data")
+            }
             Self::StringNotUtf8 { index } => write!(f, "string {index} is not valid UTF-8"),
             Self::BadStringIndex { offset, index } => {
-                write!(f, "string reference {index} at offset {offset} is out of range")
+                write!(
+                    f,
+                    "string reference {index} at offset {offset} is out of range"
+                )
             }
-            Self::BadEnum { field, offset, value } => write!(f, "invalid {field} value {value} at offset {offset}"),
+            Self::BadEnum {
+                field,
+                offset,
+                value,
+            } => write!(f, "invalid {field} value {value} at offset {offset}"),
             Self::BadPadding => f.write_str("non-zero padding after the string data"),
             Self::TrailingBytes { extra } => write!(f, "{extra} bytes after the last rule"),
             Self::NonCanonical => f.write_str("not the canonical encoding of its policy"),
@@ -164,7 +190,11 @@ const fn crc_table() -> [u32; 256] {
         let mut c = i as u32;
         let mut k = 0;
         while k < 8 {
-            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+            c = if c & 1 != 0 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
             k += 1;
         }
         t[i] = c;
@@ -193,7 +223,12 @@ pub fn blob_checksum(blob: &[u8]) -> u32 {
 #[must_use]
 pub fn policy_id(blob: &[u8]) -> Option<u32> {
     let b = blob.get(12..16)?;
-    Some(u32::from_le_bytes([*b.first()?, *b.get(1)?, *b.get(2)?, *b.get(3)?]))
+    Some(u32::from_le_bytes([
+        *b.first()?,
+        *b.get(1)?,
+        *b.get(2)?,
+        *b.get(3)?,
+    ]))
 }
 
 /// The policy id `encode(policy)` would carry.
@@ -252,7 +287,10 @@ fn put_selector(out: &mut Vec<u8>, s: &Selector, st: &Strings<'_>) {
 /// ([`Policy::validate`]); an invalid one encodes but will not decode.
 #[must_use]
 pub fn encode(policy: &Policy) -> Vec<u8> {
-    let mut st = Strings { index: BTreeMap::new(), list: Vec::new() };
+    let mut st = Strings {
+        index: BTreeMap::new(),
+        list: Vec::new(),
+    };
     for r in &policy.rules {
         st.intern(&r.name);
         selector_strings(&r.target, &mut st);
@@ -261,7 +299,9 @@ pub fn encode(policy: &Policy) -> Vec<u8> {
         }
     }
     let data_len: usize = st.list.iter().map(|s| s.len()).sum();
-    let mut out = Vec::with_capacity(HEADER_SIZE + 8 * st.list.len() + data_len + 3 + 64 * policy.rules.len());
+    let mut out = Vec::with_capacity(
+        HEADER_SIZE + 8 * st.list.len() + data_len + 3 + 64 * policy.rules.len(),
+    );
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
     out.extend_from_slice(&u16::try_from(HEADER_SIZE).unwrap_or(0).to_le_bytes());
@@ -270,9 +310,9 @@ pub fn encode(policy: &Policy) -> Vec<u8> {
     let s = policy.settings;
     put_u32(
         &mut out,
-        u32::from(s.exempt_self) * SETTING_SELF
-            | u32::from(s.exempt_kernel_handles) * SETTING_KERNEL
-            | u32::from(s.exempt_critical_requesters) * SETTING_CRITICAL,
+        (u32::from(s.exempt_self) * SETTING_SELF)
+            | (u32::from(s.exempt_kernel_handles) * SETTING_KERNEL)
+            | (u32::from(s.exempt_critical_requesters) * SETTING_CRITICAL),
     );
     put_u32(&mut out, len_u32(st.list.len()));
     put_u32(&mut out, len_u32(policy.rules.len()));
@@ -292,7 +332,10 @@ pub fn encode(policy: &Policy) -> Vec<u8> {
         out.push(0);
     }
     for r in &policy.rules {
-        put_u32(&mut out, st.index.get(&*r.name).copied().unwrap_or(u32::MAX));
+        put_u32(
+            &mut out,
+            st.index.get(&*r.name).copied().unwrap_or(u32::MAX),
+        );
         out.push(u8::from(r.objects.process) | u8::from(r.objects.thread) << 1);
         out.push(u8::from(r.operations.create) | u8::from(r.operations.duplicate) << 1);
         out.push(match r.mode {
@@ -333,15 +376,23 @@ impl<'a> Reader<'a> {
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
-        let end = self.pos.checked_add(n).ok_or(DecodeError::Truncated { offset: self.pos })?;
-        let s = self.buf.get(self.pos..end).ok_or(DecodeError::Truncated { offset: self.pos })?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .ok_or(DecodeError::Truncated { offset: self.pos })?;
+        let s = self
+            .buf
+            .get(self.pos..end)
+            .ok_or(DecodeError::Truncated { offset: self.pos })?;
         self.pos = end;
         Ok(s)
     }
 
     fn u8(&mut self) -> Result<u8, DecodeError> {
         let s = self.take(1)?;
-        s.first().copied().ok_or(DecodeError::Truncated { offset: self.pos })
+        s.first()
+            .copied()
+            .ok_or(DecodeError::Truncated { offset: self.pos })
     }
 
     fn u16(&mut self) -> Result<u16, DecodeError> {
@@ -364,7 +415,10 @@ impl<'a> Reader<'a> {
 fn string_ref(r: &mut Reader<'_>, strings: &[Arc<str>]) -> Result<Arc<str>, DecodeError> {
     let offset = r.pos;
     let index = r.u32()?;
-    strings.get(index as usize).cloned().ok_or(DecodeError::BadStringIndex { offset, index })
+    strings
+        .get(index as usize)
+        .cloned()
+        .ok_or(DecodeError::BadStringIndex { offset, index })
 }
 
 fn read_selector(r: &mut Reader<'_>, strings: &[Arc<str>]) -> Result<Selector, DecodeError> {
@@ -373,7 +427,10 @@ fn read_selector(r: &mut Reader<'_>, strings: &[Arc<str>]) -> Result<Selector, D
     let q = r.u32()?;
     let total = u64::from(n) + u64::from(p) + u64::from(q);
     if total.saturating_mul(4) > r.remaining() as u64 {
-        return Err(DecodeError::CountTooLarge { what: "selector entry", count: n.saturating_add(p).saturating_add(q) });
+        return Err(DecodeError::CountTooLarge {
+            what: "selector entry",
+            count: n.saturating_add(p).saturating_add(q),
+        });
     }
     let mut s = Selector {
         names: Vec::with_capacity(n as usize),
@@ -417,7 +474,10 @@ pub fn decode(blob: &[u8]) -> Result<Policy, DecodeError> {
     }
     let declared = r.u32()?;
     if declared as usize != blob.len() {
-        return Err(DecodeError::LengthMismatch { declared, actual: blob.len() });
+        return Err(DecodeError::LengthMismatch {
+            declared,
+            actual: blob.len(),
+        });
     }
     let stored = r.u32()?;
     let computed = blob_checksum(blob);
@@ -426,7 +486,10 @@ pub fn decode(blob: &[u8]) -> Result<Policy, DecodeError> {
     }
     let flags = r.u32()?;
     if flags & !SETTINGS_ALL != 0 {
-        return Err(DecodeError::ReservedBits { field: "settings", offset: 16 });
+        return Err(DecodeError::ReservedBits {
+            field: "settings",
+            offset: 16,
+        });
     }
     let settings = Settings {
         exempt_self: flags & SETTING_SELF != 0,
@@ -438,24 +501,36 @@ pub fn decode(blob: &[u8]) -> Result<Policy, DecodeError> {
     let data_len = r.u32()?;
     for offset in [32, 36] {
         if r.u32()? != 0 {
-            return Err(DecodeError::ReservedBits { field: "reserved header word", offset });
+            return Err(DecodeError::ReservedBits {
+                field: "reserved header word",
+                offset,
+            });
         }
     }
     // Directory: 8 bytes per string, then the data.
     let dir_bytes = (string_count as usize)
         .checked_mul(8)
         .filter(|b| *b <= r.remaining())
-        .ok_or(DecodeError::CountTooLarge { what: "string", count: string_count })?;
+        .ok_or(DecodeError::CountTooLarge {
+            what: "string",
+            count: string_count,
+        })?;
     let dir = r.take(dir_bytes)?;
-    let data = r.take(data_len as usize).map_err(|_| DecodeError::CountTooLarge { what: "string byte", count: data_len })?;
+    let data = r
+        .take(data_len as usize)
+        .map_err(|_| DecodeError::CountTooLarge {
+            what: "string byte",
+            count: data_len,
+        })?;
     let mut strings: Vec<Arc<str>> = Vec::with_capacity(string_count as usize);
     let mut expected_offset = 0usize;
     for (i, e) in dir.chunks_exact(8).enumerate() {
         let index = u32::try_from(i).unwrap_or(u32::MAX);
         let (off, len) = match e {
-            [a, b, c, d, w, x, y, z] => {
-                (u32::from_le_bytes([*a, *b, *c, *d]) as usize, u32::from_le_bytes([*w, *x, *y, *z]) as usize)
-            }
+            [a, b, c, d, w, x, y, z] => (
+                u32::from_le_bytes([*a, *b, *c, *d]) as usize,
+                u32::from_le_bytes([*w, *x, *y, *z]) as usize,
+            ),
             _ => return Err(DecodeError::StringOutOfBounds { index }),
         };
         let bytes = off
@@ -477,8 +552,14 @@ pub fn decode(blob: &[u8]) -> Result<Policy, DecodeError> {
         return Err(DecodeError::BadPadding);
     }
     let rule_count_usize = rule_count as usize;
-    if rule_count_usize.checked_mul(MIN_RULE_SIZE).is_none_or(|b| b > r.remaining()) {
-        return Err(DecodeError::CountTooLarge { what: "rule", count: rule_count });
+    if rule_count_usize
+        .checked_mul(MIN_RULE_SIZE)
+        .is_none_or(|b| b > r.remaining())
+    {
+        return Err(DecodeError::CountTooLarge {
+            what: "rule",
+            count: rule_count,
+        });
     }
     let mut rules = Vec::with_capacity(rule_count_usize);
     for _ in 0..rule_count {
@@ -489,18 +570,34 @@ pub fn decode(blob: &[u8]) -> Result<Policy, DecodeError> {
         let mode = r.u8()?;
         let kind = r.u8()?;
         if objects & !3 != 0 {
-            return Err(DecodeError::ReservedBits { field: "objects", offset: at });
+            return Err(DecodeError::ReservedBits {
+                field: "objects",
+                offset: at,
+            });
         }
         if operations & !3 != 0 {
-            return Err(DecodeError::ReservedBits { field: "operations", offset: at + 1 });
+            return Err(DecodeError::ReservedBits {
+                field: "operations",
+                offset: at + 1,
+            });
         }
         let mode = match mode {
             0 => Mode::Enforce,
             1 => Mode::Audit,
-            value => return Err(DecodeError::BadEnum { field: "mode", offset: at + 2, value }),
+            value => {
+                return Err(DecodeError::BadEnum {
+                    field: "mode",
+                    offset: at + 2,
+                    value,
+                })
+            }
         };
         if kind > 2 {
-            return Err(DecodeError::BadEnum { field: "requester kind", offset: at + 3, value: kind });
+            return Err(DecodeError::BadEnum {
+                field: "requester kind",
+                offset: at + 3,
+                value: kind,
+            });
         }
         let strip_process = r.u32()?;
         let strip_thread = r.u32()?;
@@ -514,15 +611,23 @@ pub fn decode(blob: &[u8]) -> Result<Policy, DecodeError> {
             name,
             target,
             requester,
-            objects: Objects { process: objects & 1 != 0, thread: objects & 2 != 0 },
-            operations: Operations { create: operations & 1 != 0, duplicate: operations & 2 != 0 },
+            objects: Objects {
+                process: objects & 1 != 0,
+                thread: objects & 2 != 0,
+            },
+            operations: Operations {
+                create: operations & 1 != 0,
+                duplicate: operations & 2 != 0,
+            },
             strip_process,
             strip_thread,
             mode,
         });
     }
     if r.remaining() != 0 {
-        return Err(DecodeError::TrailingBytes { extra: r.remaining() });
+        return Err(DecodeError::TrailingBytes {
+            extra: r.remaining(),
+        });
     }
     let policy = Policy { settings, rules };
     policy.validate().map_err(DecodeError::InvalidPolicy)?;

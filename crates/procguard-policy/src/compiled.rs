@@ -29,7 +29,9 @@ use alloc::vec::Vec;
 
 use crate::glob::{self, Glob};
 use crate::identity::{self, ProcessIdentity};
-use crate::model::{Mode, ObjectKind, Operation, Policy, PolicyError, Requester, Selector, Settings};
+use crate::model::{
+    Mode, ObjectKind, Operation, Policy, PolicyError, Requester, Selector, Settings,
+};
 use crate::rights::AccessMask;
 
 /// Rule id sentinel inside records and tables.
@@ -49,15 +51,28 @@ pub(crate) struct SlotSummary {
 }
 
 impl SlotSummary {
-    pub(crate) const EMPTY: Self = Self { strip: 0, audit: 0, rule: NO_RULE, audit_rule: NO_RULE };
+    pub(crate) const EMPTY: Self = Self {
+        strip: 0,
+        audit: 0,
+        rule: NO_RULE,
+        audit_rule: NO_RULE,
+    };
 
     #[inline]
     pub(crate) fn merge(self, o: Self) -> Self {
         Self {
             strip: self.strip | o.strip,
             audit: self.audit | o.audit,
-            rule: if o.rule < self.rule { o.rule } else { self.rule },
-            audit_rule: if o.audit_rule < self.audit_rule { o.audit_rule } else { self.audit_rule },
+            rule: if o.rule < self.rule {
+                o.rule
+            } else {
+                self.rule
+            },
+            audit_rule: if o.audit_rule < self.audit_rule {
+                o.audit_rule
+            } else {
+                self.audit_rule
+            },
         }
     }
 
@@ -66,8 +81,18 @@ impl SlotSummary {
             return;
         }
         let one = match mode {
-            Mode::Enforce => Self { strip, audit: 0, rule: id, audit_rule: NO_RULE },
-            Mode::Audit => Self { strip: 0, audit: strip, rule: NO_RULE, audit_rule: id },
+            Mode::Enforce => Self {
+                strip,
+                audit: 0,
+                rule: id,
+                audit_rule: NO_RULE,
+            },
+            Mode::Audit => Self {
+                strip: 0,
+                audit: strip,
+                rule: NO_RULE,
+                audit_rule: id,
+            },
         };
         *self = self.merge(one);
     }
@@ -108,7 +133,11 @@ const _: () = assert!(core::mem::size_of::<ProcessRecord>() <= 64);
 
 impl ProcessRecord {
     /// A record that protects nothing and is restricted by nothing but "any" rules.
-    pub const EMPTY: Self = Self { slots: [SlotSummary::EMPTY; 4], target_entries: 0, requester_entries: 0 };
+    pub const EMPTY: Self = Self {
+        slots: [SlotSummary::EMPTY; 4],
+        target_entries: 0,
+        requester_entries: 0,
+    };
 
     /// Whether this process is a critical system process (exempt as a requester when
     /// the setting is on).
@@ -149,7 +178,9 @@ impl CompiledSelector {
     }
 
     fn matches(&self, pid: u32, path: &[char], name: &[char]) -> bool {
-        self.pids.contains(&pid) || self.names.iter().any(|n| n == name) || self.globs.iter().any(|g| g.matches_folded(path))
+        self.pids.contains(&pid)
+            || self.names.iter().any(|n| n == name)
+            || self.globs.iter().any(|g| g.matches_folded(path))
     }
 }
 
@@ -234,7 +265,9 @@ impl CompiledPolicy {
             let entry = match &r.requester {
                 Requester::Any => None,
                 Requester::Only(s) | Requester::AnyExcept(s) => {
-                    let pos = keys.iter().position(|(t, q)| *t == &r.target && *q == &r.requester);
+                    let pos = keys
+                        .iter()
+                        .position(|(t, q)| *t == &r.target && *q == &r.requester);
                     let e = pos.unwrap_or_else(|| {
                         keys.push((&r.target, &r.requester));
                         entries.push(RequesterEntry {
@@ -247,7 +280,11 @@ impl CompiledPolicy {
                 }
             };
             let strips = SLOTS.map(|(k, o)| r.strip_for(k, o));
-            rules.push(CompiledRule { mode: r.mode, strips, entry });
+            rules.push(CompiledRule {
+                mode: r.mode,
+                strips,
+                entry,
+            });
             for n in &r.target.names {
                 push_index(&mut names, glob::fold(n), rid);
             }
@@ -285,7 +322,10 @@ impl CompiledPolicy {
                 let base = (c * 4 + s) * 256;
                 for v in 1usize..256 {
                     let low = v.trailing_zeros() as usize;
-                    let prev = dep_table.get(base + (v & (v - 1))).copied().unwrap_or(SlotSummary::EMPTY);
+                    let prev = dep_table
+                        .get(base + (v & (v - 1)))
+                        .copied()
+                        .unwrap_or(SlotSummary::EMPTY);
                     let add = entry_sums
                         .get(c * 8 + low)
                         .and_then(|sums| sums.get(s))
@@ -297,7 +337,16 @@ impl CompiledPolicy {
                 }
             }
         }
-        Ok(Self { settings: policy.settings, id, rules, names, pids, globs, entries, dep_table })
+        Ok(Self {
+            settings: policy.settings,
+            id,
+            rules,
+            names,
+            pids,
+            globs,
+            entries,
+            dep_table,
+        })
     }
 
     /// The policy id: CRC-32 of the blob (see FORMAT.md), for status reporting.
@@ -371,7 +420,9 @@ impl CompiledPolicy {
                 let bit = w.trailing_zeros() as usize;
                 w &= w - 1;
                 let ri = wi * 64 + bit;
-                let Some(rule) = self.rules.get(ri) else { continue };
+                let Some(rule) = self.rules.get(ri) else {
+                    continue;
+                };
                 let rid = u16::try_from(ri).unwrap_or(NO_RULE);
                 match rule.entry {
                     Some(e) => rec.target_entries |= 1u64 << (e & 63),

@@ -3,7 +3,9 @@
 //! No allocation, no string work, no loop over rules or processes: one slot read,
 //! one AND, at most 8 table reads (see [`crate::compiled`]), a few bit operations.
 
-use crate::compiled::{slot_index, CompiledPolicy, ProcessRecord, SlotSummary, CRITICAL_BIT, ENTRY_BITS, NO_RULE};
+use crate::compiled::{
+    slot_index, CompiledPolicy, ProcessRecord, SlotSummary, CRITICAL_BIT, ENTRY_BITS, NO_RULE,
+};
 use crate::model::{ObjectKind, Operation, RuleId};
 use crate::rights::AccessMask;
 
@@ -59,7 +61,13 @@ impl Decision {
     /// Leaves the request as it is.
     #[must_use]
     pub const fn unchanged(desired: AccessMask) -> Self {
-        Self { access: desired, rule: None, audit: false, would_strip: 0, exemption: None }
+        Self {
+            access: desired,
+            rule: None,
+            audit: false,
+            would_strip: 0,
+            exemption: None,
+        }
     }
 
     /// Bits removed from `desired`.
@@ -86,7 +94,12 @@ impl CompiledPolicy {
     /// (create: the current process; duplicate: `TargetProcess`).
     #[inline]
     #[must_use]
-    pub fn decide(&self, target: &ProcessRecord, requester: &ProcessRecord, req: &HandleRequest) -> Decision {
+    pub fn decide(
+        &self,
+        target: &ProcessRecord,
+        requester: &ProcessRecord,
+        req: &HandleRequest,
+    ) -> Decision {
         let slot = slot_index(req.object, req.operation);
         let mut sum = target.slot(slot);
         let dep = target.target_entries & requester.requester_entries & ENTRY_BITS;
@@ -99,7 +112,11 @@ impl CompiledPolicy {
         if removed == 0 && would_strip == 0 {
             return Decision::unchanged(desired);
         }
-        let rule = if removed != 0 { rule_of(sum.rule) } else { rule_of(sum.audit_rule) };
+        let rule = if removed != 0 {
+            rule_of(sum.rule)
+        } else {
+            rule_of(sum.audit_rule)
+        };
         let s = &self.settings;
         let exemption = if req.kernel_handle && s.exempt_kernel_handles {
             Some(Exemption::KernelHandle)
@@ -111,9 +128,21 @@ impl CompiledPolicy {
             None
         };
         if exemption.is_some() {
-            return Decision { access: desired, rule, audit: false, would_strip: 0, exemption };
+            return Decision {
+                access: desired,
+                rule,
+                audit: false,
+                would_strip: 0,
+                exemption,
+            };
         }
-        Decision { access: desired & !removed, rule, audit: true, would_strip, exemption: None }
+        Decision {
+            access: desired & !removed,
+            rule,
+            audit: true,
+            would_strip,
+            exemption: None,
+        }
     }
 
     #[inline]

@@ -22,7 +22,10 @@ pub fn explain(
     let mut text = String::new();
     // Writing to a String cannot fail.
     let _ = write_text(&mut text, policy, requester, target, req, &ev);
-    Explanation { evaluation: ev, text }
+    Explanation {
+        evaluation: ev,
+        text,
+    }
 }
 
 /// The result of [`explain`]: the structured evaluation and its text.
@@ -42,7 +45,11 @@ impl fmt::Display for Explanation {
 
 fn who(id: &ProcessIdentity<'_>) -> String {
     let mut s = String::new();
-    let path = if id.image_path.is_empty() { "(no image path)" } else { id.image_path };
+    let path = if id.image_path.is_empty() {
+        "(no image path)"
+    } else {
+        id.image_path
+    };
     let _ = write!(s, "{path} (pid {})", id.pid);
     s
 }
@@ -66,7 +73,11 @@ fn write_text(
         who(requester),
         who(target),
         MaskNames(req.object, req.desired_access),
-        if req.kernel_handle { " (kernel handle)" } else { "" }
+        if req.kernel_handle {
+            " (kernel handle)"
+        } else {
+            ""
+        }
     )?;
     if ev.matches.is_empty() {
         writeln!(out, "No rule protects the target.")?;
@@ -78,14 +89,33 @@ fn write_text(
             Mode::Enforce => "enforce",
             Mode::Audit => "audit",
         };
-        write!(out, "Rule {} \"{name}\" ({mode}) protects the target: ", m.rule)?;
+        write!(
+            out,
+            "Rule {} \"{name}\" ({mode}) protects the target: ",
+            m.rule
+        )?;
         match m.outcome {
-            RuleOutcome::NotThisHandle => writeln!(out, "it does not cover this object kind and operation.")?,
-            RuleOutcome::RequesterNotRestricted => writeln!(out, "it does not restrict this requester.")?,
-            RuleOutcome::Applies(0) => writeln!(out, "it applies, but the request asks for none of its rights.")?,
+            RuleOutcome::NotThisHandle => {
+                writeln!(out, "it does not cover this object kind and operation.")?
+            }
+            RuleOutcome::RequesterNotRestricted => {
+                writeln!(out, "it does not restrict this requester.")?
+            }
+            RuleOutcome::Applies(0) => writeln!(
+                out,
+                "it applies, but the request asks for none of its rights."
+            )?,
             RuleOutcome::Applies(bits) => {
-                let verb = if m.mode == Mode::Enforce { "removes" } else { "would remove (audit only)" };
-                writeln!(out, "it applies and {verb} {}.", MaskNames(req.object, bits))?;
+                let verb = if m.mode == Mode::Enforce {
+                    "removes"
+                } else {
+                    "would remove (audit only)"
+                };
+                writeln!(
+                    out,
+                    "it applies and {verb} {}.",
+                    MaskNames(req.object, bits)
+                )?;
             }
         }
     }
@@ -95,8 +125,12 @@ fn write_text(
     let d = &ev.decision;
     if let Some(e) = d.exemption {
         let why = match e {
-            Exemption::KernelHandle => "kernel handles are not filtered (settings.exempt_kernel_handles)",
-            Exemption::SelfAccess => "a process opening itself keeps every right (settings.exempt_self)",
+            Exemption::KernelHandle => {
+                "kernel handles are not filtered (settings.exempt_kernel_handles)"
+            }
+            Exemption::SelfAccess => {
+                "a process opening itself keeps every right (settings.exempt_self)"
+            }
             Exemption::CriticalRequester => {
                 "critical system processes keep every right (settings.exempt_critical_requesters)"
             }
@@ -109,11 +143,22 @@ fn write_text(
         write!(out, "; removed {}", MaskNames(req.object, removed))?;
     }
     if d.would_strip != 0 {
-        write!(out, "; audit rules would have removed {}", MaskNames(req.object, d.would_strip))?;
+        write!(
+            out,
+            "; audit rules would have removed {}",
+            MaskNames(req.object, d.would_strip)
+        )?;
     }
     if let Some(rule) = d.rule {
-        let name = policy.rules.get(usize::from(rule)).map_or("?", |r| &*r.name);
+        let name = policy
+            .rules
+            .get(usize::from(rule))
+            .map_or("?", |r| &*r.name);
         write!(out, "; responsible rule {rule} \"{name}\"")?;
     }
-    writeln!(out, "; audit record: {}.", if d.audit { "yes" } else { "no" })
+    writeln!(
+        out,
+        "; audit record: {}.",
+        if d.audit { "yes" } else { "no" }
+    )
 }

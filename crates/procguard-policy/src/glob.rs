@@ -69,7 +69,9 @@ impl fmt::Display for GlobError {
             Self::ForwardSlash => "NT image paths use '\\'; a '/' never matches",
             Self::EmptyComponent => "an empty path component ('\\\\') never matches",
             Self::TrailingSeparator => "an image path names a file; a trailing '\\' never matches",
-            Self::BadDoubleStar => "'**' must be a whole path component (\\**\\), and '***' is invalid",
+            Self::BadDoubleStar => {
+                "'**' must be a whole path component (\\**\\), and '***' is invalid"
+            }
             Self::Nul => "a NUL character never appears in a path",
         })
     }
@@ -170,7 +172,13 @@ impl Glob {
         }
         let prefix: Vec<char> = tokens
             .iter()
-            .map_while(|t| if let Token::Lit(c) = t { Some(*c) } else { None })
+            .map_while(|t| {
+                if let Token::Lit(c) = t {
+                    Some(*c)
+                } else {
+                    None
+                }
+            })
             .collect();
         let literal = prefix.len() == tokens.len();
         let mut suffix: Vec<char> = if literal {
@@ -179,11 +187,22 @@ impl Glob {
             tokens
                 .iter()
                 .rev()
-                .map_while(|t| if let Token::Lit(c) = t { Some(*c) } else { None })
+                .map_while(|t| {
+                    if let Token::Lit(c) = t {
+                        Some(*c)
+                    } else {
+                        None
+                    }
+                })
                 .collect()
         };
         suffix.reverse();
-        Ok(Self { tokens, prefix, suffix, literal })
+        Ok(Self {
+            tokens,
+            prefix,
+            suffix,
+            literal,
+        })
     }
 
     /// Whether the pattern matches an already folded path.

@@ -23,8 +23,13 @@ pub const IDLE_PID: u32 = 0;
 /// stripping rights from their handles can hang or crash Windows (csrss and wininit
 /// are critical processes whose failure bugchecks; lsass, services and smss manage
 /// every other process).
-pub const CRITICAL_IMAGE_NAMES: &[&str] =
-    &["smss.exe", "csrss.exe", "wininit.exe", "services.exe", "lsass.exe"];
+pub const CRITICAL_IMAGE_NAMES: &[&str] = &[
+    "smss.exe",
+    "csrss.exe",
+    "wininit.exe",
+    "services.exe",
+    "lsass.exe",
+];
 
 /// Returns the last path component (the image file name).
 #[must_use]
@@ -70,7 +75,8 @@ fn is_system32(dir: &str) -> bool {
     } else {
         let r = strip_prefix_fold(dir, "\\??\\").unwrap_or(dir);
         let b = r.as_bytes();
-        if b.len() >= 2 && b.first().is_some_and(u8::is_ascii_alphabetic) && b.get(1) == Some(&b':') {
+        if b.len() >= 2 && b.first().is_some_and(u8::is_ascii_alphabetic) && b.get(1) == Some(&b':')
+        {
             r.get(2..)
         } else {
             None
@@ -97,6 +103,10 @@ pub fn is_critical_system_process(id: &ProcessIdentity<'_>) -> bool {
     if !CRITICAL_IMAGE_NAMES.iter().any(|c| eq_fold(c, name)) {
         return false;
     }
-    let dir_len = id.image_path.len().saturating_sub(name.len()).saturating_sub(1);
+    let dir_len = id
+        .image_path
+        .len()
+        .saturating_sub(name.len())
+        .saturating_sub(1);
     id.image_path.get(..dir_len).is_some_and(is_system32)
 }

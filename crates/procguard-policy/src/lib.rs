@@ -23,9 +23,12 @@ pub mod toml;
 
 pub use blob::{decode, encode, policy_id, DecodeError};
 pub use compiled::{CompiledPolicy, ProcessRecord};
-pub use explain::{explain, Explanation};
 pub use decide::{Decision, Exemption, HandleRequest};
-pub use lint::{lint, LintKind, LintWarning};
+pub use explain::{explain, Explanation};
 pub use identity::{is_critical_system_process, ProcessIdentity};
-pub use model::{Mode, ObjectKind, Objects, Operation, Operations, Policy, PolicyError, Requester, Rule, RuleError, RuleId, Selector, Settings};
+pub use lint::{lint, LintKind, LintWarning};
+pub use model::{
+    Mode, ObjectKind, Objects, Operation, Operations, Policy, PolicyError, Requester, Rule,
+    RuleError, RuleId, Selector, Settings,
+};
 pub use rights::AccessMask;

@@ -9,8 +9,9 @@ use core::fmt;
 use crate::glob::Glob;
 use crate::model::{selects_critical_process, Mode, Policy, Requester, Rule, Selector};
 use crate::rights::{
-    PROCESS_CREATE_THREAD, PROCESS_QUERY_LIMITED_INFORMATION, PROCESS_SUSPEND_RESUME, PROCESS_TERMINATE,
-    PROCESS_VM_OPERATION, PROCESS_VM_WRITE, SYNCHRONIZE, THREAD_SUSPEND_RESUME, THREAD_TERMINATE,
+    PROCESS_CREATE_THREAD, PROCESS_QUERY_LIMITED_INFORMATION, PROCESS_SUSPEND_RESUME,
+    PROCESS_TERMINATE, PROCESS_VM_OPERATION, PROCESS_VM_WRITE, SYNCHRONIZE, THREAD_SUSPEND_RESUME,
+    THREAD_TERMINATE,
 };
 
 /// What a warning is about.
@@ -71,7 +72,9 @@ impl fmt::Display for LintWarning {
 }
 
 fn targets_everything(s: &Selector) -> bool {
-    s.paths.iter().any(|p| Glob::new(p).is_ok_and(|g| g.matches_everything()))
+    s.paths
+        .iter()
+        .any(|p| Glob::new(p).is_ok_and(|g| g.matches_everything()))
 }
 
 /// Lints a (valid) policy.
@@ -95,7 +98,12 @@ pub fn lint(policy: &Policy) -> Vec<LintWarning> {
     }
     for (i, r) in policy.rules.iter().enumerate() {
         let mut warn = |kind: LintKind, message: String| {
-            out.push(LintWarning { rule: Some(i), rule_name: Some(r.name.clone()), kind, message });
+            out.push(LintWarning {
+                rule: Some(i),
+                rule_name: Some(r.name.clone()),
+                kind,
+                message,
+            });
         };
         lint_rule(policy, i, r, &mut warn);
     }
@@ -103,7 +111,11 @@ pub fn lint(policy: &Policy) -> Vec<LintWarning> {
 }
 
 fn lint_rule(policy: &Policy, i: usize, r: &Rule, warn: &mut dyn FnMut(LintKind, String)) {
-    let p = if r.objects.process { r.strip_process } else { 0 };
+    let p = if r.objects.process {
+        r.strip_process
+    } else {
+        0
+    };
     if p & PROCESS_TERMINATE != 0 && p & PROCESS_SUSPEND_RESUME == 0 {
         warn(
             LintKind::IncompleteKillProtection,
@@ -121,7 +133,10 @@ fn lint_rule(policy: &Policy, i: usize, r: &Rule, warn: &mut dyn FnMut(LintKind,
                 .into(),
         );
     }
-    if r.objects.process && !r.objects.thread && p & (PROCESS_TERMINATE | PROCESS_SUSPEND_RESUME) != 0 {
+    if r.objects.process
+        && !r.objects.thread
+        && p & (PROCESS_TERMINATE | PROCESS_SUSPEND_RESUME) != 0
+    {
         warn(
             LintKind::ThreadsNotCovered,
             "protects process handles against kill/suspend but not thread handles: THREAD_TERMINATE and \
@@ -130,17 +145,25 @@ fn lint_rule(policy: &Policy, i: usize, r: &Rule, warn: &mut dyn FnMut(LintKind,
         );
     }
     if r.objects.process && r.objects.thread && (r.strip_process == 0 || r.strip_thread == 0) {
-        let which = if r.strip_process == 0 { "process" } else { "thread" };
+        let which = if r.strip_process == 0 {
+            "process"
+        } else {
+            "thread"
+        };
         warn(
             LintKind::ObjectKindStripsNothing,
             format!("covers {which} handles but strips no {which} right: drop that object kind or add rights"),
         );
     }
     let t = if r.objects.thread { r.strip_thread } else { 0 };
-    if r.objects.thread && t & (THREAD_TERMINATE | THREAD_SUSPEND_RESUME) == 0 && p & PROCESS_TERMINATE != 0 {
+    if r.objects.thread
+        && t & (THREAD_TERMINATE | THREAD_SUSPEND_RESUME) == 0
+        && p & PROCESS_TERMINATE != 0
+    {
         warn(
             LintKind::ThreadsNotCovered,
-            "covers thread handles but strips neither THREAD_TERMINATE nor THREAD_SUSPEND_RESUME".into(),
+            "covers thread handles but strips neither THREAD_TERMINATE nor THREAD_SUSPEND_RESUME"
+                .into(),
         );
     }
     if targets_everything(&r.target) {

@@ -4,7 +4,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
 
-use crate::glob::{self, GlobError, Glob};
+use crate::glob::{self, Glob, GlobError};
 use crate::identity::{self, ProcessIdentity};
 use crate::rights::{AccessMask, VALID_PROCESS_BITS, VALID_THREAD_BITS};
 
@@ -162,7 +162,11 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { exempt_self: true, exempt_kernel_handles: true, exempt_critical_requesters: true }
+        Self {
+            exempt_self: true,
+            exempt_kernel_handles: true,
+            exempt_critical_requesters: true,
+        }
     }
 }
 
@@ -312,14 +316,20 @@ pub fn selects_critical_process(s: &Selector) -> Option<Arc<str>> {
         return Some(Arc::from("System (PID 4/0)"));
     }
     for n in &s.names {
-        if identity::CRITICAL_IMAGE_NAMES.iter().any(|c| glob::fold(c) == glob::fold(n)) {
+        if identity::CRITICAL_IMAGE_NAMES
+            .iter()
+            .any(|c| glob::fold(c) == glob::fold(n))
+        {
             return Some(n.clone());
         }
     }
     for p in &s.paths {
         let Ok(g) = Glob::new(p) else { continue };
         for c in identity::CRITICAL_IMAGE_NAMES {
-            for dir in ["\\SystemRoot\\System32\\", "\\Device\\HarddiskVolume1\\Windows\\System32\\"] {
+            for dir in [
+                "\\SystemRoot\\System32\\",
+                "\\Device\\HarddiskVolume1\\Windows\\System32\\",
+            ] {
                 let mut full = alloc::string::String::from(dir);
                 full.push_str(c);
                 if g.matches(&full) {
@@ -366,8 +376,18 @@ pub fn validate_rule(rule: &Rule, settings: &Settings) -> Result<(), RuleError> 
         return Err(RuleError::NoOperations);
     }
     for (kind, mask, covered, valid) in [
-        (ObjectKind::Process, rule.strip_process, rule.objects.process, VALID_PROCESS_BITS),
-        (ObjectKind::Thread, rule.strip_thread, rule.objects.thread, VALID_THREAD_BITS),
+        (
+            ObjectKind::Process,
+            rule.strip_process,
+            rule.objects.process,
+            VALID_PROCESS_BITS,
+        ),
+        (
+            ObjectKind::Thread,
+            rule.strip_thread,
+            rule.objects.thread,
+            VALID_THREAD_BITS,
+        ),
     ] {
         if mask != 0 && !covered {
             return Err(RuleError::StripForUncoveredObject(kind));
@@ -387,7 +407,11 @@ pub fn validate_rule(rule: &Rule, settings: &Settings) -> Result<(), RuleError> 
 pub fn requester_entry_count(policy: &Policy) -> usize {
     let mut keys: Vec<(&Selector, &Requester)> = Vec::new();
     for r in &policy.rules {
-        if r.requester != Requester::Any && !keys.iter().any(|(t, q)| *t == &r.target && *q == &r.requester) {
+        if r.requester != Requester::Any
+            && !keys
+                .iter()
+                .any(|(t, q)| *t == &r.target && *q == &r.requester)
+        {
             keys.push((&r.target, &r.requester));
             if keys.len() > MAX_REQUESTER_ENTRIES {
                 break;
@@ -406,18 +430,28 @@ impl Policy {
         if self.rules.len() > MAX_RULES {
             return Err(PolicyError::TooManyRules(self.rules.len()));
         }
-        let mut names: Vec<(&str, usize)> = self.rules.iter().enumerate().map(|(i, r)| (&*r.name, i)).collect();
+        let mut names: Vec<(&str, usize)> = self
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (&*r.name, i))
+            .collect();
         names.sort_unstable();
         for w in names.windows(2) {
             if let [(a, i), (b, j)] = w {
                 if a == b {
                     let (first, second) = if i < j { (*i, *j) } else { (*j, *i) };
-                    return Err(PolicyError::DuplicateRuleName { name: Arc::from(*a), first, second });
+                    return Err(PolicyError::DuplicateRuleName {
+                        name: Arc::from(*a),
+                        first,
+                        second,
+                    });
                 }
             }
         }
         for (index, rule) in self.rules.iter().enumerate() {
-            validate_rule(rule, &self.settings).map_err(|error| PolicyError::Rule { index, error })?;
+            validate_rule(rule, &self.settings)
+                .map_err(|error| PolicyError::Rule { index, error })?;
         }
         let entries = requester_entry_count(self);
         if entries > MAX_REQUESTER_ENTRIES {

@@ -1,7 +1,7 @@
 //! The reference evaluator: walks every rule and matches strings, with its own glob
 //! matcher. Slow on purpose and obviously right; property tests and benchmarks
 //! compare [`CompiledPolicy`](crate::CompiledPolicy) against it, and
-//! [`explain`](crate::explain) is built on it.
+//! [`explain()`](crate::explain()) is built on it.
 
 use alloc::vec::Vec;
 
@@ -17,8 +17,10 @@ fn glob_match(p: &[char], t: &[char]) -> bool {
     match p {
         [] => t.is_empty(),
         ['*', '*'] => true,
-        ['*', '*', '\\', rest @ ..] => (0..=t.len())
-            .any(|k| (k == 0 || t.get(k - 1) == Some(&'\\')) && t.get(k..).is_some_and(|tt| glob_match(rest, tt))),
+        ['*', '*', '\\', rest @ ..] => (0..=t.len()).any(|k| {
+            (k == 0 || t.get(k - 1) == Some(&'\\'))
+                && t.get(k..).is_some_and(|tt| glob_match(rest, tt))
+        }),
         ['*', rest @ ..] => {
             let mut k = 0;
             loop {
@@ -31,7 +33,10 @@ fn glob_match(p: &[char], t: &[char]) -> bool {
                 }
             }
         }
-        ['?', rest @ ..] => matches!(t.first(), Some(c) if *c != '\\') && glob_match(rest, t.get(1..).unwrap_or(&[])),
+        ['?', rest @ ..] => {
+            matches!(t.first(), Some(c) if *c != '\\')
+                && glob_match(rest, t.get(1..).unwrap_or(&[]))
+        }
         [c, rest @ ..] => t.first() == Some(c) && glob_match(rest, t.get(1..).unwrap_or(&[])),
     }
 }
@@ -127,7 +132,11 @@ pub fn evaluate(
             }
             RuleOutcome::Applies(s & req.desired_access)
         };
-        matches.push(RuleMatch { rule: id, mode: r.mode, outcome });
+        matches.push(RuleMatch {
+            rule: id,
+            mode: r.mode,
+            outcome,
+        });
     }
     let requester_critical = is_critical_system_process(requester);
     let desired = req.desired_access;
@@ -148,10 +157,26 @@ pub fn evaluate(
             None
         };
         if exemption.is_some() {
-            Decision { access: desired, rule, audit: false, would_strip: 0, exemption }
+            Decision {
+                access: desired,
+                rule,
+                audit: false,
+                would_strip: 0,
+                exemption,
+            }
         } else {
-            Decision { access: desired & !removed, rule, audit: true, would_strip, exemption: None }
+            Decision {
+                access: desired & !removed,
+                rule,
+                audit: true,
+                would_strip,
+                exemption: None,
+            }
         }
     };
-    Evaluation { matches, requester_critical, decision }
+    Evaluation {
+        matches,
+        requester_critical,
+        decision,
+    }
 }

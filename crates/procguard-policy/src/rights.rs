@@ -110,7 +110,8 @@ rights! {
 }
 
 /// The standard rights (valid for every object kind).
-pub const STANDARD_RIGHTS: AccessMask = DELETE | READ_CONTROL | WRITE_DAC | WRITE_OWNER | SYNCHRONIZE;
+pub const STANDARD_RIGHTS: AccessMask =
+    DELETE | READ_CONTROL | WRITE_DAC | WRITE_OWNER | SYNCHRONIZE;
 
 /// Every bit a process strip mask may contain.
 pub const VALID_PROCESS_BITS: AccessMask = 0x3FFF | STANDARD_RIGHTS | ACCESS_SYSTEM_SECURITY;
@@ -186,13 +187,17 @@ pub const RIGHT_SETS: &[RightSet] = &[
 /// Looks up a right by name, ignoring ASCII case.
 #[must_use]
 pub fn right_by_name(name: &str) -> Option<&'static Right> {
-    ALL_RIGHTS.iter().find(|r| r.name.eq_ignore_ascii_case(name))
+    ALL_RIGHTS
+        .iter()
+        .find(|r| r.name.eq_ignore_ascii_case(name))
 }
 
 /// Looks up a named set by name, ignoring ASCII case.
 #[must_use]
 pub fn set_by_name(name: &str) -> Option<&'static RightSet> {
-    RIGHT_SETS.iter().find(|s| s.name.eq_ignore_ascii_case(name))
+    RIGHT_SETS
+        .iter()
+        .find(|s| s.name.eq_ignore_ascii_case(name))
 }
 
 /// Writes the names of the rights in `mask` for `kind` (`PROCESS_*` or `THREAD_*`

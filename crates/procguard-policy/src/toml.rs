@@ -38,7 +38,8 @@ use ::toml::Spanned;
 
 use crate::glob;
 use crate::model::{
-    self, Mode, ObjectKind, Objects, Operations, Policy, PolicyError, Requester, Rule, RuleError, Selector, Settings,
+    self, Mode, ObjectKind, Objects, Operations, Policy, PolicyError, Requester, Rule, RuleError,
+    Selector, Settings,
 };
 use crate::rights::{self, RightKind, VALID_PROCESS_BITS, VALID_THREAD_BITS};
 
@@ -96,6 +97,8 @@ struct Ctx<'s> {
 }
 
 type Table<'i> = DeTable<'i>;
+/// Spans of a rule table, its `name` value and its `requester` value.
+type RuleSpans = (Range<usize>, Option<Range<usize>>, Option<Range<usize>>);
 type Val<'i> = Spanned<DeValue<'i>>;
 
 fn strings(v: &[&str]) -> Vec<String> {
@@ -111,17 +114,42 @@ impl Ctx<'_> {
         (line, column)
     }
 
-    fn err(&mut self, span: &Range<usize>, key: &str, message: impl Into<String>, valid: Vec<String>) {
+    fn err(
+        &mut self,
+        span: &Range<usize>,
+        key: &str,
+        message: impl Into<String>,
+        valid: Vec<String>,
+    ) {
         let (line, column) = self.line_col(span.start);
-        let key = if key.is_empty() { None } else { Some(key.to_owned()) };
-        self.errors.push(TomlError { line, column, key, message: message.into(), valid });
+        let key = if key.is_empty() {
+            None
+        } else {
+            Some(key.to_owned())
+        };
+        self.errors.push(TomlError {
+            line,
+            column,
+            key,
+            message: message.into(),
+            valid,
+        });
     }
 
     fn check_keys(&mut self, table: &Table<'_>, path: &str, valid: &[&str]) {
         for (k, _) in table.iter() {
             if !valid.contains(&k.get_ref().as_ref()) {
-                let key = if path.is_empty() { k.get_ref().to_string() } else { format!("{path}.{}", k.get_ref()) };
-                self.err(&k.span(), &key, format!("unknown key {:?}", k.get_ref()), strings(valid));
+                let key = if path.is_empty() {
+                    k.get_ref().to_string()
+                } else {
+                    format!("{path}.{}", k.get_ref())
+                };
+                self.err(
+                    &k.span(),
+                    &key,
+                    format!("unknown key {:?}", k.get_ref()),
+                    strings(valid),
+                );
             }
         }
     }
@@ -130,7 +158,12 @@ impl Ctx<'_> {
         if let DeValue::Boolean(b) = v.get_ref() {
             Some(*b)
         } else {
-            self.err(&v.span(), key, format!("expected true or false, found {}", v.get_ref().type_str()), Vec::new());
+            self.err(
+                &v.span(),
+                key,
+                format!("expected true or false, found {}", v.get_ref().type_str()),
+                Vec::new(),
+            );
             None
         }
     }
@@ -139,7 +172,12 @@ impl Ctx<'_> {
         if let DeValue::String(s) = v.get_ref() {
             Some(s)
         } else {
-            self.err(&v.span(), key, format!("expected a string, found {}", v.get_ref().type_str()), Vec::new());
+            self.err(
+                &v.span(),
+                key,
+                format!("expected a string, found {}", v.get_ref().type_str()),
+                Vec::new(),
+            );
             None
         }
     }
@@ -152,7 +190,12 @@ impl Ctx<'_> {
             }
             parsed
         } else {
-            self.err(&v.span(), key, format!("expected an integer, found {}", v.get_ref().type_str()), Vec::new());
+            self.err(
+                &v.span(),
+                key,
+                format!("expected an integer, found {}", v.get_ref().type_str()),
+                Vec::new(),
+            );
             None
         }
     }
@@ -167,7 +210,12 @@ impl Ctx<'_> {
 
     fn selector(&mut self, v: &Val<'_>, key: &str) -> Option<Selector> {
         let DeValue::Table(t) = v.get_ref() else {
-            self.err(&v.span(), key, "expected a table such as { name = \"agent.exe\" }", Vec::new());
+            self.err(
+                &v.span(),
+                key,
+                "expected a table such as { name = \"agent.exe\" }",
+                Vec::new(),
+            );
             return None;
         };
         self.check_keys(t, key, &["name", "path", "pid"]);
@@ -191,7 +239,12 @@ impl Ctx<'_> {
                     "path" => match self.string_value(item, &sub) {
                         Some(p) => {
                             if let Err(e) = glob::validate(p) {
-                                self.err(&item.span(), &sub, format!("path pattern {p:?} can never match: {e}"), Vec::new());
+                                self.err(
+                                    &item.span(),
+                                    &sub,
+                                    format!("path pattern {p:?} can never match: {e}"),
+                                    Vec::new(),
+                                );
                                 ok = false;
                             }
                             s.paths.push(Arc::from(p));
@@ -201,7 +254,12 @@ impl Ctx<'_> {
                     "pid" => match self.integer_value(item, &sub).map(u32::try_from) {
                         Some(Ok(p)) => s.pids.push(p),
                         Some(Err(_)) => {
-                            self.err(&item.span(), &sub, "a PID is a 32-bit unsigned number", Vec::new());
+                            self.err(
+                                &item.span(),
+                                &sub,
+                                "a PID is a 32-bit unsigned number",
+                                Vec::new(),
+                            );
                             ok = false;
                         }
                         None => ok = false,
@@ -211,7 +269,12 @@ impl Ctx<'_> {
             }
         }
         if s.is_empty() && ok {
-            self.err(&v.span(), key, "the selector selects no process: give name, path or pid", Vec::new());
+            self.err(
+                &v.span(),
+                key,
+                "the selector selects no process: give name, path or pid",
+                Vec::new(),
+            );
             return None;
         }
         ok.then_some(s)
@@ -223,7 +286,8 @@ impl Ctx<'_> {
             DeValue::Table(t) if t.iter().any(|(k, _)| k.get_ref() == "except") => {
                 self.check_keys(t, key, &["except"]);
                 let (_, inner) = t.iter().find(|(k, _)| k.get_ref() == "except")?;
-                self.selector(inner, &format!("{key}.except")).map(Requester::AnyExcept)
+                self.selector(inner, &format!("{key}.except"))
+                    .map(Requester::AnyExcept)
             }
             DeValue::Table(_) => self.selector(v, key).map(Requester::Only),
             _ => {
@@ -231,7 +295,11 @@ impl Ctx<'_> {
                     &v.span(),
                     key,
                     "expected \"any\", a selector table, or { except = <selector> }",
-                    strings(&["\"any\"", "{ name/path/pid = ... }", "{ except = { name/path/pid = ... } }"]),
+                    strings(&[
+                        "\"any\"",
+                        "{ name/path/pid = ... }",
+                        "{ except = { name/path/pid = ... } }",
+                    ]),
                 );
                 None
             }
@@ -254,7 +322,12 @@ impl Ctx<'_> {
             }
         }
         if out == (false, false) {
-            self.err(&v.span(), key, format!("covers nothing: give {a:?}, {b:?} or \"both\""), valid);
+            self.err(
+                &v.span(),
+                key,
+                format!("covers nothing: give {a:?}, {b:?} or \"both\""),
+                valid,
+            );
             return None;
         }
         Some(out)
@@ -302,16 +375,32 @@ impl Ctx<'_> {
                         }
                     } else {
                         let valid = valid_rights(objects);
-                        let hint = closest(name, &valid).map_or(String::new(), |c| format!("; did you mean {c}?"));
-                        self.err(&item.span(), key, format!("unknown right {name:?}{hint}"), valid);
+                        let hint = closest(name, &valid)
+                            .map_or(String::new(), |c| format!("; did you mean {c}?"));
+                        self.err(
+                            &item.span(),
+                            key,
+                            format!("unknown right {name:?}{hint}"),
+                            valid,
+                        );
                         ok = false;
                     }
                 }
                 DeValue::Integer(_) => match self.integer_value(item, key).map(u32::try_from) {
                     Some(Ok(m)) => {
                         for (covered, valid, kind, acc) in [
-                            (objects.process, VALID_PROCESS_BITS, ObjectKind::Process, &mut p),
-                            (objects.thread, VALID_THREAD_BITS, ObjectKind::Thread, &mut t),
+                            (
+                                objects.process,
+                                VALID_PROCESS_BITS,
+                                ObjectKind::Process,
+                                &mut p,
+                            ),
+                            (
+                                objects.thread,
+                                VALID_THREAD_BITS,
+                                ObjectKind::Thread,
+                                &mut t,
+                            ),
                         ] {
                             if covered {
                                 if m & !valid != 0 {
@@ -324,7 +413,12 @@ impl Ctx<'_> {
                         }
                     }
                     Some(Err(_)) => {
-                        self.err(&item.span(), key, "an access mask is a 32-bit unsigned number", Vec::new());
+                        self.err(
+                            &item.span(),
+                            key,
+                            "an access mask is a 32-bit unsigned number",
+                            Vec::new(),
+                        );
                         ok = false;
                     }
                     None => ok = false,
@@ -333,7 +427,10 @@ impl Ctx<'_> {
                     self.err(
                         &item.span(),
                         key,
-                        format!("expected a right name, a set name or a number, found {}", other.type_str()),
+                        format!(
+                            "expected a right name, a set name or a number, found {}",
+                            other.type_str()
+                        ),
                         Vec::new(),
                     );
                     ok = false;
@@ -341,7 +438,12 @@ impl Ctx<'_> {
             }
         }
         if ok && p == 0 && t == 0 {
-            self.err(&v.span(), key, RuleError::StripsNothing.to_string(), Vec::new());
+            self.err(
+                &v.span(),
+                key,
+                RuleError::StripsNothing.to_string(),
+                Vec::new(),
+            );
             return None;
         }
         ok.then_some((p, t))
@@ -353,7 +455,15 @@ impl Ctx<'_> {
             self.err(&v.span(), &key, "expected a table ([[rule]])", Vec::new());
             return None;
         };
-        let valid = ["name", "target", "requester", "objects", "operations", "strip", "mode"];
+        let valid = [
+            "name",
+            "target",
+            "requester",
+            "objects",
+            "operations",
+            "strip",
+            "mode",
+        ];
         self.check_keys(t, &key, &valid);
         let get = |name: &str| t.iter().find(|(k, _)| k.get_ref() == name).map(|(_, v)| v);
         let before = self.errors.len();
@@ -361,7 +471,12 @@ impl Ctx<'_> {
             Some(n) => {
                 let s = self.string_value(n, &format!("{key}.name"));
                 if s == Some("") {
-                    self.err(&n.span(), &format!("{key}.name"), RuleError::EmptyName.to_string(), Vec::new());
+                    self.err(
+                        &n.span(),
+                        &format!("{key}.name"),
+                        RuleError::EmptyName.to_string(),
+                        Vec::new(),
+                    );
                 }
                 s.map(Arc::<str>::from)
             }
@@ -385,20 +500,31 @@ impl Ctx<'_> {
             Some(ov) => self
                 .choice_set(ov, &format!("{key}.objects"), "process", "thread")
                 .map(|(process, thread)| Objects { process, thread }),
-            None => Some(Objects { process: true, thread: true }),
+            None => Some(Objects {
+                process: true,
+                thread: true,
+            }),
         };
         let operations = match get("operations") {
             Some(ov) => self
                 .choice_set(ov, &format!("{key}.operations"), "create", "duplicate")
                 .map(|(create, duplicate)| Operations { create, duplicate }),
-            None => Some(Operations { create: true, duplicate: true }),
+            None => Some(Operations {
+                create: true,
+                duplicate: true,
+            }),
         };
         let mode = match get("mode") {
             Some(mv) => match self.string_value(mv, &format!("{key}.mode")) {
                 Some("enforce") => Some(Mode::Enforce),
                 Some("audit") => Some(Mode::Audit),
                 Some(other) => {
-                    self.err(&mv.span(), &format!("{key}.mode"), format!("unknown mode {other:?}"), strings(&["enforce", "audit"]));
+                    self.err(
+                        &mv.span(),
+                        &format!("{key}.mode"),
+                        format!("unknown mode {other:?}"),
+                        strings(&["enforce", "audit"]),
+                    );
                     None
                 }
                 None => None,
@@ -432,10 +558,19 @@ impl Ctx<'_> {
     fn settings(&mut self, v: &Val<'_>) -> Settings {
         let mut s = Settings::default();
         let DeValue::Table(t) = v.get_ref() else {
-            self.err(&v.span(), "settings", "expected a table ([settings])", Vec::new());
+            self.err(
+                &v.span(),
+                "settings",
+                "expected a table ([settings])",
+                Vec::new(),
+            );
             return s;
         };
-        let valid = ["exempt_self", "exempt_kernel_handles", "exempt_critical_requesters"];
+        let valid = [
+            "exempt_self",
+            "exempt_kernel_handles",
+            "exempt_critical_requesters",
+        ];
         self.check_keys(t, "settings", &valid);
         for (k, val) in t.iter() {
             let key = format!("settings.{}", k.get_ref());
@@ -500,12 +635,20 @@ fn closest<'v>(name: &str, valid: &'v [String]) -> Option<&'v str> {
 /// # Errors
 /// Every problem found (at least one).
 pub fn parse_policy(src: &str) -> Result<Policy, TomlErrors> {
-    let mut cx = Ctx { src, errors: Vec::new() };
+    let mut cx = Ctx {
+        src,
+        errors: Vec::new(),
+    };
     let root = match DeTable::parse(src) {
         Ok(r) => r,
         Err(e) => {
             let span = e.span().unwrap_or(0..0);
-            cx.err(&span, "", format!("TOML syntax error: {}", e.message().trim()), Vec::new());
+            cx.err(
+                &span,
+                "",
+                format!("TOML syntax error: {}", e.message().trim()),
+                Vec::new(),
+            );
             return Err(TomlErrors(cx.errors));
         }
     };
@@ -516,14 +659,17 @@ pub fn parse_policy(src: &str) -> Result<Policy, TomlErrors> {
         .find(|(k, _)| k.get_ref() == "settings")
         .map_or_else(Settings::default, |(_, v)| cx.settings(v));
     let mut rules = Vec::new();
-    let mut spans: Vec<(Range<usize>, Option<Range<usize>>, Option<Range<usize>>)> = Vec::new();
+    let mut spans: Vec<RuleSpans> = Vec::new();
     if let Some((_, rv)) = root.iter().find(|(k, _)| k.get_ref() == "rule") {
         match rv.get_ref() {
             DeValue::Array(items) => {
                 for (i, item) in items.iter().enumerate() {
                     if let Some(rule) = cx.rule(i, item) {
                         let field = |n: &str| match item.get_ref() {
-                            DeValue::Table(t) => t.iter().find(|(k, _)| k.get_ref() == n).map(|(_, v)| v.span()),
+                            DeValue::Table(t) => t
+                                .iter()
+                                .find(|(k, _)| k.get_ref() == n)
+                                .map(|(_, v)| v.span()),
                             _ => None,
                         };
                         spans.push((item.span(), field("name"), field("requester")));
@@ -531,22 +677,33 @@ pub fn parse_policy(src: &str) -> Result<Policy, TomlErrors> {
                     }
                 }
             }
-            _ => cx.err(&rv.span(), "rule", "expected an array of tables ([[rule]])", Vec::new()),
+            _ => cx.err(
+                &rv.span(),
+                "rule",
+                "expected an array of tables ([[rule]])",
+                Vec::new(),
+            ),
         }
     }
     // Policy-wide checks, located at the offending rule.
     for (pos, (i, rule)) in rules.iter().enumerate() {
-        let (rule_span, name_span, req_span) = spans.get(pos).cloned().unwrap_or((0..0, None, None));
+        let (rule_span, name_span, req_span) =
+            spans.get(pos).cloned().unwrap_or((0..0, None, None));
         if let Some((first, _)) = rules.iter().take(pos).find(|(_, r)| r.name == rule.name) {
             let first_line = spans
                 .iter()
                 .zip(rules.iter())
                 .find(|(_, (j, _))| j == first)
-                .map_or(0, |((s, n, _), _)| cx.line_col(n.clone().unwrap_or_else(|| s.clone()).start).0);
+                .map_or(0, |((s, n, _), _)| {
+                    cx.line_col(n.clone().unwrap_or_else(|| s.clone()).start).0
+                });
             cx.err(
                 &name_span.unwrap_or_else(|| rule_span.clone()),
                 &format!("rule[{i}].name"),
-                format!("duplicate rule name {:?} (first used by rule[{first}] on line {first_line})", rule.name),
+                format!(
+                    "duplicate rule name {:?} (first used by rule[{first}] on line {first_line})",
+                    rule.name
+                ),
                 Vec::new(),
             );
         }
@@ -565,14 +722,19 @@ pub fn parse_policy(src: &str) -> Result<Policy, TomlErrors> {
     if !cx.errors.is_empty() {
         return Err(TomlErrors(cx.errors));
     }
-    let policy = Policy { settings, rules: rules.into_iter().map(|(_, r)| r).collect() };
+    let policy = Policy {
+        settings,
+        rules: rules.into_iter().map(|(_, r)| r).collect(),
+    };
     if let Err(e) = policy.validate() {
         let index = match &e {
             PolicyError::Rule { index, .. } => Some(*index),
             PolicyError::TooManyRequesterEntries(_) => Some(model::MAX_REQUESTER_ENTRIES),
             _ => None,
         };
-        let span = index.and_then(|i| spans.get(i)).map_or(0..0, |(s, _, _)| s.clone());
+        let span = index
+            .and_then(|i| spans.get(i))
+            .map_or(0..0, |(s, _, _)| s.clone());
         cx.err(&span, "", e.to_string(), Vec::new());
         return Err(TomlErrors(cx.errors));
     }

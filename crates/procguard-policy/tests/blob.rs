@@ -38,8 +38,14 @@ fn round_trip_example() {
 fn strings_are_stored_once() {
     let p = example();
     let b = encode(&p);
-    let count = b.windows(b"acme-agent.exe".len()).filter(|w| *w == b"acme-agent.exe").count();
-    assert_eq!(count, 1, "acme-agent.exe is used by two rules but stored once");
+    let count = b
+        .windows(b"acme-agent.exe".len())
+        .filter(|w| *w == b"acme-agent.exe")
+        .count();
+    assert_eq!(
+        count, 1,
+        "acme-agent.exe is used by two rules but stored once"
+    );
 }
 
 #[test]
@@ -51,13 +57,22 @@ fn header_errors() {
     assert_eq!(decode(&m), Err(DecodeError::BadMagic));
     let mut m = b.clone();
     m[4] = 2;
-    assert_eq!(decode(&m), Err(DecodeError::UnsupportedVersion { version: 2 }));
+    assert_eq!(
+        decode(&m),
+        Err(DecodeError::UnsupportedVersion { version: 2 })
+    );
     let mut m = b.clone();
     m[6] = 41;
     assert_eq!(decode(&m), Err(DecodeError::BadHeaderSize { size: 41 }));
     let mut m = b.clone();
     m.push(0);
-    assert_eq!(decode(&m), Err(DecodeError::LengthMismatch { declared: b.len() as u32, actual: b.len() + 1 }));
+    assert_eq!(
+        decode(&m),
+        Err(DecodeError::LengthMismatch {
+            declared: b.len() as u32,
+            actual: b.len() + 1
+        })
+    );
     let big = vec![0u8; procguard_policy::blob::MAX_BLOB_SIZE + 1];
     assert!(matches!(decode(&big), Err(DecodeError::TooLarge { .. })));
 }
@@ -68,7 +83,10 @@ fn any_flipped_bit_is_caught() {
     for i in 16..b.len() {
         let mut m = b.clone();
         m[i] ^= 0x10;
-        assert!(matches!(decode(&m), Err(DecodeError::ChecksumMismatch { .. })), "byte {i}");
+        assert!(
+            matches!(decode(&m), Err(DecodeError::ChecksumMismatch { .. })),
+            "byte {i}"
+        );
     }
 }
 
@@ -77,14 +95,32 @@ fn reserved_bits_are_rejected() {
     let b = encode(&example());
     let mut m = b.clone();
     put(&mut m, 16, 8 | 7);
-    assert_eq!(decode(&reseal(m)), Err(DecodeError::ReservedBits { field: "settings", offset: 16 }));
+    assert_eq!(
+        decode(&reseal(m)),
+        Err(DecodeError::ReservedBits {
+            field: "settings",
+            offset: 16
+        })
+    );
     let mut m = b.clone();
     put(&mut m, 32, 1);
-    assert_eq!(decode(&reseal(m)), Err(DecodeError::ReservedBits { field: "reserved header word", offset: 32 }));
+    assert_eq!(
+        decode(&reseal(m)),
+        Err(DecodeError::ReservedBits {
+            field: "reserved header word",
+            offset: 32
+        })
+    );
     let mut m = b.clone();
     let r = rules_offset(&b);
     m[r + 4] |= 4;
-    assert_eq!(decode(&reseal(m)), Err(DecodeError::ReservedBits { field: "objects", offset: r + 4 }));
+    assert_eq!(
+        decode(&reseal(m)),
+        Err(DecodeError::ReservedBits {
+            field: "objects",
+            offset: r + 4
+        })
+    );
 }
 
 #[test]
@@ -93,10 +129,24 @@ fn bad_enums_are_rejected() {
     let r = rules_offset(&b);
     let mut m = b.clone();
     m[r + 6] = 2;
-    assert_eq!(decode(&reseal(m)), Err(DecodeError::BadEnum { field: "mode", offset: r + 6, value: 2 }));
+    assert_eq!(
+        decode(&reseal(m)),
+        Err(DecodeError::BadEnum {
+            field: "mode",
+            offset: r + 6,
+            value: 2
+        })
+    );
     let mut m = b.clone();
     m[r + 7] = 3;
-    assert_eq!(decode(&reseal(m)), Err(DecodeError::BadEnum { field: "requester kind", offset: r + 7, value: 3 }));
+    assert_eq!(
+        decode(&reseal(m)),
+        Err(DecodeError::BadEnum {
+            field: "requester kind",
+            offset: r + 7,
+            value: 3
+        })
+    );
 }
 
 #[test]
@@ -104,17 +154,41 @@ fn huge_counts_are_rejected_before_allocating() {
     let b = encode(&example());
     let mut m = b.clone();
     put(&mut m, 20, u32::MAX);
-    assert_eq!(decode(&reseal(m)), Err(DecodeError::CountTooLarge { what: "string", count: u32::MAX }));
+    assert_eq!(
+        decode(&reseal(m)),
+        Err(DecodeError::CountTooLarge {
+            what: "string",
+            count: u32::MAX
+        })
+    );
     let mut m = b.clone();
     put(&mut m, 24, 0x1000_0000);
-    assert_eq!(decode(&reseal(m)), Err(DecodeError::CountTooLarge { what: "rule", count: 0x1000_0000 }));
+    assert_eq!(
+        decode(&reseal(m)),
+        Err(DecodeError::CountTooLarge {
+            what: "rule",
+            count: 0x1000_0000
+        })
+    );
     let mut m = b.clone();
     put(&mut m, 28, 0x7FFF_FFFF);
-    assert!(matches!(decode(&reseal(m)), Err(DecodeError::CountTooLarge { what: "string byte", .. })));
+    assert!(matches!(
+        decode(&reseal(m)),
+        Err(DecodeError::CountTooLarge {
+            what: "string byte",
+            ..
+        })
+    ));
     let mut m = b.clone();
     let r = rules_offset(&b);
     put(&mut m, r + 16, 0x4000_0000);
-    assert!(matches!(decode(&reseal(m)), Err(DecodeError::CountTooLarge { what: "selector entry", .. })));
+    assert!(matches!(
+        decode(&reseal(m)),
+        Err(DecodeError::CountTooLarge {
+            what: "selector entry",
+            ..
+        })
+    ));
 }
 
 #[test]
@@ -122,15 +196,27 @@ fn string_errors() {
     let b = encode(&example());
     let mut m = b.clone();
     put(&mut m, HEADER_SIZE + 4, 0xFFFF); // length of string 0
-    assert_eq!(decode(&reseal(m)), Err(DecodeError::StringOutOfBounds { index: 0 }));
+    assert_eq!(
+        decode(&reseal(m)),
+        Err(DecodeError::StringOutOfBounds { index: 0 })
+    );
     let n = u32::from_le_bytes(b[20..24].try_into().unwrap()) as usize;
     let mut m = b.clone();
     m[HEADER_SIZE + 8 * n] = 0xFF; // first byte of string 0
-    assert_eq!(decode(&reseal(m)), Err(DecodeError::StringNotUtf8 { index: 0 }));
+    assert_eq!(
+        decode(&reseal(m)),
+        Err(DecodeError::StringNotUtf8 { index: 0 })
+    );
     let mut m = b.clone();
     let r = rules_offset(&b);
     put(&mut m, r, 999);
-    assert_eq!(decode(&reseal(m)), Err(DecodeError::BadStringIndex { offset: r, index: 999 }));
+    assert_eq!(
+        decode(&reseal(m)),
+        Err(DecodeError::BadStringIndex {
+            offset: r,
+            index: 999
+        })
+    );
 }
 
 #[test]
@@ -148,12 +234,21 @@ fn padding_truncation_and_trailing_bytes() {
     // One rule fewer declared: the last rule's bytes become trailing bytes.
     let mut m = b.clone();
     put(&mut m, 24, 2);
-    assert!(matches!(decode(&reseal(m)), Err(DecodeError::TrailingBytes { .. })));
+    assert!(matches!(
+        decode(&reseal(m)),
+        Err(DecodeError::TrailingBytes { .. })
+    ));
     // One rule more declared than present: truncated.
     let mut m = b.clone();
     put(&mut m, 24, 4);
     let e = decode(&reseal(m)).unwrap_err();
-    assert!(matches!(e, DecodeError::Truncated { .. } | DecodeError::CountTooLarge { .. }), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            DecodeError::Truncated { .. } | DecodeError::CountTooLarge { .. }
+        ),
+        "{e:?}"
+    );
 }
 
 #[test]
@@ -177,11 +272,19 @@ fn invalid_policy_in_well_formed_blob_is_rejected() {
     let b = encode(&p);
     assert_eq!(
         decode(&b),
-        Err(DecodeError::InvalidPolicy(PolicyError::Rule { index: 1, error: RuleError::StripsNothing }))
+        Err(DecodeError::InvalidPolicy(PolicyError::Rule {
+            index: 1,
+            error: RuleError::StripsNothing
+        }))
     );
     let mut p = example();
     p.rules[1].name = p.rules[0].name.clone();
-    assert!(matches!(decode(&encode(&p)), Err(DecodeError::InvalidPolicy(PolicyError::DuplicateRuleName { .. }))));
+    assert!(matches!(
+        decode(&encode(&p)),
+        Err(DecodeError::InvalidPolicy(
+            PolicyError::DuplicateRuleName { .. }
+        ))
+    ));
 }
 
 #[test]
@@ -208,14 +311,25 @@ print(encode(7, rules).hex())
         kp = example().rules[2].strip_process,
         kt = example().rules[2].strip_thread,
     );
-    let out = match std::process::Command::new("python3").arg("-c").arg(&script).output() {
+    let out = match std::process::Command::new("python3")
+        .arg("-c")
+        .arg(&script)
+        .output()
+    {
         Ok(o) => o,
         Err(_) => {
             eprintln!("python3 not available; skipping");
             return;
         }
     };
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let hex: String = encode(&example()).iter().map(|b| format!("{b:02x}")).collect();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let hex: String = encode(&example())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), hex);
 }

@@ -5,30 +5,56 @@ use procguard_policy::reference::evaluate;
 use procguard_policy::rights::*;
 use procguard_policy::toml::parse_policy;
 use procguard_policy::{
-    CompiledPolicy, Decision, Exemption, HandleRequest, ObjectKind, Operation, Policy, ProcessIdentity, ProcessRecord,
+    CompiledPolicy, Decision, Exemption, HandleRequest, ObjectKind, Operation, Policy,
+    ProcessIdentity, ProcessRecord,
 };
 
-const AGENT: ProcessIdentity<'static> =
-    ProcessIdentity { pid: 1000, image_path: "\\Device\\HarddiskVolume3\\Program Files\\Acme\\agent.exe" };
-const TOOL: ProcessIdentity<'static> = ProcessIdentity { pid: 2000, image_path: "\\Device\\HarddiskVolume3\\Tools\\tool.exe" };
-const UPDATER: ProcessIdentity<'static> =
-    ProcessIdentity { pid: 3000, image_path: "\\Device\\HarddiskVolume3\\Program Files\\Acme\\updater.exe" };
-const CSRSS: ProcessIdentity<'static> =
-    ProcessIdentity { pid: 600, image_path: "\\Device\\HarddiskVolume3\\Windows\\System32\\csrss.exe" };
-const FAKE_CSRSS: ProcessIdentity<'static> =
-    ProcessIdentity { pid: 601, image_path: "\\Device\\HarddiskVolume3\\Users\\bob\\csrss.exe" };
-const SYSTEM: ProcessIdentity<'static> = ProcessIdentity { pid: 4, image_path: "" };
+const AGENT: ProcessIdentity<'static> = ProcessIdentity {
+    pid: 1000,
+    image_path: "\\Device\\HarddiskVolume3\\Program Files\\Acme\\agent.exe",
+};
+const TOOL: ProcessIdentity<'static> = ProcessIdentity {
+    pid: 2000,
+    image_path: "\\Device\\HarddiskVolume3\\Tools\\tool.exe",
+};
+const UPDATER: ProcessIdentity<'static> = ProcessIdentity {
+    pid: 3000,
+    image_path: "\\Device\\HarddiskVolume3\\Program Files\\Acme\\updater.exe",
+};
+const CSRSS: ProcessIdentity<'static> = ProcessIdentity {
+    pid: 600,
+    image_path: "\\Device\\HarddiskVolume3\\Windows\\System32\\csrss.exe",
+};
+const FAKE_CSRSS: ProcessIdentity<'static> = ProcessIdentity {
+    pid: 601,
+    image_path: "\\Device\\HarddiskVolume3\\Users\\bob\\csrss.exe",
+};
+const SYSTEM: ProcessIdentity<'static> = ProcessIdentity {
+    pid: 4,
+    image_path: "",
+};
 
 fn policy(src: &str) -> Policy {
     parse_policy(src).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn req(object: ObjectKind, operation: Operation, desired: u32) -> HandleRequest {
-    HandleRequest { object, operation, desired_access: desired, kernel_handle: false, same_process: false }
+    HandleRequest {
+        object,
+        operation,
+        desired_access: desired,
+        kernel_handle: false,
+        same_process: false,
+    }
 }
 
 /// Decides with both the compiled policy and the reference evaluator; they must agree.
-fn decide(p: &Policy, target: &ProcessIdentity<'_>, requester: &ProcessIdentity<'_>, r: &HandleRequest) -> Decision {
+fn decide(
+    p: &Policy,
+    target: &ProcessIdentity<'_>,
+    requester: &ProcessIdentity<'_>,
+    r: &HandleRequest,
+) -> Decision {
     let c = CompiledPolicy::new(p).unwrap();
     let d = c.decide(&c.classify(target), &c.classify(requester), r);
     let e = evaluate(p, target, requester, r).decision;
@@ -47,7 +73,16 @@ strip = ["no-kill"]
 #[test]
 fn enforce_rule_strips_only_requested_bits_and_names_rule() {
     let p = policy(KILL);
-    let d = decide(&p, &AGENT, &TOOL, &req(ObjectKind::Process, Operation::Create, PROCESS_TERMINATE | PROCESS_VM_READ));
+    let d = decide(
+        &p,
+        &AGENT,
+        &TOOL,
+        &req(
+            ObjectKind::Process,
+            Operation::Create,
+            PROCESS_TERMINATE | PROCESS_VM_READ,
+        ),
+    );
     assert_eq!(d.access, PROCESS_VM_READ);
     assert_eq!(d.rule, Some(0));
     assert!(d.audit);
@@ -57,14 +92,24 @@ fn enforce_rule_strips_only_requested_bits_and_names_rule() {
 #[test]
 fn request_without_protected_bits_is_unchanged_and_not_audited() {
     let p = policy(KILL);
-    let d = decide(&p, &AGENT, &TOOL, &req(ObjectKind::Process, Operation::Create, PROCESS_VM_READ));
+    let d = decide(
+        &p,
+        &AGENT,
+        &TOOL,
+        &req(ObjectKind::Process, Operation::Create, PROCESS_VM_READ),
+    );
     assert_eq!(d, Decision::unchanged(PROCESS_VM_READ));
 }
 
 #[test]
 fn unprotected_target_is_unchanged() {
     let p = policy(KILL);
-    let d = decide(&p, &TOOL, &AGENT, &req(ObjectKind::Process, Operation::Create, PROCESS_ALL));
+    let d = decide(
+        &p,
+        &TOOL,
+        &AGENT,
+        &req(ObjectKind::Process, Operation::Create, PROCESS_ALL),
+    );
     assert_eq!(d, Decision::unchanged(PROCESS_ALL));
 }
 
@@ -73,32 +118,72 @@ const PROCESS_ALL: u32 = 0x001F_FFFF;
 #[test]
 fn thread_handles_use_thread_masks_of_owning_process_rules() {
     let p = policy(KILL);
-    let d = decide(&p, &AGENT, &TOOL, &req(ObjectKind::Thread, Operation::Create, THREAD_TERMINATE | THREAD_GET_CONTEXT));
+    let d = decide(
+        &p,
+        &AGENT,
+        &TOOL,
+        &req(
+            ObjectKind::Thread,
+            Operation::Create,
+            THREAD_TERMINATE | THREAD_GET_CONTEXT,
+        ),
+    );
     assert_eq!(d.access, THREAD_GET_CONTEXT);
 }
 
 #[test]
 fn objects_restrict_rule_to_one_kind() {
-    let p = policy(&format!("{KILL}objects = \"thread\"\n").replace("[\"no-kill\"]", "[\"THREAD_TERMINATE\"]"));
-    let d = decide(&p, &AGENT, &TOOL, &req(ObjectKind::Process, Operation::Create, PROCESS_TERMINATE));
+    let p = policy(
+        &format!("{KILL}objects = \"thread\"\n").replace("[\"no-kill\"]", "[\"THREAD_TERMINATE\"]"),
+    );
+    let d = decide(
+        &p,
+        &AGENT,
+        &TOOL,
+        &req(ObjectKind::Process, Operation::Create, PROCESS_TERMINATE),
+    );
     assert_eq!(d.access, PROCESS_TERMINATE);
-    let d = decide(&p, &AGENT, &TOOL, &req(ObjectKind::Thread, Operation::Create, THREAD_TERMINATE));
+    let d = decide(
+        &p,
+        &AGENT,
+        &TOOL,
+        &req(ObjectKind::Thread, Operation::Create, THREAD_TERMINATE),
+    );
     assert_eq!(d.access, 0);
 }
 
 #[test]
 fn operations_restrict_rule_to_create_or_duplicate() {
     let p = policy(&format!("{KILL}operations = \"duplicate\"\n"));
-    let d = decide(&p, &AGENT, &TOOL, &req(ObjectKind::Process, Operation::Create, PROCESS_TERMINATE));
+    let d = decide(
+        &p,
+        &AGENT,
+        &TOOL,
+        &req(ObjectKind::Process, Operation::Create, PROCESS_TERMINATE),
+    );
     assert_eq!(d.access, PROCESS_TERMINATE);
-    let d = decide(&p, &AGENT, &TOOL, &req(ObjectKind::Process, Operation::Duplicate, PROCESS_TERMINATE));
+    let d = decide(
+        &p,
+        &AGENT,
+        &TOOL,
+        &req(ObjectKind::Process, Operation::Duplicate, PROCESS_TERMINATE),
+    );
     assert_eq!(d.access, 0);
 }
 
 #[test]
 fn audit_rule_strips_nothing_but_reports() {
     let p = policy(&format!("{KILL}mode = \"audit\"\n"));
-    let d = decide(&p, &AGENT, &TOOL, &req(ObjectKind::Process, Operation::Create, PROCESS_TERMINATE | PROCESS_VM_READ));
+    let d = decide(
+        &p,
+        &AGENT,
+        &TOOL,
+        &req(
+            ObjectKind::Process,
+            Operation::Create,
+            PROCESS_TERMINATE | PROCESS_VM_READ,
+        ),
+    );
     assert_eq!(d.access, PROCESS_TERMINATE | PROCESS_VM_READ);
     assert_eq!(d.would_strip, PROCESS_TERMINATE);
     assert!(d.audit);
@@ -125,11 +210,21 @@ strip = ["PROCESS_VM_WRITE"]
 "#,
     );
     let all = PROCESS_TERMINATE | PROCESS_VM_WRITE | PROCESS_VM_READ;
-    let d = decide(&p, &AGENT, &TOOL, &req(ObjectKind::Process, Operation::Create, all));
+    let d = decide(
+        &p,
+        &AGENT,
+        &TOOL,
+        &req(ObjectKind::Process, Operation::Create, all),
+    );
     assert_eq!(d.access, PROCESS_VM_READ);
     assert_eq!(d.would_strip, PROCESS_VM_READ);
     assert_eq!(d.rule, Some(1));
-    let d = decide(&p, &AGENT, &TOOL, &req(ObjectKind::Process, Operation::Create, PROCESS_VM_READ));
+    let d = decide(
+        &p,
+        &AGENT,
+        &TOOL,
+        &req(ObjectKind::Process, Operation::Create, PROCESS_VM_READ),
+    );
     assert_eq!(d.rule, Some(0), "audit-only decision names the audit rule");
 }
 
@@ -143,7 +238,9 @@ fn requester_only_restricts_selected_processes() {
 
 #[test]
 fn requester_any_except_spares_listed_processes() {
-    let p = policy(&format!("{KILL}requester = {{ except = {{ name = \"updater.exe\" }} }}\n"));
+    let p = policy(&format!(
+        "{KILL}requester = {{ except = {{ name = \"updater.exe\" }} }}\n"
+    ));
     let r = req(ObjectKind::Process, Operation::Create, PROCESS_TERMINATE);
     assert_eq!(decide(&p, &AGENT, &TOOL, &r).access, 0);
     assert_eq!(decide(&p, &AGENT, &UPDATER, &r).access, PROCESS_TERMINATE);
@@ -151,7 +248,9 @@ fn requester_any_except_spares_listed_processes() {
 
 #[test]
 fn unknown_requester_record_is_restricted_by_any_except_rules() {
-    let p = policy(&format!("{KILL}requester = {{ except = {{ name = \"updater.exe\" }} }}\n"));
+    let p = policy(&format!(
+        "{KILL}requester = {{ except = {{ name = \"updater.exe\" }} }}\n"
+    ));
     let c = CompiledPolicy::new(&p).unwrap();
     let d = c.decide(
         &c.classify(&AGENT),
@@ -164,7 +263,10 @@ fn unknown_requester_record_is_restricted_by_any_except_rules() {
         &ProcessRecord::EMPTY,
         &req(ObjectKind::Process, Operation::Create, PROCESS_TERMINATE),
     );
-    assert_eq!(d.access, PROCESS_TERMINATE, "EMPTY is restricted by no requester-dependent rule");
+    assert_eq!(
+        d.access, PROCESS_TERMINATE,
+        "EMPTY is restricted by no requester-dependent rule"
+    );
 }
 
 #[test]
@@ -181,8 +283,13 @@ fn kernel_handles_are_exempt_when_switched_on_only() {
     let mut r = req(ObjectKind::Process, Operation::Create, PROCESS_TERMINATE);
     r.kernel_handle = true;
     let d = decide(&policy(KILL), &AGENT, &TOOL, &r);
-    assert_eq!((d.access, d.exemption, d.audit), (PROCESS_TERMINATE, Some(Exemption::KernelHandle), false));
-    let off = policy(&format!("[settings]\nexempt_kernel_handles = false\n{KILL}"));
+    assert_eq!(
+        (d.access, d.exemption, d.audit),
+        (PROCESS_TERMINATE, Some(Exemption::KernelHandle), false)
+    );
+    let off = policy(&format!(
+        "[settings]\nexempt_kernel_handles = false\n{KILL}"
+    ));
     assert_eq!(decide(&off, &AGENT, &TOOL, &r).access, 0);
 }
 
@@ -191,7 +298,10 @@ fn self_access_is_exempt_when_switched_on_only() {
     let mut r = req(ObjectKind::Thread, Operation::Create, THREAD_TERMINATE);
     r.same_process = true;
     let d = decide(&policy(KILL), &AGENT, &AGENT, &r);
-    assert_eq!((d.access, d.exemption), (THREAD_TERMINATE, Some(Exemption::SelfAccess)));
+    assert_eq!(
+        (d.access, d.exemption),
+        (THREAD_TERMINATE, Some(Exemption::SelfAccess))
+    );
     let off = policy(&format!("[settings]\nexempt_self = false\n{KILL}"));
     assert_eq!(decide(&off, &AGENT, &AGENT, &r).access, 0);
 }
@@ -202,27 +312,50 @@ fn critical_requesters_are_exempt_and_recognised_by_path_not_name() {
     let p = policy(KILL);
     for critical in [CSRSS, SYSTEM] {
         let d = decide(&p, &AGENT, &critical, &r);
-        assert_eq!((d.access, d.exemption), (PROCESS_TERMINATE, Some(Exemption::CriticalRequester)));
+        assert_eq!(
+            (d.access, d.exemption),
+            (PROCESS_TERMINATE, Some(Exemption::CriticalRequester))
+        );
         assert_eq!(d.rule, Some(0), "exempted decisions still name the rule");
     }
-    assert_eq!(decide(&p, &AGENT, &FAKE_CSRSS, &r).access, 0, "csrss.exe outside System32 is not exempt");
-    let off = policy(&format!("[settings]\nexempt_critical_requesters = false\n{KILL}"));
+    assert_eq!(
+        decide(&p, &AGENT, &FAKE_CSRSS, &r).access,
+        0,
+        "csrss.exe outside System32 is not exempt"
+    );
+    let off = policy(&format!(
+        "[settings]\nexempt_critical_requesters = false\n{KILL}"
+    ));
     assert_eq!(decide(&off, &AGENT, &CSRSS, &r).access, 0);
 }
 
 #[test]
 fn critical_process_spellings() {
     use procguard_policy::is_critical_system_process as crit;
-    let id = |image_path| ProcessIdentity { pid: 77, image_path };
+    let id = |image_path| ProcessIdentity {
+        pid: 77,
+        image_path,
+    };
     assert!(crit(&id("\\SystemRoot\\System32\\smss.exe")));
-    assert!(crit(&id("\\Device\\HarddiskVolume12\\WINDOWS\\system32\\LSASS.EXE")));
+    assert!(crit(&id(
+        "\\Device\\HarddiskVolume12\\WINDOWS\\system32\\LSASS.EXE"
+    )));
     assert!(crit(&id("\\??\\C:\\Windows\\System32\\wininit.exe")));
     assert!(crit(&id("C:\\Windows\\System32\\services.exe")));
-    assert!(!crit(&id("\\Device\\HarddiskVolume\\Windows\\System32\\csrss.exe")));
-    assert!(!crit(&id("\\Device\\HarddiskVolume3\\Windows\\System32\\sub\\csrss.exe")));
-    assert!(!crit(&id("\\Device\\HarddiskVolume3\\Windows\\System32\\notepad.exe")));
+    assert!(!crit(&id(
+        "\\Device\\HarddiskVolume\\Windows\\System32\\csrss.exe"
+    )));
+    assert!(!crit(&id(
+        "\\Device\\HarddiskVolume3\\Windows\\System32\\sub\\csrss.exe"
+    )));
+    assert!(!crit(&id(
+        "\\Device\\HarddiskVolume3\\Windows\\System32\\notepad.exe"
+    )));
     assert!(!crit(&id("csrss.exe")));
-    assert!(crit(&ProcessIdentity { pid: 4, image_path: "" }));
+    assert!(crit(&ProcessIdentity {
+        pid: 4,
+        image_path: ""
+    }));
 }
 
 #[test]
@@ -232,7 +365,10 @@ fn globs_are_case_insensitive_and_star_stays_in_component() {
     );
     let c = CompiledPolicy::new(&p).unwrap();
     assert!(c.classify(&AGENT).is_protected());
-    let deeper = ProcessIdentity { pid: 5, image_path: "\\Device\\HarddiskVolume3\\Program Files\\Acme\\x\\agent.exe" };
+    let deeper = ProcessIdentity {
+        pid: 5,
+        image_path: "\\Device\\HarddiskVolume3\\Program Files\\Acme\\x\\agent.exe",
+    };
     assert!(!c.classify(&deeper).is_protected());
 }
 
@@ -270,10 +406,16 @@ fn record_is_at_most_64_bytes() {
 fn policy_id_is_blob_checksum_and_changes_with_policy() {
     let a = policy(KILL);
     let b = policy(&KILL.replace("no-kill", "no-inject"));
-    let (ca, cb) = (CompiledPolicy::new(&a).unwrap(), CompiledPolicy::new(&b).unwrap());
+    let (ca, cb) = (
+        CompiledPolicy::new(&a).unwrap(),
+        CompiledPolicy::new(&b).unwrap(),
+    );
     let blob = procguard_policy::encode(&a);
     assert_eq!(ca.policy_id(), procguard_policy::blob::blob_checksum(&blob));
-    assert_eq!(CompiledPolicy::from_blob(&blob).unwrap().policy_id(), ca.policy_id());
+    assert_eq!(
+        CompiledPolicy::from_blob(&blob).unwrap().policy_id(),
+        ca.policy_id()
+    );
     assert_ne!(ca.policy_id(), cb.policy_id());
 }
 
@@ -282,13 +424,32 @@ fn explain_says_which_rules_matched_and_why() {
     let p = policy(&format!(
         "{KILL}\n[[rule]]\nname = \"tool-only\"\ntarget = {{ name = \"agent.exe\" }}\nrequester = {{ name = \"other.exe\" }}\nstrip = [\"PROCESS_VM_WRITE\"]\n"
     ));
-    let e = procguard_policy::explain(&p, &TOOL, &AGENT, &req(ObjectKind::Process, Operation::Create, PROCESS_TERMINATE | PROCESS_VM_WRITE));
+    let e = procguard_policy::explain(
+        &p,
+        &TOOL,
+        &AGENT,
+        &req(
+            ObjectKind::Process,
+            Operation::Create,
+            PROCESS_TERMINATE | PROCESS_VM_WRITE,
+        ),
+    );
     let t = e.to_string();
     assert!(t.contains("Rule 0 \"agent-no-kill\" (enforce) protects the target: it applies and removes PROCESS_TERMINATE."), "{t}");
     assert!(t.contains("Rule 1 \"tool-only\" (enforce) protects the target: it does not restrict this requester."), "{t}");
     assert!(t.contains("Result: granted PROCESS_VM_WRITE; removed PROCESS_TERMINATE; responsible rule 0 \"agent-no-kill\"; audit record: yes."), "{t}");
-    let e = procguard_policy::explain(&p, &CSRSS, &AGENT, &req(ObjectKind::Process, Operation::Create, PROCESS_TERMINATE));
-    assert!(e.text.contains("Exemption: critical system processes keep every right"), "{}", e.text);
+    let e = procguard_policy::explain(
+        &p,
+        &CSRSS,
+        &AGENT,
+        &req(ObjectKind::Process, Operation::Create, PROCESS_TERMINATE),
+    );
+    assert!(
+        e.text
+            .contains("Exemption: critical system processes keep every right"),
+        "{}",
+        e.text
+    );
 }
 
 #[test]
@@ -333,5 +494,10 @@ strip = ["no-kill"]
     assert!(has(Some(3), LintKind::TargetsCriticalProcess));
     assert!(!has(Some(3), LintKind::IncompleteKillProtection));
     let clean = lint(&policy(include_str!("../examples/policy.toml")));
-    assert!(clean.iter().all(|x| x.kind != LintKind::Redundant && x.kind != LintKind::TargetsEverything), "{clean:?}");
+    assert!(
+        clean
+            .iter()
+            .all(|x| x.kind != LintKind::Redundant && x.kind != LintKind::TargetsEverything),
+        "{clean:?}"
+    );
 }

@@ -16,7 +16,11 @@ use procguard_policy::CompiledPolicy;
 
 use support::*;
 
-fn check_all(p: &procguard_policy::Policy, idents: &[Ident], reqs: &[procguard_policy::HandleRequest]) -> Result<(), TestCaseError> {
+fn check_all(
+    p: &procguard_policy::Policy,
+    idents: &[Ident],
+    reqs: &[procguard_policy::HandleRequest],
+) -> Result<(), TestCaseError> {
     let c = CompiledPolicy::new(p).map_err(|e| TestCaseError::fail(format!("{e}")))?;
     let records: Vec<_> = idents.iter().map(|i| c.classify(&i.id())).collect();
     for (ti, t) in idents.iter().enumerate() {
@@ -25,7 +29,14 @@ fn check_all(p: &procguard_policy::Policy, idents: &[Ident], reqs: &[procguard_p
                 let got = c.decide(&records[ti], &records[ri], q);
                 prop_assert_eq!(got.access & !q.desired_access, 0, "decision added bits");
                 let want = evaluate(p, &t.id(), &r.id(), q).decision;
-                prop_assert_eq!(got, want, "target {:?} requester {:?} request {:?}", t, r, q);
+                prop_assert_eq!(
+                    got,
+                    want,
+                    "target {:?} requester {:?} request {:?}",
+                    t,
+                    r,
+                    q
+                );
             }
         }
     }

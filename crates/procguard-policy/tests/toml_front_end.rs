@@ -27,10 +27,18 @@ fn example_policy_parses_with_expected_rules() {
     let r0 = &p.rules[0];
     assert_eq!(&*r0.name, "agent-no-tamper");
     assert!(matches!(r0.requester, Requester::AnyExcept(_)));
-    assert_eq!(r0.strip_process, procguard_policy::rights::set_by_name("no-tamper").unwrap().process);
+    assert_eq!(
+        r0.strip_process,
+        procguard_policy::rights::set_by_name("no-tamper")
+            .unwrap()
+            .process
+    );
     assert_eq!(p.rules[1].mode, Mode::Audit);
     assert!(!p.rules[1].objects.thread);
-    assert_eq!(p.rules[2].strip_process & PROCESS_TERMINATE, PROCESS_TERMINATE);
+    assert_eq!(
+        p.rules[2].strip_process & PROCESS_TERMINATE,
+        PROCESS_TERMINATE
+    );
     assert_eq!(p.rules[2].strip_thread & THREAD_TERMINATE, THREAD_TERMINATE);
 }
 
@@ -42,7 +50,11 @@ fn defaults_are_any_requester_both_objects_both_operations_enforce() {
     assert!(r.objects.process && r.objects.thread);
     assert!(r.operations.create && r.operations.duplicate);
     assert_eq!(r.mode, Mode::Enforce);
-    assert!(p.settings.exempt_self && p.settings.exempt_kernel_handles && p.settings.exempt_critical_requesters);
+    assert!(
+        p.settings.exempt_self
+            && p.settings.exempt_kernel_handles
+            && p.settings.exempt_critical_requesters
+    );
 }
 
 #[test]
@@ -62,7 +74,11 @@ fn settings_switches_are_read() {
         "[settings]\nexempt_self = false\nexempt_kernel_handles = false\nexempt_critical_requesters = false\n{BASE}strip = 1\n"
     ))
     .unwrap();
-    assert!(!p.settings.exempt_self && !p.settings.exempt_kernel_handles && !p.settings.exempt_critical_requesters);
+    assert!(
+        !p.settings.exempt_self
+            && !p.settings.exempt_kernel_handles
+            && !p.settings.exempt_critical_requesters
+    );
 }
 
 #[test]
@@ -83,17 +99,31 @@ fn unknown_right_is_located_with_suggestion_and_choices() {
     let e = one_error(&format!("{BASE}strip = [\"PROCESS_TERMINAT\"]\n"));
     assert_eq!((e.line, e.column), (4, 10));
     assert_eq!(e.key.as_deref(), Some("rule[0].strip"));
-    assert!(e.message.contains("unknown right \"PROCESS_TERMINAT\""), "{}", e.message);
-    assert!(e.message.contains("did you mean PROCESS_TERMINATE"), "{}", e.message);
+    assert!(
+        e.message.contains("unknown right \"PROCESS_TERMINAT\""),
+        "{}",
+        e.message
+    );
+    assert!(
+        e.message.contains("did you mean PROCESS_TERMINATE"),
+        "{}",
+        e.message
+    );
     assert!(e.valid.iter().any(|v| v == "THREAD_SUSPEND_RESUME"));
     assert!(e.valid.iter().any(|v| v == "no-kill"));
 }
 
 #[test]
 fn thread_right_on_process_only_rule_is_an_error() {
-    let e = one_error(&format!("{BASE}objects = \"process\"\nstrip = [\"THREAD_TERMINATE\"]\n"));
+    let e = one_error(&format!(
+        "{BASE}objects = \"process\"\nstrip = [\"THREAD_TERMINATE\"]\n"
+    ));
     assert_eq!(e.line, 5);
-    assert!(e.message.contains("THREAD_TERMINATE is a thread right"), "{}", e.message);
+    assert!(
+        e.message.contains("THREAD_TERMINATE is a thread right"),
+        "{}",
+        e.message
+    );
 }
 
 #[test]
@@ -105,7 +135,9 @@ fn empty_target_selector_is_an_error_at_the_target() {
 
 #[test]
 fn empty_requester_selector_is_an_error() {
-    let e = one_error(&format!("{BASE}requester = {{ except = {{}} }}\nstrip = 1\n"));
+    let e = one_error(&format!(
+        "{BASE}requester = {{ except = {{}} }}\nstrip = 1\n"
+    ));
     assert_eq!(e.key.as_deref(), Some("rule[0].requester.except"));
     assert!(e.message.contains("selects no process"));
 }
@@ -120,16 +152,26 @@ fn impossible_globs_are_errors_with_reason() {
         ("\\\\Device\\\\a**\\\\x.exe", "whole path component"),
         ("", "empty"),
     ] {
-        let e = one_error(&format!("[[rule]]\nname = \"r\"\ntarget = {{ path = \"{pat}\" }}\nstrip = 1\n"));
+        let e = one_error(&format!(
+            "[[rule]]\nname = \"r\"\ntarget = {{ path = \"{pat}\" }}\nstrip = 1\n"
+        ));
         assert_eq!((e.line, e.column), (3, 19), "{pat}");
-        assert!(e.message.contains("can never match") && e.message.contains(why), "{pat}: {}", e.message);
+        assert!(
+            e.message.contains("can never match") && e.message.contains(why),
+            "{pat}: {}",
+            e.message
+        );
     }
 }
 
 #[test]
 fn image_name_with_wildcard_or_separator_is_an_error() {
     let e = one_error("[[rule]]\nname = \"r\"\ntarget = { name = \"a*.exe\" }\nstrip = 1\n");
-    assert!(e.message.contains("use 'path' for patterns"), "{}", e.message);
+    assert!(
+        e.message.contains("use 'path' for patterns"),
+        "{}",
+        e.message
+    );
 }
 
 #[test]
@@ -137,7 +179,11 @@ fn duplicate_rule_names_point_at_second_and_mention_first() {
     let src = format!("{BASE}strip = 1\n{BASE}strip = 1\n");
     let e = one_error(&src);
     assert_eq!((e.line, e.column), (6, 8));
-    assert!(e.message.contains("duplicate rule name \"r\""), "{}", e.message);
+    assert!(
+        e.message.contains("duplicate rule name \"r\""),
+        "{}",
+        e.message
+    );
     assert!(e.message.contains("rule[0] on line 2"), "{}", e.message);
 }
 
@@ -146,23 +192,39 @@ fn mask_that_strips_nothing_is_an_error() {
     for strip in ["[]", "0", "[0]"] {
         let e = one_error(&format!("{BASE}strip = {strip}\n"));
         assert_eq!(e.line, 4, "{strip}");
-        assert!(e.message.contains("removes nothing"), "{strip}: {}", e.message);
+        assert!(
+            e.message.contains("removes nothing"),
+            "{strip}: {}",
+            e.message
+        );
     }
 }
 
 #[test]
 fn unknown_bits_in_number_are_an_error() {
     let e = one_error(&format!("{BASE}objects = \"thread\"\nstrip = 0x2000\n"));
-    assert!(e.message.contains("not thread access rights"), "{}", e.message);
+    assert!(
+        e.message.contains("not thread access rights"),
+        "{}",
+        e.message
+    );
 }
 
 #[test]
 fn rule_restricting_exempt_critical_process_is_an_error() {
-    for req in ["{ name = \"csrss.exe\" }", "{ pid = 4 }", "{ path = '\\Device\\HarddiskVolume*\\Windows\\System32\\*.exe' }"] {
+    for req in [
+        "{ name = \"csrss.exe\" }",
+        "{ pid = 4 }",
+        "{ path = '\\Device\\HarddiskVolume*\\Windows\\System32\\*.exe' }",
+    ] {
         let e = one_error(&format!("{BASE}requester = {req}\nstrip = 1\n"));
         assert_eq!((e.line, e.column), (4, 13), "{req}");
         assert_eq!(e.key.as_deref(), Some("rule[0].requester"));
-        assert!(e.message.contains("critical system process"), "{req}: {}", e.message);
+        assert!(
+            e.message.contains("critical system process"),
+            "{req}: {}",
+            e.message
+        );
     }
     // With the exemption off, the same rule is legal (lint warns instead).
     let ok = format!("[settings]\nexempt_critical_requesters = false\n{BASE}requester = {{ name = \"csrss.exe\" }}\nstrip = 1\n");
@@ -183,9 +245,18 @@ fn unknown_keys_list_valid_keys() {
 fn bad_enum_values_list_choices() {
     let e = one_error(&format!("{BASE}strip = 1\nmode = \"warn\"\n"));
     assert_eq!(e.valid, vec!["enforce".to_string(), "audit".to_string()]);
-    let e = one_error(&format!("{BASE}strip = 1\nobjects = [\"process\", \"file\"]\n"));
+    let e = one_error(&format!(
+        "{BASE}strip = 1\nobjects = [\"process\", \"file\"]\n"
+    ));
     assert!(e.message.contains("\"file\""));
-    assert_eq!(e.valid, vec!["process".to_string(), "thread".to_string(), "both".to_string()]);
+    assert_eq!(
+        e.valid,
+        vec![
+            "process".to_string(),
+            "thread".to_string(),
+            "both".to_string()
+        ]
+    );
     let e = one_error(&format!("{BASE}strip = 1\noperations = []\n"));
     assert!(e.message.contains("covers nothing"));
 }
@@ -193,8 +264,12 @@ fn bad_enum_values_list_choices() {
 #[test]
 fn missing_required_keys_are_reported() {
     let e = errors("[[rule]]\nname = \"r\"\n");
-    assert!(e.iter().any(|e| e.message.contains("missing key \"target\"")));
-    assert!(e.iter().any(|e| e.message.contains("missing key \"strip\"")));
+    assert!(e
+        .iter()
+        .any(|e| e.message.contains("missing key \"target\"")));
+    assert!(e
+        .iter()
+        .any(|e| e.message.contains("missing key \"strip\"")));
 }
 
 #[test]
@@ -206,7 +281,9 @@ fn syntax_errors_are_located() {
 
 #[test]
 fn several_errors_are_all_reported() {
-    let e = errors(&format!("{BASE}strip = [\"NOPE\"]\n[[rule]]\nname = \"\"\ntarget = {{}}\nstrip = 1\n"));
+    let e = errors(&format!(
+        "{BASE}strip = [\"NOPE\"]\n[[rule]]\nname = \"\"\ntarget = {{}}\nstrip = 1\n"
+    ));
     assert!(e.len() >= 3, "{e:#?}");
 }
 

@@ -7,12 +7,30 @@ use proptest::prelude::*;
 
 use procguard_policy::rights::{VALID_PROCESS_BITS, VALID_THREAD_BITS};
 use procguard_policy::{
-    HandleRequest, Mode, ObjectKind, Objects, Operation, Operations, Policy, Requester, Rule, Selector, Settings,
+    HandleRequest, Mode, ObjectKind, Objects, Operation, Operations, Policy, Requester, Rule,
+    Selector, Settings,
 };
 
-pub const NAMES: &[&str] =
-    &["agent.exe", "AGENT.EXE", "tool.exe", "csrss.exe", "lsass.exe", "updater.exe", "kiosk.exe", "a.exe", "ß.exe"];
-pub const DIRS: &[&str] = &["Windows", "System32", "Program Files", "Acme", "Tools", "x", "SYSTEM32"];
+pub const NAMES: &[&str] = &[
+    "agent.exe",
+    "AGENT.EXE",
+    "tool.exe",
+    "csrss.exe",
+    "lsass.exe",
+    "updater.exe",
+    "kiosk.exe",
+    "a.exe",
+    "ß.exe",
+];
+pub const DIRS: &[&str] = &[
+    "Windows",
+    "System32",
+    "Program Files",
+    "Acme",
+    "Tools",
+    "x",
+    "SYSTEM32",
+];
 pub const PIDS: &[u32] = &[0, 4, 600, 1000, 1001, 2000, 3000];
 
 /// An owned identity (the engine takes `ProcessIdentity<'_>` borrowing from it).
@@ -24,7 +42,10 @@ pub struct Ident {
 
 impl Ident {
     pub fn id(&self) -> procguard_policy::ProcessIdentity<'_> {
-        procguard_policy::ProcessIdentity { pid: self.pid, image_path: &self.path }
+        procguard_policy::ProcessIdentity {
+            pid: self.pid,
+            image_path: &self.path,
+        }
     }
 }
 
@@ -32,8 +53,12 @@ pub fn ident() -> impl Strategy<Value = Ident> {
     let pid = prop_oneof![prop::sample::select(PIDS), any::<u32>()];
     let path = prop_oneof![
         Just(String::new()),
-        (1u8..4, prop::collection::vec(prop::sample::select(DIRS), 0..4), prop::sample::select(NAMES)).prop_map(
-            |(vol, dirs, name)| {
+        (
+            1u8..4,
+            prop::collection::vec(prop::sample::select(DIRS), 0..4),
+            prop::sample::select(NAMES)
+        )
+            .prop_map(|(vol, dirs, name)| {
                 let mut p = format!("\\Device\\HarddiskVolume{vol}");
                 for d in dirs {
                     p.push('\\');
@@ -42,8 +67,7 @@ pub fn ident() -> impl Strategy<Value = Ident> {
                 p.push('\\');
                 p.push_str(name);
                 p
-            }
-        ),
+            }),
         prop::sample::select(NAMES).prop_map(|n| format!("\\SystemRoot\\System32\\{n}")),
     ];
     (pid, path).prop_map(|(pid, path)| Ident { pid, path })
@@ -67,7 +91,11 @@ pub fn glob() -> impl Strategy<Value = String> {
         Just("**".to_string()),
     ];
     (any::<bool>(), prop::collection::vec(comp, 0..5), file).prop_map(|(lead, comps, file)| {
-        let mut p = if lead { "**".to_string() } else { String::new() };
+        let mut p = if lead {
+            "**".to_string()
+        } else {
+            String::new()
+        };
         for c in comps {
             p.push('\\');
             p.push_str(&c);
@@ -106,7 +134,10 @@ pub fn rule(index: usize) -> impl Strategy<Value = Rule> {
 
 /// A rule whose requester is never "any".
 pub fn dependent_rule(index: usize) -> impl Strategy<Value = Rule> {
-    let req = prop_oneof![selector().prop_map(Requester::Only), selector().prop_map(Requester::AnyExcept)];
+    let req = prop_oneof![
+        selector().prop_map(Requester::Only),
+        selector().prop_map(Requester::AnyExcept)
+    ];
     rule_with(index, req.boxed())
 }
 
@@ -121,9 +152,20 @@ fn rule_with(index: usize, requester: BoxedStrategy<Requester>) -> impl Strategy
         any::<bool>(),
     )
         .prop_map(move |(target, requester, obj, ops, sp, st, audit)| {
-            let objects = Objects { process: obj & 1 != 0, thread: obj & 2 != 0 };
-            let mut strip_process = if objects.process { sp & VALID_PROCESS_BITS } else { 0 };
-            let strip_thread = if objects.thread { st & VALID_THREAD_BITS } else { 0 };
+            let objects = Objects {
+                process: obj & 1 != 0,
+                thread: obj & 2 != 0,
+            };
+            let mut strip_process = if objects.process {
+                sp & VALID_PROCESS_BITS
+            } else {
+                0
+            };
+            let strip_thread = if objects.thread {
+                st & VALID_THREAD_BITS
+            } else {
+                0
+            };
             if strip_process == 0 && strip_thread == 0 && objects.process {
                 strip_process = 1;
             }
@@ -132,9 +174,16 @@ fn rule_with(index: usize, requester: BoxedStrategy<Requester>) -> impl Strategy
                 target,
                 requester,
                 objects,
-                operations: Operations { create: ops & 1 != 0, duplicate: ops & 2 != 0 },
+                operations: Operations {
+                    create: ops & 1 != 0,
+                    duplicate: ops & 2 != 0,
+                },
                 strip_process,
-                strip_thread: if strip_process == 0 && strip_thread == 0 { 1 } else { strip_thread },
+                strip_thread: if strip_process == 0 && strip_thread == 0 {
+                    1
+                } else {
+                    strip_thread
+                },
                 mode: if audit { Mode::Audit } else { Mode::Enforce },
             }
         })
@@ -172,13 +221,26 @@ pub fn policy(min: usize, max: usize) -> impl Strategy<Value = Policy> {
 }
 
 pub fn request() -> impl Strategy<Value = HandleRequest> {
-    (any::<bool>(), any::<bool>(), any::<u32>(), any::<bool>(), any::<bool>()).prop_map(|(t, d, desired, k, s)| {
-        HandleRequest {
-            object: if t { ObjectKind::Thread } else { ObjectKind::Process },
-            operation: if d { Operation::Duplicate } else { Operation::Create },
+    (
+        any::<bool>(),
+        any::<bool>(),
+        any::<u32>(),
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(|(t, d, desired, k, s)| HandleRequest {
+            object: if t {
+                ObjectKind::Thread
+            } else {
+                ObjectKind::Process
+            },
+            operation: if d {
+                Operation::Duplicate
+            } else {
+                Operation::Create
+            },
             desired_access: desired,
             kernel_handle: k,
             same_process: s,
-        }
-    })
+        })
 }
