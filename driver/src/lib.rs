@@ -26,6 +26,7 @@ pub mod parameters;
 pub mod pid_table;
 #[cfg(not(feature = "wdk"))]
 pub mod pool;
+pub mod process_table;
 pub mod trace;
 
 #[cfg(all(not(test), feature = "wdk"))]

@@ -3,6 +3,7 @@
 //! 1. formatting, lints (`clippy -D warnings`) and docs of every host crate;
 //! 2. host tests (`cargo test --workspace`: policy engine, driver logic with
 //!    kernel test doubles, layout check against the mingw DDK, xtask);
+//!    then the loom model checks of the driver's lock-free protocols;
 //! 3. the package (README command 1: build, structural checks, signature);
 //! 4. pytest: structural tests of the package (`tests/package`) and the
 //!    emulator suite, the packaged `.sys` run in Speakeasy (`tests/emulator`).
@@ -111,6 +112,24 @@ pub fn run(root: &Path) -> Result<(), String> {
         let mut test = cargo(root, &["test", "--workspace"]);
         test.env("PROCGUARD_LAYOUT_JSON", &layout_json);
         status_of(test, "cargo test")
+    });
+    step("loom model checks of the lock-free protocols", &mut || {
+        let mut loom = cargo(
+            root,
+            &[
+                "test",
+                "--package",
+                "procguard",
+                "--release",
+                "--lib",
+                "loom_tests",
+                "--target-dir",
+            ],
+        );
+        loom.arg(root.join("target").join("loom"));
+        loom.env("RUSTFLAGS", "--cfg loom")
+            .env("LOOM_MAX_PREEMPTIONS", "3");
+        status_of(loom, "cargo test (loom)")
     });
     let mut sys = None;
     step("package (README command 1)", &mut || {

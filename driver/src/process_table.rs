@@ -1,0 +1,526 @@
+//! The process table: pid → (creation key, classification record), read by
+//! the callbacks without locks.
+//!
+//! Open addressing with linear probing over a fixed, power-of-two number of
+//! slots. Each slot is a sequence lock made only of atomics: a writer makes
+//! the sequence odd, writes, and makes it even again; a reader copies the
+//! slot and keeps the copy only if the sequence was even and unchanged. A
+//! reader never waits on a writer for more than [`READ_RETRIES`] attempts
+//! (writers hold a slot for a few stores, at DISPATCH_LEVEL in the kernel, so
+//! they cannot be preempted mid-write); past that it reports
+//! [`Lookup::Busy`] and the caller falls back as documented there.
+//!
+//! Writers (process creation and exit, enumeration) are serialised by the
+//! caller. Removed entries leave tombstones; the table is rebuilt (a fresh
+//! one is published) at every policy change, and when tombstones pile up.
+//!
+//! A record can never be mistaken for a later process with the same pid:
+//! entries carry the process's creation key, removal happens at process exit
+//! and only for the matching key, and lookups return the key for the caller
+//! to compare with the object's own.
+#![forbid(unsafe_code)]
+
+use alloc::vec::Vec;
+
+#[cfg(not(loom))]
+use core::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+#[cfg(loom)]
+use loom::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+
+/// Words of a stored record (64 bytes: the policy engine's process record).
+pub const RECORD_WORDS: usize = 8;
+/// A record as stored.
+pub type RecordWords = [u64; RECORD_WORDS];
+/// Attempts a reader makes on a slot being written before giving up.
+pub const READ_RETRIES: u32 = 64;
+/// Largest table: 2^20 slots (~88 MiB); far above any real process count.
+pub const MAX_SLOTS: usize = 1 << 20;
+
+// Windows process ids are multiples of 4: these two values never are.
+const EMPTY: u32 = u32::MAX;
+const TOMBSTONE: u32 = u32::MAX - 1;
+
+/// A tracked process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    /// Process id.
+    pub pid: u32,
+    /// Distinguishes this process from a later one with the same id (the
+    /// creation time, in the kernel).
+    pub creation_key: u64,
+    /// The classification record.
+    pub record: RecordWords,
+}
+
+/// Result of a lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    /// The pid is tracked.
+    Found(Entry),
+    /// The pid is not in the table.
+    Absent,
+    /// A slot on the probe path stayed busy for [`READ_RETRIES`] attempts.
+    Busy,
+}
+
+/// Why an insertion failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InsertError {
+    /// No free slot (the table needs rebuilding with more room).
+    Full,
+    /// The pid is one of the two reserved sentinel values.
+    ReservedPid,
+}
+
+struct Slot {
+    sequence: AtomicU32,
+    pid: AtomicU32,
+    creation_key: AtomicU64,
+    record: [AtomicU64; RECORD_WORDS],
+}
+
+impl Slot {
+    fn empty() -> Self {
+        Self {
+            sequence: AtomicU32::new(0),
+            pid: AtomicU32::new(EMPTY),
+            creation_key: AtomicU64::new(0),
+            record: core::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+
+    /// A consistent copy of the slot, or `None` if it stayed busy.
+    fn read(&self) -> Option<Entry> {
+        for _ in 0..READ_RETRIES {
+            let before = self.sequence.load(Ordering::Acquire);
+            if before & 1 == 0 {
+                let pid = self.pid.load(Ordering::Relaxed);
+                let creation_key = self.creation_key.load(Ordering::Relaxed);
+                let mut record = [0u64; RECORD_WORDS];
+                for (word, stored) in record.iter_mut().zip(&self.record) {
+                    *word = stored.load(Ordering::Relaxed);
+                }
+                fence(Ordering::Acquire);
+                if self.sequence.load(Ordering::Relaxed) == before {
+                    return Some(Entry {
+                        pid,
+                        creation_key,
+                        record,
+                    });
+                }
+            }
+            core::hint::spin_loop();
+            #[cfg(loom)]
+            loom::thread::yield_now();
+        }
+        None
+    }
+
+    /// Writes the slot (writers are serialised by the caller).
+    fn write(&self, pid: u32, creation_key: u64, record: &RecordWords) {
+        let sequence = self.sequence.load(Ordering::Relaxed);
+        self.sequence
+            .store(sequence.wrapping_add(1), Ordering::Relaxed);
+        fence(Ordering::Release);
+        self.pid.store(pid, Ordering::Relaxed);
+        self.creation_key.store(creation_key, Ordering::Relaxed);
+        for (stored, word) in self.record.iter().zip(record) {
+            stored.store(*word, Ordering::Relaxed);
+        }
+        self.sequence
+            .store(sequence.wrapping_add(2), Ordering::Release);
+    }
+}
+
+/// The table. Readers use `&self` from any thread; writers too, serialised
+/// by the caller.
+pub struct ProcessTable {
+    slots: Vec<Slot>,
+    live: AtomicUsize,
+    tombstones: AtomicUsize,
+}
+
+impl core::fmt::Debug for ProcessTable {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("ProcessTable")
+            .field("slots", &self.slots.len())
+            .field("live", &self.len())
+            .field("tombstones", &self.tombstones())
+            .finish()
+    }
+}
+
+fn home(pid: u32, mask: usize) -> usize {
+    // Fibonacci hashing of pid/4 (the low two bits are always zero).
+    let hashed = u64::from(pid >> 2).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+    usize::try_from(hashed).unwrap_or(0) & mask
+}
+
+impl ProcessTable {
+    /// A table with room for at least `processes` entries at a load factor of
+    /// at most one half. `None` when the allocation fails or the size is
+    /// beyond [`MAX_SLOTS`]: never a panic.
+    pub fn with_capacity(processes: usize) -> Option<Self> {
+        let wanted = processes.checked_mul(2)?.max(16);
+        let slots_len = wanted.checked_next_power_of_two()?;
+        if slots_len > MAX_SLOTS {
+            return None;
+        }
+        let mut slots = Vec::new();
+        slots.try_reserve_exact(slots_len).ok()?;
+        for _ in 0..slots_len {
+            slots.push(Slot::empty());
+        }
+        Some(Self {
+            slots,
+            live: AtomicUsize::new(0),
+            tombstones: AtomicUsize::new(0),
+        })
+    }
+
+    fn mask(&self) -> usize {
+        self.slots.len().wrapping_sub(1)
+    }
+
+    /// Number of slots.
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Tracked processes.
+    pub fn len(&self) -> usize {
+        self.live.load(Ordering::Relaxed)
+    }
+
+    /// True when nothing is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Slots left by removals; a rebuild clears them.
+    pub fn tombstones(&self) -> usize {
+        self.tombstones.load(Ordering::Relaxed)
+    }
+
+    /// True when insertions should go to a rebuilt table: over half full
+    /// counting tombstones (probe paths grow long).
+    pub fn needs_rebuild(&self) -> bool {
+        (self.len() + self.tombstones()) * 2 > self.capacity()
+    }
+
+    /// Looks `pid` up. Lock-free; bounded by the table size and
+    /// [`READ_RETRIES`] per slot.
+    pub fn lookup(&self, pid: u32) -> Lookup {
+        if pid == EMPTY || pid == TOMBSTONE {
+            return Lookup::Absent;
+        }
+        let mask = self.mask();
+        let mut index = home(pid, mask);
+        for _ in 0..self.slots.len() {
+            let Some(slot) = self.slots.get(index) else {
+                return Lookup::Absent;
+            };
+            match slot.read() {
+                None => return Lookup::Busy,
+                Some(entry) if entry.pid == pid => return Lookup::Found(entry),
+                Some(entry) if entry.pid == EMPTY => return Lookup::Absent,
+                Some(_) => index = (index + 1) & mask,
+            }
+        }
+        Lookup::Absent
+    }
+
+    /// Inserts or replaces the entry for `pid` (writers only).
+    ///
+    /// # Errors
+    /// [`InsertError`] when the table is full or the pid is reserved.
+    pub fn insert(&self, entry: &Entry) -> Result<(), InsertError> {
+        let pid = entry.pid;
+        if pid == EMPTY || pid == TOMBSTONE {
+            return Err(InsertError::ReservedPid);
+        }
+        let mask = self.mask();
+        let mut index = home(pid, mask);
+        let mut reusable = None;
+        for _ in 0..self.slots.len() {
+            let Some(slot) = self.slots.get(index) else {
+                break;
+            };
+            // Writers are serialised, so a plain load of pid is current.
+            let current = slot.pid.load(Ordering::Relaxed);
+            if current == pid {
+                slot.write(pid, entry.creation_key, &entry.record);
+                return Ok(());
+            }
+            if current == TOMBSTONE && reusable.is_none() {
+                reusable = Some(index);
+            }
+            if current == EMPTY {
+                break;
+            }
+            index = (index + 1) & mask;
+        }
+        let target = match reusable {
+            Some(tombstone) => {
+                self.tombstones.fetch_sub(1, Ordering::Relaxed);
+                tombstone
+            }
+            None => {
+                let free = self
+                    .slots
+                    .get(index)
+                    .is_some_and(|slot| slot.pid.load(Ordering::Relaxed) == EMPTY);
+                if !free || (self.len() + self.tombstones() + 1) >= self.capacity() {
+                    // Keep at least one EMPTY slot so every probe terminates early.
+                    return Err(InsertError::Full);
+                }
+                index
+            }
+        };
+        if let Some(slot) = self.slots.get(target) {
+            slot.write(pid, entry.creation_key, &entry.record);
+            self.live.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        } else {
+            Err(InsertError::Full)
+        }
+    }
+
+    /// Removes `pid` if its creation key matches (writers only); returns
+    /// whether it was removed.
+    pub fn remove(&self, pid: u32, creation_key: u64) -> bool {
+        let mask = self.mask();
+        let mut index = home(pid, mask);
+        for _ in 0..self.slots.len() {
+            let Some(slot) = self.slots.get(index) else {
+                return false;
+            };
+            let current = slot.pid.load(Ordering::Relaxed);
+            if current == EMPTY {
+                return false;
+            }
+            if current == pid {
+                if slot.creation_key.load(Ordering::Relaxed) != creation_key {
+                    return false;
+                }
+                slot.write(TOMBSTONE, 0, &[0; RECORD_WORDS]);
+                self.live.fetch_sub(1, Ordering::Relaxed);
+                self.tombstones.fetch_add(1, Ordering::Relaxed);
+                return true;
+            }
+            index = (index + 1) & mask;
+        }
+        false
+    }
+
+    /// Every tracked process (writers only; for rebuilds and reclassification).
+    pub fn entries(&self) -> impl Iterator<Item = Entry> + '_ {
+        self.slots
+            .iter()
+            .filter_map(Slot::read)
+            .filter(|entry| entry.pid != EMPTY && entry.pid != TOMBSTONE)
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+
+    fn entry(pid: u32, key: u64, fill: u64) -> Entry {
+        Entry {
+            pid,
+            creation_key: key,
+            record: [fill; RECORD_WORDS],
+        }
+    }
+
+    #[test]
+    fn inserted_processes_are_found_and_others_are_absent() {
+        let table = ProcessTable::with_capacity(100).unwrap();
+        for pid in (4..400).step_by(4) {
+            table
+                .insert(&entry(pid, u64::from(pid) * 10, u64::from(pid)))
+                .unwrap();
+        }
+        assert_eq!(table.len(), 99);
+        for pid in (4..400).step_by(4) {
+            assert_eq!(
+                table.lookup(pid),
+                Lookup::Found(entry(pid, u64::from(pid) * 10, u64::from(pid)))
+            );
+        }
+        assert_eq!(table.lookup(8000), Lookup::Absent);
+        assert_eq!(table.lookup(EMPTY), Lookup::Absent);
+    }
+
+    #[test]
+    fn reinserting_a_pid_replaces_its_entry() {
+        let table = ProcessTable::with_capacity(4).unwrap();
+        table.insert(&entry(40, 1, 7)).unwrap();
+        table.insert(&entry(40, 2, 9)).unwrap();
+        assert_eq!(table.len(), 1);
+        assert_eq!(table.lookup(40), Lookup::Found(entry(40, 2, 9)));
+    }
+
+    #[test]
+    fn removal_needs_the_matching_creation_key() {
+        let table = ProcessTable::with_capacity(4).unwrap();
+        table.insert(&entry(40, 1, 7)).unwrap();
+        assert!(
+            !table.remove(40, 2),
+            "a later process's exit must not remove this one"
+        );
+        assert!(table.remove(40, 1));
+        assert_eq!(table.lookup(40), Lookup::Absent);
+        assert!(!table.remove(40, 1));
+        assert_eq!((table.len(), table.tombstones()), (0, 1));
+    }
+
+    #[test]
+    fn pid_reuse_after_exit_gets_the_new_record() {
+        let table = ProcessTable::with_capacity(4).unwrap();
+        table.insert(&entry(1000, 111, 0xAA)).unwrap();
+        assert!(table.remove(1000, 111));
+        table.insert(&entry(1000, 222, 0xBB)).unwrap();
+        assert_eq!(table.lookup(1000), Lookup::Found(entry(1000, 222, 0xBB)));
+        assert_eq!(table.tombstones(), 0, "the tombstone was reused");
+    }
+
+    #[test]
+    fn probes_continue_past_tombstones_and_colliding_pids() {
+        let table = ProcessTable::with_capacity(8).unwrap();
+        let mask = table.mask();
+        let colliding: Vec<u32> = (1..100_000u32)
+            .map(|n| n * 4)
+            .filter(|&pid| home(pid, mask) == home(4, mask))
+            .take(4)
+            .collect();
+        for &pid in &colliding {
+            table.insert(&entry(pid, 1, u64::from(pid))).unwrap();
+        }
+        assert!(table.remove(colliding[1], 1));
+        assert_eq!(
+            table.lookup(colliding[3]),
+            Lookup::Found(entry(colliding[3], 1, u64::from(colliding[3])))
+        );
+        assert_eq!(table.lookup(colliding[1]), Lookup::Absent);
+    }
+
+    #[test]
+    fn a_full_table_refuses_instead_of_looping() {
+        let table = ProcessTable::with_capacity(8).unwrap();
+        let capacity = table.capacity();
+        let mut inserted = 0;
+        for n in 1..=capacity as u32 {
+            match table.insert(&entry(n * 4, 1, 0)) {
+                Ok(()) => inserted += 1,
+                Err(error) => assert_eq!(error, InsertError::Full),
+            }
+        }
+        assert_eq!(inserted, capacity - 1, "one slot stays empty");
+        assert!(table.needs_rebuild());
+        assert_eq!(
+            table.lookup(999_996),
+            Lookup::Absent,
+            "lookups still terminate"
+        );
+        assert_eq!(
+            table.insert(&entry(EMPTY, 0, 0)),
+            Err(InsertError::ReservedPid)
+        );
+    }
+
+    #[test]
+    fn oversized_tables_are_refused_not_panicked_on() {
+        assert!(ProcessTable::with_capacity(usize::MAX).is_none());
+        assert!(ProcessTable::with_capacity(MAX_SLOTS).is_none());
+    }
+
+    #[test]
+    fn entries_lists_live_processes_only() {
+        let table = ProcessTable::with_capacity(8).unwrap();
+        table.insert(&entry(4, 1, 1)).unwrap();
+        table.insert(&entry(8, 2, 2)).unwrap();
+        assert!(table.remove(4, 1));
+        let entries: Vec<Entry> = table.entries().collect();
+        assert_eq!(entries, [entry(8, 2, 2)]);
+    }
+
+    /// Readers hammer lookups while a writer inserts, rewrites and removes:
+    /// every entry a reader sees is whole (all record words and the key carry
+    /// the same generation number), never torn.
+    #[test]
+    fn concurrent_readers_never_see_a_torn_entry() {
+        let table = Arc::new(ProcessTable::with_capacity(64).unwrap());
+        let done = Arc::new(AtomicBool::new(false));
+        let readers: Vec<_> = (0..3)
+            .map(|_| {
+                let (table, done) = (table.clone(), done.clone());
+                std::thread::spawn(move || {
+                    let mut found = 0u64;
+                    loop {
+                        for pid in (4..=64).step_by(4) {
+                            if let Lookup::Found(entry) = table.lookup(pid) {
+                                assert_eq!(entry.pid, pid);
+                                assert!(
+                                    entry.record.iter().all(|&word| word == entry.creation_key),
+                                    "torn: {entry:?}"
+                                );
+                                found += 1;
+                            }
+                        }
+                        if done.load(Ordering::Relaxed) {
+                            return found;
+                        }
+                    }
+                })
+            })
+            .collect();
+        for generation in 1..20_000u64 {
+            let pid = u32::try_from(generation % 16 + 1).unwrap() * 4;
+            if generation % 3 == 0 {
+                table.remove(pid, generation - 1);
+            }
+            table
+                .insert(&entry(pid, generation, generation))
+                .unwrap_or(());
+        }
+        done.store(true, Ordering::Relaxed);
+        let found: u64 = readers
+            .into_iter()
+            .map(|reader| reader.join().unwrap())
+            .sum();
+        assert!(found > 0);
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use loom::sync::Arc;
+
+    /// Every interleaving of a reader and a writer rewriting one slot: the
+    /// reader gets the old entry, the new entry or Busy — never a mix.
+    #[test]
+    fn a_slot_read_is_never_torn() {
+        let mut builder = loom::model::Builder::new();
+        builder.preemption_bound = Some(3);
+        builder.check(|| {
+            let slot = Arc::new(Slot::empty());
+            slot.write(4, 1, &[1; RECORD_WORDS]);
+            let writer = {
+                let slot = slot.clone();
+                loom::thread::spawn(move || slot.write(4, 2, &[2; RECORD_WORDS]))
+            };
+            if let Some(entry) = slot.read() {
+                assert!(
+                    entry.record.iter().all(|&word| word == entry.creation_key),
+                    "torn read: {entry:?}"
+                );
+            }
+            writer.join().unwrap();
+        });
+    }
+}
