@@ -14,14 +14,18 @@ made a hook raise (Speakeasy itself reports none of these as exceptions).
 from __future__ import annotations
 
 import collections
+import ctypes
+import json
+import os
 import struct
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterable, Optional
 
 import speakeasy
 import speakeasy.winenv.arch as se_arch
 import speakeasy.winenv.defs.wdf as se_wdf
+from speakeasy.windows.kernel import EP_DRIVER_ENTRY
 
 # --- NTSTATUS values (32-bit, as the driver sees them) ---------------------
 STATUS_SUCCESS = 0x00000000
@@ -243,9 +247,6 @@ class KernelHarness:
 
     @staticmethod
     def _config() -> dict:
-        import json
-        import os
-
         path = os.path.join(os.path.dirname(speakeasy.__file__), "configs", "default.json")
         with open(path) as handle:
             config = json.load(handle)
@@ -414,7 +415,7 @@ class KernelHarness:
         """Runs the image entry point (FxDriverEntry) like the I/O manager; returns its NTSTATUS."""
         assert self.driver_entry_status is None, "DriverEntry runs once per harness"
         self.se.run_module(self.module)
-        entries = [run for run in self.emu.runs if run.type == speakeasy.windows.kernel.EP_DRIVER_ENTRY]
+        entries = [run for run in self.emu.runs if run.type == EP_DRIVER_ENTRY]
         assert len(entries) == 1, "Speakeasy did not run the entry point"
         self.assert_no_fault(entries[0], "DriverEntry")
         self.driver_entry_status = (entries[0].ret_val or 0) & 0xFFFFFFFF
@@ -805,7 +806,7 @@ def speakeasy_wdf_function_names() -> list[Optional[str]]:
     if _WDF_NAMES is None:
         table = se_wdf.WDFFUNCTIONS(8)
         ctype = type(table.__struct__)
-        names: list[Optional[str]] = [None] * (ct_sizeof(ctype) // 8)
+        names: list[Optional[str]] = [None] * (ctypes.sizeof(ctype) // 8)
         for field_name, _field_type in ctype._fields_:
             descriptor = getattr(ctype, field_name)
             first = descriptor.offset // 8
@@ -814,9 +815,3 @@ def speakeasy_wdf_function_names() -> list[Optional[str]]:
                 names[first] = field_name[3:]
         _WDF_NAMES = names
     return _WDF_NAMES
-
-
-def ct_sizeof(ctype) -> int:
-    import ctypes
-
-    return ctypes.sizeof(ctype)

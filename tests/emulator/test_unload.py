@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from kernel_harness import (
     OB_OPERATION_HANDLE_CREATE,
     STATUS_INSUFFICIENT_RESOURCES,
