@@ -211,6 +211,8 @@ class KernelHarness:
         self.current_pid = 4
         self.current_pid_script: collections.deque[int] = collections.deque()
         self.fail_allocations: set[int] = set()  # 0-based ExAllocatePool2 call numbers
+        # ZwOpenKey of the Parameters key fails with this status when set.
+        self.parameters_open_status: Optional[int] = None
 
         # Records.
         self.hook_failures: list[str] = []
@@ -395,6 +397,19 @@ class KernelHarness:
             problems.append(f"KeBugCheckEx called: {[tuple(map(hex, b)) for b in self.bugchecks]}")
         if problems:
             raise KernelFault(f"{what}: " + "\n".join(problems))
+
+    def call(self, address: int, args: list[int], what: str) -> int:
+        """Calls any driver code directly; see ``_run``."""
+        return self._run(address, args, what)
+
+    def unicode_string(self, text: str) -> int:
+        """A UNICODE_STRING (and its buffer) in emulated memory."""
+        data = text.encode("utf-16-le")
+        buffer = self.se.mem_alloc(len(data) + 2, tag="harness.UNICODE_STRING.Buffer")
+        self.write(buffer, data + b"\0\0")
+        string = self.se.mem_alloc(16, tag="harness.UNICODE_STRING")
+        self.write(string, struct.pack("<HHIQ", len(data), len(data) + 2, 0, buffer))
+        return string
 
     def _run(self, address: int, args: list[int], what: str) -> int:
         """Calls driver code (x64, at most 4 arguments: Speakeasy 1.5.11 puts
@@ -641,6 +656,8 @@ class KernelHarness:
         else:
             path = name
         service = self._service_path().lower()
+        if path.lower() == service + "\\parameters" and self.parameters_open_status is not None:
+            return self.parameters_open_status
         exists = path.lower() == service or (
             path.lower() == service + "\\parameters" and self.parameters is not None
         )

@@ -61,6 +61,8 @@ def test_load_with_defaults_registers_once_for_process_and_thread_handles(kernel
         assert kernel.in_image(entry.pre_operation), f"{entry.pre_operation:#x} is outside the image"
         assert entry.post_operation == 0
     assert len(kernel.live_registrations) == 1
+    assert "no Parameters key; defaults in use" in kernel.trace_text()
+    assert "0 protected process(es)" in kernel.trace_text()
 
 
 def test_entry_stub_binds_to_kmdf_1_33_with_the_full_function_table(kernel):
@@ -122,6 +124,32 @@ def test_custom_altitude_from_the_registry_is_used(kernel):
     assert [r.altitude for r in kernel.registrations] == ["320000.5"]
     assert "registered at altitude 320000.5 after 1 attempt(s)" in kernel.trace_text()
     assert not kernel.messages_containing("Parameters\\Altitude"), "a valid value draws no complaint"
+
+
+def test_altitude_without_a_terminating_nul_is_accepted(kernel):
+    # REG_SZ data need not end in NUL (RegSetValueEx stores what it is given).
+    kernel.parameters = {"Altitude": (1, "385250".encode("utf-16-le"))}
+    kernel.load()
+    assert kernel.registration.altitude == "385250"
+
+
+def test_unreadable_parameters_key_loads_with_defaults_and_says_why(kernel):
+    kernel.parameters = {"Altitude": reg_sz("320000")}
+    kernel.parameters_open_status = STATUS_ACCESS_DENIED
+    kernel.load()
+    assert "opening the Parameters key failed with 0xC0000022; defaults in use" in kernel.trace_text()
+    assert kernel.registration.altitude == DEFAULT_ALTITUDE
+    assert kernel.open_keys == {}, "the service key is closed on that path too"
+
+
+def test_a_registry_path_longer_than_the_stub_buffer_fails_before_binding(kernel):
+    # FxDriverEntry copies the registry path into a 512-unit static buffer.
+    driver_object = kernel.se.mem_alloc(0x150, tag="harness.DRIVER_OBJECT")
+    path = kernel.unicode_string("\\Registry\\Machine\\System\\" + "x" * 600)
+    entry = kernel.image_base + kernel.module.ep
+    status = kernel.call(entry, [driver_object, path], "FxDriverEntry") & 0xFFFFFFFF
+    assert status == 0xC0000106  # STATUS_NAME_TOO_LONG
+    assert kernel.wdf_binds == [] and kernel.registrations == []
 
 
 def test_altitude_collision_on_first_try_registers_at_385201_1(kernel):
