@@ -15,6 +15,7 @@
 extern crate alloc;
 
 pub mod altitude;
+pub mod audit_ring;
 pub mod driver_entry;
 pub mod ffi;
 #[cfg(all(target_os = "windows", not(feature = "wdk")))]
