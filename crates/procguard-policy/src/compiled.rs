@@ -24,6 +24,8 @@
 //! byte). This bound does not depend on the number of rules or processes; it is the
 //! reason for the 63-entry cap. Tables: 8 x 4 x 256 x 12 bytes = 96 KiB at most.
 
+use alloc::collections::BTreeMap;
+use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
 
@@ -163,23 +165,57 @@ impl ProcessRecord {
 
 #[derive(Clone, Debug)]
 struct CompiledSelector {
-    names: Vec<Vec<char>>,
-    globs: Vec<Glob>,
+    names: Vec<Arc<[char]>>,
+    globs: Vec<Arc<Glob>>,
     pids: Vec<u32>,
 }
 
+/// Shares folded names and compiled patterns between every place that uses the
+/// same string, so compiled memory stays proportional to the blob (a string stored
+/// once in the blob may be referenced many times).
+#[derive(Default)]
+struct Interner<'p> {
+    names: BTreeMap<&'p str, Arc<[char]>>,
+    globs: BTreeMap<&'p str, Option<Arc<Glob>>>,
+}
+
+impl<'p> Interner<'p> {
+    fn name(&mut self, s: &'p str) -> Arc<[char]> {
+        self.names
+            .entry(s)
+            .or_insert_with(|| Arc::from(glob::fold(s)))
+            .clone()
+    }
+
+    fn glob(&mut self, s: &'p str) -> Option<Arc<Glob>> {
+        self.globs
+            .entry(s)
+            .or_insert_with(|| Glob::new(s).ok().map(Arc::new))
+            .clone()
+    }
+}
+
 impl CompiledSelector {
-    fn new(s: &Selector) -> Self {
+    fn new<'p>(s: &'p Selector, interner: &mut Interner<'p>) -> Self {
+        let mut names: Vec<Arc<[char]>> = s.names.iter().map(|n| interner.name(n)).collect();
+        names.sort_unstable();
+        names.dedup();
+        let mut paths: Vec<&str> = s.paths.iter().map(|p| &**p).collect();
+        paths.sort_unstable();
+        paths.dedup();
+        let mut pids = s.pids.clone();
+        pids.sort_unstable();
+        pids.dedup();
         Self {
-            names: s.names.iter().map(|n| glob::fold(n)).collect(),
-            globs: s.paths.iter().filter_map(|p| Glob::new(p).ok()).collect(),
-            pids: s.pids.clone(),
+            names,
+            globs: paths.into_iter().filter_map(|p| interner.glob(p)).collect(),
+            pids,
         }
     }
 
     fn matches(&self, pid: u32, path: &[char], name: &[char]) -> bool {
-        self.pids.contains(&pid)
-            || self.names.iter().any(|n| n == name)
+        self.pids.binary_search(&pid).is_ok()
+            || self.names.binary_search_by(|n| (**n).cmp(name)).is_ok()
             || self.globs.iter().any(|g| g.matches_folded(path))
     }
 }
@@ -207,7 +243,7 @@ pub struct CompiledPolicy {
     id: u32,
     rules: Vec<CompiledRule>,
     /// Folded image name -> rules whose target names it, sorted by name.
-    names: Vec<(Vec<char>, Vec<u16>)>,
+    names: Vec<(Arc<[char]>, Vec<u16>)>,
     /// PID -> rules, sorted by pid.
     pids: Vec<(u32, Vec<u16>)>,
     /// Distinct patterns -> rules.
@@ -255,7 +291,8 @@ impl CompiledPolicy {
         let mut keys: Vec<(&Selector, &Requester)> = Vec::new();
         let mut entries = Vec::new();
         let mut rules = Vec::with_capacity(policy.rules.len());
-        let mut names: Vec<(Vec<char>, Vec<u16>)> = Vec::new();
+        let mut interner = Interner::default();
+        let mut names: Vec<(Arc<[char]>, Vec<u16>)> = Vec::new();
         let mut pids: Vec<(u32, Vec<u16>)> = Vec::new();
         let mut glob_keys: Vec<(&str, usize)> = Vec::new();
         let mut globs: Vec<(Glob, Vec<u16>)> = Vec::new();
@@ -271,7 +308,7 @@ impl CompiledPolicy {
                     let e = pos.unwrap_or_else(|| {
                         keys.push((&r.target, &r.requester));
                         entries.push(RequesterEntry {
-                            selector: CompiledSelector::new(s),
+                            selector: CompiledSelector::new(s, &mut interner),
                             except: matches!(r.requester, Requester::AnyExcept(_)),
                         });
                         keys.len() - 1
@@ -286,7 +323,7 @@ impl CompiledPolicy {
                 entry,
             });
             for n in &r.target.names {
-                push_index(&mut names, glob::fold(n), rid);
+                push_index(&mut names, interner.name(n), rid);
             }
             for p in &r.target.pids {
                 push_index(&mut pids, *p, rid);
@@ -398,7 +435,7 @@ impl CompiledPolicy {
                 }
             }
         };
-        if let Ok(i) = self.names.binary_search_by(|(k, _)| k.as_slice().cmp(name)) {
+        if let Ok(i) = self.names.binary_search_by(|(k, _)| (**k).cmp(name)) {
             if let Some((_, list)) = self.names.get(i) {
                 mark(list);
             }

@@ -37,7 +37,7 @@ pub fn file_name(path: &str) -> &str {
     path.rsplit('\\').next().unwrap_or(path)
 }
 
-fn eq_fold(a: &str, b: &str) -> bool {
+pub(crate) fn eq_fold(a: &str, b: &str) -> bool {
     let mut x = a.chars().map(fold_char);
     let mut y = b.chars().map(fold_char);
     loop {

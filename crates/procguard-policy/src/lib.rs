@@ -1,4 +1,55 @@
-//! procguard's policy engine.
+//! procguard's policy engine: the rule model, the TOML front end people write, the
+//! compiled blob the kernel trusts, and a two-phase decision whose hot half is
+//! constant-time.
+//!
+//! `#![no_std]` + `alloc`, `#![forbid(unsafe_code)]`, no Windows dependency, and no
+//! dependency at all without features.
+//!
+//! # Kernel side (no features)
+//!
+//! 1. [`CompiledPolicy::from_blob`] (PASSIVE, allocates): decode + validate +
+//!    compile. The blob format is in [`format`]; [`policy_id`] /
+//!    [`CompiledPolicy::policy_id`] give the CRC-32 used as policy id.
+//! 2. Phase 1, [`CompiledPolicy::classify`] (PASSIVE, once per process, at creation
+//!    or enumeration): a [`ProcessIdentity`] (PID + NT image path) becomes a
+//!    [`ProcessRecord`] (64 bytes, `Copy`, no pointers). For processes with no record
+//!    use [`CompiledPolicy::unknown_process_record`].
+//! 3. Phase 2, [`CompiledPolicy::decide`] (any IRQL the callback runs at; no
+//!    allocation, no string work, no loop over rules or processes): (target record,
+//!    requester record, [`HandleRequest`]) becomes a [`Decision`] whose `access` is
+//!    always a subset of the desired access. How it stays constant-time is in
+//!    [`compiled`].
+//!
+//! # Semantics
+//!
+//! - A policy is an ordered list of [`Rule`]s plus [`Settings`]. A rule's
+//!   [`RuleId`] is its index.
+//! - **Target** and **requester** [`Selector`]s select a process when any of their
+//!   image names, path patterns ([`glob`]) or PIDs matches. Names and paths compare
+//!   case-insensitively, as Windows does.
+//! - A **thread** handle is judged by the rules of the process owning the thread.
+//! - For a **duplicate**, the requester is the process that *receives* the handle
+//!   (`TargetProcess`), since that is who gains the access; the source process only
+//!   loses nothing.
+//! - Every matching enforce rule contributes its strip bits (union); audit rules
+//!   contribute [`Decision::would_strip`] only. [`Decision::rule`] names the
+//!   lowest-numbered responsible rule.
+//! - Exemptions ([`Settings`], all on by default, each documented there): kernel
+//!   handles, a process opening itself, critical system processes as requesters
+//!   (recognised by PID 4/0 or by image path in the system directory, see
+//!   [`identity::is_critical_system_process`]). They are applied only when rules
+//!   matched, and reported in [`Decision::exemption`].
+//!
+//! # Control-tool side
+//!
+//! [`encode`] / [`decode`] (always available), [`lint()`], [`explain()`], the
+//! [`reference`](mod@reference) evaluator, and with feature **`toml`** the TOML parser
+//! `toml::parse_policy` with line/column errors. An example policy is in
+//! `examples/policy.toml`.
+//!
+//! # Features
+//!
+//! - `toml` (off by default): the TOML front end; pulls the `toml` crate and `std`.
 #![no_std]
 #![forbid(unsafe_code)]
 

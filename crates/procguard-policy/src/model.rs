@@ -318,7 +318,7 @@ pub fn selects_critical_process(s: &Selector) -> Option<Arc<str>> {
     for n in &s.names {
         if identity::CRITICAL_IMAGE_NAMES
             .iter()
-            .any(|c| glob::fold(c) == glob::fold(n))
+            .any(|c| identity::eq_fold(c, n))
         {
             return Some(n.clone());
         }
