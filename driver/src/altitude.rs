@@ -120,9 +120,12 @@ impl Altitude {
     }
 
     /// The `attempt`-th candidate: 0 is the altitude itself; `k` ≥ 1 appends
-    /// the digits of `k` as a further fraction (`385201` → `385201.1`,
-    /// `385201.5` → `385201.51`), so every candidate sits just above the
-    /// configured altitude and below the next integer.
+    /// `k` written in bijective base 9 (digits 1–9, never 0) as a further
+    /// fraction: `385201` → `385201.1` … `385201.9`, `385201.11`, `385201.12`;
+    /// `385201.5` → `385201.51`. Every candidate sits just above the
+    /// configured altitude and below the next integer, and no two candidates
+    /// are the same number (digit strings without trailing zeros, so
+    /// `.10` = `.1` cannot happen).
     #[must_use]
     pub fn candidate(&self, attempt: u32) -> Self {
         let mut candidate = *self;
@@ -136,11 +139,12 @@ impl Altitude {
         let mut count = 0;
         let mut rest = attempt.min(MAX_RETRIES);
         while rest > 0 && count < digits.len() {
-            digits[count] = u16::from(b'0') + (rest % 10) as u16;
-            rest /= 10;
+            let digit = (rest - 1) % 9 + 1;
+            digits[count] = u16::from(b'0') + digit as u16;
+            rest = (rest - digit) / 9;
             count += 1;
         }
-        for &digit in digits[..count].iter().rev() {
+        for &digit in digits.iter().take(count).rev() {
             candidate.push(digit);
         }
         candidate
@@ -254,14 +258,47 @@ mod tests {
         let base = Altitude::from_ascii("385201").unwrap();
         let names: Vec<String> = (0..4).map(|k| base.candidate(k).to_string()).collect();
         assert_eq!(names, ["385201", "385201.1", "385201.2", "385201.3"]);
-        assert_eq!(base.candidate(12).to_string(), "385201.12");
+        assert_eq!(base.candidate(9).to_string(), "385201.9");
+        assert_eq!(base.candidate(10).to_string(), "385201.11");
+        assert_eq!(base.candidate(12).to_string(), "385201.13");
+        assert_eq!(base.candidate(18).to_string(), "385201.19");
+        assert_eq!(base.candidate(19).to_string(), "385201.21");
         let fractional = Altitude::from_ascii("385201.5").unwrap();
         assert_eq!(fractional.candidate(3).to_string(), "385201.53");
         // Every candidate of a maximal altitude still fits, whole, with one dot.
         let longest = Altitude::from_ascii(&"9".repeat(32)).unwrap();
         for k in 1..=MAX_RETRIES {
             let text = longest.candidate(k).to_string();
-            assert_eq!(text, format!("{}.{k}", "9".repeat(32)));
+            assert!(text.starts_with(&format!("{}.", "9".repeat(32))), "{text}");
+            assert_eq!(text.len(), 32 + 1 + if k < 10 { 1 } else { 2 });
+        }
+    }
+
+    /// The candidates, read as decimal numbers, are all different and all
+    /// above the base (the kernel compares altitudes as numbers).
+    #[test]
+    fn candidates_are_numerically_distinct() {
+        fn value(altitude: &Altitude) -> (u64, String) {
+            let text = altitude.to_string();
+            let (integer, fraction) = text.split_once('.').unwrap_or((&text, ""));
+            (
+                integer.parse().unwrap(),
+                fraction.trim_end_matches('0').to_string(),
+            )
+        }
+        for base in ["385201", "385201.5", "1000.25"] {
+            let base = Altitude::from_ascii(base).unwrap();
+            let values: Vec<(u64, String)> = (0..=MAX_RETRIES)
+                .map(|k| value(&base.candidate(k)))
+                .collect();
+            let mut unique = values.clone();
+            unique.sort();
+            unique.dedup();
+            assert_eq!(unique.len(), values.len(), "{values:?}");
+            assert!(
+                values.iter().all(|(integer, _)| *integer == values[0].0),
+                "stays below the next integer"
+            );
         }
     }
 

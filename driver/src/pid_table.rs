@@ -69,6 +69,11 @@ pub enum PidTableError {
         /// Length present.
         actual: usize,
     },
+    /// No pool memory for the table (not a fault of the blob).
+    OutOfMemory {
+        /// Entries the blob holds.
+        entries: usize,
+    },
     /// Entries not strictly ascending by pid (unsorted or duplicated).
     NotAscending {
         /// Index of the first entry out of order.
@@ -96,6 +101,9 @@ impl core::fmt::Display for PidTableError {
                     f,
                     "policy blob is {actual} bytes, its count implies {expected}"
                 )
+            }
+            Self::OutOfMemory { entries } => {
+                write!(f, "no memory for the {entries} entries of the policy blob (0xC000009A, STATUS_INSUFFICIENT_RESOURCES)")
             }
             Self::NotAscending { index } => {
                 write!(f, "policy entry {index} is not in ascending pid order")
@@ -157,8 +165,7 @@ impl PidTable {
         }
         let mut rules = Vec::new();
         if rules.try_reserve_exact(count).is_err() {
-            // Out of pool: treated like any other unusable blob by the caller.
-            return Err(PidTableError::TooManyEntries(count));
+            return Err(PidTableError::OutOfMemory { entries: count });
         }
         for (index, entry) in blob[HEADER_LEN..].chunks_exact(ENTRY_LEN).enumerate() {
             let (Some(pid), Some(process_strip), Some(thread_strip)) =

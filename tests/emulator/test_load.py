@@ -194,13 +194,6 @@ def test_altitude_retries_zero_fails_at_once_on_a_collision(kernel):
     assert_nothing_left_behind(kernel)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="driver bug (driver/src/altitude.rs Altitude::candidate): with AltitudeRetries >= 10 "
-    "the candidates 385201.10/.20/.30 are the decimal numbers 385201.1/.2/.3 again. Altitudes "
-    "are decimal numbers (the kernel compares them with RtlCompareAltitudes; to confirm on a "
-    "VM), so those retries can only collide again",
-)
 def test_collision_retries_try_numerically_distinct_altitudes(kernel):
     from decimal import Decimal
 

@@ -121,12 +121,6 @@ def test_any_failed_pool_allocation_during_load_fails_or_degrades_cleanly(driver
         assert kernel.pool == {}, f"allocation {number} failed: leaked {kernel.pool}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="driver diagnostics bug (driver/src/pid_table.rs:159-161, PidTable::decode): when "
-    "try_reserve_exact fails it returns TooManyEntries(count), so the trace says 'policy blob "
-    "has 1 entries, more than 4096' for what is an out-of-pool condition",
-)
 def test_pool_exhaustion_while_loading_is_reported_as_such(driver_path):
     # Every load that survives a failed allocation must blame the pool
     # (STATUS_INSUFFICIENT_RESOURCES), not the registry data.
