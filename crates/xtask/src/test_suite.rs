@@ -143,6 +143,7 @@ pub fn run(root: &Path) -> Result<(), String> {
             pytest.current_dir(root).args([
                 "-m",
                 "pytest",
+                "tests/package",
                 "tests/emulator",
                 "-q",
                 "-p",
