@@ -9,13 +9,14 @@ use crate::model::{kind_word, Mode, Operation, Policy};
 use crate::reference::{evaluate, Evaluation, RuleOutcome};
 use crate::rights::MaskNames;
 
-/// Explains how `policy` decides a request: which rules matched the target, which
-/// applied, which exemption applied, and the result.
+/// Explains how `policy` decides a request from `requester` for a handle to
+/// `target` (same argument order as [`crate::CompiledPolicy::decide`]): which rules
+/// matched the target, which applied, which exemption applied, and the result.
 #[must_use]
 pub fn explain(
     policy: &Policy,
-    requester: &ProcessIdentity<'_>,
     target: &ProcessIdentity<'_>,
+    requester: &ProcessIdentity<'_>,
     req: &HandleRequest,
 ) -> Explanation {
     let ev = evaluate(policy, target, requester, req);

@@ -390,6 +390,18 @@ fn double_star_spans_components() {
 }
 
 #[test]
+fn glob_errors_for_nul_and_overlong_patterns() {
+    use procguard_policy::glob::{validate, GlobError};
+    assert_eq!(validate("\\a\0b"), Err(GlobError::Nul));
+    assert_eq!(
+        validate(&format!("\\{}", "a".repeat(40_000))),
+        Err(GlobError::TooLong)
+    );
+    assert_eq!(validate("***\\x"), Err(GlobError::BadDoubleStar));
+    assert_eq!(validate("**"), Ok(()));
+}
+
+#[test]
 fn pid_selector_matches_only_that_pid() {
     let p = policy("[[rule]]\nname = \"p\"\ntarget = { pid = 2000 }\nstrip = 1\n");
     let c = CompiledPolicy::new(&p).unwrap();
@@ -426,8 +438,8 @@ fn explain_says_which_rules_matched_and_why() {
     ));
     let e = procguard_policy::explain(
         &p,
-        &TOOL,
         &AGENT,
+        &TOOL,
         &req(
             ObjectKind::Process,
             Operation::Create,
@@ -435,13 +447,14 @@ fn explain_says_which_rules_matched_and_why() {
         ),
     );
     let t = e.to_string();
+    assert!(t.starts_with("Request: \\Device\\HarddiskVolume3\\Tools\\tool.exe (pid 2000) opens process handle to \\Device\\HarddiskVolume3\\Program Files\\Acme\\agent.exe (pid 1000), asking for PROCESS_TERMINATE|PROCESS_VM_WRITE."), "{t}");
     assert!(t.contains("Rule 0 \"agent-no-kill\" (enforce) protects the target: it applies and removes PROCESS_TERMINATE."), "{t}");
     assert!(t.contains("Rule 1 \"tool-only\" (enforce) protects the target: it does not restrict this requester."), "{t}");
     assert!(t.contains("Result: granted PROCESS_VM_WRITE; removed PROCESS_TERMINATE; responsible rule 0 \"agent-no-kill\"; audit record: yes."), "{t}");
     let e = procguard_policy::explain(
         &p,
-        &CSRSS,
         &AGENT,
+        &CSRSS,
         &req(ObjectKind::Process, Operation::Create, PROCESS_TERMINATE),
     );
     assert!(
