@@ -73,6 +73,21 @@ pub struct HostKernel {
     pub pool: BTreeMap<usize, (usize, u32)>,
     pub fail_allocations: bool,
     pub trace: Vec<String>,
+    /// Running processes: pid -> (creation time, NT image path).
+    pub processes: BTreeMap<u32, (i64, String)>,
+    /// References taken by PsLookupProcessByProcessId and not yet dropped.
+    pub process_references: i64,
+    pub current_thread_id: u32,
+    pub system_time: i64,
+    pub irql: u8,
+    pub mutex_held: bool,
+    pub mutex_acquisitions: u64,
+    pub delays: u64,
+    /// (routine address, remove) per PsSetCreateProcessNotifyRoutineEx call.
+    pub notify_registrations: Vec<(usize, bool)>,
+    pub notify_result: NTSTATUS,
+    /// Fails ZwQuerySystemInformation with this status when set.
+    pub system_information_result: Option<NTSTATUS>,
 }
 
 std::thread_local! {
@@ -311,6 +326,216 @@ pub unsafe extern "C" fn DbgPrintEx(
 
 pub unsafe extern "C" fn KeBugCheckEx(code: ULONG, p1: u64, p2: u64, p3: u64, p4: u64) -> ! {
     panic!("KeBugCheckEx({code:#x}, {p1:#x}, {p2:#x}, {p3:#x}, {p4:#x})");
+}
+
+fn pid_of_process(process: PEPROCESS) -> u32 {
+    u32::try_from((process as usize).wrapping_sub(FAKE_PROCESS_BASE) / 16).unwrap_or(u32::MAX)
+}
+
+pub unsafe extern "C" fn PsSetCreateProcessNotifyRoutineEx(
+    NotifyRoutine: PCREATE_PROCESS_NOTIFY_ROUTINE_EX,
+    Remove: BOOLEAN,
+) -> NTSTATUS {
+    let address = NotifyRoutine.map_or(0, |routine| routine as usize);
+    with_host(|host| {
+        host.notify_registrations.push((address, Remove != 0));
+        host.notify_result
+    })
+}
+
+pub unsafe extern "C" fn PsLookupProcessByProcessId(
+    ProcessId: HANDLE,
+    Process: *mut PEPROCESS,
+) -> NTSTATUS {
+    let pid = u32::try_from(ProcessId as usize).unwrap_or(u32::MAX);
+    with_host(|host| {
+        if host.processes.contains_key(&pid) {
+            host.process_references += 1;
+            // SAFETY: valid out pointer from the driver.
+            unsafe { *Process = fake_process(pid) };
+            STATUS_SUCCESS
+        } else {
+            STATUS_INVALID_PARAMETER
+        }
+    })
+}
+
+pub unsafe extern "C" fn ObfDereferenceObject(Object: PVOID) -> LONG_PTR {
+    with_host(|host| {
+        host.process_references -= 1;
+        assert!(
+            host.process_references >= 0,
+            "dereferenced {Object:?} more often than referenced"
+        );
+        0
+    })
+}
+
+pub unsafe extern "C" fn SeLocateProcessImageName(
+    Process: PEPROCESS,
+    pImageFileName: *mut PUNICODE_STRING,
+) -> NTSTATUS {
+    let pid = pid_of_process(Process);
+    let Some(image) = with_host(|host| host.processes.get(&pid).map(|(_, image)| image.clone()))
+    else {
+        return STATUS_INVALID_PARAMETER;
+    };
+    let units: Vec<u16> = image.encode_utf16().collect();
+    let bytes = 16 + units.len() * 2;
+    // SAFETY: a pool allocation like the kernel's (freed with ExFreePool).
+    let block = unsafe {
+        ExAllocatePool2(
+            POOL_FLAG_NON_PAGED,
+            bytes as u64,
+            u32::from_le_bytes(*b"SeIm"),
+        )
+    };
+    if block.is_null() {
+        return STATUS_INSUFFICIENT_RESOURCES;
+    }
+    let string = block.cast::<UNICODE_STRING>();
+    // SAFETY: `block` holds the header and the characters.
+    let buffer = unsafe { block.cast::<u8>().add(16) }.cast::<u16>();
+    // SAFETY: as above.
+    unsafe { core::ptr::copy_nonoverlapping(units.as_ptr(), buffer, units.len()) };
+    let length = u16::try_from(units.len() * 2).expect("short path");
+    // SAFETY: as above.
+    unsafe {
+        string.write(UNICODE_STRING {
+            Length: length,
+            MaximumLength: length,
+            Buffer: buffer,
+        })
+    };
+    // SAFETY: valid out pointer.
+    unsafe { *pImageFileName = string };
+    STATUS_SUCCESS
+}
+
+pub unsafe extern "C" fn ExFreePool(P: PVOID) {
+    let tag = with_host(|host| host.pool.get(&(P as usize)).map(|&(_, tag)| tag))
+        .expect("freeing a live pool block");
+    // SAFETY: a live block with its own tag.
+    unsafe { ExFreePoolWithTag(P, tag) };
+}
+
+pub unsafe extern "C" fn PsGetProcessCreateTimeQuadPart(Process: PEPROCESS) -> LONGLONG {
+    let pid = pid_of_process(Process);
+    with_host(|host| host.processes.get(&pid).map_or(0, |&(time, _)| time))
+}
+
+pub unsafe extern "C" fn IoThreadToProcess(Thread: PETHREAD) -> PEPROCESS {
+    fake_process(
+        u32::try_from((Thread as usize).wrapping_sub(FAKE_THREAD_BASE) / 16).unwrap_or(u32::MAX),
+    )
+}
+
+pub unsafe extern "C" fn IoGetCurrentProcess() -> PEPROCESS {
+    fake_process(with_host(|host| host.current_process_id))
+}
+
+pub unsafe extern "C" fn PsGetCurrentThreadId() -> HANDLE {
+    with_host(|host| host.current_thread_id as usize as HANDLE)
+}
+
+pub unsafe extern "C" fn KeQuerySystemTimePrecise(CurrentTime: PLARGE_INTEGER) {
+    let now = with_host(|host| {
+        host.system_time += 1;
+        host.system_time
+    });
+    // SAFETY: valid out pointer.
+    unsafe { CurrentTime.write(LARGE_INTEGER { QuadPart: now }) };
+}
+
+pub unsafe extern "C" fn KeInitializeGuardedMutex(_Mutex: PKGUARDED_MUTEX) {}
+
+pub unsafe extern "C" fn KeAcquireGuardedMutex(_Mutex: PKGUARDED_MUTEX) {
+    with_host(|host| {
+        assert!(!host.mutex_held, "guarded mutex acquired recursively");
+        assert!(
+            host.irql <= APC_LEVEL as u8,
+            "guarded mutex acquired above APC_LEVEL"
+        );
+        host.mutex_held = true;
+        host.mutex_acquisitions += 1;
+    });
+}
+
+pub unsafe extern "C" fn KeReleaseGuardedMutex(_Mutex: PKGUARDED_MUTEX) {
+    with_host(|host| {
+        assert!(host.mutex_held, "guarded mutex released while not held");
+        host.mutex_held = false;
+    });
+}
+
+pub unsafe extern "C" fn KeAcquireSpinLockRaiseToDpc(_SpinLock: PKSPIN_LOCK) -> KIRQL {
+    with_host(|host| {
+        let old = host.irql;
+        assert!(old <= DISPATCH_LEVEL as u8);
+        host.irql = DISPATCH_LEVEL as u8;
+        old
+    })
+}
+
+pub unsafe extern "C" fn KeReleaseSpinLock(_SpinLock: PKSPIN_LOCK, NewIrql: KIRQL) {
+    with_host(|host| host.irql = NewIrql);
+}
+
+pub unsafe extern "C" fn KeGetCurrentIrql() -> KIRQL {
+    with_host(|host| host.irql)
+}
+
+pub unsafe extern "C" fn KeDelayExecutionThread(
+    _WaitMode: KPROCESSOR_MODE,
+    _Alertable: BOOLEAN,
+    _Interval: PLARGE_INTEGER,
+) -> NTSTATUS {
+    with_host(|host| host.delays += 1);
+    std::thread::yield_now();
+    STATUS_SUCCESS
+}
+
+/// `ZwQuerySystemInformation(SystemProcessInformation)` over the fake
+/// process list, with the kernel's size protocol.
+pub unsafe extern "C" fn ZwQuerySystemInformation(
+    SystemInformationClass: ULONG,
+    SystemInformation: PVOID,
+    SystemInformationLength: ULONG,
+    ReturnLength: PULONG,
+) -> NTSTATUS {
+    use super::system_information::{SystemProcessInformation, SYSTEM_PROCESS_INFORMATION};
+    assert_eq!(SystemInformationClass, SystemProcessInformation);
+    if let Some(status) = with_host(|host| host.system_information_result) {
+        return status;
+    }
+    let pids: Vec<u32> = with_host(|host| host.processes.keys().copied().collect());
+    let entry = core::mem::size_of::<SYSTEM_PROCESS_INFORMATION>().next_multiple_of(8);
+    let needed = entry * pids.len().max(1);
+    if !ReturnLength.is_null() {
+        // SAFETY: valid out pointer.
+        unsafe { *ReturnLength = u32::try_from(needed).expect("small") };
+    }
+    if (SystemInformationLength as usize) < needed {
+        return STATUS_INFO_LENGTH_MISMATCH;
+    }
+    for (index, pid) in pids.iter().enumerate() {
+        // SAFETY: all-zero bytes are a valid SYSTEM_PROCESS_INFORMATION.
+        let mut info: SYSTEM_PROCESS_INFORMATION = unsafe { core::mem::zeroed() };
+        info.NextEntryOffset = if index + 1 == pids.len() {
+            0
+        } else {
+            u32::try_from(entry).expect("small")
+        };
+        info.UniqueProcessId = *pid as usize as HANDLE;
+        // SAFETY: the buffer holds `needed` bytes.
+        let at = unsafe { SystemInformation.cast::<u8>().add(index * entry) };
+        // SAFETY: as above.
+        unsafe {
+            at.cast::<SYSTEM_PROCESS_INFORMATION>()
+                .write_unaligned(info)
+        };
+    }
+    STATUS_SUCCESS
 }
 
 /// Host double of `WdfDriverCreate`: records the configuration.

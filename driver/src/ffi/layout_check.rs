@@ -137,6 +137,29 @@ fn kernel_layouts() -> Vec<StructLayout> {
     ]
 }
 
+/// The head of the process list entry (the rest of the structure is not
+/// read); checked field by field against mingw's `winternl.h`. Its size is
+/// not compared: the driver's type stops after the fields it reads.
+fn system_information_layouts() -> Vec<StructLayout> {
+    use super::system_information::SYSTEM_PROCESS_INFORMATION;
+    let mut layout = layout!(
+        "SYSTEM_PROCESS_INFORMATION",
+        SYSTEM_PROCESS_INFORMATION {
+            NextEntryOffset,
+            NumberOfThreads,
+            CreateTime,
+            UserTime,
+            KernelTime,
+            ImageName,
+            BasePriority,
+            UniqueProcessId,
+            InheritedFromUniqueProcessId
+        }
+    );
+    layout.size = 0;
+    vec![layout]
+}
+
 fn wdf_layouts() -> Vec<StructLayout> {
     vec![
         layout!(
@@ -292,11 +315,13 @@ fn c_source(layouts: &[StructLayout], constants: &[(&str, i64)]) -> String {
     c.push_str("#ifndef STATUS_FLT_INSTANCE_ALTITUDE_COLLISION\n#include <ntstatus.h>\n#endif\n");
     for layout in layouts {
         let name = layout.c_name;
-        let _ = writeln!(
-            c,
-            "_Static_assert(sizeof({name}) == {}, \"sizeof {name}\");",
-            layout.size
-        );
+        if layout.size != 0 {
+            let _ = writeln!(
+                c,
+                "_Static_assert(sizeof({name}) == {}, \"sizeof {name}\");",
+                layout.size
+            );
+        }
         let _ = writeln!(
             c,
             "_Static_assert(_Alignof({name}) == {}, \"alignof {name}\");",
@@ -368,6 +393,19 @@ fn kernel_layouts_and_constants_match_the_mingw_ddk_headers() {
     );
     let (ok, errors) = compile(&rights);
     assert!(ok, "access rights disagree with winnt.h:\n{errors}");
+    let process_list = c_source(
+        &system_information_layouts(),
+        &[("SystemProcessInformation", 5)],
+    )
+    .replace(
+        "#include <ntifs.h>\n#include <ntddk.h>\n",
+        "#include <windows.h>\n#include <winternl.h>\n",
+    );
+    let (ok, errors) = compile(&process_list);
+    assert!(
+        ok,
+        "SYSTEM_PROCESS_INFORMATION disagrees with winternl.h:\n{errors}"
+    );
 }
 
 #[test]

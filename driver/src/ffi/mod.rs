@@ -33,6 +33,9 @@ pub mod ntddk;
 #[path = "host_kernel.rs"]
 pub mod ntddk;
 
+/// `ZwQuerySystemInformation` and its process list (not in the WDK headers).
+pub mod system_information;
+
 #[cfg(not(feature = "wdk"))]
 pub mod wdf;
 

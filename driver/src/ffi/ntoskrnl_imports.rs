@@ -42,6 +42,34 @@ extern "C" {
         BugCheckParameter4: u64,
     ) -> !;
 
+    pub fn PsSetCreateProcessNotifyRoutineEx(
+        NotifyRoutine: PCREATE_PROCESS_NOTIFY_ROUTINE_EX,
+        Remove: BOOLEAN,
+    ) -> NTSTATUS;
+    pub fn PsLookupProcessByProcessId(ProcessId: HANDLE, Process: *mut PEPROCESS) -> NTSTATUS;
+    pub fn SeLocateProcessImageName(
+        Process: PEPROCESS,
+        pImageFileName: *mut PUNICODE_STRING,
+    ) -> NTSTATUS;
+    pub fn PsGetProcessCreateTimeQuadPart(Process: PEPROCESS) -> LONGLONG;
+    pub fn IoThreadToProcess(Thread: PETHREAD) -> PEPROCESS;
+    pub fn IoGetCurrentProcess() -> PEPROCESS;
+    pub fn PsGetCurrentThreadId() -> HANDLE;
+    pub fn ObfDereferenceObject(Object: PVOID) -> LONG_PTR;
+    pub fn ExFreePool(P: PVOID);
+    pub fn KeQuerySystemTimePrecise(CurrentTime: PLARGE_INTEGER);
+    pub fn KeInitializeGuardedMutex(Mutex: PKGUARDED_MUTEX);
+    pub fn KeAcquireGuardedMutex(Mutex: PKGUARDED_MUTEX);
+    pub fn KeReleaseGuardedMutex(Mutex: PKGUARDED_MUTEX);
+    pub fn KeAcquireSpinLockRaiseToDpc(SpinLock: PKSPIN_LOCK) -> KIRQL;
+    pub fn KeReleaseSpinLock(SpinLock: PKSPIN_LOCK, NewIrql: KIRQL);
+    pub fn KeGetCurrentIrql() -> KIRQL;
+    pub fn KeDelayExecutionThread(
+        WaitMode: KPROCESSOR_MODE,
+        Alertable: BOOLEAN,
+        Interval: PLARGE_INTEGER,
+    ) -> NTSTATUS;
+
     pub static mut PsProcessType: POBJECT_TYPE;
     pub static mut PsThreadType: POBJECT_TYPE;
 }

@@ -39,6 +39,22 @@ pub type PULONG = *mut ULONG;
 pub type ACCESS_MASK = ULONG;
 pub type POOL_FLAGS = ULONG64;
 pub type KEY_VALUE_INFORMATION_CLASS = i32;
+pub type LONGLONG = i64;
+pub type LONG_PTR = i64;
+pub type KIRQL = UCHAR;
+pub type KSPIN_LOCK = u64;
+pub type PKSPIN_LOCK = *mut KSPIN_LOCK;
+pub type KPROCESSOR_MODE = i8;
+pub type KPRIORITY = LONG;
+
+/// `LARGE_INTEGER`: the driver uses `QuadPart` only.
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub union _LARGE_INTEGER {
+    pub QuadPart: LONGLONG,
+}
+pub type LARGE_INTEGER = _LARGE_INTEGER;
+pub type PLARGE_INTEGER = *mut LARGE_INTEGER;
 
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
@@ -105,6 +121,67 @@ pub struct _DEVICE_OBJECT {
     _opaque: [u8; 0],
 }
 pub type PDEVICE_OBJECT = *mut _DEVICE_OBJECT;
+
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct _CLIENT_ID {
+    pub UniqueProcess: HANDLE,
+    pub UniqueThread: HANDLE,
+}
+pub type CLIENT_ID = _CLIENT_ID;
+
+/// `DISPATCHER_HEADER`: opaque here (the driver never reads it); size checked.
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub struct _DISPATCHER_HEADER {
+    pub __opaque: [u64; 3usize],
+}
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub struct _KEVENT {
+    pub Header: _DISPATCHER_HEADER,
+}
+pub type KEVENT = _KEVENT;
+
+/// `FAST_MUTEX`; `KGUARDED_MUTEX` is the same structure since Windows 8.
+/// Initialised and used only through the kernel's functions.
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub struct _FAST_MUTEX {
+    pub Count: LONG,
+    pub Owner: PVOID,
+    pub Contention: ULONG,
+    pub Event: KEVENT,
+    pub OldIrql: ULONG,
+}
+pub type FAST_MUTEX = _FAST_MUTEX;
+pub type KGUARDED_MUTEX = _FAST_MUTEX;
+pub type PKGUARDED_MUTEX = *mut KGUARDED_MUTEX;
+
+/// The `Flags` union of `PS_CREATE_NOTIFY_INFO` (bit 0: FileOpenNameAvailable).
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub union _PS_CREATE_NOTIFY_INFO__bindgen_ty_1 {
+    pub Flags: ULONG,
+}
+
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub struct _PS_CREATE_NOTIFY_INFO {
+    pub Size: SIZE_T,
+    pub __bindgen_anon_1: _PS_CREATE_NOTIFY_INFO__bindgen_ty_1,
+    pub ParentProcessId: HANDLE,
+    pub CreatingThreadId: CLIENT_ID,
+    pub FileObject: PVOID,
+    pub ImageFileName: PCUNICODE_STRING,
+    pub CommandLine: PCUNICODE_STRING,
+    pub CreationStatus: NTSTATUS,
+}
+pub type PS_CREATE_NOTIFY_INFO = _PS_CREATE_NOTIFY_INFO;
+pub type PPS_CREATE_NOTIFY_INFO = *mut PS_CREATE_NOTIFY_INFO;
+pub type PCREATE_PROCESS_NOTIFY_ROUTINE_EX = Option<
+    unsafe extern "C" fn(Process: PEPROCESS, ProcessId: HANDLE, CreateInfo: PPS_CREATE_NOTIFY_INFO),
+>;
 
 pub type PDRIVER_UNLOAD = Option<unsafe extern "C" fn(DriverObject: *mut _DRIVER_OBJECT)>;
 
@@ -319,6 +396,8 @@ pub const STATUS_OBJECT_NAME_NOT_FOUND: NTSTATUS = 0xC000_0034_u32 as i32;
 pub const STATUS_INSUFFICIENT_RESOURCES: NTSTATUS = 0xC000_009A_u32 as i32;
 pub const STATUS_NAME_TOO_LONG: NTSTATUS = 0xC000_0106_u32 as i32;
 pub const STATUS_BUFFER_OVERFLOW: NTSTATUS = 0x8000_0005_u32 as i32;
+pub const STATUS_INFO_LENGTH_MISMATCH: NTSTATUS = 0xC000_0004_u32 as i32;
+pub const STATUS_INVALID_PARAMETER_2: NTSTATUS = 0xC000_00F0_u32 as i32;
 pub const STATUS_FLT_INSTANCE_ALTITUDE_COLLISION: NTSTATUS = 0xC01C_0011_u32 as i32;
 
 pub const OB_FLT_REGISTRATION_VERSION: u32 = 0x0100;
@@ -340,6 +419,16 @@ pub mod _DPFLTR_TYPE {
     pub type Type = i32;
     pub const DPFLTR_IHVDRIVER_ID: Type = 77;
 }
+pub const PASSIVE_LEVEL: u32 = 0;
+pub const APC_LEVEL: u32 = 1;
+pub const DISPATCH_LEVEL: u32 = 2;
+/// `_MODE` (bindgen: a module of constants).
+pub mod _MODE {
+    pub type Type = i32;
+    pub const KernelMode: Type = 0;
+    pub const UserMode: Type = 1;
+}
+
 pub const DPFLTR_ERROR_LEVEL: u32 = 0;
 pub const DPFLTR_INFO_LEVEL: u32 = 3;
 
