@@ -22,11 +22,13 @@ pub mod ffi;
 pub mod fx_entry;
 pub mod grace_period;
 pub mod handle_request;
+pub mod kernel_sync;
 pub mod object_callbacks;
 pub mod parameters;
 pub mod pid_table;
 #[cfg(not(feature = "wdk"))]
 pub mod pool;
+pub mod process_identity;
 pub mod process_table;
 pub mod trace;
 
