@@ -483,3 +483,10 @@ impl CompiledPolicy {
         rec
     }
 }
+
+/// The kernel shares one compiled policy between CPUs and copies records freely.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<CompiledPolicy>();
+    send_sync::<ProcessRecord>();
+};
