@@ -3,7 +3,9 @@
 //! 1. formatting, lints (`clippy -D warnings`) and docs of every host crate;
 //! 2. host tests (`cargo test --workspace`: policy engine, driver logic with
 //!    kernel test doubles, layout check against the mingw DDK, xtask);
-//!    then the loom model checks of the driver's lock-free protocols;
+//!    a bounded fuzzing session of the policy blob decoder, the policy
+//!    benchmarks checked against their targets, and the loom model checks of
+//!    the driver's lock-free protocols;
 //! 3. the package (README command 1: build, structural checks, signature);
 //! 4. pytest: structural tests of the package (`tests/package`) and the
 //!    emulator suite, the packaged `.sys` run in Speakeasy (`tests/emulator`).
@@ -113,6 +115,30 @@ pub fn run(root: &Path) -> Result<(), String> {
         test.env("PROCGUARD_LAYOUT_JSON", &layout_json);
         status_of(test, "cargo test")
     });
+    let policy_crate = root.join("crates").join("procguard-policy");
+    step(
+        "policy blob decoder fuzzing (cargo fuzz, 30 s)",
+        &mut || {
+            let mut fuzz = Command::new("bash");
+            fuzz.arg(policy_crate.join("run-fuzz.sh")).arg("30");
+            status_of(fuzz, "run-fuzz.sh")
+        },
+    );
+    step(
+        "policy benchmarks against the issue targets (criterion)",
+        &mut || {
+            // Timing on a shared machine is noisy: one re-run before failing.
+            let run = || {
+                let mut bench = Command::new("bash");
+                bench.arg(policy_crate.join("check-bench.sh"));
+                status_of(bench, "check-bench.sh")
+            };
+            run().or_else(|first| {
+                println!("xtask: {first}; running the benchmarks once more");
+                run()
+            })
+        },
+    );
     step("loom model checks of the lock-free protocols", &mut || {
         let mut loom = cargo(
             root,
