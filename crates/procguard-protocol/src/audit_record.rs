@@ -1,0 +1,289 @@
+//! The audit record: what procguard reports for every handle request it
+//! stripped, or would have stripped (audit-mode rules).
+//!
+//! Field names follow the handle-operation event of the usual process
+//! filters (`duplication`, `process_id`, `originator_process_id`, …) and map
+//! onto Sysmon's ProcessAccess event where they overlap.
+//!
+//! Wire form: 64 bytes, eight little-endian `u64` words:
+//!
+//! | word | bits 0–31 | bits 32–63 |
+//! |---|---|---|
+//! | 0 | `sequence` (all 64 bits) | |
+//! | 1 | `timestamp` (all 64 bits: 100 ns units since 1601-01-01 UTC) | |
+//! | 2 | `process_id` | `thread_id` |
+//! | 3 | `originator_process_id` | `originator_thread_id` |
+//! | 4 | `source_process_id` | `target_process_id` |
+//! | 5 | `original_desired_access` | `desired_access` |
+//! | 6 | `result_code` | `rule_id` (`u32::MAX`: none) |
+//! | 7 | bits 0–7 object (1 process, 2 thread), bit 8 duplication, bits 16–23 mode (1 enforce, 2 audit) | reserved, 0 |
+
+/// Words of one record.
+pub const AUDIT_RECORD_WORDS: usize = 8;
+/// Bytes of one record on the wire.
+pub const AUDIT_RECORD_BYTES: usize = AUDIT_RECORD_WORDS * 8;
+/// `rule_id` when no rule is named.
+pub const NO_RULE: u32 = u32::MAX;
+
+/// What the handle is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AuditObject {
+    /// A process handle.
+    Process,
+    /// A thread handle (`process_id` is the owning process).
+    Thread,
+}
+
+/// Whether the rights were removed or only reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AuditMode {
+    /// The rights were removed.
+    Enforce,
+    /// Audit-mode rule: the rights would have been removed; nothing was.
+    Audit,
+}
+
+/// One audit record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AuditRecord {
+    /// Position in the ring: consecutive; a gap means records were dropped.
+    pub sequence: u64,
+    /// When the request was decided (system time, 100 ns since 1601, UTC).
+    pub timestamp: i64,
+    /// Process or thread handle.
+    pub object: AuditObject,
+    /// True for `DuplicateHandle`, false for a new handle.
+    pub duplication: bool,
+    /// The process the handle is for (a thread's owning process).
+    pub process_id: u32,
+    /// For thread handles, the thread; 0 otherwise.
+    pub thread_id: u32,
+    /// The process that made the request (the current process).
+    pub originator_process_id: u32,
+    /// The thread that made the request.
+    pub originator_thread_id: u32,
+    /// Duplication: the process the handle is duplicated from; 0 otherwise.
+    pub source_process_id: u32,
+    /// Duplication: the process that receives the handle (the requester); 0 otherwise.
+    pub target_process_id: u32,
+    /// The access requested.
+    pub original_desired_access: u32,
+    /// The access granted (a subset of the request).
+    pub desired_access: u32,
+    /// Status of the pre-operation callback (procguard never fails a
+    /// handle operation: it only removes rights, so this is 0).
+    pub result_code: i32,
+    /// The rule responsible, or [`NO_RULE`].
+    pub rule_id: u32,
+    /// Enforced or audit-only.
+    pub mode: AuditMode,
+}
+
+fn pair(low: u32, high: u32) -> u64 {
+    u64::from(low) | (u64::from(high) << 32)
+}
+
+fn low(word: u64) -> u32 {
+    (word & 0xFFFF_FFFF) as u32
+}
+
+fn high(word: u64) -> u32 {
+    (word >> 32) as u32
+}
+
+/// Why words or bytes are not a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditRecordError {
+    /// Not exactly [`AUDIT_RECORD_BYTES`] bytes.
+    Length(usize),
+    /// An object code other than 1 or 2.
+    Object(u8),
+    /// A mode code other than 1 or 2.
+    Mode(u8),
+    /// Reserved bits set.
+    Reserved,
+}
+
+impl core::fmt::Display for AuditRecordError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Length(length) => write!(
+                f,
+                "an audit record is {AUDIT_RECORD_BYTES} bytes, not {length}"
+            ),
+            Self::Object(code) => write!(f, "unknown object code {code} in an audit record"),
+            Self::Mode(code) => write!(f, "unknown mode code {code} in an audit record"),
+            Self::Reserved => f.write_str("reserved bits set in an audit record"),
+        }
+    }
+}
+
+impl AuditRecord {
+    /// The record as eight words.
+    #[must_use]
+    pub fn to_words(&self) -> [u64; AUDIT_RECORD_WORDS] {
+        let object = match self.object {
+            AuditObject::Process => 1u64,
+            AuditObject::Thread => 2,
+        };
+        let mode = match self.mode {
+            AuditMode::Enforce => 1u64,
+            AuditMode::Audit => 2,
+        };
+        [
+            self.sequence,
+            self.timestamp.cast_unsigned(),
+            pair(self.process_id, self.thread_id),
+            pair(self.originator_process_id, self.originator_thread_id),
+            pair(self.source_process_id, self.target_process_id),
+            pair(self.original_desired_access, self.desired_access),
+            pair(self.result_code.cast_unsigned(), self.rule_id),
+            object | (u64::from(self.duplication) << 8) | (mode << 16),
+        ]
+    }
+
+    /// A record from eight words.
+    ///
+    /// # Errors
+    /// [`AuditRecordError`] for unknown codes or reserved bits.
+    pub fn from_words(words: &[u64; AUDIT_RECORD_WORDS]) -> Result<Self, AuditRecordError> {
+        let flags = words[7];
+        if flags & !0x00FF_01FF != 0 {
+            return Err(AuditRecordError::Reserved);
+        }
+        let object = match (flags & 0xFF) as u8 {
+            1 => AuditObject::Process,
+            2 => AuditObject::Thread,
+            code => return Err(AuditRecordError::Object(code)),
+        };
+        let mode = match ((flags >> 16) & 0xFF) as u8 {
+            1 => AuditMode::Enforce,
+            2 => AuditMode::Audit,
+            code => return Err(AuditRecordError::Mode(code)),
+        };
+        Ok(Self {
+            sequence: words[0],
+            timestamp: words[1].cast_signed(),
+            object,
+            duplication: flags & 0x100 != 0,
+            process_id: low(words[2]),
+            thread_id: high(words[2]),
+            originator_process_id: low(words[3]),
+            originator_thread_id: high(words[3]),
+            source_process_id: low(words[4]),
+            target_process_id: high(words[4]),
+            original_desired_access: low(words[5]),
+            desired_access: high(words[5]),
+            result_code: low(words[6]).cast_signed(),
+            rule_id: high(words[6]),
+            mode,
+        })
+    }
+
+    /// The wire form (little-endian words).
+    #[must_use]
+    pub fn to_bytes(&self) -> [u8; AUDIT_RECORD_BYTES] {
+        let mut bytes = [0u8; AUDIT_RECORD_BYTES];
+        for (chunk, word) in bytes.chunks_exact_mut(8).zip(self.to_words()) {
+            chunk.copy_from_slice(&word.to_le_bytes());
+        }
+        bytes
+    }
+
+    /// A record from its wire form.
+    ///
+    /// # Errors
+    /// [`AuditRecordError`] when the length or content is wrong.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, AuditRecordError> {
+        if bytes.len() != AUDIT_RECORD_BYTES {
+            return Err(AuditRecordError::Length(bytes.len()));
+        }
+        let mut words = [0u64; AUDIT_RECORD_WORDS];
+        for (word, chunk) in words.iter_mut().zip(bytes.chunks_exact(8)) {
+            let mut le = [0u8; 8];
+            le.copy_from_slice(chunk);
+            *word = u64::from_le_bytes(le);
+        }
+        Self::from_words(&words)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> AuditRecord {
+        AuditRecord {
+            sequence: 0x0102_0304_0506_0708,
+            timestamp: -5,
+            object: AuditObject::Thread,
+            duplication: true,
+            process_id: 1000,
+            thread_id: 1004,
+            originator_process_id: 2000,
+            originator_thread_id: 2004,
+            source_process_id: 3000,
+            target_process_id: 4000,
+            original_desired_access: 0x1F_FFFF,
+            desired_access: 0x1F_FFFE,
+            result_code: -1_073_741_790,
+            rule_id: 7,
+            mode: AuditMode::Audit,
+        }
+    }
+
+    #[test]
+    fn words_and_bytes_round_trip() {
+        let record = sample();
+        assert_eq!(AuditRecord::from_words(&record.to_words()), Ok(record));
+        assert_eq!(AuditRecord::from_bytes(&record.to_bytes()), Ok(record));
+        let process = AuditRecord {
+            object: AuditObject::Process,
+            duplication: false,
+            mode: AuditMode::Enforce,
+            rule_id: NO_RULE,
+            ..record
+        };
+        assert_eq!(AuditRecord::from_bytes(&process.to_bytes()), Ok(process));
+    }
+
+    #[test]
+    fn the_wire_layout_is_the_documented_one() {
+        let bytes = sample().to_bytes();
+        assert_eq!(&bytes[0..8], &0x0102_0304_0506_0708u64.to_le_bytes());
+        assert_eq!(&bytes[16..20], &1000u32.to_le_bytes());
+        assert_eq!(&bytes[20..24], &1004u32.to_le_bytes());
+        assert_eq!(&bytes[40..44], &0x1F_FFFFu32.to_le_bytes());
+        assert_eq!(&bytes[52..56], &7u32.to_le_bytes());
+        assert_eq!(bytes[56], 2, "thread");
+        assert_eq!(bytes[57], 1, "duplication");
+        assert_eq!(bytes[58], 2, "audit");
+    }
+
+    #[test]
+    fn malformed_records_are_rejected() {
+        let good = sample().to_words();
+        assert_eq!(
+            AuditRecord::from_bytes(&[0; 63]),
+            Err(AuditRecordError::Length(63))
+        );
+        let mut object = good;
+        object[7] = (object[7] & !0xFF) | 9;
+        assert_eq!(
+            AuditRecord::from_words(&object),
+            Err(AuditRecordError::Object(9))
+        );
+        let mut mode = good;
+        mode[7] &= !0x00FF_0000;
+        assert_eq!(
+            AuditRecord::from_words(&mode),
+            Err(AuditRecordError::Mode(0))
+        );
+        let mut reserved = good;
+        reserved[7] |= 1 << 40;
+        assert_eq!(
+            AuditRecord::from_words(&reserved),
+            Err(AuditRecordError::Reserved)
+        );
+    }
+}

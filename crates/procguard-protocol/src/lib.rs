@@ -1,0 +1,13 @@
+//! The contract between procguard.sys and user mode: one definition, used by
+//! the driver and by the control tool.
+//!
+//! `no_std`, no dependencies, no `unsafe`: the driver compiles it for the
+//! kernel, the control tool for user mode.
+#![no_std]
+#![forbid(unsafe_code)]
+
+pub mod audit_record;
+
+pub use audit_record::{
+    AuditMode, AuditObject, AuditRecord, AUDIT_RECORD_BYTES, AUDIT_RECORD_WORDS,
+};
