@@ -119,9 +119,23 @@ pub fn run(root: &Path) -> Result<(), String> {
     step(
         "policy blob decoder fuzzing (cargo fuzz, 30 s)",
         &mut || {
+            // libFuzzer prints a line per new input: keep the log, show its end.
+            let log = root.join("target").join("fuzz-decode_blob.log");
+            let file = std::fs::File::create(&log)
+                .map_err(|error| format!("{}: {error}", log.display()))?;
             let mut fuzz = Command::new("bash");
             fuzz.arg(policy_crate.join("run-fuzz.sh")).arg("30");
-            status_of(fuzz, "run-fuzz.sh")
+            fuzz.stdout(file.try_clone().map_err(|error| error.to_string())?)
+                .stderr(file);
+            let result = status_of(fuzz, "run-fuzz.sh");
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let shown = if result.is_ok() { 12 } else { 200 };
+            for line in &lines[lines.len().saturating_sub(shown)..] {
+                println!("{line}");
+            }
+            println!("xtask: full fuzzing log: {}", log.display());
+            result
         },
     );
     step(
