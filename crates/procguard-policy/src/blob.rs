@@ -10,9 +10,8 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
 
-use crate::model::{
-    Mode, Objects, Operations, Policy, PolicyError, Requester, Rule, Selector, Settings,
-};
+use crate::model::{Mode, Policy, PolicyError, PolicyFault, Requester, Rule, Selector};
+use crate::view::{BlobView, SelView};
 
 /// `b"PGPB"`.
 pub const MAGIC: [u8; 4] = *b"PGPB";
@@ -23,12 +22,12 @@ pub const HEADER_SIZE: usize = 40;
 /// Largest blob accepted (16 MiB): keeps every offset far from `u32` overflow.
 pub const MAX_BLOB_SIZE: usize = 16 << 20;
 
-const SETTING_SELF: u32 = 1;
-const SETTING_KERNEL: u32 = 2;
-const SETTING_CRITICAL: u32 = 4;
-const SETTINGS_ALL: u32 = SETTING_SELF | SETTING_KERNEL | SETTING_CRITICAL;
+pub(crate) const SETTING_SELF: u32 = 1;
+pub(crate) const SETTING_KERNEL: u32 = 2;
+pub(crate) const SETTING_CRITICAL: u32 = 4;
+pub(crate) const SETTINGS_ALL: u32 = SETTING_SELF | SETTING_KERNEL | SETTING_CRITICAL;
 /// Smallest encoded rule: 16 fixed bytes + a 12-byte target selector header.
-const MIN_RULE_SIZE: usize = 28;
+pub(crate) const MIN_RULE_SIZE: usize = 28;
 
 /// Why a blob was rejected. One variant per kind of malformation.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -124,8 +123,29 @@ pub enum DecodeError {
     /// Well-formed but not the canonical encoding (strings out of order, duplicated,
     /// unused or overlapping).
     NonCanonical,
-    /// Well-formed, but the policy it holds is invalid.
+    /// Well-formed, but the policy it holds is invalid ([`decode`]).
     InvalidPolicy(PolicyError),
+    /// Well-formed, but the policy it holds is invalid: what
+    /// [`CompiledPolicy::from_blob`](crate::CompiledPolicy::from_blob) reports instead
+    /// of [`InvalidPolicy`](Self::InvalidPolicy), the same error without its strings
+    /// (building them would allocate). See [`DecodeError::without_strings`].
+    Invalid(PolicyFault),
+    /// An allocation failed (the blob may be fine: retry when memory is available).
+    /// Never a panic: every allocation of decoding and compiling is fallible.
+    OutOfMemory,
+}
+
+impl DecodeError {
+    /// The error as the kernel side reports it: [`InvalidPolicy`](Self::InvalidPolicy)
+    /// becomes [`Invalid`](Self::Invalid), everything else is unchanged. For any blob,
+    /// `CompiledPolicy::from_blob(b)` fails with `decode(b)`'s error in this form.
+    #[must_use]
+    pub fn without_strings(&self) -> Self {
+        match self {
+            Self::InvalidPolicy(e) => Self::Invalid(e.fault()),
+            other => other.clone(),
+        }
+    }
 }
 
 impl fmt::Display for DecodeError {
@@ -179,6 +199,8 @@ impl fmt::Display for DecodeError {
             Self::TrailingBytes { extra } => write!(f, "{extra} bytes after the last rule"),
             Self::NonCanonical => f.write_str("not the canonical encoding of its policy"),
             Self::InvalidPolicy(e) => write!(f, "invalid policy: {e}"),
+            Self::Invalid(e) => write!(f, "invalid policy: {e}"),
+            Self::OutOfMemory => f.write_str("out of memory while decoding the policy"),
         }
     }
 }
@@ -203,21 +225,39 @@ const fn crc_table() -> [u32; 256] {
     t
 }
 
-static CRC_TABLE: [u32; 256] = crc_table();
+const CRC_TABLE: [u32; 256] = crc_table();
 
 /// CRC-32 (IEEE 802.3, reflected, as zlib's `crc32`) of the blob with the checksum
 /// field (bytes 12..16) taken as zero.
 #[must_use]
-pub fn blob_checksum(blob: &[u8]) -> u32 {
+pub const fn blob_checksum(blob: &[u8]) -> u32 {
     let mut c = 0xFFFF_FFFFu32;
-    for (i, b) in blob.iter().enumerate() {
-        let b = if (12..16).contains(&i) { 0 } else { *b };
-        let idx = usize::from((c as u8) ^ b);
-        c = CRC_TABLE.get(idx).copied().unwrap_or(0) ^ (c >> 8);
+    let mut i = 0;
+    while i < blob.len() {
+        let b = if i >= 12 && i < 16 { 0 } else { blob[i] };
+        c = CRC_TABLE[((c as u8) ^ b) as usize] ^ (c >> 8);
+        i += 1;
     }
     !c
 }
 
+/// The blob of the empty policy (no rules, default settings).
+const EMPTY_BLOB: [u8; HEADER_SIZE] = {
+    let mut b = [0u8; HEADER_SIZE];
+    let mut i = 0;
+    while i < 4 {
+        b[i] = MAGIC[i];
+        i += 1;
+    }
+    b[4] = VERSION as u8;
+    b[6] = HEADER_SIZE as u8;
+    b[8] = HEADER_SIZE as u8;
+    b[16] = SETTINGS_ALL as u8;
+    b
+};
+
+/// Policy id of the empty policy (what [`crate::CompiledPolicy::empty`] reports).
+pub(crate) const EMPTY_POLICY_ID: u32 = blob_checksum(&EMPTY_BLOB);
 /// The policy id stored in a blob's header (its checksum), without validating it;
 /// `None` if the buffer is shorter than the header.
 #[must_use]
@@ -365,275 +405,54 @@ pub fn encode(policy: &Policy) -> Vec<u8> {
     out
 }
 
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn remaining(&self) -> usize {
-        self.buf.len().saturating_sub(self.pos)
-    }
-
-    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
-        let end = self
-            .pos
-            .checked_add(n)
-            .ok_or(DecodeError::Truncated { offset: self.pos })?;
-        let s = self
-            .buf
-            .get(self.pos..end)
-            .ok_or(DecodeError::Truncated { offset: self.pos })?;
-        self.pos = end;
-        Ok(s)
-    }
-
-    fn u8(&mut self) -> Result<u8, DecodeError> {
-        let s = self.take(1)?;
-        s.first()
-            .copied()
-            .ok_or(DecodeError::Truncated { offset: self.pos })
-    }
-
-    fn u16(&mut self) -> Result<u16, DecodeError> {
-        let s = self.take(2)?;
-        match s {
-            [a, b] => Ok(u16::from_le_bytes([*a, *b])),
-            _ => Err(DecodeError::Truncated { offset: self.pos }),
-        }
-    }
-
-    fn u32(&mut self) -> Result<u32, DecodeError> {
-        let s = self.take(4)?;
-        match s {
-            [a, b, c, d] => Ok(u32::from_le_bytes([*a, *b, *c, *d])),
-            _ => Err(DecodeError::Truncated { offset: self.pos }),
-        }
-    }
-}
-
-fn string_ref(r: &mut Reader<'_>, strings: &[Arc<str>]) -> Result<Arc<str>, DecodeError> {
-    let offset = r.pos;
-    let index = r.u32()?;
-    strings
-        .get(index as usize)
-        .cloned()
-        .ok_or(DecodeError::BadStringIndex { offset, index })
-}
-
-fn read_selector(r: &mut Reader<'_>, strings: &[Arc<str>]) -> Result<Selector, DecodeError> {
-    let n = r.u32()?;
-    let p = r.u32()?;
-    let q = r.u32()?;
-    let total = u64::from(n) + u64::from(p) + u64::from(q);
-    if total.saturating_mul(4) > r.remaining() as u64 {
-        return Err(DecodeError::CountTooLarge {
-            what: "selector entry",
-            count: n.saturating_add(p).saturating_add(q),
-        });
-    }
-    let mut s = Selector {
-        names: Vec::with_capacity(n as usize),
-        paths: Vec::with_capacity(p as usize),
-        pids: Vec::with_capacity(q as usize),
+fn selector_of(s: &SelView<'_>, strings: &[Arc<str>]) -> Selector {
+    let get = |i: u32| {
+        strings
+            .get(i as usize)
+            .cloned()
+            .unwrap_or_else(|| Arc::from(""))
     };
-    for _ in 0..n {
-        s.names.push(string_ref(r, strings)?);
+    Selector {
+        names: s.name_indexes().map(get).collect(),
+        paths: s.path_indexes().map(get).collect(),
+        pids: crate::view::u32s(s.pids).collect(),
     }
-    for _ in 0..p {
-        s.paths.push(string_ref(r, strings)?);
-    }
-    for _ in 0..q {
-        s.pids.push(r.u32()?);
-    }
-    Ok(s)
 }
 
-/// Decodes a blob.
+/// Decodes a blob (control-tool side: the policy it builds allocates infallibly).
 ///
 /// # Errors
 /// A [`DecodeError`] naming the first malformation found.
 pub fn decode(blob: &[u8]) -> Result<Policy, DecodeError> {
-    if blob.len() < HEADER_SIZE {
-        return Err(DecodeError::TooShort { len: blob.len() });
-    }
-    if blob.len() > MAX_BLOB_SIZE {
-        return Err(DecodeError::TooLarge { len: blob.len() });
-    }
-    let mut r = Reader { buf: blob, pos: 0 };
-    if r.take(4)? != MAGIC {
-        return Err(DecodeError::BadMagic);
-    }
-    let version = r.u16()?;
-    if version != VERSION {
-        return Err(DecodeError::UnsupportedVersion { version });
-    }
-    let size = r.u16()?;
-    if usize::from(size) != HEADER_SIZE {
-        return Err(DecodeError::BadHeaderSize { size });
-    }
-    let declared = r.u32()?;
-    if declared as usize != blob.len() {
-        return Err(DecodeError::LengthMismatch {
-            declared,
-            actual: blob.len(),
-        });
-    }
-    let stored = r.u32()?;
-    let computed = blob_checksum(blob);
-    if stored != computed {
-        return Err(DecodeError::ChecksumMismatch { stored, computed });
-    }
-    let flags = r.u32()?;
-    if flags & !SETTINGS_ALL != 0 {
-        return Err(DecodeError::ReservedBits {
-            field: "settings",
-            offset: 16,
-        });
-    }
-    let settings = Settings {
-        exempt_self: flags & SETTING_SELF != 0,
-        exempt_kernel_handles: flags & SETTING_KERNEL != 0,
-        exempt_critical_requesters: flags & SETTING_CRITICAL != 0,
-    };
-    let string_count = r.u32()?;
-    let rule_count = r.u32()?;
-    let data_len = r.u32()?;
-    for offset in [32, 36] {
-        if r.u32()? != 0 {
-            return Err(DecodeError::ReservedBits {
-                field: "reserved header word",
-                offset,
-            });
-        }
-    }
-    // Directory: 8 bytes per string, then the data.
-    let dir_bytes = (string_count as usize)
-        .checked_mul(8)
-        .filter(|b| *b <= r.remaining())
-        .ok_or(DecodeError::CountTooLarge {
-            what: "string",
-            count: string_count,
-        })?;
-    let dir = r.take(dir_bytes)?;
-    let data = r
-        .take(data_len as usize)
-        .map_err(|_| DecodeError::CountTooLarge {
-            what: "string byte",
-            count: data_len,
-        })?;
-    let mut strings: Vec<Arc<str>> = Vec::with_capacity(string_count as usize);
-    let mut expected_offset = 0usize;
-    for (i, e) in dir.chunks_exact(8).enumerate() {
-        let index = u32::try_from(i).unwrap_or(u32::MAX);
-        let (off, len) = match e {
-            [a, b, c, d, w, x, y, z] => (
-                u32::from_le_bytes([*a, *b, *c, *d]) as usize,
-                u32::from_le_bytes([*w, *x, *y, *z]) as usize,
-            ),
-            _ => return Err(DecodeError::StringOutOfBounds { index }),
-        };
-        let bytes = off
-            .checked_add(len)
-            .and_then(|end| data.get(off..end))
-            .ok_or(DecodeError::StringOutOfBounds { index })?;
-        if off != expected_offset {
-            return Err(DecodeError::NonCanonical);
-        }
-        expected_offset = off + len;
-        let s = core::str::from_utf8(bytes).map_err(|_| DecodeError::StringNotUtf8 { index })?;
-        strings.push(Arc::from(s));
-    }
-    if expected_offset != data.len() {
-        return Err(DecodeError::NonCanonical);
-    }
-    let pad = (4 - data.len() % 4) % 4;
-    if r.take(pad)?.iter().any(|b| *b != 0) {
-        return Err(DecodeError::BadPadding);
-    }
-    let rule_count_usize = rule_count as usize;
-    if rule_count_usize
-        .checked_mul(MIN_RULE_SIZE)
-        .is_none_or(|b| b > r.remaining())
-    {
-        return Err(DecodeError::CountTooLarge {
-            what: "rule",
-            count: rule_count,
-        });
-    }
-    let mut rules = Vec::with_capacity(rule_count_usize);
-    for _ in 0..rule_count {
-        let name = string_ref(&mut r, &strings)?;
-        let at = r.pos;
-        let objects = r.u8()?;
-        let operations = r.u8()?;
-        let mode = r.u8()?;
-        let kind = r.u8()?;
-        if objects & !3 != 0 {
-            return Err(DecodeError::ReservedBits {
-                field: "objects",
-                offset: at,
-            });
-        }
-        if operations & !3 != 0 {
-            return Err(DecodeError::ReservedBits {
-                field: "operations",
-                offset: at + 1,
-            });
-        }
-        let mode = match mode {
-            0 => Mode::Enforce,
-            1 => Mode::Audit,
-            value => {
-                return Err(DecodeError::BadEnum {
-                    field: "mode",
-                    offset: at + 2,
-                    value,
-                })
-            }
-        };
-        if kind > 2 {
-            return Err(DecodeError::BadEnum {
-                field: "requester kind",
-                offset: at + 3,
-                value: kind,
-            });
-        }
-        let strip_process = r.u32()?;
-        let strip_thread = r.u32()?;
-        let target = read_selector(&mut r, &strings)?;
-        let requester = match kind {
-            0 => Requester::Any,
-            1 => Requester::Only(read_selector(&mut r, &strings)?),
-            _ => Requester::AnyExcept(read_selector(&mut r, &strings)?),
-        };
+    let view = BlobView::parse(blob)?;
+    let strings: Vec<Arc<str>> = view.strings.iter().map(|s| Arc::from(*s)).collect();
+    let mut rules = Vec::with_capacity(view.rule_count as usize);
+    for r in view.rules() {
+        let r = r?;
         rules.push(Rule {
-            name,
-            target,
-            requester,
-            objects: Objects {
-                process: objects & 1 != 0,
-                thread: objects & 2 != 0,
+            name: strings
+                .get(r.name as usize)
+                .cloned()
+                .unwrap_or_else(|| Arc::from("")),
+            target: selector_of(&r.target, &strings),
+            requester: match r.kind {
+                0 => Requester::Any,
+                1 => Requester::Only(selector_of(&r.requester, &strings)),
+                _ => Requester::AnyExcept(selector_of(&r.requester, &strings)),
             },
-            operations: Operations {
-                create: operations & 1 != 0,
-                duplicate: operations & 2 != 0,
-            },
-            strip_process,
-            strip_thread,
-            mode,
+            objects: r.objects,
+            operations: r.operations,
+            strip_process: r.strip_process,
+            strip_thread: r.strip_thread,
+            mode: r.mode,
         });
     }
-    if r.remaining() != 0 {
-        return Err(DecodeError::TrailingBytes {
-            extra: r.remaining(),
-        });
-    }
-    let policy = Policy { settings, rules };
+    let policy = Policy {
+        settings: view.settings,
+        rules,
+    };
     policy.validate().map_err(DecodeError::InvalidPolicy)?;
     // Strings must be distinct, each used, in first-use order: the encoder's layout.
-    if encode(&policy) != blob {
-        return Err(DecodeError::NonCanonical);
-    }
+    view.check_canonical()?;
     Ok(policy)
 }

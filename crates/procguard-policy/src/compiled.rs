@@ -24,17 +24,16 @@
 //! byte). This bound does not depend on the number of rules or processes; it is the
 //! reason for the 63-entry cap. Tables: 8 x 4 x 256 x 12 bytes = 96 KiB at most.
 
-use alloc::collections::BTreeMap;
-use alloc::sync::Arc;
-use alloc::vec;
 use alloc::vec::Vec;
 
-use crate::glob::{self, Glob};
+use crate::blob::DecodeError;
+use crate::glob;
 use crate::identity::{self, ProcessIdentity};
 use crate::model::{
-    Mode, ObjectKind, Operation, Policy, PolicyError, Requester, Selector, Settings,
+    Mode, ObjectKind, Operation, Policy, PolicyFault, Settings, MAX_REQUESTER_ENTRIES,
 };
 use crate::rights::AccessMask;
+use crate::view::{try_push, u32s, BlobView, RuleView, SelView};
 
 /// Rule id sentinel inside records and tables.
 pub(crate) const NO_RULE: u16 = 0xFFFF;
@@ -111,13 +110,6 @@ pub(crate) const fn slot_index(kind: ObjectKind, op: Operation) -> usize {
     }
 }
 
-const SLOTS: [(ObjectKind, Operation); 4] = [
-    (ObjectKind::Process, Operation::Create),
-    (ObjectKind::Process, Operation::Duplicate),
-    (ObjectKind::Thread, Operation::Create),
-    (ObjectKind::Thread, Operation::Duplicate),
-];
-
 /// What phase 1 computed for one process: its target part (what to strip when a
 /// handle to it is requested) and its requester part (which requester-dependent rules
 /// restrict it, and whether it is a critical system process).
@@ -131,7 +123,32 @@ pub struct ProcessRecord {
     pub(crate) requester_entries: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<ProcessRecord>() <= 64);
+/// Number of `u64` words a [`ProcessRecord`] packs into
+/// ([`ProcessRecord::to_words`]): the driver's lock-free process table stores a
+/// record as that many atomic words.
+pub const RECORD_WORDS: usize = 8;
+
+const _: () = assert!(core::mem::size_of::<ProcessRecord>() <= RECORD_WORDS * 8);
+
+const fn slot_word(s: &SlotSummary) -> u64 {
+    s.strip as u64 | (s.audit as u64) << 32
+}
+
+const fn ids_word(a: &SlotSummary, b: &SlotSummary) -> u64 {
+    a.rule as u64
+        | (a.audit_rule as u64) << 16
+        | (b.rule as u64) << 32
+        | (b.audit_rule as u64) << 48
+}
+
+const fn slot_of(word: u64, ids: u64) -> SlotSummary {
+    SlotSummary {
+        strip: word as u32,
+        audit: (word >> 32) as u32,
+        rule: ids as u16,
+        audit_rule: (ids >> 16) as u16,
+    }
+}
 
 impl ProcessRecord {
     /// A record that protects nothing and is restricted by nothing but "any" rules.
@@ -140,6 +157,46 @@ impl ProcessRecord {
         target_entries: 0,
         requester_entries: 0,
     };
+
+    /// Packs the record into [`RECORD_WORDS`] words; [`from_words`](Self::from_words)
+    /// gives it back exactly. Layout (stable within this crate version only): words
+    /// 0-3 are the strip (low half) and audit (high half) masks of the four
+    /// (object, operation) slots, words 4-5 their rule ids (16 bits each: rule, audit
+    /// rule, two slots per word), word 6 the target entry mask, word 7 the requester
+    /// entry mask.
+    #[must_use]
+    pub const fn to_words(&self) -> [u64; RECORD_WORDS] {
+        let [a, b, c, d] = &self.slots;
+        [
+            slot_word(a),
+            slot_word(b),
+            slot_word(c),
+            slot_word(d),
+            ids_word(a, b),
+            ids_word(c, d),
+            self.target_entries,
+            self.requester_entries,
+        ]
+    }
+
+    /// Unpacks words made by [`to_words`](Self::to_words). Any words at all give a
+    /// record [`CompiledPolicy::decide`] handles without panicking (entry bits beyond
+    /// the policy's entries select nothing; rule ids are reported as they are), but
+    /// only words from a record of the same policy give meaningful decisions.
+    #[must_use]
+    pub const fn from_words(words: [u64; RECORD_WORDS]) -> Self {
+        let [w0, w1, w2, w3, ab, cd, target_entries, requester_entries] = words;
+        Self {
+            slots: [
+                slot_of(w0, ab),
+                slot_of(w1, ab >> 32),
+                slot_of(w2, cd),
+                slot_of(w3, cd >> 32),
+            ],
+            target_entries,
+            requester_entries,
+        }
+    }
 
     /// Whether this process is a critical system process (exempt as a requester when
     /// the setting is on).
@@ -163,67 +220,37 @@ impl ProcessRecord {
     }
 }
 
-#[derive(Clone, Debug)]
-struct CompiledSelector {
-    names: Vec<Arc<[char]>>,
-    globs: Vec<Arc<Glob>>,
-    pids: Vec<u32>,
+/// A run of folded characters in [`CompiledPolicy`]'s character pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Span {
+    start: u32,
+    len: u32,
 }
 
-/// Shares folded names and compiled patterns between every place that uses the
-/// same string, so compiled memory stays proportional to the blob (a string stored
-/// once in the blob may be referenced many times).
-#[derive(Default)]
-struct Interner<'p> {
-    names: BTreeMap<&'p str, Arc<[char]>>,
-    globs: BTreeMap<&'p str, Option<Arc<Glob>>>,
+/// A run of elements in one of [`CompiledPolicy`]'s flat vectors.
+#[derive(Clone, Copy, Debug, Default)]
+struct Run {
+    first: u32,
+    count: u32,
 }
 
-impl<'p> Interner<'p> {
-    fn name(&mut self, s: &'p str) -> Arc<[char]> {
-        self.names
-            .entry(s)
-            .or_insert_with(|| Arc::from(glob::fold(s)))
-            .clone()
-    }
-
-    fn glob(&mut self, s: &'p str) -> Option<Arc<Glob>> {
-        self.globs
-            .entry(s)
-            .or_insert_with(|| Glob::new(s).ok().map(Arc::new))
-            .clone()
-    }
+/// A key (image name, PID or path pattern) and the rules whose target selects it.
+#[derive(Clone, Copy, Debug)]
+struct Keyed<K> {
+    key: K,
+    rules: Run,
 }
 
-impl CompiledSelector {
-    fn new<'p>(s: &'p Selector, interner: &mut Interner<'p>) -> Self {
-        let mut names: Vec<Arc<[char]>> = s.names.iter().map(|n| interner.name(n)).collect();
-        names.sort_unstable();
-        names.dedup();
-        let mut paths: Vec<&str> = s.paths.iter().map(|p| &**p).collect();
-        paths.sort_unstable();
-        paths.dedup();
-        let mut pids = s.pids.clone();
-        pids.sort_unstable();
-        pids.dedup();
-        Self {
-            names,
-            globs: paths.into_iter().filter_map(|p| interner.glob(p)).collect(),
-            pids,
-        }
-    }
-
-    fn matches(&self, pid: u32, path: &[char], name: &[char]) -> bool {
-        self.pids.binary_search(&pid).is_ok()
-            || self.names.binary_search_by(|n| (**n).cmp(name)).is_ok()
-            || self.globs.iter().any(|g| g.matches_folded(path))
-    }
-}
-
-#[derive(Clone, Debug)]
+/// A requester-dependent entry's requester selector.
+#[derive(Clone, Copy, Debug)]
 struct RequesterEntry {
-    selector: CompiledSelector,
     except: bool,
+    /// Into `sel_names`, sorted by folded name, distinct.
+    names: Run,
+    /// Into `sel_globs`.
+    globs: Run,
+    /// Into `sel_pids`, sorted, distinct.
+    pids: Run,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -234,116 +261,297 @@ struct CompiledRule {
     entry: Option<u8>,
 }
 
-/// The compiled policy the kernel holds. Built at PASSIVE level (allocates); then
-/// read-only: [`classify`](Self::classify) and [`decide`](Self::decide) take `&self`
-/// and may run concurrently.
+/// The compiled policy the kernel holds. Built at PASSIVE level by
+/// [`from_blob`](Self::from_blob), whose every allocation is fallible; then
+/// read-only: [`classify`](Self::classify) and [`decide`](Self::decide) take `&self`,
+/// never allocate, and may run concurrently.
+///
+/// Everything lives in flat vectors (no `Arc`, no maps). `Clone` allocates
+/// infallibly: control-tool side only.
 #[derive(Clone, Debug)]
 pub struct CompiledPolicy {
     pub(crate) settings: Settings,
     id: u32,
     rules: Vec<CompiledRule>,
+    /// Every folded name and pattern, each string of the blob at most once.
+    chars: Vec<char>,
     /// Folded image name -> rules whose target names it, sorted by name.
-    names: Vec<(Arc<[char]>, Vec<u16>)>,
-    /// PID -> rules, sorted by pid.
-    pids: Vec<(u32, Vec<u16>)>,
+    names: Vec<Keyed<Span>>,
+    /// PID -> rules, sorted by PID.
+    pids: Vec<Keyed<u32>>,
     /// Distinct patterns -> rules.
-    globs: Vec<(Glob, Vec<u16>)>,
+    globs: Vec<Keyed<Span>>,
+    /// The rule lists of `names`, `pids` and `globs`.
+    lists: Vec<u16>,
     entries: Vec<RequesterEntry>,
+    sel_names: Vec<Span>,
+    sel_globs: Vec<Span>,
+    sel_pids: Vec<u32>,
     /// `[chunk][slot][byte]` unions of entry summaries.
     pub(crate) dep_table: Vec<SlotSummary>,
 }
 
-fn push_index<K: Ord + Clone>(index: &mut Vec<(K, Vec<u16>)>, key: K, rule: u16) {
-    match index.binary_search_by(|(k, _)| k.cmp(&key)) {
-        Ok(i) => {
-            if let Some((_, v)) = index.get_mut(i) {
-                if v.last() != Some(&rule) {
-                    v.push(rule);
-                }
-            }
+fn run<T>(v: &[T], r: Run) -> &[T] {
+    let first = r.first as usize;
+    v.get(first..first.saturating_add(r.count as usize))
+        .unwrap_or(&[])
+}
+
+/// Offsets and lengths stay far below `u32::MAX` (blobs are at most 16 MiB); a
+/// value that does not fit is reported as exhaustion rather than truncated.
+fn len32(n: usize) -> Result<u32, DecodeError> {
+    u32::try_from(n).map_err(|_| DecodeError::OutOfMemory)
+}
+
+fn oom<E>(_: E) -> DecodeError {
+    DecodeError::OutOfMemory
+}
+
+fn reserve_exact<T>(v: &mut Vec<T>, n: usize) -> Result<(), DecodeError> {
+    v.try_reserve_exact(n).map_err(oom)
+}
+
+/// Interns folded strings (by blob string index: in a canonical blob equal
+/// strings have equal indexes) so compiled memory stays proportional to the blob
+/// even when one long string is referenced many times.
+struct Builder<'v, 'a> {
+    view: &'v BlobView<'a>,
+    chars: Vec<char>,
+    interned: Vec<Option<Span>>,
+}
+
+impl Builder<'_, '_> {
+    fn intern(&mut self, index: u32) -> Result<Span, DecodeError> {
+        if let Some(Some(s)) = self.interned.get(index as usize) {
+            return Ok(*s);
         }
-        Err(i) => index.insert(i, (key, vec![rule])),
+        let s = self.view.string(index);
+        let n = s.chars().count();
+        self.chars.try_reserve(n).map_err(oom)?;
+        let span = Span {
+            start: len32(self.chars.len())?,
+            len: len32(n)?,
+        };
+        for c in glob::fold_chars(s) {
+            // Capacity reserved above: never grows.
+            self.chars.push(c);
+        }
+        if let Some(slot) = self.interned.get_mut(index as usize) {
+            *slot = Some(span);
+        }
+        Ok(span)
+    }
+
+    fn text(&self, s: Span) -> &[char] {
+        span_chars(&self.chars, s)
     }
 }
 
+fn span_chars(chars: &[char], s: Span) -> &[char] {
+    let start = s.start as usize;
+    chars
+        .get(start..start.saturating_add(s.len as usize))
+        .unwrap_or(&[])
+}
+
+/// Appends `pairs` grouped by key (`pairs` sorted by key, then rule): one
+/// [`Keyed`] per distinct key, its distinct rules appended to `lists`.
+fn group<K: Copy>(
+    pairs: &[(K, u16)],
+    same: impl Fn(&K, &K) -> bool,
+    out: &mut Vec<Keyed<K>>,
+    lists: &mut Vec<u16>,
+) -> Result<(), DecodeError> {
+    for &(key, rule) in pairs {
+        let new_key = out.last().is_none_or(|last| !same(&last.key, &key));
+        if new_key {
+            let first = len32(lists.len())?;
+            try_push(
+                out,
+                Keyed {
+                    key,
+                    rules: Run { first, count: 0 },
+                },
+            )?;
+        } else if lists.last() == Some(&rule) {
+            continue;
+        }
+        try_push(lists, rule)?;
+        if let Some(last) = out.last_mut() {
+            last.rules.count = last.rules.count.saturating_add(1);
+        }
+    }
+    Ok(())
+}
+
+/// Appends `items` to `dst` (fallibly) and returns where they went.
+fn append<T: Copy>(dst: &mut Vec<T>, items: &[T]) -> Result<Run, DecodeError> {
+    let first = len32(dst.len())?;
+    dst.try_reserve(items.len()).map_err(oom)?;
+    dst.extend_from_slice(items);
+    Ok(Run {
+        first,
+        count: len32(items.len())?,
+    })
+}
+
 impl CompiledPolicy {
-    /// Compiles a validated policy. The policy id is the checksum of its blob.
+    /// Compiles a policy (control-tool side: encodes it, then
+    /// [`from_blob`](Self::from_blob)). The policy id is the checksum of its blob.
     ///
     /// # Errors
-    /// The policy's validation error.
-    pub fn new(policy: &Policy) -> Result<Self, PolicyError> {
-        let id = crate::blob::policy_id_of(policy);
-        Self::with_id(policy, id)
+    /// [`DecodeError::InvalidPolicy`] with the policy's validation error;
+    /// [`DecodeError::TooLarge`] if its blob would exceed the size limit;
+    /// [`DecodeError::OutOfMemory`].
+    pub fn new(policy: &Policy) -> Result<Self, DecodeError> {
+        policy.validate().map_err(DecodeError::InvalidPolicy)?;
+        Self::from_blob(&crate::blob::encode(policy))
     }
 
-    /// Decodes and compiles a blob (what the kernel does with a new policy).
+    /// Decodes, validates and compiles a blob: what the kernel does with a new policy
+    /// (PASSIVE level). Never panics, whatever the bytes, and every allocation is
+    /// fallible: memory exhaustion is [`DecodeError::OutOfMemory`]. The strings of the
+    /// blob are not copied except as folded name and pattern characters.
     ///
     /// # Errors
-    /// Any decode or validation error.
-    pub fn from_blob(blob: &[u8]) -> Result<Self, crate::blob::DecodeError> {
-        let policy = crate::blob::decode(blob)?;
-        let id = crate::blob::policy_id(blob).unwrap_or(0);
-        Self::with_id(&policy, id).map_err(crate::blob::DecodeError::InvalidPolicy)
+    /// The error [`decode`](crate::decode) reports for the same bytes, in the form
+    /// [`DecodeError::without_strings`] gives (an invalid policy is
+    /// [`DecodeError::Invalid`], without strings); or [`DecodeError::OutOfMemory`].
+    pub fn from_blob(blob: &[u8]) -> Result<Self, DecodeError> {
+        let view = BlobView::parse(blob)?;
+        view.validate()?;
+        view.check_canonical()?;
+        Self::compile(&view, crate::blob::policy_id(blob).unwrap_or(0))
     }
 
-    fn with_id(policy: &Policy, id: u32) -> Result<Self, PolicyError> {
-        policy.validate()?;
-        let mut keys: Vec<(&Selector, &Requester)> = Vec::new();
-        let mut entries = Vec::new();
-        let mut rules = Vec::with_capacity(policy.rules.len());
-        let mut interner = Interner::default();
-        let mut names: Vec<(Arc<[char]>, Vec<u16>)> = Vec::new();
-        let mut pids: Vec<(u32, Vec<u16>)> = Vec::new();
-        let mut glob_keys: Vec<(&str, usize)> = Vec::new();
-        let mut globs: Vec<(Glob, Vec<u16>)> = Vec::new();
-        for (i, r) in policy.rules.iter().enumerate() {
+    /// A policy without rules, with the default [`Settings`]: what a driver holds
+    /// before any policy is loaded. Allocates nothing. It equals the compiled empty
+    /// policy (`encode(&Policy::default())`), including its [`policy_id`](Self::policy_id).
+    #[must_use]
+    pub const fn empty() -> Self {
+        Self {
+            settings: Settings {
+                exempt_self: true,
+                exempt_kernel_handles: true,
+                exempt_critical_requesters: true,
+            },
+            id: crate::blob::EMPTY_POLICY_ID,
+            rules: Vec::new(),
+            chars: Vec::new(),
+            names: Vec::new(),
+            pids: Vec::new(),
+            globs: Vec::new(),
+            lists: Vec::new(),
+            entries: Vec::new(),
+            sel_names: Vec::new(),
+            sel_globs: Vec::new(),
+            sel_pids: Vec::new(),
+            dep_table: Vec::new(),
+        }
+    }
+
+    /// Compiles a parsed, validated, canonical blob.
+    fn compile(view: &BlobView<'_>, id: u32) -> Result<Self, DecodeError> {
+        let string_count = view.strings.len();
+        let rule_count = view.rule_count as usize;
+        let mut b = Builder {
+            view,
+            chars: Vec::new(),
+            interned: Vec::new(),
+        };
+        reserve_exact(&mut b.interned, string_count)?;
+        b.interned.resize(string_count, None);
+
+        let mut out = Self::empty();
+        out.settings = view.settings;
+        out.id = id;
+        reserve_exact(&mut out.rules, rule_count)?;
+        let mut keys: Vec<RuleView<'_>> = Vec::new();
+        reserve_exact(&mut keys, MAX_REQUESTER_ENTRIES)?;
+        reserve_exact(&mut out.entries, MAX_REQUESTER_ENTRIES)?;
+        let mut name_pairs: Vec<(Span, u16)> = Vec::new();
+        let mut pid_pairs: Vec<(u32, u16)> = Vec::new();
+        let mut glob_pairs: Vec<(Span, u16)> = Vec::new();
+        for (i, r) in view.rules().enumerate() {
+            let r = r?;
             // validate() bounds the rule count below u16::MAX.
             let rid = u16::try_from(i).unwrap_or(NO_RULE);
-            let entry = match &r.requester {
-                Requester::Any => None,
-                Requester::Only(s) | Requester::AnyExcept(s) => {
-                    let pos = keys
-                        .iter()
-                        .position(|(t, q)| *t == &r.target && *q == &r.requester);
-                    let e = pos.unwrap_or_else(|| {
-                        keys.push((&r.target, &r.requester));
-                        entries.push(RequesterEntry {
-                            selector: CompiledSelector::new(s, &mut interner),
-                            except: matches!(r.requester, Requester::AnyExcept(_)),
-                        });
-                        keys.len() - 1
-                    });
-                    u8::try_from(e).ok()
+            let entry = if r.kind == 0 {
+                None
+            } else if let Some(e) = keys.iter().position(|k| k.same_entry_as(&r)) {
+                u8::try_from(e).ok()
+            } else {
+                if keys.len() >= MAX_REQUESTER_ENTRIES {
+                    // Excluded by validate(); kept so no index can exceed the masks.
+                    return Err(DecodeError::Invalid(PolicyFault::TooManyRequesterEntries(
+                        keys.len().saturating_add(1),
+                    )));
                 }
+                let e = Self::requester_entry(&mut b, &mut out, &r.requester, r.kind == 2)?;
+                try_push(&mut out.entries, e)?;
+                try_push(&mut keys, r)?;
+                u8::try_from(keys.len().saturating_sub(1)).ok()
             };
-            let strips = SLOTS.map(|(k, o)| r.strip_for(k, o));
-            rules.push(CompiledRule {
-                mode: r.mode,
-                strips,
-                entry,
-            });
-            for n in &r.target.names {
-                push_index(&mut names, interner.name(n), rid);
+            try_push(
+                &mut out.rules,
+                CompiledRule {
+                    mode: r.mode,
+                    strips: [0, 1, 2, 3].map(|s| r.strip_for_slot(s)),
+                    entry,
+                },
+            )?;
+            for n in r.target.name_indexes() {
+                let span = b.intern(n)?;
+                try_push(&mut name_pairs, (span, rid))?;
             }
-            for p in &r.target.pids {
-                push_index(&mut pids, *p, rid);
+            for p in u32s(r.target.pids) {
+                try_push(&mut pid_pairs, (p, rid))?;
             }
-            for p in &r.target.paths {
-                if let Some((_, gi)) = glob_keys.iter().find(|(k, _)| *k == &**p) {
-                    if let Some((_, v)) = globs.get_mut(*gi) {
-                        if v.last() != Some(&rid) {
-                            v.push(rid);
-                        }
-                    }
-                } else if let Ok(g) = Glob::new(p) {
-                    glob_keys.push((p, globs.len()));
-                    globs.push((g, vec![rid]));
-                }
+            for p in r.target.path_indexes() {
+                let span = b.intern(p)?;
+                try_push(&mut glob_pairs, (span, rid))?;
             }
         }
+        drop(keys);
+
+        // Target indexes: sort (key, rule) pairs, group by key.
+        reserve_exact(
+            &mut out.lists,
+            name_pairs
+                .len()
+                .saturating_add(pid_pairs.len())
+                .saturating_add(glob_pairs.len()),
+        )?;
+        name_pairs.sort_unstable_by(|x, y| b.text(x.0).cmp(b.text(y.0)).then(x.1.cmp(&y.1)));
+        reserve_exact(&mut out.names, name_pairs.len())?;
+        group(
+            &name_pairs,
+            |x, y| b.text(*x) == b.text(*y),
+            &mut out.names,
+            &mut out.lists,
+        )?;
+        drop(name_pairs);
+        pid_pairs.sort_unstable();
+        reserve_exact(&mut out.pids, pid_pairs.len())?;
+        group(&pid_pairs, |x, y| x == y, &mut out.pids, &mut out.lists)?;
+        drop(pid_pairs);
+        // One span per blob string, so equal starts are the same pattern.
+        glob_pairs.sort_unstable_by_key(|(s, r)| (s.start, *r));
+        reserve_exact(&mut out.globs, glob_pairs.len())?;
+        group(
+            &glob_pairs,
+            |x, y| x.start == y.start,
+            &mut out.globs,
+            &mut out.lists,
+        )?;
+        drop(glob_pairs);
+        out.chars = b.chars;
+
         // Per-entry, per-slot summaries, then the byte tables.
-        let mut entry_sums = vec![[SlotSummary::EMPTY; 4]; entries.len()];
-        for (i, r) in rules.iter().enumerate() {
+        let mut entry_sums: Vec<[SlotSummary; 4]> = Vec::new();
+        reserve_exact(&mut entry_sums, out.entries.len())?;
+        entry_sums.resize(out.entries.len(), [SlotSummary::EMPTY; 4]);
+        for (i, r) in out.rules.iter().enumerate() {
             if let Some(e) = r.entry {
                 if let Some(sums) = entry_sums.get_mut(usize::from(e)) {
                     for (s, strip) in sums.iter_mut().zip(r.strips) {
@@ -352,14 +560,18 @@ impl CompiledPolicy {
                 }
             }
         }
-        let chunks = entries.len().div_ceil(8);
-        let mut dep_table = vec![SlotSummary::EMPTY; chunks * 4 * 256];
+        // At most 8 chunks x 4 slots x 256 (entries <= 63).
+        let chunks = out.entries.len().div_ceil(8);
+        let size = chunks.saturating_mul(4 * 256);
+        reserve_exact(&mut out.dep_table, size)?;
+        out.dep_table.resize(size, SlotSummary::EMPTY);
         for c in 0..chunks {
             for s in 0..4 {
                 let base = (c * 4 + s) * 256;
                 for v in 1usize..256 {
                     let low = v.trailing_zeros() as usize;
-                    let prev = dep_table
+                    let prev = out
+                        .dep_table
                         .get(base + (v & (v - 1)))
                         .copied()
                         .unwrap_or(SlotSummary::EMPTY);
@@ -368,21 +580,56 @@ impl CompiledPolicy {
                         .and_then(|sums| sums.get(s))
                         .copied()
                         .unwrap_or(SlotSummary::EMPTY);
-                    if let Some(slot) = dep_table.get_mut(base + v) {
+                    if let Some(slot) = out.dep_table.get_mut(base + v) {
                         *slot = prev.merge(add);
                     }
                 }
             }
         }
-        Ok(Self {
-            settings: policy.settings,
-            id,
-            rules,
-            names,
-            pids,
-            globs,
-            entries,
-            dep_table,
+        Ok(out)
+    }
+
+    /// Compiles one requester selector: folded names sorted and distinct, distinct
+    /// patterns, PIDs sorted and distinct.
+    fn requester_entry(
+        b: &mut Builder<'_, '_>,
+        out: &mut Self,
+        s: &SelView<'_>,
+        except: bool,
+    ) -> Result<RequesterEntry, DecodeError> {
+        let mut names: Vec<Span> = Vec::new();
+        reserve_exact(&mut names, s.names.len() / 4)?;
+        for n in s.name_indexes() {
+            let span = b.intern(n)?;
+            try_push(&mut names, span)?;
+        }
+        names.sort_unstable_by(|x, y| b.text(*x).cmp(b.text(*y)));
+        names.dedup_by(|x, y| b.text(*x) == b.text(*y));
+        let mut paths: Vec<u32> = Vec::new();
+        reserve_exact(&mut paths, s.paths.len() / 4)?;
+        for p in s.path_indexes() {
+            try_push(&mut paths, p)?;
+        }
+        paths.sort_unstable();
+        paths.dedup();
+        let mut globs: Vec<Span> = Vec::new();
+        reserve_exact(&mut globs, paths.len())?;
+        for p in paths {
+            let span = b.intern(p)?;
+            try_push(&mut globs, span)?;
+        }
+        let mut pids: Vec<u32> = Vec::new();
+        reserve_exact(&mut pids, s.pids.len() / 4)?;
+        for p in u32s(s.pids) {
+            try_push(&mut pids, p)?;
+        }
+        pids.sort_unstable();
+        pids.dedup();
+        Ok(RequesterEntry {
+            except,
+            names: append(&mut out.sel_names, &names)?,
+            globs: append(&mut out.sel_globs, &globs)?,
+            pids: append(&mut out.sel_pids, &pids)?,
         })
     }
 
@@ -418,65 +665,95 @@ impl CompiledPolicy {
         rec
     }
 
-    /// Phase 1: evaluates every rule against a process identity, once per process
-    /// (PASSIVE level; allocates a little scratch memory). Cost: a binary search for
-    /// the image name and the PID, one match per distinct path pattern, one pass
-    /// over the matching rules, one selector test per requester-dependent entry.
-    #[must_use]
-    pub fn classify(&self, id: &ProcessIdentity<'_>) -> ProcessRecord {
-        let path = glob::fold(id.image_path);
-        let name_start = path.iter().rposition(|c| *c == '\\').map_or(0, |p| p + 1);
-        let name = path.get(name_start..).unwrap_or(&[]);
-        let mut matched = vec![0u64; self.rules.len().div_ceil(64)];
-        let mut mark = |list: &[u16]| {
-            for r in list {
-                if let Some(w) = matched.get_mut(usize::from(*r) / 64) {
-                    *w |= 1u64 << (r % 64);
-                }
-            }
-        };
-        if let Ok(i) = self.names.binary_search_by(|(k, _)| (**k).cmp(name)) {
-            if let Some((_, list)) = self.names.get(i) {
-                mark(list);
-            }
-        }
-        if let Ok(i) = self.pids.binary_search_by(|(k, _)| k.cmp(&id.pid)) {
-            if let Some((_, list)) = self.pids.get(i) {
-                mark(list);
-            }
-        }
-        for (g, list) in &self.globs {
-            if g.matches_folded(&path) {
-                mark(list);
-            }
-        }
-        let mut rec = ProcessRecord::EMPTY;
-        for (wi, word) in matched.iter().enumerate() {
-            let mut w = *word;
-            while w != 0 {
-                let bit = w.trailing_zeros() as usize;
-                w &= w - 1;
-                let ri = wi * 64 + bit;
-                let Some(rule) = self.rules.get(ri) else {
-                    continue;
-                };
-                let rid = u16::try_from(ri).unwrap_or(NO_RULE);
-                match rule.entry {
-                    Some(e) => rec.target_entries |= 1u64 << (e & 63),
-                    None => {
-                        for (slot, strip) in rec.slots.iter_mut().zip(rule.strips) {
-                            slot.add_rule(rid, rule.mode, strip);
-                        }
+    fn chars_of(&self, s: Span) -> &[char] {
+        span_chars(&self.chars, s)
+    }
+
+    /// Binary search of a folded name (given unfolded; folded while comparing).
+    fn find_name<'s>(&self, keys: &'s [Span], name: &str) -> Option<&'s Span> {
+        keys.binary_search_by(|k| {
+            self.chars_of(*k)
+                .iter()
+                .copied()
+                .cmp(glob::fold_chars(name))
+        })
+        .ok()
+        .and_then(|i| keys.get(i))
+    }
+
+    fn glob_matches(&self, pattern: Span, path: &str) -> bool {
+        glob::path_matches(
+            glob::char_components(self.chars_of(pattern)),
+            glob::str_components(path),
+        )
+    }
+
+    /// Folds the rules of one list into the record.
+    fn apply(&self, rec: &mut ProcessRecord, rules: Run) {
+        for r in run(&self.lists, rules) {
+            let Some(rule) = self.rules.get(usize::from(*r)) else {
+                continue;
+            };
+            match rule.entry {
+                Some(e) => rec.target_entries |= 1u64 << (e & 63),
+                None => {
+                    for (slot, strip) in rec.slots.iter_mut().zip(rule.strips) {
+                        slot.add_rule(*r, rule.mode, strip);
                     }
                 }
             }
         }
+    }
+
+    fn entry_selects(&self, e: &RequesterEntry, id: &ProcessIdentity<'_>, name: &str) -> bool {
+        run(&self.sel_pids, e.pids).binary_search(&id.pid).is_ok()
+            || self
+                .find_name(run(&self.sel_names, e.names), name)
+                .is_some()
+            || run(&self.sel_globs, e.globs)
+                .iter()
+                .any(|g| self.glob_matches(*g, id.image_path))
+    }
+
+    /// Phase 1: evaluates every rule against a process identity, once per process
+    /// (PASSIVE level). **Allocates nothing**: names and paths are case-folded
+    /// character by character while they are compared. Cost: a binary search for the
+    /// image name and the PID, one match per distinct path pattern, one pass over the
+    /// matching rules, one selector test per requester-dependent entry.
+    #[must_use]
+    pub fn classify(&self, id: &ProcessIdentity<'_>) -> ProcessRecord {
+        let name = identity::file_name(id.image_path);
+        let mut rec = ProcessRecord::EMPTY;
+        // Folding rules into the record is a union with a minimum: order and
+        // repetition do not matter.
+        if let Ok(i) = self.names.binary_search_by(|k| {
+            self.chars_of(k.key)
+                .iter()
+                .copied()
+                .cmp(glob::fold_chars(name))
+        }) {
+            if let Some(k) = self.names.get(i) {
+                self.apply(&mut rec, k.rules);
+            }
+        }
+        if let Ok(i) = self.pids.binary_search_by(|k| k.key.cmp(&id.pid)) {
+            if let Some(k) = self.pids.get(i) {
+                self.apply(&mut rec, k.rules);
+            }
+        }
+        for g in &self.globs {
+            if self.glob_matches(g.key, id.image_path) {
+                self.apply(&mut rec, g.rules);
+            }
+        }
         for (e, entry) in self.entries.iter().enumerate() {
-            let selected = entry.selector.matches(id.pid, &path, name);
+            let selected = self.entry_selects(entry, id, name);
             if selected != entry.except {
                 rec.requester_entries |= 1u64 << (e & 63);
             }
         }
+        rec.target_entries &= ENTRY_BITS;
+        rec.requester_entries &= ENTRY_BITS;
         if identity::is_critical_system_process(id) {
             rec.requester_entries |= CRITICAL_BIT;
         }

@@ -23,6 +23,9 @@ pub const MAX_PATH_CHARS: usize = 32_767;
 /// mapping when that is a single character, else the character itself.
 #[must_use]
 pub fn fold_char(c: char) -> char {
+    if c.is_ascii() {
+        return c.to_ascii_uppercase();
+    }
     let mut up = c.to_uppercase();
     match (up.next(), up.next()) {
         (Some(u), None) => u,
@@ -30,14 +33,203 @@ pub fn fold_char(c: char) -> char {
     }
 }
 
-/// Folds a whole string into characters.
+/// Folds a whole string into characters (allocates; control-tool side).
 #[must_use]
 pub fn fold(s: &str) -> Vec<char> {
     s.chars().map(fold_char).collect()
 }
 
+/// The characters of `s`, folded one by one as they are read (no allocation).
+pub(crate) type FoldChars<'a> = core::iter::Map<core::str::Chars<'a>, fn(char) -> char>;
+
+/// Folds `s` lazily, character by character.
+pub(crate) fn fold_chars(s: &str) -> FoldChars<'_> {
+    s.chars().map(fold_char as fn(char) -> char)
+}
+
+/// The `\`-separated components of a path, each folded lazily.
+pub(crate) fn str_components(
+    s: &str,
+) -> core::iter::Map<core::str::Split<'_, char>, fn(&str) -> FoldChars<'_>> {
+    s.split('\\').map(fold_chars as fn(&str) -> FoldChars<'_>)
+}
+
+type CharComponent<'a> = core::iter::Copied<core::slice::Iter<'a, char>>;
+
+fn char_component(c: &[char]) -> CharComponent<'_> {
+    c.iter().copied()
+}
+
+fn is_separator(c: &char) -> bool {
+    *c == '\\'
+}
+
+/// Components of folded characters, see [`char_components`].
+pub(crate) type CharComponents<'a> = core::iter::Map<
+    core::slice::Split<'a, char, fn(&char) -> bool>,
+    fn(&[char]) -> CharComponent<'_>,
+>;
+
+/// The `\`-separated components of already folded characters.
+pub(crate) fn char_components(s: &[char]) -> CharComponents<'_> {
+    s.split(is_separator as fn(&char) -> bool)
+        .map(char_component as fn(&[char]) -> CharComponent<'_>)
+}
+
+/// Whether one pattern component (`*` = any run, `?` = one character, else the
+/// character itself) matches one text component. Both are folded and contain no
+/// separator. Classic single-backtrack-point wildcard matching: O(pattern x text)
+/// steps, no allocation, no recursion.
+fn component_matches<P, T>(pattern: P, text: T) -> bool
+where
+    P: Iterator<Item = char> + Clone,
+    T: Iterator<Item = char> + Clone,
+{
+    let mut p = pattern;
+    let mut t = text;
+    // (pattern after the last `*`, text position that `*` has absorbed up to)
+    let mut star: Option<(P, T)> = None;
+    loop {
+        let mut p_next = p.clone();
+        let pc = p_next.next();
+        if pc == Some('*') {
+            p = p_next;
+            star = Some((p.clone(), t.clone()));
+            continue;
+        }
+        let mut t_next = t.clone();
+        match (pc, t_next.next()) {
+            (None, None) => return true,
+            (Some(a), Some(b)) if a == '?' || a == b => {
+                p = p_next;
+                t = t_next;
+                continue;
+            }
+            _ => {}
+        }
+        // Mismatch: the last `*` absorbs one more character, or there is no match.
+        let Some((sp, st)) = star.as_mut() else {
+            return false;
+        };
+        if st.next().is_none() {
+            return false;
+        }
+        p = sp.clone();
+        t = st.clone();
+    }
+}
+
+fn is_double_star<C: Iterator<Item = char>>(mut c: C) -> bool {
+    c.next() == Some('*') && c.next() == Some('*') && c.next().is_none()
+}
+
+/// Number of components before the next `**` component (or the end), and whether a
+/// `**` ends them.
+fn segment<P, PC>(pattern: P) -> (usize, bool)
+where
+    P: Iterator<Item = PC>,
+    PC: Iterator<Item = char> + Clone,
+{
+    let mut n = 0usize;
+    for pc in pattern {
+        if is_double_star(pc) {
+            return (n, true);
+        }
+        n = n.saturating_add(1);
+    }
+    (n, false)
+}
+
+/// Whether the components of `pattern` up to its next `**` (or end) match the
+/// components at the start of `text`, one to one.
+fn segment_matches<P, PC, T, TC>(pattern: P, mut text: T) -> bool
+where
+    P: Iterator<Item = PC>,
+    PC: Iterator<Item = char> + Clone,
+    T: Iterator<Item = TC>,
+    TC: Iterator<Item = char> + Clone,
+{
+    for pc in pattern {
+        if is_double_star(pc.clone()) {
+            return true;
+        }
+        let Some(tc) = text.next() else {
+            return false;
+        };
+        if !component_matches(pc, tc) {
+            return false;
+        }
+    }
+    true
+}
+
+/// Matches a pattern against a path, both given as sequences of folded components.
+///
+/// Components are matched one to one, except `**`: followed by more components
+/// (`**\`), it stands for zero or more components; as the last component, for one
+/// or more (the one may be empty). Segments between `**`s are placed leftmost first,
+/// which is optimal since a `**` in between absorbs any gap. No allocation, no
+/// recursion: O(components x segment x component length) steps.
+pub(crate) fn path_matches<P, PC, T, TC>(pattern: P, text: T) -> bool
+where
+    P: Iterator<Item = PC> + Clone,
+    PC: Iterator<Item = char> + Clone,
+    T: Iterator<Item = TC> + Clone,
+    TC: Iterator<Item = char> + Clone,
+{
+    let (first, has_double) = segment(pattern.clone());
+    let total = text.clone().count();
+    if !has_double {
+        return first == total && segment_matches(pattern, text);
+    }
+    if first > total || !segment_matches(pattern.clone(), text.clone()) {
+        return false;
+    }
+    let mut pat = pattern;
+    let mut t = text;
+    // Skip the first segment and its `**`.
+    let _ = pat.nth(first);
+    for _ in 0..first {
+        let _ = t.next();
+    }
+    let mut cur = first;
+    loop {
+        let (len, more) = segment(pat.clone());
+        let left = total.saturating_sub(cur);
+        if !more {
+            if len == 0 {
+                // Trailing `**`: at least one (possibly empty) component.
+                return left >= 1;
+            }
+            if left < len {
+                return false;
+            }
+            for _ in 0..left.saturating_sub(len) {
+                let _ = t.next();
+            }
+            return segment_matches(pat, t);
+        }
+        // A middle segment: its leftmost occurrence.
+        loop {
+            if total.saturating_sub(cur) < len {
+                return false;
+            }
+            if segment_matches(pat.clone(), t.clone()) {
+                break;
+            }
+            let _ = t.next();
+            cur = cur.saturating_add(1);
+        }
+        for _ in 0..len {
+            let _ = t.next();
+        }
+        cur = cur.saturating_add(len);
+        let _ = pat.nth(len);
+    }
+}
+
 /// Why a pattern can never match an image path.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum GlobError {
     /// The pattern is empty.
     Empty,
@@ -77,219 +269,85 @@ impl fmt::Display for GlobError {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Token {
-    Lit(char),
-    One,
-    Star,
-    /// Zero or more whole components followed by their separator: "" or "x\y\".
-    Dirs,
-    /// Anything at all (trailing `**`).
-    Rest,
-}
-
-/// A compiled pattern.
+/// A compiled pattern: its folded characters.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Glob {
-    tokens: Vec<Token>,
-    /// Literal characters every match starts with.
-    prefix: Vec<char>,
-    /// Literal characters every match ends with.
-    suffix: Vec<char>,
-    /// The pattern has no wildcard at all.
-    literal: bool,
+    chars: Vec<char>,
 }
 
-/// Checks a pattern without compiling it.
+/// Checks a pattern without compiling it (no allocation).
 ///
 /// # Errors
 /// The reason the pattern can never match.
 pub fn validate(pattern: &str) -> Result<(), GlobError> {
-    Glob::new(pattern).map(|_| ())
+    // Every character tested below is ASCII; folding never maps a non-ASCII
+    // character to one of them, and UTF-8 continuation bytes are never ASCII, so
+    // the raw bytes give the same answers as the folded characters.
+    let b = pattern.as_bytes();
+    if b.is_empty() {
+        return Err(GlobError::Empty);
+    }
+    if pattern.chars().count() > MAX_PATH_CHARS {
+        return Err(GlobError::TooLong);
+    }
+    if b.contains(&0) {
+        return Err(GlobError::Nul);
+    }
+    if b.contains(&b'/') {
+        return Err(GlobError::ForwardSlash);
+    }
+    if b.first() != Some(&b'\\') && !b.starts_with(b"**") {
+        return Err(GlobError::NotAbsolute);
+    }
+    if b.last() == Some(&b'\\') {
+        return Err(GlobError::TrailingSeparator);
+    }
+    if b.windows(2).any(|w| w == b"\\\\") {
+        return Err(GlobError::EmptyComponent);
+    }
+    let mut i = 0usize;
+    while let Some(&c) = b.get(i) {
+        if c == b'*' && b.get(i.saturating_add(1)) == Some(&b'*') {
+            let before_ok = i == 0 || b.get(i.wrapping_sub(1)) == Some(&b'\\');
+            let after = b.get(i.saturating_add(2));
+            if !before_ok || !(after.is_none() || after == Some(&b'\\')) {
+                return Err(GlobError::BadDoubleStar);
+            }
+            i = i.saturating_add(3);
+        } else {
+            i = i.saturating_add(1);
+        }
+    }
+    Ok(())
 }
 
 impl Glob {
-    /// Compiles a pattern.
+    /// Compiles a pattern (allocates; control-tool side).
     ///
     /// # Errors
     /// The reason the pattern can never match.
     pub fn new(pattern: &str) -> Result<Self, GlobError> {
-        if pattern.is_empty() {
-            return Err(GlobError::Empty);
-        }
-        let chars = fold(pattern);
-        if chars.len() > MAX_PATH_CHARS {
-            return Err(GlobError::TooLong);
-        }
-        if chars.contains(&'\0') {
-            return Err(GlobError::Nul);
-        }
-        if chars.contains(&'/') {
-            return Err(GlobError::ForwardSlash);
-        }
-        let starts_double = chars.starts_with(&['*', '*']);
-        if chars.first() != Some(&'\\') && !starts_double {
-            return Err(GlobError::NotAbsolute);
-        }
-        if chars.last() == Some(&'\\') {
-            return Err(GlobError::TrailingSeparator);
-        }
-        if chars.windows(2).any(|w| w == ['\\', '\\']) {
-            return Err(GlobError::EmptyComponent);
-        }
-        let mut tokens = Vec::with_capacity(chars.len());
-        let mut i = 0;
-        while let Some(&c) = chars.get(i) {
-            match c {
-                '*' if chars.get(i + 1) == Some(&'*') => {
-                    let before_ok = i == 0 || chars.get(i.wrapping_sub(1)) == Some(&'\\');
-                    let after = chars.get(i + 2);
-                    if !before_ok || !(after.is_none() || after == Some(&'\\')) {
-                        return Err(GlobError::BadDoubleStar);
-                    }
-                    if after.is_none() {
-                        tokens.push(Token::Rest);
-                        i += 2;
-                    } else {
-                        // `**\` : the separator belongs to the token.
-                        tokens.push(Token::Dirs);
-                        i += 3;
-                    }
-                }
-                '*' => {
-                    tokens.push(Token::Star);
-                    i += 1;
-                }
-                '?' => {
-                    tokens.push(Token::One);
-                    i += 1;
-                }
-                other => {
-                    tokens.push(Token::Lit(other));
-                    i += 1;
-                }
-            }
-        }
-        let prefix: Vec<char> = tokens
-            .iter()
-            .map_while(|t| {
-                if let Token::Lit(c) = t {
-                    Some(*c)
-                } else {
-                    None
-                }
-            })
-            .collect();
-        let literal = prefix.len() == tokens.len();
-        let mut suffix: Vec<char> = if literal {
-            Vec::new()
-        } else {
-            tokens
-                .iter()
-                .rev()
-                .map_while(|t| {
-                    if let Token::Lit(c) = t {
-                        Some(*c)
-                    } else {
-                        None
-                    }
-                })
-                .collect()
-        };
-        suffix.reverse();
+        validate(pattern)?;
         Ok(Self {
-            tokens,
-            prefix,
-            suffix,
-            literal,
+            chars: fold(pattern),
         })
     }
 
     /// Whether the pattern matches an already folded path.
     #[must_use]
     pub fn matches_folded(&self, text: &[char]) -> bool {
-        if self.literal {
-            return self.prefix == text;
-        }
-        if !text.starts_with(&self.prefix) || !text.ends_with(&self.suffix) {
-            return false;
-        }
-        if text.len() < self.prefix.len().saturating_add(self.suffix.len()) {
-            return false;
-        }
-        let n = text.len();
-        let mut reach = alloc::vec![false; n + 1];
-        let mut next = alloc::vec![false; n + 1];
-        if let Some(r) = reach.first_mut() {
-            *r = true;
-        }
-        for tok in &self.tokens {
-            next.iter_mut().for_each(|b| *b = false);
-            match tok {
-                Token::Lit(c) => {
-                    for (j, t) in text.iter().enumerate() {
-                        if reach.get(j) == Some(&true) && t == c {
-                            if let Some(b) = next.get_mut(j + 1) {
-                                *b = true;
-                            }
-                        }
-                    }
-                }
-                Token::One => {
-                    for (j, t) in text.iter().enumerate() {
-                        if reach.get(j) == Some(&true) && *t != '\\' {
-                            if let Some(b) = next.get_mut(j + 1) {
-                                *b = true;
-                            }
-                        }
-                    }
-                }
-                Token::Star => {
-                    let mut carry = false;
-                    for j in 0..=n {
-                        // carry: reachable at j-1 (after star) and text[j-1] is not '\'.
-                        let here = reach.get(j) == Some(&true) || carry;
-                        if let Some(b) = next.get_mut(j) {
-                            *b = here;
-                        }
-                        carry = here && text.get(j).is_some_and(|t| *t != '\\');
-                    }
-                }
-                Token::Dirs => {
-                    let mut seen = false;
-                    for j in 0..=n {
-                        let sep_before = j > 0 && text.get(j - 1) == Some(&'\\');
-                        let here = reach.get(j) == Some(&true) || (seen && sep_before);
-                        if let Some(b) = next.get_mut(j) {
-                            *b = here;
-                        }
-                        seen = seen || reach.get(j) == Some(&true);
-                    }
-                }
-                Token::Rest => {
-                    let mut seen = false;
-                    for j in 0..=n {
-                        seen = seen || reach.get(j) == Some(&true);
-                        if let Some(b) = next.get_mut(j) {
-                            *b = seen;
-                        }
-                    }
-                }
-            }
-            core::mem::swap(&mut reach, &mut next);
-        }
-        reach.get(n) == Some(&true)
+        path_matches(char_components(&self.chars), char_components(text))
     }
 
-    /// Whether the pattern matches a path (folds it first).
+    /// Whether the pattern matches a path (folded as it is read; no allocation).
     #[must_use]
     pub fn matches(&self, path: &str) -> bool {
-        self.matches_folded(&fold(path))
+        path_matches(char_components(&self.chars), str_components(path))
     }
 
     /// Whether the pattern matches every path (`**`).
     #[must_use]
     pub fn matches_everything(&self) -> bool {
-        self.tokens == [Token::Rest]
+        self.chars == ['*', '*']
     }
 }

@@ -71,15 +71,16 @@ pub mod reference;
 pub mod rights;
 #[cfg(feature = "toml")]
 pub mod toml;
+mod view;
 
 pub use blob::{decode, encode, policy_id, DecodeError};
-pub use compiled::{CompiledPolicy, ProcessRecord};
+pub use compiled::{CompiledPolicy, ProcessRecord, RECORD_WORDS};
 pub use decide::{Decision, Exemption, HandleRequest};
 pub use explain::{explain, Explanation};
 pub use identity::{is_critical_system_process, ProcessIdentity};
 pub use lint::{lint, LintKind, LintWarning};
 pub use model::{
-    Mode, ObjectKind, Objects, Operation, Operations, Policy, PolicyError, Requester, Rule,
-    RuleError, RuleId, Selector, Settings,
+    Mode, ObjectKind, Objects, Operation, Operations, Policy, PolicyError, PolicyFault, Requester,
+    Rule, RuleError, RuleFault, RuleId, Selector, Settings,
 };
 pub use rights::AccessMask;

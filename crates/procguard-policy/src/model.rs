@@ -4,7 +4,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
 
-use crate::glob::{self, Glob, GlobError};
+use crate::glob::{self, GlobError};
 use crate::identity::{self, ProcessIdentity};
 use crate::rights::{AccessMask, VALID_PROCESS_BITS, VALID_THREAD_BITS};
 
@@ -292,48 +292,138 @@ impl fmt::Display for PolicyError {
 /// # Errors
 /// [`RuleError::BadImageName`].
 pub fn validate_image_name(name: &Arc<str>) -> Result<(), RuleError> {
-    if name.is_empty() || name.contains(['\\', '*', '?', '\0']) {
-        Err(RuleError::BadImageName(name.clone()))
-    } else {
+    if image_name_ok(name) {
         Ok(())
+    } else {
+        Err(RuleError::BadImageName(name.clone()))
     }
 }
 
-fn validate_selector(s: &Selector) -> Result<(), RuleError> {
-    for n in &s.names {
-        validate_image_name(n)?;
+pub(crate) fn image_name_ok(name: &str) -> bool {
+    !(name.is_empty() || name.contains(['\\', '*', '?', '\0']))
+}
+
+/// What rule validation needs from a selector: implemented by [`Selector`] and by
+/// the kernel's view of a selector inside a blob, so both are checked by the same
+/// code ([`check_rule`]).
+pub(crate) trait SelectorLike {
+    /// How a string of the selector is held.
+    type Str: AsRef<str> + Clone;
+    fn names(&self) -> impl Iterator<Item = Self::Str>;
+    fn paths(&self) -> impl Iterator<Item = Self::Str>;
+    fn pids(&self) -> impl Iterator<Item = u32>;
+    fn is_empty(&self) -> bool;
+}
+
+impl<'s> SelectorLike for &'s Selector {
+    type Str = &'s Arc<str>;
+    fn names(&self) -> impl Iterator<Item = Self::Str> {
+        let s: &'s Selector = self;
+        s.names.iter()
     }
-    for p in &s.paths {
-        glob::validate(p).map_err(|e| RuleError::BadGlob(p.clone(), e))?;
+    fn paths(&self) -> impl Iterator<Item = Self::Str> {
+        let s: &'s Selector = self;
+        s.paths.iter()
+    }
+    fn pids(&self) -> impl Iterator<Item = u32> {
+        let s: &'s Selector = self;
+        s.pids.iter().copied()
+    }
+    fn is_empty(&self) -> bool {
+        Selector::is_empty(self)
+    }
+}
+
+/// What rule validation needs from a rule (see [`SelectorLike`]).
+pub(crate) trait RuleLike {
+    type Sel: SelectorLike;
+    fn name_is_empty(&self) -> bool;
+    fn target(&self) -> Self::Sel;
+    /// The requester selector and whether it is "any except"; `None` for "any".
+    fn requester(&self) -> Option<(Self::Sel, bool)>;
+    fn objects(&self) -> Objects;
+    fn operations(&self) -> Operations;
+    fn strip_process(&self) -> AccessMask;
+    fn strip_thread(&self) -> AccessMask;
+}
+
+impl<'r> RuleLike for &'r Rule {
+    type Sel = &'r Selector;
+    fn name_is_empty(&self) -> bool {
+        self.name.is_empty()
+    }
+    fn target(&self) -> &'r Selector {
+        let r: &'r Rule = self;
+        &r.target
+    }
+    fn requester(&self) -> Option<(&'r Selector, bool)> {
+        let r: &'r Rule = self;
+        match &r.requester {
+            Requester::Any => None,
+            Requester::Only(s) => Some((s, false)),
+            Requester::AnyExcept(s) => Some((s, true)),
+        }
+    }
+    fn objects(&self) -> Objects {
+        self.objects
+    }
+    fn operations(&self) -> Operations {
+        self.operations
+    }
+    fn strip_process(&self) -> AccessMask {
+        self.strip_process
+    }
+    fn strip_thread(&self) -> AccessMask {
+        self.strip_thread
+    }
+}
+
+/// A rule check failure: the fault, and the selector string it is about (none for
+/// the PID 4/0 case of [`RuleFault::StripsFromCriticalProcess`]).
+pub(crate) type RuleCheck<S> = Result<(), (RuleFault, Option<S>)>;
+
+fn check_selector<S: SelectorLike>(s: &S) -> RuleCheck<S::Str> {
+    for n in s.names() {
+        if !image_name_ok(n.as_ref()) {
+            return Err((RuleFault::BadImageName, Some(n)));
+        }
+    }
+    for p in s.paths() {
+        if let Err(e) = glob::validate(p.as_ref()) {
+            return Err((RuleFault::BadGlob(e), Some(p)));
+        }
     }
     Ok(())
 }
 
-/// If the selector explicitly selects a critical system process, names the entry.
-#[must_use]
-pub fn selects_critical_process(s: &Selector) -> Option<Arc<str>> {
-    if s.pids.contains(&identity::SYSTEM_PID) || s.pids.contains(&identity::IDLE_PID) {
-        return Some(Arc::from("System (PID 4/0)"));
+/// Which entry of a selector selects a critical system process (no allocation).
+/// `Some(None)`: PID 4 or 0.
+pub(crate) fn critical_entry<S: SelectorLike>(s: &S) -> Option<Option<S::Str>> {
+    if s.pids()
+        .any(|p| p == identity::SYSTEM_PID || p == identity::IDLE_PID)
+    {
+        return Some(None);
     }
-    for n in &s.names {
+    for n in s.names() {
         if identity::CRITICAL_IMAGE_NAMES
             .iter()
-            .any(|c| identity::eq_fold(c, n))
+            .any(|c| identity::eq_fold(c, n.as_ref()))
         {
-            return Some(n.clone());
+            return Some(Some(n));
         }
     }
-    for p in &s.paths {
-        let Ok(g) = Glob::new(p) else { continue };
+    for p in s.paths() {
+        if glob::validate(p.as_ref()).is_err() {
+            continue;
+        }
         for c in identity::CRITICAL_IMAGE_NAMES {
             for dir in [
-                "\\SystemRoot\\System32\\",
-                "\\Device\\HarddiskVolume1\\Windows\\System32\\",
+                "\\SystemRoot\\System32",
+                "\\Device\\HarddiskVolume1\\Windows\\System32",
             ] {
-                let mut full = alloc::string::String::from(dir);
-                full.push_str(c);
-                if g.matches(&full) {
-                    return Some(p.clone());
+                let text = glob::str_components(dir).chain(core::iter::once(glob::fold_chars(c)));
+                if glob::path_matches(glob::str_components(p.as_ref()), text) {
+                    return Some(Some(p));
                 }
             }
         }
@@ -341,65 +431,229 @@ pub fn selects_critical_process(s: &Selector) -> Option<Arc<str>> {
     None
 }
 
+/// If the selector explicitly selects a critical system process, names the entry.
+#[must_use]
+pub fn selects_critical_process(s: &Selector) -> Option<Arc<str>> {
+    critical_entry(&s).map(|which| match which {
+        Some(n) => n.clone(),
+        None => Arc::from(CRITICAL_PID_ENTRY),
+    })
+}
+
+const CRITICAL_PID_ENTRY: &str = "System (PID 4/0)";
+
+/// Checks one rule (the code shared by [`validate_rule`] and the kernel's blob
+/// validation; no allocation).
+pub(crate) fn check_rule<R: RuleLike>(
+    rule: &R,
+    settings: &Settings,
+) -> RuleCheck<<R::Sel as SelectorLike>::Str> {
+    if rule.name_is_empty() {
+        return Err((RuleFault::EmptyName, None));
+    }
+    let target = rule.target();
+    if target.is_empty() {
+        return Err((RuleFault::EmptyTarget, None));
+    }
+    check_selector(&target)?;
+    if let Some((s, except)) = rule.requester() {
+        if s.is_empty() {
+            return Err((RuleFault::EmptyRequester, None));
+        }
+        check_selector(&s)?;
+        if !except && settings.exempt_critical_requesters {
+            if let Some(what) = critical_entry(&s) {
+                return Err((RuleFault::StripsFromCriticalProcess, what));
+            }
+        }
+    }
+    let objects = rule.objects();
+    let operations = rule.operations();
+    if !objects.process && !objects.thread {
+        return Err((RuleFault::NoObjects, None));
+    }
+    if !operations.create && !operations.duplicate {
+        return Err((RuleFault::NoOperations, None));
+    }
+    for (kind, mask, covered, valid) in [
+        (
+            ObjectKind::Process,
+            rule.strip_process(),
+            objects.process,
+            VALID_PROCESS_BITS,
+        ),
+        (
+            ObjectKind::Thread,
+            rule.strip_thread(),
+            objects.thread,
+            VALID_THREAD_BITS,
+        ),
+    ] {
+        if mask != 0 && !covered {
+            return Err((RuleFault::StripForUncoveredObject(kind), None));
+        }
+        if mask & !valid != 0 {
+            return Err((RuleFault::UnknownBits(kind, mask & !valid), None));
+        }
+    }
+    if rule.strip_process() == 0 && rule.strip_thread() == 0 {
+        return Err((RuleFault::StripsNothing, None));
+    }
+    Ok(())
+}
+
 /// Checks one rule against the settings.
 ///
 /// # Errors
 /// The first problem found.
 pub fn validate_rule(rule: &Rule, settings: &Settings) -> Result<(), RuleError> {
-    if rule.name.is_empty() {
-        return Err(RuleError::EmptyName);
-    }
-    if rule.target.is_empty() {
-        return Err(RuleError::EmptyTarget);
-    }
-    validate_selector(&rule.target)?;
-    match &rule.requester {
-        Requester::Any => {}
-        Requester::Only(s) | Requester::AnyExcept(s) => {
-            if s.is_empty() {
-                return Err(RuleError::EmptyRequester);
-            }
-            validate_selector(s)?;
+    check_rule(&rule, settings).map_err(|(fault, which)| {
+        let text = || match which {
+            Some(s) => s.clone(),
+            None => Arc::from(CRITICAL_PID_ENTRY),
+        };
+        match fault {
+            RuleFault::EmptyName => RuleError::EmptyName,
+            RuleFault::EmptyTarget => RuleError::EmptyTarget,
+            RuleFault::EmptyRequester => RuleError::EmptyRequester,
+            RuleFault::BadImageName => RuleError::BadImageName(text()),
+            RuleFault::BadGlob(e) => RuleError::BadGlob(text(), e),
+            RuleFault::NoObjects => RuleError::NoObjects,
+            RuleFault::NoOperations => RuleError::NoOperations,
+            RuleFault::StripsNothing => RuleError::StripsNothing,
+            RuleFault::StripForUncoveredObject(k) => RuleError::StripForUncoveredObject(k),
+            RuleFault::UnknownBits(k, m) => RuleError::UnknownBits(k, m),
+            RuleFault::StripsFromCriticalProcess => RuleError::StripsFromCriticalProcess(text()),
+        }
+    })
+}
+
+/// A [`RuleError`] without its string: what the kernel-side
+/// [`CompiledPolicy::from_blob`](crate::CompiledPolicy::from_blob) reports, since
+/// building an error string would allocate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RuleFault {
+    /// [`RuleError::EmptyName`].
+    EmptyName,
+    /// [`RuleError::EmptyTarget`].
+    EmptyTarget,
+    /// [`RuleError::EmptyRequester`].
+    EmptyRequester,
+    /// [`RuleError::BadImageName`].
+    BadImageName,
+    /// [`RuleError::BadGlob`].
+    BadGlob(GlobError),
+    /// [`RuleError::NoObjects`].
+    NoObjects,
+    /// [`RuleError::NoOperations`].
+    NoOperations,
+    /// [`RuleError::StripsNothing`].
+    StripsNothing,
+    /// [`RuleError::StripForUncoveredObject`].
+    StripForUncoveredObject(ObjectKind),
+    /// [`RuleError::UnknownBits`].
+    UnknownBits(ObjectKind, AccessMask),
+    /// [`RuleError::StripsFromCriticalProcess`].
+    StripsFromCriticalProcess,
+}
+
+impl fmt::Display for RuleFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::BadImageName => f.write_str(
+                "an image name is empty or contains '\\', '*' or '?' (use 'path' for patterns)",
+            ),
+            Self::BadGlob(e) => write!(f, "a path pattern can never match: {e}"),
+            Self::StripsFromCriticalProcess => f.write_str(
+                "the requester selector includes a critical system process, which is exempt as a \
+                 requester (settings.exempt_critical_requesters)",
+            ),
+            Self::EmptyName => RuleError::EmptyName.fmt(f),
+            Self::EmptyTarget => RuleError::EmptyTarget.fmt(f),
+            Self::EmptyRequester => RuleError::EmptyRequester.fmt(f),
+            Self::NoObjects => RuleError::NoObjects.fmt(f),
+            Self::NoOperations => RuleError::NoOperations.fmt(f),
+            Self::StripsNothing => RuleError::StripsNothing.fmt(f),
+            Self::StripForUncoveredObject(k) => RuleError::StripForUncoveredObject(*k).fmt(f),
+            Self::UnknownBits(k, m) => RuleError::UnknownBits(*k, *m).fmt(f),
         }
     }
-    if let Requester::Only(s) = &rule.requester {
-        if settings.exempt_critical_requesters {
-            if let Some(what) = selects_critical_process(s) {
-                return Err(RuleError::StripsFromCriticalProcess(what));
-            }
+}
+
+impl RuleError {
+    /// The same error without its string.
+    #[must_use]
+    pub fn fault(&self) -> RuleFault {
+        match self {
+            Self::EmptyName => RuleFault::EmptyName,
+            Self::EmptyTarget => RuleFault::EmptyTarget,
+            Self::EmptyRequester => RuleFault::EmptyRequester,
+            Self::BadImageName(_) => RuleFault::BadImageName,
+            Self::BadGlob(_, e) => RuleFault::BadGlob(*e),
+            Self::NoObjects => RuleFault::NoObjects,
+            Self::NoOperations => RuleFault::NoOperations,
+            Self::StripsNothing => RuleFault::StripsNothing,
+            Self::StripForUncoveredObject(k) => RuleFault::StripForUncoveredObject(*k),
+            Self::UnknownBits(k, m) => RuleFault::UnknownBits(*k, *m),
+            Self::StripsFromCriticalProcess(_) => RuleFault::StripsFromCriticalProcess,
         }
     }
-    if !rule.objects.process && !rule.objects.thread {
-        return Err(RuleError::NoObjects);
-    }
-    if !rule.operations.create && !rule.operations.duplicate {
-        return Err(RuleError::NoOperations);
-    }
-    for (kind, mask, covered, valid) in [
-        (
-            ObjectKind::Process,
-            rule.strip_process,
-            rule.objects.process,
-            VALID_PROCESS_BITS,
-        ),
-        (
-            ObjectKind::Thread,
-            rule.strip_thread,
-            rule.objects.thread,
-            VALID_THREAD_BITS,
-        ),
-    ] {
-        if mask != 0 && !covered {
-            return Err(RuleError::StripForUncoveredObject(kind));
+}
+
+/// A [`PolicyError`] without its strings (see [`RuleFault`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PolicyFault {
+    /// [`PolicyError::TooManyRules`].
+    TooManyRules(usize),
+    /// [`PolicyError::DuplicateRuleName`].
+    DuplicateRuleName {
+        /// Index of the first rule.
+        first: usize,
+        /// Index of the second rule.
+        second: usize,
+    },
+    /// [`PolicyError::TooManyRequesterEntries`].
+    TooManyRequesterEntries(usize),
+    /// [`PolicyError::Rule`].
+    Rule {
+        /// The rule's index.
+        index: usize,
+        /// What is wrong.
+        error: RuleFault,
+    },
+}
+
+impl fmt::Display for PolicyFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::TooManyRules(n) => PolicyError::TooManyRules(*n).fmt(f),
+            Self::DuplicateRuleName { first, second } => write!(
+                f,
+                "rules {first} and {second} have the same name; rule names must be unique"
+            ),
+            Self::TooManyRequesterEntries(n) => PolicyError::TooManyRequesterEntries(*n).fmt(f),
+            Self::Rule { index, error } => write!(f, "rule {index}: {error}"),
         }
-        if mask & !valid != 0 {
-            return Err(RuleError::UnknownBits(kind, mask & !valid));
+    }
+}
+
+impl PolicyError {
+    /// The same error without its strings.
+    #[must_use]
+    pub fn fault(&self) -> PolicyFault {
+        match self {
+            Self::TooManyRules(n) => PolicyFault::TooManyRules(*n),
+            Self::DuplicateRuleName { first, second, .. } => PolicyFault::DuplicateRuleName {
+                first: *first,
+                second: *second,
+            },
+            Self::TooManyRequesterEntries(n) => PolicyFault::TooManyRequesterEntries(*n),
+            Self::Rule { index, error } => PolicyFault::Rule {
+                index: *index,
+                error: error.fault(),
+            },
         }
     }
-    if rule.strip_process == 0 && rule.strip_thread == 0 {
-        return Err(RuleError::StripsNothing);
-    }
-    Ok(())
 }
 
 /// Number of distinct requester-dependent entries the compiled form needs.
