@@ -10,7 +10,7 @@
 //!   union of enforce strip bits, of audit bits, and the lowest responsible rule id.
 //! - **requester-dependent** rules (`only` / `any except`): deduplicated by
 //!   (target selector, requester selector) into at most
-//!   [`MAX_REQUESTER_ENTRIES`](crate::model::MAX_REQUESTER_ENTRIES) = 63 *entries*.
+//!   [`MAX_REQUESTER_ENTRIES`] = 63 *entries*.
 //!   Phase 1 sets bit `e` of the record's target mask when the process matches entry
 //!   `e`'s target selector, and bit `e` of its requester mask when the process is
 //!   restricted by entry `e`'s requester condition (selected for `only`, not selected
@@ -461,6 +461,13 @@ impl CompiledPolicy {
         };
         reserve_exact(&mut b.interned, string_count)?;
         b.interned.resize(string_count, None);
+        // Room for every string folded (rule names are counted but never stored):
+        // interning then never grows the pool, so the peak is one copy, not two.
+        let total_chars = view
+            .strings
+            .iter()
+            .fold(0usize, |n, s| n.saturating_add(s.chars().count()));
+        reserve_exact(&mut b.chars, total_chars)?;
 
         let mut out = Self::empty();
         out.settings = view.settings;

@@ -7,13 +7,17 @@
 //!
 //! # Kernel side (no features)
 //!
-//! 1. [`CompiledPolicy::from_blob`] (PASSIVE, allocates): decode + validate +
-//!    compile. The blob format is in [`format`]; [`policy_id`] /
+//! 1. [`CompiledPolicy::from_blob`] (PASSIVE): decode + validate + compile. Never
+//!    panics; every allocation is fallible (`try_reserve`), exhaustion is
+//!    [`DecodeError::OutOfMemory`], an invalid policy [`DecodeError::Invalid`] (no
+//!    strings, so no allocation). The blob format is in [`format`]; [`policy_id`] /
 //!    [`CompiledPolicy::policy_id`] give the CRC-32 used as policy id.
+//!    [`CompiledPolicy::empty`] is the policy without rules, built without allocating.
 //! 2. Phase 1, [`CompiledPolicy::classify`] (PASSIVE, once per process, at creation
-//!    or enumeration): a [`ProcessIdentity`] (PID + NT image path) becomes a
-//!    [`ProcessRecord`] (64 bytes, `Copy`, no pointers). For processes with no record
-//!    use [`CompiledPolicy::unknown_process_record`].
+//!    or enumeration; **allocates nothing**): a [`ProcessIdentity`] (PID + NT image
+//!    path) becomes a [`ProcessRecord`] (64 bytes, `Copy`, no pointers, packs into
+//!    [`RECORD_WORDS`] = 8 `u64`s with [`ProcessRecord::to_words`]). For processes with
+//!    no record use [`CompiledPolicy::unknown_process_record`].
 //! 3. Phase 2, [`CompiledPolicy::decide`] (any IRQL the callback runs at; no
 //!    allocation, no string work, no loop over rules or processes): (target record,
 //!    requester record, [`HandleRequest`]) becomes a [`Decision`] whose `access` is

@@ -12,7 +12,7 @@ use crate::model::{Mode, Policy, Requester, RuleId, Selector};
 use crate::rights::AccessMask;
 
 /// Backtracking glob matcher over folded characters (independent of
-/// [`crate::glob::Glob`]'s table-driven one).
+/// [`crate::glob::Glob`]'s component-wise one).
 fn glob_match(p: &[char], t: &[char]) -> bool {
     match p {
         [] => t.is_empty(),

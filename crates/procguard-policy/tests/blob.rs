@@ -333,3 +333,74 @@ print(encode(7, rules).hex())
         .collect();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), hex);
 }
+
+#[test]
+fn empty_policy_is_the_compiled_empty_blob() {
+    use procguard_policy::{CompiledPolicy, HandleRequest, ObjectKind, Operation, ProcessIdentity};
+    let e = CompiledPolicy::empty();
+    let c = CompiledPolicy::from_blob(&encode(&Policy::default())).unwrap();
+    assert_eq!(e.policy_id(), c.policy_id());
+    assert_eq!(
+        e.policy_id(),
+        procguard_policy::blob::policy_id_of(&Policy::default())
+    );
+    assert_eq!(e.settings(), procguard_policy::Settings::default());
+    assert_eq!((e.rule_count(), c.rule_count()), (0, 0));
+    let id = ProcessIdentity {
+        pid: 1234,
+        image_path: "\\Device\\HarddiskVolume3\\x.exe",
+    };
+    let rec = e.classify(&id);
+    assert_eq!(rec, c.classify(&id));
+    assert!(!rec.is_protected());
+    assert_eq!(
+        e.unknown_process_record(),
+        procguard_policy::ProcessRecord::EMPTY
+    );
+    let q = HandleRequest {
+        object: ObjectKind::Process,
+        operation: Operation::Create,
+        desired_access: 0x1F_FFFF,
+        kernel_handle: false,
+        same_process: false,
+    };
+    assert_eq!(e.decide(&rec, &rec, &q).access, 0x1F_FFFF);
+}
+
+#[test]
+fn too_many_requester_entries_is_rejected_by_both_paths() {
+    use procguard_policy::{CompiledPolicy, PolicyFault, Requester, Selector};
+    let mut p = example();
+    let template = p.rules[0].clone();
+    p.rules.clear();
+    for i in 0..64u32 {
+        let mut r = template.clone();
+        r.name = format!("r{i}").as_str().into();
+        r.target = Selector {
+            pids: vec![5000 + i],
+            ..Selector::default()
+        };
+        r.requester = Requester::AnyExcept(Selector {
+            pids: vec![7],
+            ..Selector::default()
+        });
+        p.rules.push(r);
+    }
+    let b = encode(&p);
+    assert_eq!(
+        decode(&b),
+        Err(DecodeError::InvalidPolicy(
+            PolicyError::TooManyRequesterEntries(64)
+        ))
+    );
+    assert_eq!(
+        CompiledPolicy::from_blob(&b).err(),
+        Some(DecodeError::Invalid(PolicyFault::TooManyRequesterEntries(
+            64
+        )))
+    );
+    p.rules.pop();
+    let c = CompiledPolicy::from_blob(&encode(&p)).unwrap();
+    assert_eq!(c.rule_count(), 63);
+    assert_eq!(c.unknown_process_record().to_words()[7], (1u64 << 63) - 1);
+}

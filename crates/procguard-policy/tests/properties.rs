@@ -5,6 +5,12 @@
 //! - `decode_inverts_encode`: 1,000 policies
 //! - `decode_of_arbitrary_bytes_errs_or_reencodes_identically`: 20,000 byte strings
 //! - `decode_of_mutated_blobs_errs_or_reencodes_identically`: 5,000 blobs
+//! - `from_blob_fails_like_decode_on_invalid_policies`: 3,000 possibly invalid policies
+//! - `record_words_round_trip_and_any_words_are_safe`: 1,000 policies x 8 processes
+//!   x 8 arbitrary word arrays x 8 requests
+//!
+//! The two byte-level decode properties also check that `CompiledPolicy::from_blob`
+//! fails exactly when `decode` does, with the same error (in its string-free form).
 
 mod support;
 
@@ -12,9 +18,20 @@ use proptest::prelude::*;
 
 use procguard_policy::blob::{blob_checksum, decode, encode};
 use procguard_policy::reference::evaluate;
-use procguard_policy::CompiledPolicy;
+use std::sync::Arc;
+
+use procguard_policy::{CompiledPolicy, Mode, ProcessRecord, Requester, RECORD_WORDS};
 
 use support::*;
+
+/// The kernel path (`from_blob`: view, validation and canonical check without
+/// infallible allocation) accepts and rejects exactly what `decode` does.
+fn same_outcome(b: &[u8]) -> Result<(), TestCaseError> {
+    let kernel = CompiledPolicy::from_blob(b).err();
+    let user = decode(b).err().map(|e| e.without_strings());
+    prop_assert_eq!(kernel, user);
+    Ok(())
+}
 
 fn check_all(
     p: &procguard_policy::Policy,
@@ -94,6 +111,7 @@ proptest! {
             let c = blob_checksum(&b);
             b[12..16].copy_from_slice(&c.to_le_bytes());
         }
+        same_outcome(&b)?;
         if let Ok(p) = decode(&b) {
             prop_assert_eq!(encode(&p), b);
         }
@@ -114,8 +132,128 @@ proptest! {
         }
         let c = blob_checksum(&b);
         b[12..16].copy_from_slice(&c.to_le_bytes());
+        same_outcome(&b)?;
         if let Ok(q) = decode(&b) {
             prop_assert_eq!(encode(&q), b);
+        }
+    }
+}
+
+/// Breaks a valid policy in one of many ways (or not at all).
+fn break_policy(p: &mut procguard_policy::Policy, rule: usize, how: u8, other: usize) {
+    let n = p.rules.len();
+    if how == 1 {
+        let name = p.rules[other % n].name.clone();
+        p.rules[rule % n].name = name;
+        return;
+    }
+    let r = &mut p.rules[rule % n];
+    let s = |x: &str| -> Arc<str> { Arc::from(x) };
+    match how {
+        0 => r.name = s(""),
+        2 => r.target.names.push(s("a\\b.exe")),
+        3 => r.target.paths.push(s("C:\\x.exe")),
+        4 => r.target.paths.push(s("\\a\\\\b")),
+        5 => r.target.paths.push(s("\\a**\\b")),
+        6 => r.requester = Requester::Only(procguard_policy::Selector::default()),
+        7 => {
+            r.requester = Requester::Only(procguard_policy::Selector {
+                names: vec![s("CSRSS.EXE")],
+                ..Default::default()
+            })
+        }
+        8 => {
+            r.requester = Requester::Only(procguard_policy::Selector {
+                paths: vec![s("**\\lsass.exe")],
+                ..Default::default()
+            })
+        }
+        9 => {
+            r.requester = Requester::Only(procguard_policy::Selector {
+                pids: vec![4],
+                ..Default::default()
+            })
+        }
+        10 => {
+            r.requester = Requester::AnyExcept(procguard_policy::Selector {
+                pids: vec![0],
+                ..Default::default()
+            })
+        }
+        11 => {
+            r.strip_process = 0;
+            r.strip_thread = 0;
+        }
+        12 => r.strip_process |= 0x8000_0000,
+        13 => r.objects.process = false,
+        14 => {
+            r.operations = procguard_policy::Operations {
+                create: false,
+                duplicate: false,
+            }
+        }
+        15 => r.target = procguard_policy::Selector::default(),
+        16 => r.mode = Mode::Audit,
+        17 => r.target.names.push(s("")),
+        18 => r.target.paths.push(s("\\a\\*.exe\\")),
+        _ => {}
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(3000))]
+    #[test]
+    fn from_blob_fails_like_decode_on_invalid_policies(
+        mut p in policy(1, 8),
+        breaks in prop::collection::vec((any::<usize>(), 0u8..22, any::<usize>()), 0..3),
+        settings in settings(),
+    ) {
+        p.settings = settings;
+        for (rule, how, other) in breaks {
+            break_policy(&mut p, rule, how, other);
+        }
+        let b = encode(&p);
+        same_outcome(&b)?;
+        prop_assert_eq!(decode(&b).is_ok(), p.validate().is_ok());
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
+    #[test]
+    fn record_words_round_trip_and_any_words_are_safe(
+        p in prop_oneof![policy(1, 12), dependent_policy(1, 20)],
+        idents in prop::collection::vec(ident(), 8),
+        words in prop::collection::vec(any::<[u64; RECORD_WORDS]>(), 8),
+        reqs in prop::collection::vec(request(), 8),
+    ) {
+        let c = CompiledPolicy::new(&p).map_err(|e| TestCaseError::fail(format!("{e}")))?;
+        for i in &idents {
+            let rec = c.classify(&i.id());
+            prop_assert_eq!(ProcessRecord::from_words(rec.to_words()), rec);
+        }
+        let unknown = c.unknown_process_record();
+        prop_assert_eq!(ProcessRecord::from_words(unknown.to_words()), unknown);
+        for w in &words {
+            // Every word array is the image of exactly one record.
+            prop_assert_eq!(ProcessRecord::from_words(*w).to_words(), *w);
+        }
+        // Arbitrary records (entry bits beyond the policy's entries, any rule ids,
+        // the critical bit) as target and requester: decide must not panic and never
+        // adds access.
+        let records: Vec<_> = words
+            .iter()
+            .map(|w| ProcessRecord::from_words(*w))
+            .chain([ProcessRecord::from_words([u64::MAX; RECORD_WORDS])])
+            .collect();
+        for t in &records {
+            for r in &records {
+                for q in &reqs {
+                    let d = c.decide(t, r, q);
+                    prop_assert_eq!(d.access & !q.desired_access, 0);
+                    prop_assert_eq!(d.would_strip & !q.desired_access, 0);
+                }
+            }
         }
     }
 }
