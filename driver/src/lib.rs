@@ -5,7 +5,12 @@
 //! forbids from every handle being created or duplicated.
 //!
 //! Follow a handle request: [`object_callbacks`] (reads the kernel's request)
-//! → [`handle_request`] (decides) → [`pid_table`] (the policy).
+//! → [`handle_decision`] (process records, decision, audit) → the policy
+//! engine (`procguard_policy::CompiledPolicy::decide`).
+//!
+//! Around it: [`process_tracking`] keeps the [`process_table`] current,
+//! [`policy_state`] publishes policy generations that callbacks read without
+//! locks ([`grace_period`]), and [`audit_ring`] queues audit records.
 //!
 //! One source, three builds (see `ffi`): Windows with the WDK (`--features
 //! wdk`), the Linux cross build of the real `.sys`, and host unit tests with
@@ -17,19 +22,23 @@ extern crate alloc;
 pub mod altitude;
 pub mod audit_ring;
 pub mod driver_entry;
+pub mod driver_state;
+#[cfg(test)]
+mod end_to_end_tests;
 pub mod ffi;
 #[cfg(all(target_os = "windows", not(feature = "wdk")))]
 pub mod fx_entry;
 pub mod grace_period;
-pub mod handle_request;
+pub mod handle_decision;
 pub mod kernel_sync;
 pub mod object_callbacks;
 pub mod parameters;
-pub mod pid_table;
+pub mod policy_state;
 #[cfg(not(feature = "wdk"))]
 pub mod pool;
 pub mod process_identity;
 pub mod process_table;
+pub mod process_tracking;
 pub mod trace;
 
 #[cfg(all(not(test), feature = "wdk"))]

@@ -4,44 +4,24 @@
 //! One registration, two operation entries (`PsProcessType` and
 //! `PsThreadType`, create and duplicate, pre-operation only). The callback
 //! runs at PASSIVE or APC level in the requester's thread, with normal kernel
-//! APCs disabled: it reads the request, asks `handle_request::decide`, and
-//! writes the (never larger) access mask back. It does not allocate, block or
-//! touch paged memory.
+//! APCs disabled: it reads the request, asks `handle_decision::decide`, and
+//! writes the (never larger) access mask back. It takes no lock, does not
+//! block and touches no paged memory; it allocates only in the rare PASSIVE
+//! fallback `handle_decision.rs` documents.
 
 use core::ptr;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::Ordering;
 
 use crate::altitude::{register_with_retries, Altitude, RetryOutcome};
+use crate::driver_state::DriverState;
 use crate::ffi::{
     ntddk, OB_CALLBACK_REGISTRATION, OB_FLT_REGISTRATION_VERSION, OB_OPERATION_HANDLE_CREATE,
     OB_OPERATION_HANDLE_DUPLICATE, OB_OPERATION_REGISTRATION, OB_PREOP_CALLBACK_STATUS,
     OB_PREOP_SUCCESS, PEPROCESS, POB_PRE_OPERATION_INFORMATION, PVOID,
     STATUS_FLT_INSTANCE_ALTITUDE_COLLISION, UNICODE_STRING,
 };
-use crate::handle_request::{decide, HandleRequest, Operation, Verdict};
-use crate::pid_table::{ObjectKind, PidTable};
-
-/// Request totals, updated with relaxed atomics (counters, not locks).
-#[derive(Debug, Default)]
-pub struct Counters {
-    /// Pre-operation calls seen.
-    pub seen: AtomicU64,
-    /// Requests whose access was reduced.
-    pub modified: AtomicU64,
-    /// Kernel-handle requests passed untouched.
-    pub skipped_kernel: AtomicU64,
-    /// Self-opens passed untouched.
-    pub skipped_self: AtomicU64,
-}
-
-/// What the callback reads through its registration context.
-#[derive(Debug)]
-pub struct CallbackContext {
-    /// The policy in force.
-    pub policy: PidTable,
-    /// Totals.
-    pub counters: Counters,
-}
+use crate::handle_decision::{self, ObservedRequest, ProcessRef};
+use procguard_policy::{ObjectKind, Operation};
 
 /// A live registration: unregistered exactly once, by [`Registration::unregister`].
 #[derive(Debug)]
@@ -64,7 +44,7 @@ impl Registration {
     /// `context` stays valid, and is not moved, until [`Registration::unregister`]
     /// has returned.
     pub unsafe fn register(
-        context: &CallbackContext,
+        context: &DriverState,
         base: &Altitude,
         retries: u32,
     ) -> Result<Self, (i32, Altitude)> {
@@ -136,34 +116,36 @@ impl Registration {
     }
 }
 
-fn handle_to_pid(handle: PVOID) -> usize {
-    handle as usize
+fn handle_to_pid(handle: PVOID) -> u32 {
+    // Process ids are 32-bit values on Windows; anything else matches nothing.
+    u32::try_from(handle as usize).unwrap_or(u32::MAX)
 }
 
 /// The pre-operation callback for process and thread handles.
 ///
 /// # Safety
-/// Called by the object manager with the context given at registration and a
-/// valid operation information block.
+/// Called by the object manager with the context given at registration (the
+/// driver state) and a valid operation information block.
 pub unsafe extern "C" fn pre_operation(
     registration_context: PVOID,
     operation_information: POB_PRE_OPERATION_INFORMATION,
 ) -> OB_PREOP_CALLBACK_STATUS {
-    // SAFETY: the context is the CallbackContext given at registration, alive
+    // SAFETY: the context is the DriverState given at registration, alive
     // until unregistration (which waits for running callbacks).
-    let Some(context) = (unsafe { registration_context.cast::<CallbackContext>().as_ref() }) else {
+    let Some(state) = (unsafe { registration_context.cast::<DriverState>().as_ref() }) else {
         return OB_PREOP_SUCCESS;
     };
-    // SAFETY: the object manager passes a valid, exclusively ours block.
+    // SAFETY: the object manager passes a valid block, ours for this call.
     let Some(info) = (unsafe { operation_information.as_mut() }) else {
         return OB_PREOP_SUCCESS;
     };
-    context.counters.seen.fetch_add(1, Ordering::Relaxed);
+    state.counters.seen.fetch_add(1, Ordering::Relaxed);
 
     // SAFETY: `Flags` covers the whole union; bit 0 is KernelHandle.
-    let kernel_handle = unsafe { info.__bindgen_anon_1.Flags } & 1 != 0;
-    if kernel_handle {
-        context
+    if unsafe { info.__bindgen_anon_1.Flags } & 1 != 0 {
+        // Kernel handles pass untouched: a kernel component can always get a
+        // full handle another way, and Windows components rely on theirs.
+        state
             .counters
             .skipped_kernel
             .fetch_add(1, Ordering::Relaxed);
@@ -185,9 +167,7 @@ pub unsafe extern "C" fn pre_operation(
         // SAFETY: for PsThreadType, Object is the thread being opened.
         (
             ObjectKind::Thread,
-            handle_to_pid(unsafe {
-                ntddk::PsGetThreadProcessId(info.Object.cast::<crate::ffi::_KTHREAD>())
-            }),
+            handle_to_pid(unsafe { ntddk::PsGetThreadProcessId(info.Object.cast()) }),
         )
     } else {
         return OB_PREOP_SUCCESS;
@@ -197,293 +177,51 @@ pub unsafe extern "C" fn pre_operation(
     let Some(parameters) = (unsafe { info.Parameters.as_mut() }) else {
         return OB_PREOP_SUCCESS;
     };
-    let (operation, desired_access, requester_pid) = match info.Operation {
+    let (operation, desired_access, requester, source_pid) = match info.Operation {
         OB_OPERATION_HANDLE_CREATE => {
             // SAFETY: Operation is create, so the create member is the live one.
             let create = unsafe { &mut parameters.CreateHandleInformation };
-            // SAFETY: plain call; returns the current process id.
-            let current = unsafe { ntddk::PsGetCurrentProcessId() };
-            (
-                Operation::Create,
-                &mut create.DesiredAccess,
-                handle_to_pid(current),
-            )
+            // SAFETY: a plain query about the current process.
+            let pid = handle_to_pid(unsafe { ntddk::PsGetCurrentProcessId() });
+            // SAFETY: as above; the current process outlives this callback.
+            let process = unsafe { ntddk::IoGetCurrentProcess() };
+            let requester = ProcessRef { pid, process };
+            (Operation::Create, &mut create.DesiredAccess, requester, 0)
         }
         OB_OPERATION_HANDLE_DUPLICATE => {
             // SAFETY: Operation is duplicate, so the duplicate member is the live one.
             let duplicate = unsafe { &mut parameters.DuplicateHandleInformation };
+            // The requester is the process that receives the handle: it gains the access.
             let receiver: PEPROCESS = duplicate.TargetProcess.cast();
-            // SAFETY: TargetProcess is the process receiving the handle.
+            let source: PEPROCESS = duplicate.SourceProcess.cast();
+            // SAFETY: TargetProcess is a process object, valid during the callback.
             let receiver_pid = unsafe { ntddk::PsGetProcessId(receiver) };
+            // SAFETY: likewise SourceProcess.
+            let source_pid = unsafe { ntddk::PsGetProcessId(source) };
+            let requester = ProcessRef {
+                pid: handle_to_pid(receiver_pid),
+                process: receiver,
+            };
             (
                 Operation::Duplicate,
                 &mut duplicate.DesiredAccess,
-                handle_to_pid(receiver_pid),
+                requester,
+                handle_to_pid(source_pid),
             )
         }
         _ => return OB_PREOP_SUCCESS,
     };
 
-    let request = HandleRequest {
+    let request = ObservedRequest {
         object,
         operation,
-        kernel_handle,
+        object_pointer: info.Object,
         target_pid,
-        requester_pid,
+        requester,
+        source_pid,
         desired_access: *desired_access,
     };
-    match decide(&context.policy, &request) {
-        Verdict::SkipSelf => {
-            context
-                .counters
-                .skipped_self
-                .fetch_add(1, Ordering::Relaxed);
-        }
-        Verdict::Strip { access } => {
-            // Only ever clears bits: `access` is a subset of the request.
-            *desired_access &= access;
-            context.counters.modified.fetch_add(1, Ordering::Relaxed);
-        }
-        Verdict::SkipKernelHandle | Verdict::Allow => {}
-    }
+    // Only ever clears bits: the decision is a subset of the request.
+    *desired_access &= handle_decision::decide(state, &request);
     OB_PREOP_SUCCESS
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::ffi::ntddk::{
-        fake_process, fake_thread, reset_host, with_host, FAKE_PROCESS_TYPE, FAKE_THREAD_TYPE,
-    };
-    use crate::ffi::{
-        _OB_PRE_OPERATION_INFORMATION__bindgen_ty_1, OB_OPERATION,
-        OB_PRE_CREATE_HANDLE_INFORMATION, OB_PRE_DUPLICATE_HANDLE_INFORMATION,
-        OB_PRE_OPERATION_INFORMATION, OB_PRE_OPERATION_PARAMETERS, POBJECT_TYPE,
-    };
-    use crate::pid_table::PidRule;
-
-    const PROTECTED: u32 = 500;
-    const OTHER: u32 = 600;
-
-    fn context() -> CallbackContext {
-        CallbackContext {
-            policy: PidTable::from_rules(vec![PidRule {
-                pid: PROTECTED,
-                process_strip: 0x0801,
-                thread_strip: 0x0002,
-            }]),
-            counters: Counters::default(),
-        }
-    }
-
-    fn call(
-        context: &CallbackContext,
-        operation: OB_OPERATION,
-        flags: u32,
-        object_type: usize,
-        object: PVOID,
-        mut parameters: OB_PRE_OPERATION_PARAMETERS,
-    ) -> u32 {
-        let mut info = OB_PRE_OPERATION_INFORMATION {
-            Operation: operation,
-            __bindgen_anon_1: _OB_PRE_OPERATION_INFORMATION__bindgen_ty_1 { Flags: flags },
-            Object: object,
-            ObjectType: object_type as POBJECT_TYPE,
-            CallContext: ptr::null_mut(),
-            Parameters: &raw mut parameters,
-        };
-        // SAFETY: valid context and block, as the object manager would pass.
-        let status =
-            unsafe { pre_operation(ptr::from_ref(context).cast_mut().cast(), &raw mut info) };
-        assert_eq!(status, OB_PREOP_SUCCESS);
-        // SAFETY: DesiredAccess is the first field of both members.
-        unsafe { parameters.CreateHandleInformation.DesiredAccess }
-    }
-
-    fn create(access: u32) -> OB_PRE_OPERATION_PARAMETERS {
-        OB_PRE_OPERATION_PARAMETERS {
-            CreateHandleInformation: OB_PRE_CREATE_HANDLE_INFORMATION {
-                DesiredAccess: access,
-                OriginalDesiredAccess: access,
-            },
-        }
-    }
-
-    fn duplicate(access: u32, source: u32, receiver: u32) -> OB_PRE_OPERATION_PARAMETERS {
-        OB_PRE_OPERATION_PARAMETERS {
-            DuplicateHandleInformation: OB_PRE_DUPLICATE_HANDLE_INFORMATION {
-                DesiredAccess: access,
-                OriginalDesiredAccess: access,
-                SourceProcess: fake_process(source).cast(),
-                TargetProcess: fake_process(receiver).cast(),
-            },
-        }
-    }
-
-    #[test]
-    fn create_of_a_protected_process_handle_is_stripped() {
-        reset_host();
-        with_host(|host| host.current_process_id = OTHER);
-        let context = context();
-        let access = call(
-            &context,
-            OB_OPERATION_HANDLE_CREATE,
-            0,
-            FAKE_PROCESS_TYPE,
-            fake_process(PROTECTED).cast(),
-            create(0x0FFF),
-        );
-        assert_eq!(access, 0x0FFF & !0x0801);
-        assert_eq!(context.counters.modified.load(Ordering::Relaxed), 1);
-    }
-
-    #[test]
-    fn thread_handles_follow_the_owning_process() {
-        reset_host();
-        with_host(|host| host.current_process_id = OTHER);
-        let context = context();
-        let access = call(
-            &context,
-            OB_OPERATION_HANDLE_CREATE,
-            0,
-            FAKE_THREAD_TYPE,
-            fake_thread(PROTECTED).cast(),
-            create(0x0003),
-        );
-        assert_eq!(access, 0x0001);
-        let unprotected = call(
-            &context,
-            OB_OPERATION_HANDLE_CREATE,
-            0,
-            FAKE_THREAD_TYPE,
-            fake_thread(OTHER + 1).cast(),
-            create(0x0003),
-        );
-        assert_eq!(unprotected, 0x0003);
-    }
-
-    #[test]
-    fn duplicates_use_the_receiving_process_as_requester() {
-        reset_host();
-        // The current process is the protected one (e.g. it calls
-        // DuplicateHandle on its own handle), but the handle goes to OTHER.
-        with_host(|host| host.current_process_id = PROTECTED);
-        let context = context();
-        let to_other = duplicate(0x0801, PROTECTED, OTHER);
-        assert_eq!(
-            call(
-                &context,
-                OB_OPERATION_HANDLE_DUPLICATE,
-                0,
-                FAKE_PROCESS_TYPE,
-                fake_process(PROTECTED).cast(),
-                to_other
-            ),
-            0
-        );
-        // Duplicated back into the protected process itself: a self-open.
-        with_host(|host| host.current_process_id = OTHER);
-        let to_self = duplicate(0x0801, OTHER, PROTECTED);
-        assert_eq!(
-            call(
-                &context,
-                OB_OPERATION_HANDLE_DUPLICATE,
-                0,
-                FAKE_PROCESS_TYPE,
-                fake_process(PROTECTED).cast(),
-                to_self
-            ),
-            0x0801
-        );
-        assert_eq!(context.counters.skipped_self.load(Ordering::Relaxed), 1);
-    }
-
-    #[test]
-    fn kernel_handles_self_opens_and_unknown_operations_pass_untouched() {
-        reset_host();
-        with_host(|host| host.current_process_id = OTHER);
-        let context = context();
-        let object = fake_process(PROTECTED).cast();
-        assert_eq!(
-            call(
-                &context,
-                OB_OPERATION_HANDLE_CREATE,
-                1,
-                FAKE_PROCESS_TYPE,
-                object,
-                create(0x0801)
-            ),
-            0x0801
-        );
-        assert_eq!(
-            call(&context, 7, 0, FAKE_PROCESS_TYPE, object, create(0x0801)),
-            0x0801
-        );
-        assert_eq!(
-            call(
-                &context,
-                OB_OPERATION_HANDLE_CREATE,
-                0,
-                0x1234,
-                object,
-                create(0x0801)
-            ),
-            0x0801
-        );
-        with_host(|host| host.current_process_id = PROTECTED);
-        assert_eq!(
-            call(
-                &context,
-                OB_OPERATION_HANDLE_CREATE,
-                0,
-                FAKE_PROCESS_TYPE,
-                object,
-                create(0x0801)
-            ),
-            0x0801
-        );
-        assert_eq!(context.counters.skipped_kernel.load(Ordering::Relaxed), 1);
-        assert_eq!(context.counters.skipped_self.load(Ordering::Relaxed), 1);
-        assert_eq!(context.counters.seen.load(Ordering::Relaxed), 4);
-        assert_eq!(context.counters.modified.load(Ordering::Relaxed), 0);
-    }
-
-    #[test]
-    fn null_context_or_parameters_do_nothing() {
-        reset_host();
-        // SAFETY: null pointers are what is being tested; the callback checks them.
-        let status = unsafe { pre_operation(ptr::null_mut(), ptr::null_mut()) };
-        assert_eq!(status, OB_PREOP_SUCCESS);
-    }
-
-    #[test]
-    fn registration_has_one_entry_per_object_type_and_collisions_retry() {
-        reset_host();
-        with_host(|host| {
-            host.register_results
-                .push_back(STATUS_FLT_INSTANCE_ALTITUDE_COLLISION)
-        });
-        let context = context();
-        let base = Altitude::from_ascii("385201").unwrap();
-        // SAFETY: `context` outlives the registration (unregistered below).
-        let registration = unsafe { Registration::register(&context, &base, 4) }.unwrap();
-        assert_eq!(registration.attempts, 2);
-        let recorded = with_host(|host| host.registrations.clone());
-        assert_eq!(recorded.len(), 2);
-        assert_eq!(recorded[0].altitude, "385201");
-        assert_eq!(recorded[1].altitude, "385201.1");
-        let last = &recorded[1];
-        assert_eq!(last.version, 0x0100);
-        assert_eq!(last.context, ptr::from_ref(&context) as usize);
-        let both = OB_OPERATION_HANDLE_CREATE | OB_OPERATION_HANDLE_DUPLICATE;
-        assert_eq!(
-            last.operations,
-            [
-                (&raw const ntddk::PsProcessType as usize, both, true, false),
-                (&raw const ntddk::PsThreadType as usize, both, true, false),
-            ]
-        );
-        registration.unregister();
-        assert_eq!(with_host(|host| host.unregistered.clone()), [0xC0B0_0002]);
-    }
 }

@@ -1,5 +1,5 @@
-//! The service's `Parameters` registry key: altitude, collision retries and
-//! the policy the driver starts with.
+//! The service's `Parameters` registry key: altitude, collision retries, the
+//! policy the driver starts with and the size of the audit ring.
 //!
 //! Everything read here is untrusted input (an administrator, or malware
 //! running as one, controls it). A missing value takes its default; a value
@@ -17,7 +17,6 @@ use crate::ffi::{
     STATUS_BUFFER_OVERFLOW, STATUS_BUFFER_TOO_SMALL, STATUS_INSUFFICIENT_RESOURCES,
     STATUS_INVALID_PARAMETER, STATUS_OBJECT_NAME_NOT_FOUND, UNICODE_STRING,
 };
-use crate::pid_table::{PidTable, PidTableError};
 use crate::trace;
 
 /// Largest registry value the driver reads (the policy blob is the big one).
@@ -40,6 +39,10 @@ const PARAMETERS_KEY: [u16; 10] = utf16("Parameters");
 const ALTITUDE_VALUE: [u16; 8] = utf16("Altitude");
 const RETRIES_VALUE: [u16; 15] = utf16("AltitudeRetries");
 const POLICY_VALUE: [u16; 6] = utf16("Policy");
+const AUDIT_RECORDS_VALUE: [u16; 12] = utf16("AuditRecords");
+
+/// Audit ring size when the registry does not say.
+pub const DEFAULT_AUDIT_RECORDS: u32 = 4096;
 
 /// A value that could not be used, and why.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,8 +55,6 @@ pub enum ValueProblem {
     ReadFailed(NTSTATUS),
     /// `Altitude` is not a valid altitude.
     Altitude(AltitudeError),
-    /// `Policy` is not a valid policy blob.
-    Policy(PidTableError),
 }
 
 /// What the driver starts with, and what was wrong with the registry.
@@ -63,10 +64,13 @@ pub struct Settings {
     pub altitude: Altitude,
     /// Collision retries (0: fail on a collision).
     pub altitude_retries: u32,
-    /// The starting policy.
-    pub policy: PidTable,
-    /// Problems with `Altitude`, `AltitudeRetries`, `Policy`, in that order.
-    pub problems: [Option<ValueProblem>; 3],
+    /// The starting policy blob (empty: no policy). Validated when the
+    /// driver compiles it (`driver_entry.rs`).
+    pub policy_blob: Vec<u8>,
+    /// Audit ring size, in records (rounded up to a power of two).
+    pub audit_records: u32,
+    /// Problems with `Altitude`, `AltitudeRetries`, `Policy`, `AuditRecords`, in that order.
+    pub problems: [Option<ValueProblem>; 4],
 }
 
 impl Default for Settings {
@@ -74,8 +78,9 @@ impl Default for Settings {
         Self {
             altitude: Altitude::default_altitude(),
             altitude_retries: DEFAULT_RETRIES,
-            policy: PidTable::empty(),
-            problems: [None; 3],
+            policy_blob: Vec::new(),
+            audit_records: DEFAULT_AUDIT_RECORDS,
+            problems: [None; 4],
         }
     }
 }
@@ -227,7 +232,7 @@ fn parse_altitude(value: Option<(u32, Vec<u8>)>) -> Result<Option<Altitude>, Val
         .map_err(ValueProblem::Altitude)
 }
 
-fn parse_retries(value: Option<(u32, Vec<u8>)>) -> Result<Option<u32>, ValueProblem> {
+fn parse_dword(value: Option<(u32, Vec<u8>)>) -> Result<Option<u32>, ValueProblem> {
     let Some((value_type, data)) = value else {
         return Ok(None);
     };
@@ -238,23 +243,29 @@ fn parse_retries(value: Option<(u32, Vec<u8>)>) -> Result<Option<u32>, ValueProb
         .as_slice()
         .try_into()
         .map_err(|_| ValueProblem::BadSize(data.len()))?;
-    Ok(Some(u32::from_le_bytes(bytes).min(MAX_RETRIES)))
+    Ok(Some(u32::from_le_bytes(bytes)))
 }
 
-fn parse_policy(value: Option<(u32, Vec<u8>)>) -> Result<Option<PidTable>, ValueProblem> {
+fn parse_retries(value: Option<(u32, Vec<u8>)>) -> Result<Option<u32>, ValueProblem> {
+    parse_dword(value).map(|retries| retries.map(|retries| retries.min(MAX_RETRIES)))
+}
+
+fn parse_policy(value: Option<(u32, Vec<u8>)>) -> Result<Option<Vec<u8>>, ValueProblem> {
     let Some((value_type, data)) = value else {
         return Ok(None);
     };
     if value_type != REG_BINARY {
         return Err(ValueProblem::WrongType(value_type));
     }
-    if data.is_empty() {
-        // The INF installs an empty policy: no rules, not an error.
-        return Ok(None);
-    }
-    PidTable::decode(&data)
-        .map(Some)
-        .map_err(ValueProblem::Policy)
+    // Empty (what the INF installs): no rules, not an error.
+    Ok(Some(data))
+}
+
+/// Ring size: clamped to what the ring accepts (`audit_ring.rs`).
+fn parse_audit_records(value: Option<(u32, Vec<u8>)>) -> Result<Option<u32>, ValueProblem> {
+    let max = u32::try_from(crate::audit_ring::MAX_RECORDS).unwrap_or(u32::MAX);
+    let min = u32::try_from(crate::audit_ring::MIN_RECORDS).unwrap_or(2);
+    parse_dword(value).map(|records| records.map(|records| records.clamp(min, max)))
 }
 
 fn report(name: &str, problem: ValueProblem) {
@@ -278,9 +289,6 @@ fn report(name: &str, problem: ValueProblem) {
         ValueProblem::Altitude(error) => {
             trace::error(format_args!("Parameters\\{name}: {error}; default used"))
         }
-        ValueProblem::Policy(error) => trace::error(format_args!(
-            "Parameters\\{name}: {error}; starting with no rules"
-        )),
     }
 }
 
@@ -336,11 +344,19 @@ pub unsafe fn read_settings(registry_path: PCUNICODE_STRING) -> Settings {
         }
     }
     match read_value(&key, &POLICY_VALUE).and_then(parse_policy) {
-        Ok(Some(policy)) => settings.policy = policy,
+        Ok(Some(blob)) => settings.policy_blob = blob,
         Ok(None) => {}
         Err(problem) => {
             report("Policy", problem);
             settings.problems[2] = Some(problem);
+        }
+    }
+    match read_value(&key, &AUDIT_RECORDS_VALUE).and_then(parse_audit_records) {
+        Ok(Some(records)) => settings.audit_records = records,
+        Ok(None) => {}
+        Err(problem) => {
+            report("AuditRecords", problem);
+            settings.problems[3] = Some(problem);
         }
     }
     settings
@@ -350,7 +366,6 @@ pub unsafe fn read_settings(registry_path: PCUNICODE_STRING) -> Settings {
 mod tests {
     use super::*;
     use crate::ffi::ntddk::{reset_host, with_host, FakeValue};
-    use crate::pid_table::PidRule;
     use std::collections::BTreeMap;
     use std::string::{String, ToString};
 
@@ -400,6 +415,10 @@ mod tests {
             .collect()
     }
 
+    fn dword(value: u32) -> Vec<u8> {
+        value.to_le_bytes().to_vec()
+    }
+
     #[test]
     fn defaults_apply_without_a_parameters_key() {
         reset_host();
@@ -411,61 +430,61 @@ mod tests {
             crate::altitude::DEFAULT_ALTITUDE
         );
         assert_eq!(settings.altitude_retries, DEFAULT_RETRIES);
-        assert!(settings.policy.is_empty());
-        assert_eq!(settings.problems, [None; 3]);
+        assert!(settings.policy_blob.is_empty());
+        assert_eq!(settings.audit_records, DEFAULT_AUDIT_RECORDS);
+        assert_eq!(settings.problems, [None; 4]);
         assert_eq!(with_host(|host| host.open_keys), 0);
     }
 
     #[test]
     fn valid_values_are_used() {
-        let table = PidTable::from_rules(vec![PidRule {
-            pid: 1234,
-            process_strip: 1,
-            thread_strip: 2,
-        }]);
+        let blob = vec![1u8, 2, 3, 4, 5];
         let settings = with_values(&[
             ("Altitude", REG_SZ, reg_sz("385210.25")),
-            ("AltitudeRetries", REG_DWORD, 3u32.to_le_bytes().to_vec()),
-            ("Policy", REG_BINARY, table.encode()),
+            ("AltitudeRetries", REG_DWORD, dword(3)),
+            ("Policy", REG_BINARY, blob.clone()),
+            ("AuditRecords", REG_DWORD, dword(100)),
         ]);
         assert_eq!(settings.altitude.to_string(), "385210.25");
         assert_eq!(settings.altitude_retries, 3);
-        assert_eq!(settings.policy, table);
-        assert_eq!(settings.problems, [None; 3]);
+        assert_eq!(
+            settings.policy_blob, blob,
+            "the blob is passed on as read; the engine validates it"
+        );
+        assert_eq!(settings.audit_records, 100);
+        assert_eq!(settings.problems, [None; 4]);
     }
 
     #[test]
     fn corrupt_values_are_reported_and_replaced_by_defaults() {
-        let mut corrupt = PidTable::from_rules(vec![PidRule {
-            pid: 1,
-            process_strip: 1,
-            thread_strip: 1,
-        }])
-        .encode();
-        corrupt[0] = b'X';
         let settings = with_values(&[
             ("Altitude", REG_SZ, reg_sz("not-a-number")),
             ("AltitudeRetries", REG_DWORD, vec![1, 2]),
-            ("Policy", REG_BINARY, corrupt),
+            ("Policy", REG_SZ, reg_sz("a policy")),
+            ("AuditRecords", REG_BINARY, dword(5)),
         ]);
         assert_eq!(
             settings.altitude.to_string(),
             crate::altitude::DEFAULT_ALTITUDE
         );
         assert_eq!(settings.altitude_retries, DEFAULT_RETRIES);
-        assert!(settings.policy.is_empty());
+        assert!(settings.policy_blob.is_empty());
+        assert_eq!(settings.audit_records, DEFAULT_AUDIT_RECORDS);
         assert_eq!(
             settings.problems,
             [
                 Some(ValueProblem::Altitude(AltitudeError::NotDecimal)),
                 Some(ValueProblem::BadSize(2)),
-                Some(ValueProblem::Policy(PidTableError::BadMagic)),
+                Some(ValueProblem::WrongType(REG_SZ)),
+                Some(ValueProblem::WrongType(REG_BINARY)),
             ]
         );
         let trace = with_host(|host| host.trace.clone());
-        assert!(trace.iter().any(|line| line.contains(
-            "Parameters\\Policy: policy blob does not start with PGPT; starting with no rules"
-        )));
+        assert!(
+            trace.iter().any(|line| line
+                .contains("Parameters\\Policy has registry type 1; ignored, default used")),
+            "{trace:?}"
+        );
     }
 
     #[test]
@@ -481,6 +500,7 @@ mod tests {
                 Some(ValueProblem::WrongType(REG_DWORD)),
                 Some(ValueProblem::WrongType(REG_SZ)),
                 Some(ValueProblem::BadSize(MAX_VALUE_BYTES + 1)),
+                None,
             ]
         );
         let odd = with_values(&[("Altitude", REG_SZ, vec![b'1', 0, b'2'])]);
@@ -495,17 +515,22 @@ mod tests {
     #[test]
     fn an_empty_policy_means_no_rules_without_a_problem() {
         let settings = with_values(&[("Policy", REG_BINARY, Vec::new())]);
-        assert!(settings.policy.is_empty());
-        assert_eq!(settings.problems, [None; 3]);
+        assert!(settings.policy_blob.is_empty());
+        assert_eq!(settings.problems, [None; 4]);
     }
 
     #[test]
-    fn retries_are_capped() {
-        let settings = with_values(&[(
-            "AltitudeRetries",
-            REG_DWORD,
-            u32::MAX.to_le_bytes().to_vec(),
-        )]);
+    fn retries_and_ring_sizes_are_clamped() {
+        let settings = with_values(&[
+            ("AltitudeRetries", REG_DWORD, dword(u32::MAX)),
+            ("AuditRecords", REG_DWORD, dword(u32::MAX)),
+        ]);
         assert_eq!(settings.altitude_retries, MAX_RETRIES);
+        assert_eq!(
+            settings.audit_records as usize,
+            crate::audit_ring::MAX_RECORDS
+        );
+        let small = with_values(&[("AuditRecords", REG_DWORD, dword(0))]);
+        assert_eq!(small.audit_records as usize, crate::audit_ring::MIN_RECORDS);
     }
 }

@@ -438,6 +438,11 @@ pub unsafe extern "C" fn PsGetCurrentThreadId() -> HANDLE {
     with_host(|host| host.current_thread_id as usize as HANDLE)
 }
 
+/// Fake thread ids: the owning process id + 1.
+pub unsafe extern "C" fn PsGetThreadId(Thread: PETHREAD) -> HANDLE {
+    ((Thread as usize).wrapping_sub(FAKE_THREAD_BASE) / 16 + 1) as HANDLE
+}
+
 pub unsafe extern "C" fn KeQuerySystemTimePrecise(CurrentTime: PLARGE_INTEGER) {
     let now = with_host(|host| {
         host.system_time += 1;

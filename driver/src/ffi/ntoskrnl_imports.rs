@@ -55,6 +55,7 @@ extern "C" {
     pub fn IoThreadToProcess(Thread: PETHREAD) -> PEPROCESS;
     pub fn IoGetCurrentProcess() -> PEPROCESS;
     pub fn PsGetCurrentThreadId() -> HANDLE;
+    pub fn PsGetThreadId(Thread: PETHREAD) -> HANDLE;
     pub fn ObfDereferenceObject(Object: PVOID) -> LONG_PTR;
     pub fn ExFreePool(P: PVOID);
     pub fn KeQuerySystemTimePrecise(CurrentTime: PLARGE_INTEGER);

@@ -1,0 +1,539 @@
+//! Host scenarios of the whole driver: load with a registry policy, process
+//! creation and exit, handle requests through the real callback, audit
+//! records, policy swap and unload, against the kernel test doubles.
+//!
+//! The driver state is process-wide (the notify routine reaches it through a
+//! global pointer), so these tests take turns.
+
+use std::string::String;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::vec::Vec;
+
+use procguard_protocol::{AuditMode, AuditObject, AuditRecord};
+
+use crate::driver_entry::{driver_entry, evt_driver_unload};
+use crate::driver_state::DriverState;
+use crate::ffi::ntddk::{
+    fake_process, fake_thread, reset_host, with_host, FakeValue, FAKE_PROCESS_TYPE,
+    FAKE_THREAD_TYPE,
+};
+use crate::ffi::{
+    _OB_PRE_OPERATION_INFORMATION__bindgen_ty_1, _PS_CREATE_NOTIFY_INFO__bindgen_ty_1,
+    DRIVER_OBJECT, OB_OPERATION, OB_OPERATION_HANDLE_CREATE, OB_OPERATION_HANDLE_DUPLICATE,
+    OB_PRE_CREATE_HANDLE_INFORMATION, OB_PRE_DUPLICATE_HANDLE_INFORMATION,
+    OB_PRE_OPERATION_INFORMATION, OB_PRE_OPERATION_PARAMETERS, POBJECT_TYPE, PS_CREATE_NOTIFY_INFO,
+    PVOID, REG_BINARY, STATUS_SUCCESS, UNICODE_STRING,
+};
+use crate::object_callbacks::pre_operation;
+use crate::process_tracking::process_notify;
+
+static TURN: Mutex<()> = Mutex::new(());
+
+const AGENT: u32 = 1000;
+const ATTACKER: u32 = 2000;
+const EDITOR: u32 = 3000;
+
+const PROCESS_TERMINATE: u32 = 0x0001;
+const PROCESS_VM_READ: u32 = 0x0010;
+const PROCESS_VM_WRITE: u32 = 0x0020;
+const PROCESS_QUERY_LIMITED_INFORMATION: u32 = 0x1000;
+const THREAD_SUSPEND_RESUME: u32 = 0x0002;
+const THREAD_QUERY_LIMITED_INFORMATION: u32 = 0x0800;
+
+const POLICY: &str = r#"
+[[rule]]
+name = "agent-no-kill"
+target = { name = "agent.exe" }
+objects = "process"
+strip = ["PROCESS_TERMINATE", "PROCESS_VM_WRITE"]
+
+[[rule]]
+name = "agent-threads"
+target = { name = "agent.exe" }
+objects = "thread"
+strip = ["THREAD_SUSPEND_RESUME"]
+
+[[rule]]
+name = "agent-reads-watched"
+target = { name = "agent.exe" }
+objects = "process"
+strip = ["PROCESS_VM_READ"]
+mode = "audit"
+"#;
+
+fn blob(toml: &str) -> Vec<u8> {
+    let policy = procguard_policy::toml::parse_policy(toml).expect("test policy parses");
+    procguard_policy::encode(&policy)
+}
+
+fn image(name: &str) -> String {
+    format!("\\Device\\HarddiskVolume3\\Program Files\\Test\\{name}")
+}
+
+/// A loaded driver over a fresh fake kernel; unloads on drop.
+struct Loaded {
+    _turn: MutexGuard<'static, ()>,
+    loaded: bool,
+}
+
+impl Loaded {
+    fn with(policy: Option<Vec<u8>>, processes: &[(u32, &str)]) -> (Self, i32) {
+        Self::with_setup(policy, processes, |_| {})
+    }
+
+    fn with_setup(
+        policy: Option<Vec<u8>>,
+        processes: &[(u32, &str)],
+        setup: impl FnOnce(&mut crate::ffi::ntddk::HostKernel),
+    ) -> (Self, i32) {
+        let turn = TURN.lock().unwrap_or_else(PoisonError::into_inner);
+        reset_host();
+        with_host(|host| {
+            for &(pid, name) in processes {
+                host.processes
+                    .insert(pid, (i64::from(pid) * 7, image(name)));
+            }
+            let mut values = std::collections::BTreeMap::new();
+            if let Some(policy) = policy {
+                values.insert(
+                    "Policy".into(),
+                    FakeValue {
+                        value_type: REG_BINARY,
+                        data: policy,
+                    },
+                );
+            }
+            host.parameters = Some(values);
+            setup(host);
+        });
+        let mut path: Vec<u16> =
+            "\\REGISTRY\\MACHINE\\SYSTEM\\CurrentControlSet\\Services\\procguard"
+                .encode_utf16()
+                .collect();
+        let registry_path = UNICODE_STRING {
+            Length: (path.len() * 2) as u16,
+            MaximumLength: (path.len() * 2) as u16,
+            Buffer: path.as_mut_ptr(),
+        };
+        // SAFETY: a zeroed DRIVER_OBJECT is a valid value for the doubles.
+        let mut driver: DRIVER_OBJECT = unsafe { core::mem::zeroed() };
+        // SAFETY: valid object and path.
+        let status = unsafe { driver_entry(&raw mut driver, &raw const registry_path) };
+        (
+            Self {
+                _turn: turn,
+                loaded: status == STATUS_SUCCESS,
+            },
+            status,
+        )
+    }
+
+    fn state(&self) -> &'static DriverState {
+        DriverState::global().expect("loaded")
+    }
+
+    fn unload(&mut self) {
+        if self.loaded {
+            // SAFETY: once, after a successful load.
+            unsafe { evt_driver_unload(core::ptr::null_mut()) };
+            self.loaded = false;
+        }
+    }
+
+    fn context(&self) -> PVOID {
+        with_host(|host| {
+            host.registrations
+                .last()
+                .map(|registration| registration.context)
+        })
+        .expect("registered") as PVOID
+    }
+
+    fn request(
+        &self,
+        operation: OB_OPERATION,
+        object_type: usize,
+        object: PVOID,
+        mut parameters: OB_PRE_OPERATION_PARAMETERS,
+    ) -> u32 {
+        let mut info = OB_PRE_OPERATION_INFORMATION {
+            Operation: operation,
+            __bindgen_anon_1: _OB_PRE_OPERATION_INFORMATION__bindgen_ty_1 { Flags: 0 },
+            Object: object,
+            ObjectType: object_type as POBJECT_TYPE,
+            CallContext: core::ptr::null_mut(),
+            Parameters: &raw mut parameters,
+        };
+        // SAFETY: as the object manager calls it.
+        unsafe { pre_operation(self.context(), &raw mut info) };
+        // SAFETY: DesiredAccess is the first field of both members.
+        unsafe { parameters.CreateHandleInformation.DesiredAccess }
+    }
+
+    fn open_process(&self, requester: u32, target: u32, access: u32) -> u32 {
+        with_host(|host| host.current_process_id = requester);
+        self.request(
+            OB_OPERATION_HANDLE_CREATE,
+            FAKE_PROCESS_TYPE,
+            fake_process(target).cast(),
+            create(access),
+        )
+    }
+
+    fn open_thread(&self, requester: u32, owner: u32, access: u32) -> u32 {
+        with_host(|host| host.current_process_id = requester);
+        self.request(
+            OB_OPERATION_HANDLE_CREATE,
+            FAKE_THREAD_TYPE,
+            fake_thread(owner).cast(),
+            create(access),
+        )
+    }
+
+    fn drain(&self) -> Vec<AuditRecord> {
+        let mut records = Vec::new();
+        self.state().ring.drain(usize::MAX, |words| {
+            records.push(AuditRecord::from_words(words).expect("valid record"))
+        });
+        records
+    }
+}
+
+impl Drop for Loaded {
+    fn drop(&mut self) {
+        self.unload();
+    }
+}
+
+fn create(access: u32) -> OB_PRE_OPERATION_PARAMETERS {
+    OB_PRE_OPERATION_PARAMETERS {
+        CreateHandleInformation: OB_PRE_CREATE_HANDLE_INFORMATION {
+            DesiredAccess: access,
+            OriginalDesiredAccess: access,
+        },
+    }
+}
+
+fn duplicate(access: u32, source: u32, receiver: u32) -> OB_PRE_OPERATION_PARAMETERS {
+    OB_PRE_OPERATION_PARAMETERS {
+        DuplicateHandleInformation: OB_PRE_DUPLICATE_HANDLE_INFORMATION {
+            DesiredAccess: access,
+            OriginalDesiredAccess: access,
+            SourceProcess: fake_process(source).cast(),
+            TargetProcess: fake_process(receiver).cast(),
+        },
+    }
+}
+
+fn notify_create(pid: u32, name: &str, creation_time: i64) {
+    with_host(|host| host.processes.insert(pid, (creation_time, image(name))));
+    let mut info = PS_CREATE_NOTIFY_INFO {
+        Size: core::mem::size_of::<PS_CREATE_NOTIFY_INFO>() as u64,
+        __bindgen_anon_1: _PS_CREATE_NOTIFY_INFO__bindgen_ty_1 { Flags: 1 },
+        ParentProcessId: core::ptr::null_mut(),
+        CreatingThreadId: crate::ffi::CLIENT_ID {
+            UniqueProcess: core::ptr::null_mut(),
+            UniqueThread: core::ptr::null_mut(),
+        },
+        FileObject: core::ptr::null_mut(),
+        ImageFileName: core::ptr::null(),
+        CommandLine: core::ptr::null(),
+        CreationStatus: 0,
+    };
+    // SAFETY: as the kernel calls it for a creation.
+    unsafe { process_notify(fake_process(pid), pid as usize as _, &raw mut info) };
+}
+
+fn notify_exit(pid: u32) {
+    // SAFETY: as the kernel calls it for an exit (the object still exists).
+    unsafe { process_notify(fake_process(pid), pid as usize as _, core::ptr::null_mut()) };
+    with_host(|host| host.processes.remove(&pid));
+}
+
+#[test]
+fn running_processes_are_classified_at_load_and_protected_ones_lose_the_policy_rights() {
+    let (loaded, status) = Loaded::with(
+        Some(blob(POLICY)),
+        &[(AGENT, "agent.exe"), (ATTACKER, "tool.exe")],
+    );
+    assert_eq!(status, STATUS_SUCCESS);
+    let all = PROCESS_TERMINATE | PROCESS_VM_WRITE | PROCESS_QUERY_LIMITED_INFORMATION;
+    assert_eq!(
+        loaded.open_process(ATTACKER, AGENT, all),
+        PROCESS_QUERY_LIMITED_INFORMATION
+    );
+    assert_eq!(
+        loaded.open_process(AGENT, ATTACKER, all),
+        all,
+        "unprotected target"
+    );
+    assert_eq!(
+        loaded.open_process(AGENT, AGENT, all),
+        all,
+        "a process opening itself"
+    );
+    let counters = &loaded.state().counters;
+    assert_eq!(
+        counters.modified.load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
+
+#[test]
+fn thread_handles_follow_the_owning_process() {
+    let (loaded, _) = Loaded::with(
+        Some(blob(POLICY)),
+        &[(AGENT, "agent.exe"), (ATTACKER, "tool.exe")],
+    );
+    let access = THREAD_SUSPEND_RESUME | THREAD_QUERY_LIMITED_INFORMATION;
+    assert_eq!(
+        loaded.open_thread(ATTACKER, AGENT, access),
+        THREAD_QUERY_LIMITED_INFORMATION
+    );
+    assert_eq!(loaded.open_thread(AGENT, ATTACKER, access), access);
+}
+
+#[test]
+fn stripped_and_audit_only_requests_leave_complete_audit_records() {
+    let (loaded, _) = Loaded::with(
+        Some(blob(POLICY)),
+        &[(AGENT, "agent.exe"), (ATTACKER, "tool.exe")],
+    );
+    with_host(|host| host.current_thread_id = 2004);
+    assert_eq!(
+        loaded.open_process(ATTACKER, AGENT, PROCESS_TERMINATE | PROCESS_VM_READ),
+        PROCESS_VM_READ
+    );
+    assert_eq!(
+        loaded.open_process(ATTACKER, AGENT, PROCESS_VM_READ),
+        PROCESS_VM_READ,
+        "audit mode strips nothing"
+    );
+    let records = loaded.drain();
+    assert_eq!(records.len(), 2, "{records:?}");
+    let enforced = records[0];
+    assert_eq!(enforced.sequence, 0);
+    assert_eq!(enforced.object, AuditObject::Process);
+    assert!(!enforced.duplication);
+    assert_eq!((enforced.process_id, enforced.thread_id), (AGENT, 0));
+    assert_eq!(
+        (
+            enforced.originator_process_id,
+            enforced.originator_thread_id
+        ),
+        (ATTACKER, 2004)
+    );
+    assert_eq!(
+        (enforced.source_process_id, enforced.target_process_id),
+        (0, 0)
+    );
+    assert_eq!(
+        enforced.original_desired_access,
+        PROCESS_TERMINATE | PROCESS_VM_READ
+    );
+    assert_eq!(enforced.desired_access, PROCESS_VM_READ);
+    assert_eq!(enforced.mode, AuditMode::Enforce);
+    assert_eq!(enforced.rule_id, 0, "agent-no-kill is rule 0");
+    assert!(enforced.timestamp > 0);
+    let audited = records[1];
+    assert_eq!(audited.sequence, 1);
+    assert_eq!(audited.mode, AuditMode::Audit);
+    assert_eq!(audited.desired_access, PROCESS_VM_READ);
+    assert_eq!(audited.rule_id, 2, "agent-reads-watched is rule 2");
+}
+
+#[test]
+fn duplicates_are_judged_for_the_receiving_process_and_audited_with_all_three_processes() {
+    let (loaded, _) = Loaded::with(
+        Some(blob(POLICY)),
+        &[
+            (AGENT, "agent.exe"),
+            (ATTACKER, "tool.exe"),
+            (EDITOR, "editor.exe"),
+        ],
+    );
+    // EDITOR duplicates a handle to AGENT out of AGENT into ATTACKER.
+    with_host(|host| host.current_process_id = EDITOR);
+    let access = loaded.request(
+        OB_OPERATION_HANDLE_DUPLICATE,
+        FAKE_PROCESS_TYPE,
+        fake_process(AGENT).cast(),
+        duplicate(PROCESS_TERMINATE, AGENT, ATTACKER),
+    );
+    assert_eq!(access, 0);
+    let record = loaded.drain()[0];
+    assert!(record.duplication);
+    assert_eq!(record.originator_process_id, EDITOR);
+    assert_eq!(
+        (record.source_process_id, record.target_process_id),
+        (AGENT, ATTACKER)
+    );
+    // Duplicated into AGENT itself: a process getting a handle to itself.
+    let to_self = loaded.request(
+        OB_OPERATION_HANDLE_DUPLICATE,
+        FAKE_PROCESS_TYPE,
+        fake_process(AGENT).cast(),
+        duplicate(PROCESS_TERMINATE, ATTACKER, AGENT),
+    );
+    assert_eq!(to_self, PROCESS_TERMINATE);
+}
+
+#[test]
+fn processes_started_after_load_are_protected_and_forgotten_at_exit_so_a_reused_pid_is_not() {
+    let (loaded, _) = Loaded::with(Some(blob(POLICY)), &[(ATTACKER, "tool.exe")]);
+    notify_create(4444, "agent.exe", 100);
+    assert_eq!(loaded.open_process(ATTACKER, 4444, PROCESS_TERMINATE), 0);
+    notify_exit(4444);
+    notify_create(4444, "notepad.exe", 200);
+    assert_eq!(
+        loaded.open_process(ATTACKER, 4444, PROCESS_TERMINATE),
+        PROCESS_TERMINATE,
+        "pid reuse"
+    );
+    let generation = loaded.state().active.read().expect("published");
+    assert_eq!(generation.table.len(), 2, "ATTACKER and the new 4444");
+}
+
+#[test]
+fn a_stale_record_never_applies_to_a_later_process_with_the_same_pid() {
+    let (loaded, _) = Loaded::with(
+        Some(blob(POLICY)),
+        &[(AGENT, "agent.exe"), (ATTACKER, "tool.exe")],
+    );
+    // AGENT's exit notification is lost and a new process reuses its id.
+    with_host(|host| {
+        host.processes
+            .insert(AGENT, (999_999, image("notepad.exe")))
+    });
+    assert_eq!(
+        loaded.open_process(ATTACKER, AGENT, PROCESS_TERMINATE),
+        PROCESS_TERMINATE
+    );
+    assert!(
+        loaded
+            .state()
+            .counters
+            .unclassified
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
+}
+
+#[test]
+fn a_corrupt_registry_policy_loads_with_no_rules_and_says_why() {
+    let mut corrupt = blob(POLICY);
+    corrupt[0] ^= 0xFF;
+    let (loaded, status) = Loaded::with(
+        Some(corrupt),
+        &[(AGENT, "agent.exe"), (ATTACKER, "tool.exe")],
+    );
+    assert_eq!(status, STATUS_SUCCESS);
+    assert_eq!(
+        loaded.open_process(ATTACKER, AGENT, PROCESS_TERMINATE),
+        PROCESS_TERMINATE
+    );
+    let trace = with_host(|host| host.trace.clone());
+    assert!(
+        trace
+            .iter()
+            .any(|line| line.contains("Parameters\\Policy:")
+                && line.contains("starting with no rules")),
+        "{trace:?}"
+    );
+}
+
+#[test]
+fn unload_unregisters_callbacks_then_the_notify_routine_and_leaves_nothing_referenced() {
+    let (mut loaded, _) = Loaded::with(Some(blob(POLICY)), &[(AGENT, "agent.exe")]);
+    loaded.unload();
+    let (unregistered, notify) =
+        with_host(|host| (host.unregistered.clone(), host.notify_registrations.clone()));
+    assert_eq!(unregistered.len(), 1);
+    assert_eq!(notify.iter().filter(|(_, remove)| !remove).count(), 1);
+    assert_eq!(notify.iter().filter(|(_, remove)| *remove).count(), 1);
+    assert!(DriverState::global().is_none());
+    assert_eq!(
+        with_host(|host| (host.process_references, host.mutex_held)),
+        (0, false)
+    );
+}
+
+#[test]
+fn a_failed_notify_registration_fails_the_load_cleanly() {
+    let (_loaded, status) =
+        Loaded::with_setup(Some(blob(POLICY)), &[(AGENT, "agent.exe")], |host| {
+            host.notify_result = crate::ffi::STATUS_ACCESS_DENIED;
+        });
+    assert_eq!(status, crate::ffi::STATUS_ACCESS_DENIED);
+    assert!(DriverState::global().is_none());
+    assert!(
+        with_host(|host| host.registrations.is_empty()),
+        "no callbacks registered after the failure"
+    );
+    assert_eq!(with_host(|host| host.process_references), 0);
+}
+
+#[test]
+fn a_failed_callback_registration_removes_the_notify_routine_again() {
+    let (_loaded, status) =
+        Loaded::with_setup(Some(blob(POLICY)), &[(AGENT, "agent.exe")], |host| {
+            host.register_results
+                .push_back(crate::ffi::STATUS_ACCESS_DENIED);
+        });
+    assert_eq!(status, crate::ffi::STATUS_ACCESS_DENIED);
+    assert!(DriverState::global().is_none());
+    let notify = with_host(|host| host.notify_registrations.clone());
+    assert_eq!(
+        notify.iter().map(|(_, remove)| *remove).collect::<Vec<_>>(),
+        [false, true]
+    );
+}
+
+#[test]
+fn requests_at_apc_level_for_an_unknown_process_use_the_unknown_record() {
+    let (loaded, _) = Loaded::with(Some(blob(POLICY)), &[(ATTACKER, "tool.exe")]);
+    // A process the table does not know (its creation was never notified).
+    with_host(|host| {
+        host.processes.insert(5000, (5, image("agent.exe")));
+        host.irql = crate::ffi::APC_LEVEL as u8;
+    });
+    assert_eq!(
+        loaded.open_process(ATTACKER, 5000, PROCESS_TERMINATE),
+        PROCESS_TERMINATE,
+        "not classifiable at APC"
+    );
+    with_host(|host| host.irql = 0);
+    assert_eq!(
+        loaded.open_process(ATTACKER, 5000, PROCESS_TERMINATE),
+        0,
+        "classified on the spot at PASSIVE"
+    );
+}
+
+#[test]
+fn a_new_policy_applies_to_the_next_request_and_the_old_generation_is_freed() {
+    let (loaded, _) = Loaded::with(
+        Some(blob(POLICY)),
+        &[(AGENT, "agent.exe"), (ATTACKER, "tool.exe")],
+    );
+    assert_eq!(loaded.open_process(ATTACKER, AGENT, PROCESS_TERMINATE), 0);
+    let replacement = blob("[[rule]]\nname = \"tool-no-kill\"\ntarget = { name = \"tool.exe\" }\nstrip = [\"PROCESS_TERMINATE\"]\n");
+    let state = loaded.state();
+    {
+        let mut writer = state.writer();
+        let policy = procguard_policy::CompiledPolicy::from_blob(&replacement).expect("valid");
+        state
+            .install_policy(&mut writer, policy, replacement)
+            .expect("installed");
+    }
+    assert_eq!(
+        loaded.open_process(ATTACKER, AGENT, PROCESS_TERMINATE),
+        PROCESS_TERMINATE,
+        "old policy gone"
+    );
+    assert_eq!(
+        loaded.open_process(AGENT, ATTACKER, PROCESS_TERMINATE),
+        0,
+        "new policy in force"
+    );
+}

@@ -1,0 +1,258 @@
+//! The policy in force and everything computed from it, published as one
+//! generation that the callbacks read without locks.
+//!
+//! A [`Generation`] holds the compiled policy, the blob it came from, the
+//! process table classified by it and its per-rule counters. Changing the
+//! policy builds a complete new generation off to the side (PASSIVE level,
+//! under the writer mutex), publishes it with one atomic pointer swap, waits
+//! for a grace period (`grace_period.rs`) so no callback can still be reading
+//! the old one, and frees the old one. A callback therefore sees either the
+//! old policy with the old table or the new policy with the new table, never
+//! a mix.
+
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use core::ptr;
+use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+
+use procguard_policy::{CompiledPolicy, ProcessIdentity, ProcessRecord};
+
+use crate::grace_period::{GracePeriod, ReadSection};
+use crate::kernel_sync;
+use crate::process_identity::{self, Identity};
+use crate::process_table::{Entry, InsertError, Lookup, ProcessTable};
+
+/// Hit and strip counts of one rule.
+#[derive(Debug, Default)]
+pub struct RuleStats {
+    /// Requests the rule decided (it was the responsible rule).
+    pub hits: AtomicU64,
+    /// Of those, requests whose access it reduced.
+    pub strips: AtomicU64,
+}
+
+/// One published policy and what was computed from it.
+pub struct Generation {
+    /// The compiled policy.
+    pub policy: CompiledPolicy,
+    /// The blob it was compiled from (empty for the built-in empty policy).
+    pub blob: Vec<u8>,
+    /// Every tracked process, classified by `policy`.
+    pub table: ProcessTable,
+    /// Per-rule counters, indexed by rule id.
+    pub rule_stats: Vec<RuleStats>,
+}
+
+impl core::fmt::Debug for Generation {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Generation")
+            .field("policy_id", &self.policy.policy_id())
+            .field("rules", &self.policy.rule_count())
+            .field("table", &self.table)
+            .finish()
+    }
+}
+
+/// Why a generation could not be built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BuildError {
+    /// Out of pool memory.
+    OutOfMemory,
+}
+
+impl Generation {
+    /// A generation for `policy` with an empty table of room for
+    /// `processes` processes.
+    pub fn new(
+        policy: CompiledPolicy,
+        blob: Vec<u8>,
+        processes: usize,
+    ) -> Result<Self, BuildError> {
+        let table = ProcessTable::with_capacity(processes).ok_or(BuildError::OutOfMemory)?;
+        let mut rule_stats = Vec::new();
+        rule_stats
+            .try_reserve_exact(policy.rule_count())
+            .map_err(|_| BuildError::OutOfMemory)?;
+        for _ in 0..policy.rule_count() {
+            rule_stats.push(RuleStats::default());
+        }
+        Ok(Self {
+            policy,
+            blob,
+            table,
+            rule_stats,
+        })
+    }
+
+    /// Classifies one process.
+    pub fn classify(&self, identity: &Identity) -> ProcessRecord {
+        self.policy.classify(&ProcessIdentity {
+            pid: identity.pid,
+            image_path: &identity.image_path,
+        })
+    }
+
+    /// Classifies and stores one process (writers only).
+    pub fn track(&self, identity: &Identity) -> Result<(), InsertError> {
+        let record = self.classify(identity);
+        let entry = Entry {
+            pid: identity.pid,
+            creation_key: identity.creation_key,
+            record: record.to_words(),
+        };
+        // A slot write must not be preempted half-way: readers would spin.
+        kernel_sync::without_preemption(|| self.table.insert(&entry))
+    }
+
+    /// Forgets one process (writers only), if the creation key matches.
+    pub fn untrack(&self, pid: u32, creation_key: u64) -> bool {
+        kernel_sync::without_preemption(|| self.table.remove(pid, creation_key))
+    }
+
+    /// Classifies every running process into this (unpublished) generation.
+    /// Returns how many were tracked; processes that vanish meanwhile are
+    /// skipped (their exit notification finds nothing to remove).
+    pub fn track_running_processes(&self) -> Result<usize, i32> {
+        let mut tracked = 0;
+        for pid in process_identity::running_process_ids()? {
+            if let Some(identity) = process_identity::identify(pid) {
+                if self.track(&identity).is_ok() {
+                    tracked += 1;
+                }
+            }
+        }
+        Ok(tracked)
+    }
+
+    /// The record of `pid` if the table has one for the process whose
+    /// creation key is `creation_key`; `key` may be checked lazily by the
+    /// caller, so the entry's key is returned with the record.
+    pub fn lookup(&self, pid: u32) -> Option<(u64, ProcessRecord)> {
+        match self.table.lookup(pid) {
+            Lookup::Found(entry) => {
+                Some((entry.creation_key, ProcessRecord::from_words(entry.record)))
+            }
+            Lookup::Absent | Lookup::Busy => None,
+        }
+    }
+
+    /// Counts a decision against its rule.
+    pub fn count(&self, rule: Option<u16>, stripped: bool) {
+        if let Some(stats) = rule.and_then(|id| self.rule_stats.get(usize::from(id))) {
+            stats.hits.fetch_add(1, Ordering::Relaxed);
+            if stripped {
+                stats.strips.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Proof of being the one writer: exists once, inside the driver's writer
+/// mutex, so holding `&Writer` or `&mut Writer` means holding the mutex.
+#[derive(Debug)]
+pub struct Writer {
+    _private: (),
+}
+
+impl Writer {
+    /// The one writer token (the driver state creates it once).
+    pub(crate) const fn new() -> Self {
+        Self { _private: () }
+    }
+}
+
+/// The published generation and the grace period that protects it.
+pub struct ActivePolicy {
+    current: AtomicPtr<Generation>,
+    grace: GracePeriod,
+}
+
+impl core::fmt::Debug for ActivePolicy {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("ActivePolicy")
+            .field("readers", &self.grace.readers())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A generation being read: valid while this lives.
+pub struct PolicyRead<'a> {
+    _section: ReadSection<'a>,
+    generation: &'a Generation,
+}
+
+impl core::ops::Deref for PolicyRead<'_> {
+    type Target = Generation;
+    fn deref(&self) -> &Generation {
+        self.generation
+    }
+}
+
+impl Default for ActivePolicy {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ActivePolicy {
+    /// Nothing published yet.
+    pub const fn new() -> Self {
+        Self {
+            current: AtomicPtr::new(ptr::null_mut()),
+            grace: GracePeriod::new(),
+        }
+    }
+
+    /// The generation in force, for the duration of the returned guard.
+    /// Lock-free; `None` before the first publication and after teardown.
+    pub fn read(&self) -> Option<PolicyRead<'_>> {
+        let section = self.grace.read();
+        let current = self.current.load(Ordering::SeqCst);
+        // SAFETY: a published generation is freed only after a grace period
+        // that started after it was unpublished (`publish`, `take`); this read
+        // section began before that grace period could end, so the pointer
+        // stays valid while `section` lives, and it is only read through `&`.
+        let generation = unsafe { current.as_ref() }?;
+        Some(PolicyRead {
+            _section: section,
+            generation,
+        })
+    }
+
+    /// Publishes `next` and frees the previous generation once no reader can
+    /// see it. PASSIVE level.
+    pub fn publish(&self, _writer: &mut Writer, next: Box<Generation>) {
+        let previous = self.current.swap(Box::into_raw(next), Ordering::SeqCst);
+        self.retire(previous);
+    }
+
+    /// Unpublishes and returns the current generation after a grace period
+    /// (unload, after the callbacks are unregistered).
+    pub fn take(&self, _writer: &mut Writer) -> Option<Box<Generation>> {
+        let previous = self.current.swap(ptr::null_mut(), Ordering::SeqCst);
+        self.grace
+            .synchronize(|| kernel_sync::sleep_microseconds(50));
+        // SAFETY: `previous` came from Box::into_raw in `publish`, was just
+        // unpublished, and the grace period ended every read of it.
+        (!previous.is_null()).then(|| unsafe { Box::from_raw(previous) })
+    }
+
+    fn retire(&self, previous: *mut Generation) {
+        if previous.is_null() {
+            return;
+        }
+        self.grace
+            .synchronize(|| kernel_sync::sleep_microseconds(50));
+        // SAFETY: as in `take`: unpublished, then a full grace period.
+        drop(unsafe { Box::from_raw(previous) });
+    }
+
+    /// The current generation, for the writer: it cannot be retired while
+    /// the writer token is borrowed, since retiring needs `&mut Writer`.
+    pub fn writer_view<'a>(&'a self, _writer: &'a Writer) -> Option<&'a Generation> {
+        // SAFETY: generations are retired only by `publish`/`take`, which need
+        // `&mut Writer`; the shared borrow of the one token held for 'a
+        // excludes them, so the pointer stays valid for 'a.
+        unsafe { self.current.load(Ordering::SeqCst).as_ref() }
+    }
+}

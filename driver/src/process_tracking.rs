@@ -1,0 +1,98 @@
+//! Process creation and exit: keeping the process table current.
+//!
+//! `PsSetCreateProcessNotifyRoutineEx` calls [`process_notify`] at
+//! PASSIVE_LEVEL when a process is created (with its creation information)
+//! and when it exits (without). Creation classifies the new process under the
+//! policy in force and stores its record; exit removes the record, only if
+//! its creation key is this process's, so an id reused later never inherits
+//! or loses a protection. The notify routine is registered before the
+//! running processes are enumerated, so no process falls between the two.
+
+use crate::driver_state::DriverState;
+use crate::ffi::{ntddk, HANDLE, NTSTATUS, PEPROCESS, PPS_CREATE_NOTIFY_INFO};
+use crate::process_identity::{self, Identity};
+use crate::process_table::InsertError;
+use crate::trace;
+
+/// Registers the notify routine.
+///
+/// # Errors
+/// The status `PsSetCreateProcessNotifyRoutineEx` returned (it needs an
+/// image with FORCE_INTEGRITY, like object callbacks).
+pub fn start() -> Result<(), NTSTATUS> {
+    // SAFETY: registers a routine that lives as long as the image; removed by `stop`.
+    let status = unsafe { ntddk::PsSetCreateProcessNotifyRoutineEx(Some(process_notify), 0) };
+    if status < 0 {
+        return Err(status);
+    }
+    Ok(())
+}
+
+/// Removes the notify routine; when this returns, no call is running.
+pub fn stop() {
+    // SAFETY: removes the routine `start` registered.
+    let status = unsafe { ntddk::PsSetCreateProcessNotifyRoutineEx(Some(process_notify), 1) };
+    if status < 0 {
+        trace::error(format_args!(
+            "removing the process notify routine failed with {}",
+            trace::Status(status)
+        ));
+    }
+}
+
+/// The process notify routine.
+///
+/// # Safety
+/// Called by the kernel with a valid process object; `create_info` is
+/// non-null for a creation and null for an exit.
+pub unsafe extern "C" fn process_notify(
+    process: PEPROCESS,
+    process_id: HANDLE,
+    create_info: PPS_CREATE_NOTIFY_INFO,
+) {
+    let Some(state) = DriverState::global() else {
+        return;
+    };
+    let Ok(pid) = u32::try_from(process_id as usize) else {
+        return;
+    };
+    // SAFETY: the kernel passes the process being created or exiting.
+    let creation_key = unsafe { process_identity::creation_key(process) };
+    if create_info.is_null() {
+        let writer = state.writer();
+        if let Some(generation) = state.active.writer_view(&writer) {
+            generation.untrack(pid, creation_key);
+        }
+        return;
+    }
+    // Read the identity before taking the writer mutex (it allocates and
+    // takes kernel locks of its own).
+    // SAFETY: PASSIVE_LEVEL (notify routines run there); `process` is valid.
+    let image_path = unsafe { process_identity::image_path(process) }.unwrap_or_default();
+    let identity = Identity {
+        pid,
+        creation_key,
+        image_path,
+    };
+    let mut writer = state.writer();
+    let outcome = state.active.writer_view(&writer).map(|generation| {
+        let result = generation.track(&identity);
+        (result, generation.table.needs_rebuild())
+    });
+    let Some((result, needs_rebuild)) = outcome else {
+        return;
+    };
+    if result == Err(InsertError::Full) || needs_rebuild {
+        match state.rebuild_table(&mut writer) {
+            Ok(_) => {
+                if let Some(generation) = state.active.writer_view(&writer) {
+                    // The new process may not be in the enumeration yet.
+                    let _ = generation.track(&identity);
+                }
+            }
+            Err(error) => trace::error(format_args!(
+                "rebuilding the process table failed: {error:?}"
+            )),
+        }
+    }
+}
