@@ -6,9 +6,12 @@
 //! - `cargo xtask test`: everything `package` does, then formatting, lints,
 //!   docs, host tests and the emulator suite.
 //! - `cargo xtask check-pe [--signed] FILE`: the structural checks alone.
+//! - `cargo xtask compile-policy POLICY.toml OUT.bin`: a TOML policy to the
+//!   blob the driver reads (errors with line and column; lint warnings).
 //!
 //! On Windows with the WDK, `cargo make` (Makefile.toml) is the entry point.
 
+mod compile_policy;
 mod cross_build;
 mod host_tools;
 mod inf_stamp;
@@ -28,7 +31,8 @@ fn repo_root() -> PathBuf {
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
-const USAGE: &str = "usage: cargo xtask <package | test | check-pe [--signed] FILE>";
+const USAGE: &str =
+    "usage: cargo xtask <package | test | check-pe [--signed] FILE | compile-policy POLICY.toml OUT.bin>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -46,6 +50,9 @@ fn main() -> ExitCode {
         }
         ["check-pe", "--signed", file] => {
             pe_check::check_file(Path::new(file), true).map(|report| println!("{report}"))
+        }
+        ["compile-policy", input, output] => {
+            compile_policy::run(Path::new(input), Path::new(output))
         }
         _ => Err(USAGE.to_string()),
     };
