@@ -11,9 +11,17 @@ use procguard_policy::blob::blob_checksum;
 use procguard_policy::{decode, encode, CompiledPolicy, HandleRequest, ObjectKind, Operation, ProcessIdentity};
 
 fn check(data: &[u8]) {
-    let Ok(policy) = decode(data) else { return };
+    // The kernel path (no infallible allocation) fails exactly like decode.
+    let kernel = CompiledPolicy::from_blob(data);
+    let decoded = decode(data);
+    assert_eq!(
+        kernel.as_ref().err(),
+        decoded.as_ref().err().map(|e| e.without_strings()).as_ref(),
+        "from_blob and decode disagree"
+    );
+    let Ok(policy) = decoded else { return };
     assert_eq!(encode(&policy), data, "accepted blob is not canonical");
-    let compiled = CompiledPolicy::from_blob(data).expect("decoded blobs compile");
+    let compiled = kernel.expect("decoded blobs compile");
     let ids = [
         ProcessIdentity { pid: 1234, image_path: "\\Device\\HarddiskVolume3\\Program Files\\Acme\\acme-agent.exe" },
         ProcessIdentity { pid: 4, image_path: "" },
