@@ -41,6 +41,9 @@ pub struct Generation {
     pub table: ProcessTable,
     /// Per-rule counters, indexed by rule id.
     pub rule_stats: Vec<RuleStats>,
+    /// Set once the generation is unpublished and its grace period is over,
+    /// just before it is freed: no reader may ever observe it set.
+    retired: core::sync::atomic::AtomicBool,
 }
 
 impl core::fmt::Debug for Generation {
@@ -81,6 +84,7 @@ impl Generation {
             blob,
             table,
             rule_stats,
+            retired: core::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -134,6 +138,11 @@ impl Generation {
             }
             Lookup::Absent | Lookup::Busy => None,
         }
+    }
+
+    /// True once retired (see the field): a reader seeing this is a bug.
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::SeqCst)
     }
 
     /// Counts a decision against its rule.
@@ -244,7 +253,14 @@ impl ActivePolicy {
         self.grace
             .synchronize(|| kernel_sync::sleep_microseconds(50));
         // SAFETY: as in `take`: unpublished, then a full grace period.
-        drop(unsafe { Box::from_raw(previous) });
+        let previous = unsafe { Box::from_raw(previous) };
+        previous.retired.store(true, Ordering::SeqCst);
+        // Host tests keep retired generations allocated, so that a reader that
+        // held one too long sees `is_retired` instead of freed memory.
+        #[cfg(test)]
+        core::mem::forget(previous);
+        #[cfg(not(test))]
+        drop(previous);
     }
 
     /// The current generation, for the writer: it cannot be retired while
@@ -254,5 +270,123 @@ impl ActivePolicy {
         // `&mut Writer`; the shared borrow of the one token held for 'a
         // excludes them, so the pointer stays valid for 'a.
         unsafe { self.current.load(Ordering::SeqCst).as_ref() }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::format;
+    use std::string::String;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+
+    const POLICIES: usize = 6;
+    const PROCESSES: u32 = 64;
+
+    fn image(pid: u32) -> String {
+        format!(
+            "\\Device\\HarddiskVolume3\\Apps\\agent{}.exe",
+            pid / 4 % POLICIES as u32
+        )
+    }
+
+    /// Policy `k` protects exactly the processes whose image is `agent{k}.exe`.
+    fn blob(k: usize) -> Vec<u8> {
+        let toml = format!("[[rule]]\nname = \"protect-{k}\"\ntarget = {{ name = \"agent{k}.exe\" }}\nstrip = [\"PROCESS_TERMINATE\"]\n");
+        procguard_policy::encode(&procguard_policy::toml::parse_policy(&toml).expect("valid"))
+    }
+
+    fn generation(k: usize) -> Box<Generation> {
+        let blob = blob(k);
+        let policy = CompiledPolicy::from_blob(&blob).expect("valid");
+        let generation =
+            Box::new(Generation::new(policy, blob, PROCESSES as usize).expect("memory"));
+        for pid in (4..=PROCESSES * 4).step_by(4) {
+            generation
+                .track(&Identity {
+                    pid,
+                    creation_key: u64::from(pid),
+                    image_path: image(pid),
+                })
+                .expect("room");
+        }
+        generation
+    }
+
+    /// Readers look processes up through whatever generation is published
+    /// while a writer swaps policies and adds and removes processes: every
+    /// record a reader sees was classified by the policy of the generation it
+    /// read it from (never a mix of old and new), and the writer never frees
+    /// a generation a reader still holds (a freed generation's table would be
+    /// read as garbage or crash the test).
+    #[test]
+    fn readers_see_one_whole_generation_while_a_writer_swaps_and_edits() {
+        let ids: Arc<HashMap<u32, usize>> = Arc::new(
+            (0..POLICIES)
+                .map(|k| (procguard_policy::policy_id(&blob(k)).expect("id"), k))
+                .collect(),
+        );
+        let active = Arc::new(ActivePolicy::new());
+        let mut writer = Writer::new();
+        active.publish(&mut writer, generation(0));
+        let done = Arc::new(AtomicBool::new(false));
+        let readers: Vec<_> = (0..3)
+            .map(|_| {
+                let (active, done, ids) = (active.clone(), done.clone(), ids.clone());
+                std::thread::spawn(move || {
+                    let mut checked = 0u64;
+                    loop {
+                        {
+                            let generation = active.read().expect("published");
+                            let k = ids[&generation.policy.policy_id()];
+                            assert!(!generation.is_retired());
+                            for pid in (4..=PROCESSES * 4).step_by(4) {
+                                if let Some((key, record)) = generation.lookup(pid) {
+                                    assert_eq!(key, u64::from(pid));
+                                    let expected = pid / 4 % POLICIES as u32 == k as u32;
+                                    assert_eq!(
+                                        record.is_protected(),
+                                        expected,
+                                        "pid {pid} under policy {k}"
+                                    );
+                                    assert!(
+                                        !generation.is_retired(),
+                                        "generation retired while being read"
+                                    );
+                                    checked += 1;
+                                }
+                            }
+                        }
+                        if done.load(Ordering::Relaxed) {
+                            return checked;
+                        }
+                    }
+                })
+            })
+            .collect();
+        for round in 1..150usize {
+            active.publish(&mut writer, generation(round % POLICIES));
+            if let Some(current) = active.writer_view(&writer) {
+                let pid = u32::try_from(round % PROCESSES as usize + 1).expect("small") * 4;
+                assert!(current.untrack(pid, u64::from(pid)));
+                current
+                    .track(&Identity {
+                        pid,
+                        creation_key: u64::from(pid),
+                        image_path: image(pid),
+                    })
+                    .expect("room");
+            }
+        }
+        done.store(true, Ordering::Relaxed);
+        let checked: u64 = readers
+            .into_iter()
+            .map(|reader| reader.join().expect("reader"))
+            .sum();
+        assert!(checked > 0);
+        assert!(active.take(&mut writer).is_some());
+        assert!(active.read().is_none());
     }
 }
