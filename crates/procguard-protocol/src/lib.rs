@@ -1,5 +1,6 @@
 //! The contract between procguard.sys and user mode: one definition, used by
-//! the driver and by the control tool.
+//! the driver and by the control tool — the audit record and the control
+//! device's IOCTLs (codes and every request and response structure).
 //!
 //! `no_std`, no dependencies, no `unsafe`: the driver compiles it for the
 //! kernel, the control tool for user mode.
@@ -7,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit_record;
+pub mod ioctl;
 
 pub use audit_record::{
     AuditMode, AuditObject, AuditRecord, AUDIT_RECORD_BYTES, AUDIT_RECORD_WORDS,
