@@ -186,6 +186,54 @@ impl<'a> SetPolicyRequest<'a> {
     }
 }
 
+/// `IOCTL_GET_POLICY` output: an 8-byte header, then the active blob.
+///
+/// | offset | size | field |
+/// |---|---|---|
+/// | 0 | 4 | blob length `n` |
+/// | 4 | 4 | `policy_id` |
+/// | 8 | n | the blob (empty when no policy is in force) |
+///
+/// An output buffer that holds the header but not the blob gets the header
+/// alone with `STATUS_BUFFER_OVERFLOW`: the caller learns the size and asks
+/// again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PolicyHeader {
+    /// Blob length.
+    pub blob_len: u32,
+    /// Id of the policy.
+    pub policy_id: u32,
+}
+
+impl PolicyHeader {
+    /// Header size.
+    pub const SIZE: usize = 8;
+
+    /// Encodes.
+    #[must_use]
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut out = [0u8; Self::SIZE];
+        out[0..4].copy_from_slice(&self.blob_len.to_le_bytes());
+        out[4..8].copy_from_slice(&self.policy_id.to_le_bytes());
+        out
+    }
+
+    /// Decodes the header of a response.
+    ///
+    /// # Errors
+    /// [`ProtocolError::TooShort`] under 8 bytes.
+    pub fn parse(bytes: &[u8]) -> Result<Self, ProtocolError> {
+        let short = ProtocolError::TooShort {
+            needed: Self::SIZE,
+            actual: bytes.len(),
+        };
+        Ok(Self {
+            blob_len: u32_at(bytes, 0).ok_or(short)?,
+            policy_id: u32_at(bytes, 4).ok_or(short)?,
+        })
+    }
+}
+
 /// `IOCTL_GET_STATUS` output: 256 bytes.
 ///
 /// | offset | size | field |

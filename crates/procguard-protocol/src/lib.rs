@@ -8,7 +8,10 @@
 #![forbid(unsafe_code)]
 
 pub mod audit_record;
+pub mod dispatch;
 pub mod ioctl;
+#[cfg(any(test, feature = "memory-target"))]
+pub mod memory_target;
 
 pub use audit_record::{
     AuditMode, AuditObject, AuditRecord, AUDIT_RECORD_BYTES, AUDIT_RECORD_WORDS,

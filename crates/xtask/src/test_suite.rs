@@ -3,7 +3,8 @@
 //! 1. formatting, lints (`clippy -D warnings`) and docs of every host crate;
 //! 2. host tests (`cargo test --workspace`: policy engine, driver logic with
 //!    kernel test doubles, layout check against the mingw DDK, xtask);
-//!    a bounded fuzzing session of the policy blob decoder, the policy
+//!    bounded fuzzing sessions of the policy blob decoder and of the driver's
+//!    IOCTL dispatcher, the policy
 //!    benchmarks checked against their targets, and the loom model checks of
 //!    the driver's lock-free protocols;
 //! 3. the package (README command 1: build, structural checks, signature);
@@ -64,6 +65,30 @@ fn python_env(root: &Path) -> Result<std::path::PathBuf, String> {
     Ok(python)
 }
 
+/// A bounded `cargo fuzz` session (the crate's `run-fuzz.sh`). libFuzzer
+/// prints a line per new input: the log goes to `target/`, its end here.
+fn fuzz(root: &Path, crate_name: &str, seconds: &str) -> Result<(), String> {
+    let logs = root.join("target");
+    std::fs::create_dir_all(&logs).map_err(|error| error.to_string())?;
+    let log = logs.join(format!("fuzz-{crate_name}.log"));
+    let file =
+        std::fs::File::create(&log).map_err(|error| format!("{}: {error}", log.display()))?;
+    let mut fuzz = Command::new("bash");
+    fuzz.arg(root.join("crates").join(crate_name).join("run-fuzz.sh"))
+        .arg(seconds);
+    fuzz.stdout(file.try_clone().map_err(|error| error.to_string())?)
+        .stderr(file);
+    let result = status_of(fuzz, "run-fuzz.sh");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let shown = if result.is_ok() { 8 } else { 200 };
+    for line in &lines[lines.len().saturating_sub(shown)..] {
+        println!("{line}");
+    }
+    println!("xtask: full fuzzing log: {}", log.display());
+    result
+}
+
 /// Runs every layer; fails if any step failed (all steps run regardless).
 pub fn run(root: &Path) -> Result<(), String> {
     let mut steps: Vec<Step> = Vec::new();
@@ -116,28 +141,20 @@ pub fn run(root: &Path) -> Result<(), String> {
         status_of(test, "cargo test")
     });
     let policy_crate = root.join("crates").join("procguard-policy");
-    step(
-        "policy blob decoder fuzzing (cargo fuzz, 30 s)",
-        &mut || {
-            // libFuzzer prints a line per new input: keep the log, show its end.
-            let log = root.join("target").join("fuzz-decode_blob.log");
-            let file = std::fs::File::create(&log)
-                .map_err(|error| format!("{}: {error}", log.display()))?;
-            let mut fuzz = Command::new("bash");
-            fuzz.arg(policy_crate.join("run-fuzz.sh")).arg("30");
-            fuzz.stdout(file.try_clone().map_err(|error| error.to_string())?)
-                .stderr(file);
-            let result = status_of(fuzz, "run-fuzz.sh");
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            let shown = if result.is_ok() { 12 } else { 200 };
-            for line in &lines[lines.len().saturating_sub(shown)..] {
-                println!("{line}");
-            }
-            println!("xtask: full fuzzing log: {}", log.display());
-            result
-        },
-    );
+    for (name, script, seconds) in [
+        (
+            "fuzzing: policy blob decoder (cargo fuzz, 30 s)",
+            "procguard-policy",
+            "30",
+        ),
+        (
+            "fuzzing: driver IOCTL dispatcher (cargo fuzz, 20 s)",
+            "procguard-protocol",
+            "20",
+        ),
+    ] {
+        step(name, &mut || fuzz(root, script, seconds));
+    }
     step(
         "policy benchmarks against the issue targets (criterion)",
         &mut || {
