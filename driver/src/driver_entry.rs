@@ -12,22 +12,24 @@
 //!    classify the running processes and publish the first generation —
 //!    processes started meanwhile wait for the writer mutex and are added
 //!    after, so none is missed;
-//! 6. register the object callbacks (altitude retries on collision).
+//! 6. register the object callbacks (altitude retries on collision);
+//! 7. create the control device `\Device\ProcGuard` and its IOCTL queue.
 //!
-//! Unload: object callbacks first, then the notify routine (each
-//! unregistration waits for running calls), then the policy generation and
-//! the state.
+//! Unload: the control device first (no more IOCTLs), then the object
+//! callbacks, then the notify routine (each unregistration waits for running
+//! calls), then the policy generation and the state.
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 
 use procguard_policy::CompiledPolicy;
 
+use crate::control_device::ControlDevice;
 use crate::driver_state::DriverState;
 use crate::ffi::{
     call_unsafe_wdf_function_binding, _WDF_DRIVER_INIT_FLAGS, NTSTATUS, PCUNICODE_STRING,
     PDRIVER_OBJECT, STATUS_INSUFFICIENT_RESOURCES, STATUS_SUCCESS, ULONG, WDFDRIVER,
-    WDF_DRIVER_CONFIG, WDF_NO_HANDLE, WDF_NO_OBJECT_ATTRIBUTES,
+    WDF_DRIVER_CONFIG, WDF_NO_OBJECT_ATTRIBUTES,
 };
 use crate::object_callbacks::Registration;
 use crate::parameters::read_settings;
@@ -82,8 +84,9 @@ pub unsafe extern "system" fn driver_entry(
         DriverInitFlags: _WDF_DRIVER_INIT_FLAGS::WdfDriverInitNonPnpDriver as ULONG,
         ..WDF_DRIVER_CONFIG::default()
     };
+    let mut wdf_driver: WDFDRIVER = core::ptr::null_mut();
     // SAFETY: driver object and registry path from the system; no attributes;
-    // the config lives across the call; no driver handle wanted.
+    // the config and the handle out-pointer live across the call.
     let status = unsafe {
         call_unsafe_wdf_function_binding!(
             WdfDriverCreate,
@@ -91,7 +94,7 @@ pub unsafe extern "system" fn driver_entry(
             registry_path,
             WDF_NO_OBJECT_ATTRIBUTES,
             &raw mut config,
-            WDF_NO_HANDLE.cast::<WDFDRIVER>(),
+            &raw mut wdf_driver,
         )
     };
     if status < 0 {
@@ -102,7 +105,15 @@ pub unsafe extern "system" fn driver_entry(
         return status;
     }
 
-    let Some(state) = DriverState::new(settings.audit_records as usize) else {
+    // SAFETY: DriverEntry's registry path is a valid UNICODE_STRING.
+    let service_key_path = unsafe { registry_path.as_ref() }
+        .filter(|path| !path.Buffer.is_null())
+        // SAFETY: Length bytes of Buffer are valid characters.
+        .map(|path| unsafe {
+            core::slice::from_raw_parts(path.Buffer, usize::from(path.Length / 2))
+        })
+        .unwrap_or_default();
+    let Some(state) = DriverState::new(settings.audit_records as usize, service_key_path) else {
         trace::error(format_args!("no memory for the driver state"));
         return STATUS_INSUFFICIENT_RESOURCES;
     };
@@ -158,6 +169,22 @@ pub unsafe extern "system" fn driver_entry(
             return status;
         }
     }
+    // SAFETY: the handle WdfDriverCreate returned above.
+    match unsafe { ControlDevice::create(wdf_driver) } {
+        Ok(device) => state.load_info.lock().control_device = Some(device),
+        Err(status) => {
+            trace::error(format_args!(
+                "creating the control device failed with {}",
+                trace::Status(status)
+            ));
+            let registration = state.load_info.lock().registration.take();
+            if let Some(registration) = registration {
+                registration.unregister();
+            }
+            tear_down(state, true);
+            return status;
+        }
+    }
     // The state now lives until unload (reached through the global pointer).
     let _ = Box::into_raw(state);
     STATUS_SUCCESS
@@ -171,13 +198,18 @@ pub unsafe extern "C" fn evt_driver_unload(_driver: WDFDRIVER) {
     let Some(state) = DriverState::global() else {
         return;
     };
-    let (registration, notify_registered) = {
+    let (device, registration, notify_registered) = {
         let mut load_info = state.load_info.lock();
         (
+            load_info.control_device.take(),
             load_info.registration.take(),
             core::mem::take(&mut load_info.notify_registered),
         )
     };
+    // No more IOCTLs, then no more callbacks, then no more notifications.
+    if let Some(device) = device {
+        device.delete();
+    }
     if let Some(registration) = registration {
         registration.unregister();
     }

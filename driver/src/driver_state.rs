@@ -52,8 +52,8 @@ pub struct LoadInfo {
     pub notify_registered: bool,
     /// The altitude in use.
     pub altitude: Option<Altitude>,
-    /// Last failure status (0: none).
-    pub last_error: i32,
+    /// The control device (`\\Device\\ProcGuard`), deleted first at unload.
+    pub control_device: Option<crate::control_device::ControlDevice>,
 }
 
 /// The driver's state.
@@ -68,6 +68,11 @@ pub struct DriverState {
     pub counters: Counters,
     /// Load-time facts (writers only).
     pub load_info: GuardedMutex<LoadInfo>,
+    /// The service key path (`DriverEntry`'s registry path), for persisting
+    /// policies.
+    pub service_key_path: Vec<u16>,
+    /// Last failure status (0: none), for status reporting.
+    pub last_error: core::sync::atomic::AtomicI32,
 }
 
 /// The loaded driver's state, for routines the kernel calls without a
@@ -92,16 +97,26 @@ pub fn try_box<T>(value: T) -> Option<Box<T>> {
 }
 
 impl DriverState {
+    /// Records a failure status for status reporting.
+    pub fn note_error(&self, status: i32) {
+        self.last_error.store(status, Ordering::Relaxed);
+    }
+
     /// A boxed state with an audit ring of `audit_records`; `None` when out
     /// of memory. The mutexes are initialised at their final address.
-    pub fn new(audit_records: usize) -> Option<Box<Self>> {
+    pub fn new(audit_records: usize, service_key_path: &[u16]) -> Option<Box<Self>> {
         let ring = AuditRing::with_capacity(audit_records)?;
+        let mut path = Vec::new();
+        path.try_reserve_exact(service_key_path.len()).ok()?;
+        path.extend_from_slice(service_key_path);
         let state = try_box(Self {
             active: ActivePolicy::new(),
             writer: GuardedMutex::new(Writer::new()),
             ring,
             counters: Counters::default(),
             load_info: GuardedMutex::new(LoadInfo::default()),
+            service_key_path: path,
+            last_error: core::sync::atomic::AtomicI32::new(0),
         })?;
         // SAFETY: boxed, so the address is final; called once each, before any lock.
         unsafe { state.writer.init() };

@@ -537,3 +537,252 @@ fn a_new_policy_applies_to_the_next_request_and_the_old_generation_is_freed() {
         "new policy in force"
     );
 }
+
+mod control_plane {
+    use super::*;
+    use crate::control_device::evt_io_device_control;
+    use crate::ffi::ntddk::{FakeRequest, FAKE_REQUEST};
+    use procguard_protocol::dispatch::{
+        STATUS_BUFFER_TOO_SMALL, STATUS_INVALID_DEVICE_REQUEST, STATUS_INVALID_PARAMETER,
+    };
+    use procguard_protocol::ioctl::{
+        EventsHeader, PolicyHeader, SetPolicyRequest, Status, IOCTL_GET_POLICY, IOCTL_GET_STATUS,
+        IOCTL_READ_EVENTS, IOCTL_SET_POLICY,
+    };
+
+    /// Sends an IOCTL the way the I/O manager and WDF do for METHOD_BUFFERED:
+    /// one system buffer, input copied in first, output read back after.
+    fn ioctl(code: u32, input: &[u8], output_len: usize) -> (i32, Vec<u8>) {
+        let mut system_buffer = vec![0u8; input.len().max(output_len)];
+        system_buffer[..input.len()].copy_from_slice(input);
+        with_host(|host| {
+            host.request = Some(FakeRequest {
+                system_buffer,
+                input_length: input.len(),
+                output_length: output_len,
+                completion: None,
+            })
+        });
+        // SAFETY: as the framework calls it for a presented request.
+        unsafe {
+            evt_io_device_control(
+                core::ptr::null_mut(),
+                FAKE_REQUEST as _,
+                output_len as u64,
+                input.len() as u64,
+                code,
+            );
+        }
+        let request = with_host(|host| host.request.take()).expect("request");
+        let (status, information) = request.completion.expect("the request was completed");
+        let information = usize::try_from(information).expect("small");
+        assert!(
+            information <= output_len,
+            "reported more output than the buffer holds"
+        );
+        (status, request.system_buffer[..information].to_vec())
+    }
+
+    fn set_policy(blob: &[u8], flags: u32) -> i32 {
+        let mut input = vec![0u8; SetPolicyRequest::HEADER + blob.len()];
+        SetPolicyRequest { flags, blob }
+            .write(&mut input)
+            .expect("fits");
+        ioctl(IOCTL_SET_POLICY, &input, 0).0
+    }
+
+    #[test]
+    fn the_control_device_is_admin_only_buffered_and_passive() {
+        let (_loaded, status) = Loaded::with(Some(blob(POLICY)), &[]);
+        assert_eq!(status, STATUS_SUCCESS);
+        let control = with_host(|host| host.control.clone());
+        assert_eq!(control.sddl.as_deref(), Some("D:P(A;;GA;;;SY)(A;;GA;;;BA)"));
+        assert_eq!(control.name.as_deref(), Some("\\Device\\ProcGuard"));
+        assert_eq!(
+            control.symbolic_link.as_deref(),
+            Some("\\DosDevices\\ProcGuard")
+        );
+        assert_eq!(
+            control.execution_level,
+            Some(crate::ffi::_WDF_EXECUTION_LEVEL::WdfExecutionLevelPassive)
+        );
+        assert_eq!(
+            control.queue_dispatch,
+            Some(crate::ffi::_WDF_IO_QUEUE_DISPATCH_TYPE::WdfIoQueueDispatchSequential)
+        );
+        assert!(control.default_queue && control.finished && control.device_control.is_some());
+    }
+
+    #[test]
+    fn status_reports_the_registration_the_policy_and_the_processes() {
+        let (_loaded, _) = Loaded::with(
+            Some(blob(POLICY)),
+            &[(AGENT, "agent.exe"), (ATTACKER, "tool.exe")],
+        );
+        let (status, bytes) = ioctl(IOCTL_GET_STATUS, &[], Status::SIZE);
+        assert_eq!(status, STATUS_SUCCESS);
+        let report = Status::from_bytes(&bytes).expect("a status");
+        assert!(report.callbacks_registered && report.notify_registered);
+        assert_eq!(report.rule_count, 3);
+        assert_eq!(report.tracked_processes, 2);
+        assert_eq!(
+            report.policy_id,
+            procguard_policy::policy_id(&blob(POLICY)).expect("id")
+        );
+        assert_eq!(
+            String::from_utf16_lossy(&report.altitude[..usize::from(report.altitude_len)]),
+            "385201"
+        );
+        assert_eq!(report.audit_capacity, 4096);
+        assert_eq!(
+            ioctl(IOCTL_GET_STATUS, &[], Status::SIZE - 1).0,
+            STATUS_BUFFER_TOO_SMALL
+        );
+    }
+
+    #[test]
+    fn a_new_policy_is_enforced_at_once_and_persisted_exactly_when_asked() {
+        let (loaded, _) = Loaded::with(
+            Some(blob(POLICY)),
+            &[(AGENT, "agent.exe"), (ATTACKER, "tool.exe")],
+        );
+        let replacement = super::blob("[[rule]]\nname = \"tool\"\ntarget = { name = \"tool.exe\" }\nstrip = [\"PROCESS_TERMINATE\"]\n");
+        assert_eq!(set_policy(&replacement, 0), STATUS_SUCCESS);
+        assert_eq!(loaded.open_process(AGENT, ATTACKER, PROCESS_TERMINATE), 0);
+        assert_eq!(
+            loaded.open_process(ATTACKER, AGENT, PROCESS_TERMINATE),
+            PROCESS_TERMINATE
+        );
+        let stored = |host: &mut crate::ffi::ntddk::HostKernel| {
+            host.parameters
+                .as_ref()
+                .and_then(|values| values.get("Policy"))
+                .map(|value| value.data.clone())
+        };
+        assert_eq!(
+            with_host(stored),
+            Some(blob(POLICY)),
+            "not persisted without the flag"
+        );
+        assert_eq!(
+            set_policy(&replacement, SetPolicyRequest::PERSIST),
+            STATUS_SUCCESS
+        );
+        assert_eq!(
+            with_host(stored),
+            Some(replacement.clone()),
+            "the registry holds the exact blob"
+        );
+        let (status, bytes) = ioctl(IOCTL_GET_POLICY, &[], 8 + replacement.len());
+        assert_eq!(status, STATUS_SUCCESS);
+        assert_eq!(
+            PolicyHeader::parse(&bytes).expect("header").blob_len as usize,
+            replacement.len()
+        );
+        assert_eq!(&bytes[8..], replacement.as_slice());
+    }
+
+    #[test]
+    fn malformed_policies_and_buffers_are_refused_and_the_old_policy_stays() {
+        let (loaded, _) = Loaded::with(
+            Some(blob(POLICY)),
+            &[(AGENT, "agent.exe"), (ATTACKER, "tool.exe")],
+        );
+        let good = blob(POLICY);
+        let mut bad_checksum = good.clone();
+        let last = bad_checksum.len() - 1;
+        bad_checksum[last] ^= 0x55;
+        let mut bad_version = good.clone();
+        bad_version[4] = 99;
+        for bad in [
+            &good[..good.len() - 3],
+            &bad_checksum[..],
+            &bad_version[..],
+            &b"PGPB"[..],
+            &[][..],
+        ] {
+            assert_eq!(set_policy(bad, 0), STATUS_INVALID_PARAMETER);
+        }
+        assert_eq!(
+            ioctl(IOCTL_SET_POLICY, &[1, 0, 0], 0).0,
+            STATUS_INVALID_PARAMETER,
+            "short header"
+        );
+        assert_eq!(ioctl(0x0022_7FFC, &[], 64).0, STATUS_INVALID_DEVICE_REQUEST);
+        assert_eq!(
+            set_policy(&good, 0x4),
+            STATUS_INVALID_PARAMETER,
+            "unknown flag"
+        );
+        // The registry write failing leaves the old policy in force too.
+        with_host(|host| host.set_value_result = Some(crate::ffi::STATUS_ACCESS_DENIED));
+        let other = super::blob("[[rule]]\nname = \"x\"\ntarget = { name = \"tool.exe\" }\nstrip = [\"PROCESS_TERMINATE\"]\n");
+        assert_eq!(
+            set_policy(&other, SetPolicyRequest::PERSIST),
+            crate::ffi::STATUS_ACCESS_DENIED
+        );
+        assert_eq!(
+            loaded.open_process(ATTACKER, AGENT, PROCESS_TERMINATE),
+            0,
+            "the original policy is still enforced"
+        );
+        assert_eq!(
+            loaded.open_process(AGENT, ATTACKER, PROCESS_TERMINATE),
+            PROCESS_TERMINATE
+        );
+    }
+
+    #[test]
+    fn events_drain_in_order_with_every_field_and_never_split_a_record() {
+        let (loaded, _) = Loaded::with(
+            Some(blob(POLICY)),
+            &[(AGENT, "agent.exe"), (ATTACKER, "tool.exe")],
+        );
+        with_host(|host| host.current_thread_id = 77);
+        for _ in 0..3 {
+            loaded.open_process(ATTACKER, AGENT, PROCESS_TERMINATE);
+        }
+        // Room for two records and a half: two come out, one stays.
+        let (status, bytes) = ioctl(IOCTL_READ_EVENTS, &[], EventsHeader::SIZE + 2 * 64 + 32);
+        assert_eq!(status, STATUS_SUCCESS);
+        let (header, records) = EventsHeader::parse(&bytes).expect("whole response");
+        assert_eq!(
+            (header.records, header.remaining, header.dropped),
+            (2, 1, 0)
+        );
+        let first = AuditRecord::from_bytes(&records[..64]).expect("record");
+        assert_eq!(
+            (
+                first.sequence,
+                first.process_id,
+                first.originator_process_id
+            ),
+            (0, AGENT, ATTACKER)
+        );
+        assert_eq!(
+            (
+                first.originator_thread_id,
+                first.original_desired_access,
+                first.desired_access
+            ),
+            (77, PROCESS_TERMINATE, 0)
+        );
+        assert_eq!(
+            AuditRecord::from_bytes(&records[64..])
+                .expect("record")
+                .sequence,
+            1
+        );
+        let (_, rest) = ioctl(IOCTL_READ_EVENTS, &[], 4096);
+        let (header, records) = EventsHeader::parse(&rest).expect("whole response");
+        assert_eq!((header.records, records.len()), (1, 64));
+        assert_eq!(ioctl(IOCTL_READ_EVENTS, &[], 79).0, STATUS_BUFFER_TOO_SMALL);
+    }
+
+    #[test]
+    fn unload_deletes_the_control_device_before_anything_else() {
+        let (mut loaded, _) = Loaded::with(Some(blob(POLICY)), &[]);
+        loaded.unload();
+        assert_eq!(with_host(|host| host.control.deleted.len()), 1);
+    }
+}

@@ -21,6 +21,8 @@ extern crate alloc;
 
 pub mod altitude;
 pub mod audit_ring;
+pub mod control_device;
+pub mod control_target;
 pub mod driver_entry;
 pub mod driver_state;
 #[cfg(test)]
@@ -40,6 +42,7 @@ pub mod process_identity;
 pub mod process_table;
 pub mod process_tracking;
 pub mod trace;
+pub mod wide_string;
 
 #[cfg(all(not(test), feature = "wdk"))]
 extern crate wdk_panic;

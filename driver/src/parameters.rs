@@ -12,28 +12,19 @@ use core::ptr;
 
 use crate::altitude::{Altitude, AltitudeError, DEFAULT_RETRIES, MAX_RETRIES};
 use crate::ffi::{
-    ntddk, _KEY_VALUE_INFORMATION_CLASS, HANDLE, KEY_READ, NTSTATUS, OBJECT_ATTRIBUTES,
-    OBJ_CASE_INSENSITIVE, OBJ_KERNEL_HANDLE, PCUNICODE_STRING, REG_BINARY, REG_DWORD, REG_SZ,
-    STATUS_BUFFER_OVERFLOW, STATUS_BUFFER_TOO_SMALL, STATUS_INSUFFICIENT_RESOURCES,
-    STATUS_INVALID_PARAMETER, STATUS_OBJECT_NAME_NOT_FOUND, UNICODE_STRING,
+    ntddk, _KEY_VALUE_INFORMATION_CLASS, HANDLE, KEY_READ, KEY_WRITE, NTSTATUS, OBJECT_ATTRIBUTES,
+    OBJ_CASE_INSENSITIVE, OBJ_KERNEL_HANDLE, PCUNICODE_STRING, REG_BINARY, REG_DWORD,
+    REG_OPTION_NON_VOLATILE, REG_SZ, STATUS_BUFFER_OVERFLOW, STATUS_BUFFER_TOO_SMALL,
+    STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_PARAMETER, STATUS_OBJECT_NAME_NOT_FOUND,
+    UNICODE_STRING,
 };
 use crate::trace;
+use crate::wide_string::utf16;
 
 /// Largest registry value the driver reads (the policy blob is the big one).
 pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
 /// `FIELD_OFFSET(KEY_VALUE_PARTIAL_INFORMATION, Data)`.
 const PARTIAL_INFO_HEADER: usize = 12;
-
-const fn utf16<const N: usize>(text: &str) -> [u16; N] {
-    let bytes = text.as_bytes();
-    let mut units = [0u16; N];
-    let mut index = 0;
-    while index < N && index < bytes.len() {
-        units[index] = bytes[index] as u16;
-        index += 1;
-    }
-    units
-}
 
 const PARAMETERS_KEY: [u16; 10] = utf16("Parameters");
 const ALTITUDE_VALUE: [u16; 8] = utf16("Altitude");
@@ -89,8 +80,46 @@ impl Default for Settings {
 struct Key(HANDLE);
 
 impl Key {
-    /// Opens `name`, relative to `root` when given.
+    /// Opens `name` for reading, relative to `root` when given.
     fn open(root: Option<&Self>, name: &UNICODE_STRING) -> Result<Self, NTSTATUS> {
+        Self::open_with(root, name, KEY_READ)
+    }
+
+    /// Opens or creates the subkey `name` of `root` for writing.
+    fn create(root: &Self, name: &mut UNICODE_STRING) -> Result<Self, NTSTATUS> {
+        let mut attributes = OBJECT_ATTRIBUTES {
+            Length: core::mem::size_of::<OBJECT_ATTRIBUTES>() as u32,
+            RootDirectory: root.0,
+            ObjectName: name,
+            Attributes: OBJ_CASE_INSENSITIVE | OBJ_KERNEL_HANDLE,
+            SecurityDescriptor: ptr::null_mut(),
+            SecurityQualityOfService: ptr::null_mut(),
+        };
+        let mut handle: HANDLE = ptr::null_mut();
+        // SAFETY: attributes and name live across the call; a kernel handle.
+        let status = unsafe {
+            ntddk::ZwCreateKey(
+                &raw mut handle,
+                KEY_WRITE,
+                &raw mut attributes,
+                0,
+                ptr::null_mut(),
+                REG_OPTION_NON_VOLATILE,
+                ptr::null_mut(),
+            )
+        };
+        if status < 0 {
+            return Err(status);
+        }
+        Ok(Self(handle))
+    }
+
+    /// Opens `name` with `access`, relative to `root` when given.
+    fn open_with(
+        root: Option<&Self>,
+        name: &UNICODE_STRING,
+        access: u32,
+    ) -> Result<Self, NTSTATUS> {
         let mut attributes = OBJECT_ATTRIBUTES {
             Length: core::mem::size_of::<OBJECT_ATTRIBUTES>() as u32,
             RootDirectory: root.map_or(ptr::null_mut(), |key| key.0),
@@ -102,7 +131,7 @@ impl Key {
         let mut handle: HANDLE = ptr::null_mut();
         // SAFETY: `attributes` and the name it points to live across the call;
         // a kernel handle (OBJ_KERNEL_HANDLE) cannot be used by user mode.
-        let status = unsafe { ntddk::ZwOpenKey(&raw mut handle, KEY_READ, &raw mut attributes) };
+        let status = unsafe { ntddk::ZwOpenKey(&raw mut handle, access, &raw mut attributes) };
         if status < 0 {
             return Err(status);
         }
@@ -187,6 +216,58 @@ impl Drop for Key {
     fn drop(&mut self) {
         // SAFETY: the handle was opened by `Key::open` and is closed once.
         unsafe { ntddk::ZwClose(self.0) };
+    }
+}
+
+/// Writes `blob` to `<service key>\Parameters\Policy` (REG_BINARY),
+/// creating the `Parameters` key if needed: the policy is then in force from
+/// the next boot on. PASSIVE_LEVEL.
+///
+/// # Errors
+/// The status of the failed registry call.
+pub fn persist_policy(service_key_path: &[u16], blob: &[u8]) -> Result<(), NTSTATUS> {
+    let mut path_units: Vec<u16> = Vec::new();
+    path_units
+        .try_reserve_exact(service_key_path.len())
+        .map_err(|_| STATUS_INSUFFICIENT_RESOURCES)?;
+    path_units.extend_from_slice(service_key_path);
+    let byte_len = |units: usize| u16::try_from(units * 2).map_err(|_| STATUS_INVALID_PARAMETER);
+    let path = UNICODE_STRING {
+        Length: byte_len(path_units.len())?,
+        MaximumLength: byte_len(path_units.len())?,
+        Buffer: path_units.as_mut_ptr(),
+    };
+    let service = Key::open_with(None, &path, KEY_WRITE)?;
+    let mut name_units = PARAMETERS_KEY;
+    let mut name = UNICODE_STRING {
+        Length: (name_units.len() * 2) as u16,
+        MaximumLength: (name_units.len() * 2) as u16,
+        Buffer: name_units.as_mut_ptr(),
+    };
+    let parameters = Key::create(&service, &mut name)?;
+    let mut value_units = POLICY_VALUE;
+    let mut value_name = UNICODE_STRING {
+        Length: (value_units.len() * 2) as u16,
+        MaximumLength: (value_units.len() * 2) as u16,
+        Buffer: value_units.as_mut_ptr(),
+    };
+    let size = u32::try_from(blob.len()).map_err(|_| STATUS_INVALID_PARAMETER)?;
+    // SAFETY: the key is open for writing; the name and `size` bytes of data
+    // live across the call (the kernel copies them).
+    let status = unsafe {
+        ntddk::ZwSetValueKey(
+            parameters.0,
+            &raw mut value_name,
+            0,
+            REG_BINARY,
+            blob.as_ptr().cast_mut().cast(),
+            size,
+        )
+    };
+    if status < 0 {
+        Err(status)
+    } else {
+        Ok(())
     }
 }
 

@@ -88,6 +88,39 @@ pub struct HostKernel {
     pub notify_result: NTSTATUS,
     /// Fails ZwQuerySystemInformation with this status when set.
     pub system_information_result: Option<NTSTATUS>,
+    /// Control device: what the driver asked the framework for.
+    pub control: ControlDeviceRecord,
+    /// The request being dispatched (METHOD_BUFFERED: one system buffer).
+    pub request: Option<FakeRequest>,
+    /// Fails ZwSetValueKey with this status when set.
+    pub set_value_result: Option<NTSTATUS>,
+}
+
+/// What the driver did to create its control device.
+#[derive(Debug, Default, Clone)]
+pub struct ControlDeviceRecord {
+    pub sddl: Option<String>,
+    pub name: Option<String>,
+    pub symbolic_link: Option<String>,
+    pub execution_level: Option<i32>,
+    pub queue_dispatch: Option<i32>,
+    pub default_queue: bool,
+    pub device_control: Option<usize>,
+    pub finished: bool,
+    pub deleted: Vec<usize>,
+    pub init_freed: bool,
+    /// Fails WdfDeviceCreate with this status when set.
+    pub create_result: Option<NTSTATUS>,
+}
+
+/// A METHOD_BUFFERED request: input and output share one buffer.
+#[derive(Debug, Default, Clone)]
+pub struct FakeRequest {
+    pub system_buffer: Vec<u8>,
+    pub input_length: usize,
+    pub output_length: usize,
+    /// (status, information) once completed.
+    pub completion: Option<(NTSTATUS, u64)>,
 }
 
 std::thread_local! {
@@ -541,6 +574,218 @@ pub unsafe extern "C" fn ZwQuerySystemInformation(
         };
     }
     STATUS_SUCCESS
+}
+
+pub unsafe extern "C" fn ZwCreateKey(
+    KeyHandle: PHANDLE,
+    _DesiredAccess: ACCESS_MASK,
+    ObjectAttributes: POBJECT_ATTRIBUTES,
+    _TitleIndex: ULONG,
+    _Class: PUNICODE_STRING,
+    _CreateOptions: ULONG,
+    _Disposition: PULONG,
+) -> NTSTATUS {
+    // SAFETY: the driver passes valid attributes.
+    let attributes = unsafe { &*ObjectAttributes };
+    // SAFETY: ObjectName is a valid UNICODE_STRING.
+    let name = unsafe { unicode_to_string(attributes.ObjectName) };
+    if attributes.RootDirectory as usize != SERVICE_KEY || !name.eq_ignore_ascii_case("Parameters")
+    {
+        return STATUS_OBJECT_NAME_NOT_FOUND;
+    }
+    with_host(|host| {
+        host.parameters.get_or_insert_with(BTreeMap::new);
+        host.open_keys += 1;
+    });
+    // SAFETY: valid out pointer.
+    unsafe { *KeyHandle = PARAMETERS_KEY as HANDLE };
+    STATUS_SUCCESS
+}
+
+pub unsafe extern "C" fn ZwSetValueKey(
+    KeyHandle: HANDLE,
+    ValueName: PUNICODE_STRING,
+    _TitleIndex: ULONG,
+    Type: ULONG,
+    Data: PVOID,
+    DataSize: ULONG,
+) -> NTSTATUS {
+    assert_eq!(
+        KeyHandle as usize, PARAMETERS_KEY,
+        "values are written to the Parameters key"
+    );
+    if let Some(status) = with_host(|host| host.set_value_result) {
+        return status;
+    }
+    // SAFETY: valid string from the driver.
+    let name = unsafe { unicode_to_string(ValueName) };
+    // SAFETY: DataSize bytes at Data.
+    let data =
+        unsafe { core::slice::from_raw_parts(Data.cast::<u8>(), DataSize as usize) }.to_vec();
+    with_host(|host| {
+        host.parameters.get_or_insert_with(BTreeMap::new).insert(
+            name,
+            FakeValue {
+                value_type: Type,
+                data,
+            },
+        )
+    });
+    STATUS_SUCCESS
+}
+
+const FAKE_DEVICE_INIT: usize = 0xD1D1;
+const FAKE_DEVICE: usize = 0xDE71;
+const FAKE_QUEUE: usize = 0x0E0E;
+/// The fake request handle tests pass to EvtIoDeviceControl.
+pub const FAKE_REQUEST: usize = 0x7E07;
+
+pub unsafe fn WdfControlDeviceInitAllocate(
+    _Driver: WDFDRIVER,
+    SDDLString: PCUNICODE_STRING,
+) -> PWDFDEVICE_INIT {
+    // SAFETY: a valid string from the driver.
+    let sddl = unsafe { unicode_to_string(SDDLString) };
+    with_host(|host| host.control.sddl = Some(sddl));
+    FAKE_DEVICE_INIT as PWDFDEVICE_INIT
+}
+
+pub unsafe fn WdfDeviceInitAssignName(
+    _DeviceInit: PWDFDEVICE_INIT,
+    DeviceName: PCUNICODE_STRING,
+) -> NTSTATUS {
+    // SAFETY: a valid string from the driver.
+    let name = unsafe { unicode_to_string(DeviceName) };
+    with_host(|host| host.control.name = Some(name));
+    STATUS_SUCCESS
+}
+
+pub unsafe fn WdfDeviceInitFree(DeviceInit: PWDFDEVICE_INIT) {
+    assert_eq!(DeviceInit as usize, FAKE_DEVICE_INIT);
+    with_host(|host| host.control.init_freed = true);
+}
+
+pub unsafe fn WdfDeviceCreate(
+    DeviceInit: *mut PWDFDEVICE_INIT,
+    DeviceAttributes: PWDF_OBJECT_ATTRIBUTES,
+    Device: *mut WDFDEVICE,
+) -> NTSTATUS {
+    // SAFETY: valid attributes when non-null.
+    let level = unsafe { DeviceAttributes.as_ref() }.map(|attributes| attributes.ExecutionLevel);
+    if let Some(status) = with_host(|host| {
+        host.control.execution_level = level;
+        host.control.create_result
+    }) {
+        return status;
+    }
+    // SAFETY: valid out pointers; the framework takes ownership of the init.
+    unsafe {
+        *DeviceInit = core::ptr::null_mut();
+    }
+    // SAFETY: as above.
+    unsafe { *Device = FAKE_DEVICE as WDFDEVICE };
+    STATUS_SUCCESS
+}
+
+pub unsafe fn WdfDeviceCreateSymbolicLink(
+    _Device: WDFDEVICE,
+    SymbolicLinkName: PCUNICODE_STRING,
+) -> NTSTATUS {
+    // SAFETY: a valid string from the driver.
+    let name = unsafe { unicode_to_string(SymbolicLinkName) };
+    with_host(|host| host.control.symbolic_link = Some(name));
+    STATUS_SUCCESS
+}
+
+pub unsafe fn WdfIoQueueCreate(
+    Device: WDFDEVICE,
+    Config: PWDF_IO_QUEUE_CONFIG,
+    _QueueAttributes: PWDF_OBJECT_ATTRIBUTES,
+    Queue: *mut WDFQUEUE,
+) -> NTSTATUS {
+    assert_eq!(Device as usize, FAKE_DEVICE);
+    // SAFETY: a valid config from the driver.
+    let config = unsafe { *Config };
+    with_host(|host| {
+        host.control.queue_dispatch = Some(config.DispatchType);
+        host.control.default_queue = config.DefaultQueue != 0;
+        host.control.device_control = config.EvtIoDeviceControl.map(|routine| routine as usize);
+    });
+    if !Queue.is_null() {
+        // SAFETY: valid out pointer.
+        unsafe { *Queue = FAKE_QUEUE as WDFQUEUE };
+    }
+    STATUS_SUCCESS
+}
+
+pub unsafe fn WdfControlFinishInitializing(_Device: WDFDEVICE) {
+    with_host(|host| host.control.finished = true);
+}
+
+pub unsafe fn WdfObjectDelete(Object: WDFOBJECT) {
+    with_host(|host| host.control.deleted.push(Object as usize));
+}
+
+fn retrieve(
+    MinimumRequiredSize: SIZE_T,
+    Buffer: *mut PVOID,
+    Length: *mut SIZE_T,
+    input: bool,
+) -> NTSTATUS {
+    with_host(|host| {
+        let Some(request) = host.request.as_mut() else {
+            return STATUS_INVALID_PARAMETER;
+        };
+        let length = if input {
+            request.input_length
+        } else {
+            request.output_length
+        };
+        // The framework refuses a zero-length buffer, and one under the minimum.
+        if length == 0 || (length as u64) < MinimumRequiredSize {
+            return STATUS_BUFFER_TOO_SMALL;
+        }
+        // SAFETY: valid out pointers from the driver; the buffer outlives the request.
+        unsafe {
+            *Buffer = request.system_buffer.as_mut_ptr().cast();
+        }
+        // SAFETY: as above.
+        unsafe { *Length = length as u64 };
+        STATUS_SUCCESS
+    })
+}
+
+pub unsafe fn WdfRequestRetrieveInputBuffer(
+    _Request: WDFREQUEST,
+    MinimumRequiredSize: SIZE_T,
+    Buffer: *mut PVOID,
+    Length: *mut SIZE_T,
+) -> NTSTATUS {
+    retrieve(MinimumRequiredSize, Buffer, Length, true)
+}
+
+pub unsafe fn WdfRequestRetrieveOutputBuffer(
+    _Request: WDFREQUEST,
+    MinimumRequiredSize: SIZE_T,
+    Buffer: *mut PVOID,
+    Length: *mut SIZE_T,
+) -> NTSTATUS {
+    retrieve(MinimumRequiredSize, Buffer, Length, false)
+}
+
+pub unsafe fn WdfRequestCompleteWithInformation(
+    _Request: WDFREQUEST,
+    Status: NTSTATUS,
+    Information: ULONG_PTR,
+) {
+    with_host(|host| {
+        let request = host
+            .request
+            .as_mut()
+            .expect("a request is being dispatched");
+        assert!(request.completion.is_none(), "request completed twice");
+        request.completion = Some((Status, Information));
+    });
 }
 
 /// Host double of `WdfDriverCreate`: records the configuration.

@@ -33,6 +33,23 @@ extern "C" {
         ResultLength: PULONG,
     ) -> NTSTATUS;
     pub fn ZwClose(Handle: HANDLE) -> NTSTATUS;
+    pub fn ZwCreateKey(
+        KeyHandle: PHANDLE,
+        DesiredAccess: ACCESS_MASK,
+        ObjectAttributes: POBJECT_ATTRIBUTES,
+        TitleIndex: ULONG,
+        Class: PUNICODE_STRING,
+        CreateOptions: ULONG,
+        Disposition: PULONG,
+    ) -> NTSTATUS;
+    pub fn ZwSetValueKey(
+        KeyHandle: HANDLE,
+        ValueName: PUNICODE_STRING,
+        TitleIndex: ULONG,
+        Type: ULONG,
+        Data: PVOID,
+        DataSize: ULONG,
+    ) -> NTSTATUS;
     pub fn DbgPrintEx(ComponentId: ULONG, Level: ULONG, Format: PCSTR, ...) -> ULONG;
     pub fn KeBugCheckEx(
         BugCheckCode: ULONG,

@@ -318,6 +318,135 @@ pub struct WDFDEVICE_INIT {
 }
 pub type PWDFDEVICE_INIT = *mut WDFDEVICE_INIT;
 pub type WDFOBJECT = PVOID;
+#[repr(C)]
+pub struct WDFDEVICE__ {
+    _opaque: [u8; 0],
+}
+pub type WDFDEVICE = *mut WDFDEVICE__;
+#[repr(C)]
+pub struct WDFQUEUE__ {
+    _opaque: [u8; 0],
+}
+pub type WDFQUEUE = *mut WDFQUEUE__;
+#[repr(C)]
+pub struct WDFREQUEST__ {
+    _opaque: [u8; 0],
+}
+pub type WDFREQUEST = *mut WDFREQUEST__;
+pub type ULONG_PTR = u64;
+
+pub type PFN_WDF_IO_QUEUE_IO_DEFAULT =
+    Option<unsafe extern "C" fn(Queue: WDFQUEUE, Request: WDFREQUEST)>;
+pub type PFN_WDF_IO_QUEUE_IO_READ =
+    Option<unsafe extern "C" fn(Queue: WDFQUEUE, Request: WDFREQUEST, Length: SIZE_T)>;
+pub type PFN_WDF_IO_QUEUE_IO_WRITE =
+    Option<unsafe extern "C" fn(Queue: WDFQUEUE, Request: WDFREQUEST, Length: SIZE_T)>;
+pub type PFN_WDF_IO_QUEUE_IO_DEVICE_CONTROL = Option<
+    unsafe extern "C" fn(
+        Queue: WDFQUEUE,
+        Request: WDFREQUEST,
+        OutputBufferLength: SIZE_T,
+        InputBufferLength: SIZE_T,
+        IoControlCode: ULONG,
+    ),
+>;
+pub type PFN_WDF_IO_QUEUE_IO_INTERNAL_DEVICE_CONTROL = PFN_WDF_IO_QUEUE_IO_DEVICE_CONTROL;
+pub type PFN_WDF_IO_QUEUE_IO_STOP =
+    Option<unsafe extern "C" fn(Queue: WDFQUEUE, Request: WDFREQUEST, ActionFlags: ULONG)>;
+pub type PFN_WDF_IO_QUEUE_IO_RESUME =
+    Option<unsafe extern "C" fn(Queue: WDFQUEUE, Request: WDFREQUEST)>;
+pub type PFN_WDF_IO_QUEUE_IO_CANCELED_ON_QUEUE =
+    Option<unsafe extern "C" fn(Queue: WDFQUEUE, Request: WDFREQUEST)>;
+
+/// `Settings` union of `WDF_IO_QUEUE_CONFIG` (KMDF 1.33: the parallel
+/// dispatch settings).
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub union _WDF_IO_QUEUE_CONFIG__bindgen_ty_1 {
+    pub Parallel: _WDF_IO_QUEUE_CONFIG__bindgen_ty_1__bindgen_ty_1,
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone, Default)]
+pub struct _WDF_IO_QUEUE_CONFIG__bindgen_ty_1__bindgen_ty_1 {
+    pub NumberOfPresentedRequests: ULONG,
+}
+impl Default for _WDF_IO_QUEUE_CONFIG__bindgen_ty_1 {
+    fn default() -> Self {
+        Self {
+            Parallel: _WDF_IO_QUEUE_CONFIG__bindgen_ty_1__bindgen_ty_1::default(),
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub struct _WDF_IO_QUEUE_CONFIG {
+    pub Size: ULONG,
+    pub DispatchType: i32,
+    pub PowerManaged: i32,
+    pub AllowZeroLengthRequests: BOOLEAN,
+    pub DefaultQueue: BOOLEAN,
+    pub EvtIoDefault: PFN_WDF_IO_QUEUE_IO_DEFAULT,
+    pub EvtIoRead: PFN_WDF_IO_QUEUE_IO_READ,
+    pub EvtIoWrite: PFN_WDF_IO_QUEUE_IO_WRITE,
+    pub EvtIoDeviceControl: PFN_WDF_IO_QUEUE_IO_DEVICE_CONTROL,
+    pub EvtIoInternalDeviceControl: PFN_WDF_IO_QUEUE_IO_INTERNAL_DEVICE_CONTROL,
+    pub EvtIoStop: PFN_WDF_IO_QUEUE_IO_STOP,
+    pub EvtIoResume: PFN_WDF_IO_QUEUE_IO_RESUME,
+    pub EvtIoCanceledOnQueue: PFN_WDF_IO_QUEUE_IO_CANCELED_ON_QUEUE,
+    pub Settings: _WDF_IO_QUEUE_CONFIG__bindgen_ty_1,
+    pub Driver: WDFDRIVER,
+}
+pub type WDF_IO_QUEUE_CONFIG = _WDF_IO_QUEUE_CONFIG;
+
+/// All zero, as bindgen's `Default` for WDK structures.
+impl Default for _WDF_IO_QUEUE_CONFIG {
+    fn default() -> Self {
+        Self {
+            Size: 0,
+            DispatchType: 0,
+            PowerManaged: 0,
+            AllowZeroLengthRequests: 0,
+            DefaultQueue: 0,
+            EvtIoDefault: None,
+            EvtIoRead: None,
+            EvtIoWrite: None,
+            EvtIoDeviceControl: None,
+            EvtIoInternalDeviceControl: None,
+            EvtIoStop: None,
+            EvtIoResume: None,
+            EvtIoCanceledOnQueue: None,
+            Settings: _WDF_IO_QUEUE_CONFIG__bindgen_ty_1::default(),
+            Driver: core::ptr::null_mut(),
+        }
+    }
+}
+pub type PWDF_IO_QUEUE_CONFIG = *mut WDF_IO_QUEUE_CONFIG;
+
+/// `_WDF_IO_QUEUE_DISPATCH_TYPE`.
+pub mod _WDF_IO_QUEUE_DISPATCH_TYPE {
+    pub type Type = i32;
+    pub const WdfIoQueueDispatchSequential: Type = 1;
+}
+/// `_WDF_TRI_STATE`.
+pub mod _WDF_TRI_STATE {
+    pub type Type = i32;
+    pub const WdfFalse: Type = 0;
+    pub const WdfTrue: Type = 1;
+    pub const WdfUseDefault: Type = 2;
+}
+/// `_WDF_EXECUTION_LEVEL`.
+pub mod _WDF_EXECUTION_LEVEL {
+    pub type Type = i32;
+    pub const WdfExecutionLevelInheritFromParent: Type = 1;
+    pub const WdfExecutionLevelPassive: Type = 2;
+}
+/// `_WDF_SYNCHRONIZATION_SCOPE`.
+pub mod _WDF_SYNCHRONIZATION_SCOPE {
+    pub type Type = i32;
+    pub const WdfSynchronizationScopeInheritFromParent: Type = 1;
+    pub const WdfSynchronizationScopeNone: Type = 4;
+}
 
 pub type PFN_WDF_DRIVER_DEVICE_ADD =
     Option<unsafe extern "C" fn(Driver: WDFDRIVER, DeviceInit: PWDFDEVICE_INIT) -> NTSTATUS>;
@@ -350,6 +479,22 @@ pub struct _WDF_OBJECT_ATTRIBUTES {
     pub ContextTypeInfo: PVOID,
 }
 pub type WDF_OBJECT_ATTRIBUTES = _WDF_OBJECT_ATTRIBUTES;
+
+/// All zero, as bindgen's `Default` for WDK structures.
+impl Default for _WDF_OBJECT_ATTRIBUTES {
+    fn default() -> Self {
+        Self {
+            Size: 0,
+            EvtCleanupCallback: None,
+            EvtDestroyCallback: None,
+            ExecutionLevel: 0,
+            SynchronizationScope: 0,
+            ParentObject: core::ptr::null_mut(),
+            ContextSizeOverride: 0,
+            ContextTypeInfo: core::ptr::null_mut(),
+        }
+    }
+}
 pub type PWDF_OBJECT_ATTRIBUTES = *mut WDF_OBJECT_ATTRIBUTES;
 
 #[repr(C)]
@@ -413,6 +558,9 @@ pub const KEY_READ: u32 = 0x0002_0019;
 pub const REG_SZ: u32 = 1;
 pub const REG_BINARY: u32 = 3;
 pub const REG_DWORD: u32 = 4;
+pub const KEY_WRITE: u32 = 0x0002_0006;
+pub const REG_OPTION_NON_VOLATILE: u32 = 0;
+pub const STATUS_INVALID_DEVICE_REQUEST: NTSTATUS = 0xC000_0010_u32 as i32;
 
 /// `_DPFLTR_TYPE` component ids for `DbgPrintEx`.
 pub mod _DPFLTR_TYPE {

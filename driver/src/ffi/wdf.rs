@@ -118,6 +118,12 @@ impl MissingWdfFunction for NTSTATUS {
 impl MissingWdfFunction for () {
     fn missing() -> Self {}
 }
+#[cfg(target_os = "windows")]
+impl MissingWdfFunction for PWDFDEVICE_INIT {
+    fn missing() -> Self {
+        core::ptr::null_mut()
+    }
+}
 
 /// Declares typed wrappers over table slots (cross build) or re-exports the
 /// host test doubles of the same names.
@@ -156,6 +162,49 @@ wdf_functions! {
         DriverConfig: PWDF_DRIVER_CONFIG,
         Driver: *mut WDFDRIVER
     ) -> NTSTATUS;
+    WdfControlDeviceInitAllocate = WdfControlDeviceInitAllocateTableIndex(
+        Driver: WDFDRIVER,
+        SDDLString: PCUNICODE_STRING
+    ) -> PWDFDEVICE_INIT;
+    WdfDeviceInitAssignName = WdfDeviceInitAssignNameTableIndex(
+        DeviceInit: PWDFDEVICE_INIT,
+        DeviceName: PCUNICODE_STRING
+    ) -> NTSTATUS;
+    WdfDeviceInitFree = WdfDeviceInitFreeTableIndex(DeviceInit: PWDFDEVICE_INIT) -> ();
+    WdfDeviceCreate = WdfDeviceCreateTableIndex(
+        DeviceInit: *mut PWDFDEVICE_INIT,
+        DeviceAttributes: PWDF_OBJECT_ATTRIBUTES,
+        Device: *mut WDFDEVICE
+    ) -> NTSTATUS;
+    WdfDeviceCreateSymbolicLink = WdfDeviceCreateSymbolicLinkTableIndex(
+        Device: WDFDEVICE,
+        SymbolicLinkName: PCUNICODE_STRING
+    ) -> NTSTATUS;
+    WdfIoQueueCreate = WdfIoQueueCreateTableIndex(
+        Device: WDFDEVICE,
+        Config: PWDF_IO_QUEUE_CONFIG,
+        QueueAttributes: PWDF_OBJECT_ATTRIBUTES,
+        Queue: *mut WDFQUEUE
+    ) -> NTSTATUS;
+    WdfControlFinishInitializing = WdfControlFinishInitializingTableIndex(Device: WDFDEVICE) -> ();
+    WdfObjectDelete = WdfObjectDeleteTableIndex(Object: WDFOBJECT) -> ();
+    WdfRequestRetrieveInputBuffer = WdfRequestRetrieveInputBufferTableIndex(
+        Request: WDFREQUEST,
+        MinimumRequiredSize: SIZE_T,
+        Buffer: *mut PVOID,
+        Length: *mut SIZE_T
+    ) -> NTSTATUS;
+    WdfRequestRetrieveOutputBuffer = WdfRequestRetrieveOutputBufferTableIndex(
+        Request: WDFREQUEST,
+        MinimumRequiredSize: SIZE_T,
+        Buffer: *mut PVOID,
+        Length: *mut SIZE_T
+    ) -> NTSTATUS;
+    WdfRequestCompleteWithInformation = WdfRequestCompleteWithInformationTableIndex(
+        Request: WDFREQUEST,
+        Status: NTSTATUS,
+        Information: ULONG_PTR
+    ) -> ();
 }
 
 /// Same syntax as `wdk_sys::call_unsafe_wdf_function_binding!`:
