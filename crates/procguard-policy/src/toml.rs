@@ -18,6 +18,9 @@
 //! mode = "enforce"                # default; or "audit"
 //! ```
 //!
+//! [`render_policy`] writes a [`Policy`] back in this syntax (the control
+//! tool's `policy show`); `parse_policy(&render_policy(&p)?) == p`.
+//!
 //! Use TOML literal strings (`'...'`) for paths so backslashes need no escaping.
 //! Right names route to their object kind (`PROCESS_*` to process handles,
 //! `THREAD_*` to thread handles, standard rights to both); named sets contribute
@@ -42,6 +45,9 @@ use crate::model::{
     Selector, Settings,
 };
 use crate::rights::{self, RightKind, VALID_PROCESS_BITS, VALID_THREAD_BITS};
+
+mod render;
+pub use render::{render_policy, RenderError};
 
 /// One error in a TOML policy, located precisely.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,0 +1,266 @@
+//! The commands that need no driver: `check`, `compile`, `explain`.
+
+use std::io::Write;
+use std::path::Path;
+
+use procguard_policy::rights::MaskNames;
+use procguard_policy::toml::{parse_policy, TomlErrors};
+use procguard_policy::{
+    encode, explain as explain_request, lint, policy_id, HandleRequest, LintWarning, Mode,
+    ObjectKind, Operation, Policy, ProcessIdentity,
+};
+
+use crate::access::parse_access;
+use crate::{ExplainArgs, Failure, ObjectArg, OperationArg, Output, EXIT_OK, EXIT_WARNINGS};
+
+/// A policy file, parsed, linted and compiled.
+#[derive(Debug, Clone)]
+pub struct CompiledFile {
+    /// The policy.
+    pub policy: Policy,
+    /// Its blob.
+    pub blob: Vec<u8>,
+    /// Its id (the blob's CRC-32).
+    pub policy_id: u32,
+    /// Lint warnings.
+    pub warnings: Vec<LintWarning>,
+}
+
+fn read(path: &Path) -> Result<String, Failure> {
+    std::fs::read_to_string(path)
+        .map_err(|error| Failure::error(format!("cannot read {}: {error}", path.display())))
+}
+
+fn print_errors(path: &Path, errors: &TomlErrors, output: &mut Output<'_>) -> std::io::Result<()> {
+    for error in &errors.0 {
+        write!(
+            output.err,
+            "{}:{}:{}: error: ",
+            path.display(),
+            error.line,
+            error.column
+        )?;
+        if let Some(key) = &error.key {
+            write!(output.err, "{key}: ")?;
+        }
+        write!(output.err, "{}", error.message)?;
+        if !error.valid.is_empty() {
+            write!(output.err, " (valid choices: {})", error.valid.join(", "))?;
+        }
+        writeln!(output.err)?;
+    }
+    Ok(())
+}
+
+/// The line of each `[[rule]]` header, when the file spells every rule that
+/// way (so lint warnings can point at their rule).
+fn rule_lines(text: &str, rules: usize) -> Option<Vec<usize>> {
+    let lines: Vec<usize> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, line)| line.trim_start().starts_with("[[rule]]"))
+        .map(|(index, _)| index + 1)
+        .collect();
+    (lines.len() == rules).then_some(lines)
+}
+
+fn print_warnings(
+    path: &Path,
+    text: &str,
+    policy: &Policy,
+    warnings: &[LintWarning],
+    output: &mut Output<'_>,
+) -> std::io::Result<()> {
+    let lines = rule_lines(text, policy.rules.len());
+    for warning in warnings {
+        let line = warning
+            .rule
+            .and_then(|rule| lines.as_ref().and_then(|lines| lines.get(rule)));
+        match line {
+            Some(line) => write!(output.err, "{}:{line}: warning: ", path.display())?,
+            None => write!(output.err, "{}: warning: ", path.display())?,
+        }
+        match (&warning.rule, &warning.rule_name) {
+            (Some(index), Some(name)) => {
+                writeln!(output.err, "rule {index} {name:?}: {}", warning.message)?;
+            }
+            _ => writeln!(output.err, "{}", warning.message)?,
+        }
+    }
+    Ok(())
+}
+
+fn plural(count: usize, word: &str) -> String {
+    if count == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{count} {word}s")
+    }
+}
+
+/// Reads, parses, lints and compiles a policy file, printing errors (then
+/// failing) and warnings.
+///
+/// # Errors
+/// [`Failure`] when the file cannot be read or the policy has errors.
+pub fn load(path: &Path, output: &mut Output<'_>) -> Result<CompiledFile, Failure> {
+    let text = read(path)?;
+    let policy = match parse_policy(&text) {
+        Ok(policy) => policy,
+        Err(errors) => {
+            print_errors(path, &errors, output)?;
+            return Err(Failure::error(format!(
+                "{}: {}",
+                path.display(),
+                plural(errors.0.len(), "error")
+            )));
+        }
+    };
+    let warnings = lint(&policy);
+    print_warnings(path, &text, &policy, &warnings, output)?;
+    let blob = encode(&policy);
+    let policy_id = policy_id(&blob).unwrap_or(0);
+    Ok(CompiledFile {
+        policy,
+        blob,
+        policy_id,
+        warnings,
+    })
+}
+
+/// `check`.
+pub fn check(path: &Path, deny_warnings: bool, output: &mut Output<'_>) -> Result<u8, Failure> {
+    let file = load(path, output)?;
+    let summary = format!(
+        "{} rules, {} bytes compiled, policy id {:#010x}",
+        file.policy.rules.len(),
+        file.blob.len(),
+        file.policy_id
+    );
+    let warnings = file.warnings.len();
+    if warnings == 0 {
+        writeln!(output.out, "{}: ok: {summary}", path.display())?;
+        return Ok(EXIT_OK);
+    }
+    if deny_warnings {
+        writeln!(
+            output.out,
+            "{}: {} (denied by --deny-warnings): {summary}",
+            path.display(),
+            plural(warnings, "warning")
+        )?;
+        return Ok(EXIT_WARNINGS);
+    }
+    writeln!(
+        output.out,
+        "{}: ok with {}: {summary}",
+        path.display(),
+        plural(warnings, "warning")
+    )?;
+    Ok(EXIT_OK)
+}
+
+/// One line per rule: what it protects against, in words.
+pub fn describe_rules(policy: &Policy, out: &mut dyn Write) -> std::io::Result<()> {
+    for (index, rule) in policy.rules.iter().enumerate() {
+        let mode = match rule.mode {
+            Mode::Enforce => "enforce",
+            Mode::Audit => "audit only",
+        };
+        let operations = match (rule.operations.create, rule.operations.duplicate) {
+            (true, true) => "create and duplicate",
+            (true, false) => "create",
+            _ => "duplicate",
+        };
+        write!(out, "rule {index} {:?} ({mode}, {operations}):", rule.name)?;
+        let mut first = true;
+        for (covered, kind, mask, word) in [
+            (
+                rule.objects.process,
+                ObjectKind::Process,
+                rule.strip_process,
+                "process",
+            ),
+            (
+                rule.objects.thread,
+                ObjectKind::Thread,
+                rule.strip_thread,
+                "thread",
+            ),
+        ] {
+            if covered {
+                let separator = if first { "" } else { ";" };
+                write!(
+                    out,
+                    "{separator} {word} handles lose {}",
+                    MaskNames(kind, mask)
+                )?;
+                first = false;
+            }
+        }
+        writeln!(out)?;
+    }
+    Ok(())
+}
+
+/// `compile`.
+pub fn compile(path: &Path, destination: &Path, output: &mut Output<'_>) -> Result<(), Failure> {
+    let file = load(path, output).map_err(|failure| Failure {
+        message: format!("{}; nothing written", failure.message),
+        ..failure
+    })?;
+    std::fs::write(destination, &file.blob).map_err(|error| {
+        Failure::error(format!("cannot write {}: {error}", destination.display()))
+    })?;
+    describe_rules(&file.policy, output.out)?;
+    writeln!(
+        output.out,
+        "wrote {}: {}, {} bytes, policy id {:#010x}",
+        destination.display(),
+        plural(file.policy.rules.len(), "rule"),
+        file.blob.len(),
+        file.policy_id
+    )?;
+    Ok(())
+}
+
+/// `explain`.
+pub fn explain(args: &ExplainArgs, output: &mut Output<'_>) -> Result<(), Failure> {
+    let file = load(&args.policy, output)?;
+    let object = match args.object {
+        ObjectArg::Process => ObjectKind::Process,
+        ObjectArg::Thread => ObjectKind::Thread,
+    };
+    let operation = match args.op {
+        OperationArg::Create => Operation::Create,
+        OperationArg::Duplicate => Operation::Duplicate,
+    };
+    let desired_access =
+        parse_access(&args.access, object).map_err(|e| Failure::error(format!("--access: {e}")))?;
+    for (what, image) in [("requester", &args.requester), ("target", &args.target)] {
+        if !image.contains('\\') {
+            writeln!(
+                output.err,
+                "note: --{what} is a file name, not an NT image path: path patterns cannot match it"
+            )?;
+        }
+    }
+    let target = ProcessIdentity {
+        pid: args.target_pid,
+        image_path: &args.target,
+    };
+    let requester = ProcessIdentity {
+        pid: args.requester_pid,
+        image_path: &args.requester,
+    };
+    let request = HandleRequest {
+        object,
+        operation,
+        desired_access,
+        kernel_handle: args.kernel_handle,
+        same_process: args.target_pid == args.requester_pid,
+    };
+    let explanation = explain_request(&file.policy, &target, &requester, &request);
+    write!(output.out, "{explanation}")?;
+    Ok(())
+}

@@ -1,0 +1,397 @@
+//! The commands that talk to the driver: `apply`, `status`, `policy show`,
+//! `events`, `counters`. Each takes the device as `&mut dyn Device`.
+
+use std::io::Write;
+use std::time::Duration;
+
+use procguard_policy::toml::render_policy;
+use procguard_policy::{decode, policy_id as blob_policy_id};
+use procguard_protocol::dispatch::STATUS_INVALID_PARAMETER;
+use procguard_protocol::ioctl::{Status, PROTOCOL_VERSION};
+
+use crate::device::{self, Device, DeviceError, RequestError};
+use crate::events::{json_line, table_row, RuleNames, TABLE_HEADER};
+use crate::offline::{describe_rules, CompiledFile};
+use crate::{Failure, Output};
+
+/// Records asked for per `IOCTL_READ_EVENTS`.
+const EVENTS_PER_READ: usize = 256;
+
+/// `apply`: sends the compiled policy, then reads the status back to confirm
+/// the driver runs it.
+///
+/// # Errors
+/// [`Failure`] with the driver's refusal or an unreachable driver.
+pub fn apply(
+    device: &mut dyn Device,
+    file: &CompiledFile,
+    persist: bool,
+    output: &mut Output<'_>,
+) -> Result<(), Failure> {
+    match device::set_policy(device, &file.blob, persist) {
+        Ok(()) => {}
+        Err(RequestError::Device {
+            error: DeviceError::Driver(STATUS_INVALID_PARAMETER),
+            ..
+        }) => {
+            return Err(Failure::error(
+                "the driver refused the policy (STATUS_INVALID_PARAMETER): it validates every blob \
+                 and keeps the policy it had; is procguardctl older or newer than the driver?",
+            ));
+        }
+        Err(error) => return Err(error.into()),
+    }
+    let status = device::get_status(device)?;
+    if status.policy_id != file.policy_id {
+        return Err(Failure::error(format!(
+            "the driver accepted the policy but reports policy id {:#010x}, not {:#010x}: \
+             another policy was applied meanwhile?",
+            status.policy_id, file.policy_id
+        )));
+    }
+    describe_rules(&file.policy, output.out)?;
+    writeln!(
+        output.out,
+        "applied: policy id {:#010x}, {} rules in force{}",
+        file.policy_id,
+        status.rule_count,
+        if persist {
+            ", persisted (in force from boot)"
+        } else {
+            " (not persisted: the driver loads its stored policy at the next start)"
+        }
+    )?;
+    Ok(())
+}
+
+fn version(version: u32) -> String {
+    format!(
+        "{}.{}.{}",
+        version >> 16,
+        (version >> 8) & 0xFF,
+        version & 0xFF
+    )
+}
+
+fn altitude(status: &Status) -> String {
+    let units = status
+        .altitude
+        .get(..usize::from(status.altitude_len))
+        .unwrap_or_default();
+    String::from_utf16_lossy(units)
+}
+
+fn status_json(status: &Status) -> String {
+    let c = &status.counters;
+    let last_error = if status.last_error == 0 {
+        "null".to_owned()
+    } else {
+        format!("\"{}\"", device::describe_ntstatus(status.last_error))
+    };
+    format!(
+        "{{\"ProtocolVersion\":{},\"DriverVersion\":\"{}\",\"CallbacksRegistered\":{},\
+         \"ProcessNotifyRegistered\":{},\"Altitude\":\"{}\",\"PolicyId\":\"{:#010x}\",\"RuleCount\":{},\
+         \"TrackedProcesses\":{},\"LastError\":{last_error},\"AuditCapacity\":{},\"Counters\":{{\
+         \"Seen\":{},\"Modified\":{},\"Audited\":{},\"SkippedKernel\":{},\"SkippedSelf\":{},\
+         \"Exempt\":{},\"Unclassified\":{},\"EventsDropped\":{},\"EventsPending\":{}}}}}",
+        status.protocol_version,
+        version(status.driver_version),
+        status.callbacks_registered,
+        status.notify_registered,
+        altitude(status).escape_default(),
+        status.policy_id,
+        status.rule_count,
+        status.tracked_processes,
+        status.audit_capacity,
+        c.seen,
+        c.modified,
+        c.audited,
+        c.skipped_kernel,
+        c.skipped_self,
+        c.exempt,
+        c.unclassified,
+        c.events_dropped,
+        c.events_pending,
+    )
+}
+
+fn write_counters(status: &Status, out: &mut dyn Write) -> std::io::Result<()> {
+    let c = &status.counters;
+    for (label, value) in [
+        ("requests seen", c.seen),
+        ("access reduced", c.modified),
+        ("audited", c.audited),
+        ("kernel handles passed", c.skipped_kernel),
+        ("self-opens passed", c.skipped_self),
+        ("exempted", c.exempt),
+        ("unclassified lookups", c.unclassified),
+        ("audit records pending", c.events_pending),
+        ("audit records dropped", c.events_dropped),
+    ] {
+        writeln!(out, "  {label:<24}{value}")?;
+    }
+    Ok(())
+}
+
+/// `status`.
+///
+/// # Errors
+/// [`Failure`].
+pub fn status(device: &mut dyn Device, json: bool, output: &mut Output<'_>) -> Result<(), Failure> {
+    let status = device::get_status(device)?;
+    if status.protocol_version != PROTOCOL_VERSION {
+        writeln!(
+            output.err,
+            "warning: the driver speaks protocol {}, procguardctl protocol {PROTOCOL_VERSION}",
+            status.protocol_version
+        )?;
+    }
+    if json {
+        writeln!(output.out, "{}", status_json(&status))?;
+        return Ok(());
+    }
+    let yes_no = |flag: bool| if flag { "registered" } else { "NOT registered" };
+    let out = &mut *output.out;
+    writeln!(
+        out,
+        "procguard driver {} (protocol {})",
+        version(status.driver_version),
+        status.protocol_version
+    )?;
+    writeln!(
+        out,
+        "  object callbacks        {} (altitude {})",
+        yes_no(status.callbacks_registered),
+        if status.altitude_len == 0 {
+            "none".to_owned()
+        } else {
+            altitude(&status)
+        }
+    )?;
+    writeln!(
+        out,
+        "  process notify          {}",
+        yes_no(status.notify_registered)
+    )?;
+    if status.rule_count == 0 && status.policy_id == 0 {
+        writeln!(out, "  policy                  none (no rules in force)")?;
+    } else {
+        writeln!(
+            out,
+            "  policy                  {:#010x}, {} rules",
+            status.policy_id, status.rule_count
+        )?;
+    }
+    writeln!(
+        out,
+        "  tracked processes       {}",
+        status.tracked_processes
+    )?;
+    writeln!(
+        out,
+        "  audit ring              {} records",
+        status.audit_capacity
+    )?;
+    writeln!(
+        out,
+        "  last error              {}",
+        if status.last_error == 0 {
+            "none".to_owned()
+        } else {
+            device::describe_ntstatus(status.last_error)
+        }
+    )?;
+    write_counters(&status, out)?;
+    Ok(())
+}
+
+/// The rule names of the policy in force, and its id; empty names (and a
+/// note on `err`) when the blob does not decode.
+fn active_rule_names(
+    device: &mut dyn Device,
+    err: &mut dyn Write,
+) -> Result<(u32, RuleNames), Failure> {
+    let (id, blob) = device::get_policy(device)?;
+    if blob.is_empty() {
+        return Ok((id, RuleNames::default()));
+    }
+    match decode(&blob) {
+        Ok(policy) => Ok((
+            id,
+            RuleNames(policy.rules.iter().map(|r| r.name.to_string()).collect()),
+        )),
+        Err(error) => {
+            writeln!(
+                err,
+                "warning: the driver's policy blob does not decode ({error}): rules are shown by id"
+            )?;
+            Ok((id, RuleNames::default()))
+        }
+    }
+}
+
+/// `policy show`.
+///
+/// # Errors
+/// [`Failure`], also when the driver's blob does not decode.
+pub fn policy_show(device: &mut dyn Device, output: &mut Output<'_>) -> Result<(), Failure> {
+    let (id, blob) = device::get_policy(device)?;
+    if blob.is_empty() {
+        writeln!(
+            output.out,
+            "# No policy in force: the driver runs with no rules."
+        )?;
+        return Ok(());
+    }
+    if blob_policy_id(&blob) != Some(id) {
+        return Err(Failure::error(format!(
+            "get policy: the header says policy id {id:#010x}, the blob is {}",
+            blob_policy_id(&blob).map_or_else(|| "too short".to_owned(), |b| format!("{b:#010x}"))
+        )));
+    }
+    let policy = decode(&blob).map_err(|error| {
+        Failure::error(format!(
+            "the driver's policy blob ({} bytes) does not decode: {error}",
+            blob.len()
+        ))
+    })?;
+    let text = render_policy(&policy).map_err(|error| {
+        Failure::error(format!(
+            "the driver's policy cannot be shown as TOML: {error}"
+        ))
+    })?;
+    writeln!(
+        output.out,
+        "# Policy in force: id {id:#010x}, {} rules, {} bytes (procguardctl policy show)",
+        policy.rules.len(),
+        blob.len()
+    )?;
+    write!(output.out, "{text}")?;
+    Ok(())
+}
+
+/// How `events` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventOptions {
+    /// Keep polling.
+    pub follow: bool,
+    /// JSON lines.
+    pub json: bool,
+    /// Stop after this many records.
+    pub max: Option<u64>,
+    /// Pause between polls when nothing is waiting (with `follow`).
+    pub interval: Duration,
+}
+
+/// `events`: drains the driver's audit records, oldest first, and prints
+/// them; with `follow`, polls until interrupted (or `max` records).
+///
+/// # Errors
+/// [`Failure`], also when a response is malformed.
+pub fn events(
+    device: &mut dyn Device,
+    options: &EventOptions,
+    output: &mut Output<'_>,
+) -> Result<(), Failure> {
+    let (mut policy_id, mut names) = active_rule_names(device, output.err)?;
+    let mut printed: u64 = 0;
+    let mut dropped_seen: Option<u64> = None;
+    let mut header_written = false;
+    loop {
+        let room = options.max.map_or(EVENTS_PER_READ, |max| {
+            usize::try_from(max.saturating_sub(printed))
+                .unwrap_or(usize::MAX)
+                .min(EVENTS_PER_READ)
+        });
+        if room == 0 {
+            break;
+        }
+        let batch = device::read_events(device, room)?;
+        match dropped_seen {
+            Some(before) if batch.dropped > before => writeln!(
+                output.err,
+                "warning: the driver dropped {} audit records (its ring was full)",
+                batch.dropped - before
+            )?,
+            None if batch.dropped > 0 => writeln!(
+                output.err,
+                "note: the driver has dropped {} audit records since it started (ring full)",
+                batch.dropped
+            )?,
+            _ => {}
+        }
+        dropped_seen = Some(batch.dropped);
+        for record in &batch.records {
+            if options.json {
+                writeln!(output.out, "{}", json_line(record, &names))?;
+            } else {
+                if !header_written {
+                    writeln!(output.out, "{TABLE_HEADER}")?;
+                    header_written = true;
+                }
+                writeln!(output.out, "{}", table_row(record, &names))?;
+            }
+            printed += 1;
+        }
+        output.out.flush()?;
+        if batch.remaining > 0 && !batch.records.is_empty() {
+            continue;
+        }
+        if !options.follow {
+            break;
+        }
+        std::thread::sleep(options.interval);
+        // A new policy renames the rules of the records that follow.
+        let status = device::get_status(device)?;
+        if status.policy_id != policy_id {
+            (policy_id, names) = active_rule_names(device, output.err)?;
+        }
+    }
+    if printed == 0 && !options.json {
+        writeln!(output.err, "no audit records waiting")?;
+    }
+    Ok(())
+}
+
+/// `counters`.
+///
+/// # Errors
+/// [`Failure`].
+pub fn counters(
+    device: &mut dyn Device,
+    reset: bool,
+    output: &mut Output<'_>,
+) -> Result<(), Failure> {
+    let status = device::get_status(device)?;
+    let (rules_id, rules) = device::get_rule_counters(device, status.rule_count as usize)?;
+    let (names_id, names) = active_rule_names(device, output.err)?;
+    let names = if names_id == rules_id {
+        names
+    } else {
+        RuleNames::default()
+    };
+    writeln!(output.out, "requests")?;
+    write_counters(&status, output.out)?;
+    if rules.is_empty() {
+        writeln!(output.out, "no rules in force")?;
+    } else {
+        writeln!(output.out, "rules of policy {rules_id:#010x}")?;
+        writeln!(
+            output.out,
+            "  {:<6}{:<12}{:<12}NAME",
+            "RULE", "HITS", "STRIPS"
+        )?;
+        for (index, (hits, strips)) in rules.iter().enumerate() {
+            let name = u32::try_from(index)
+                .ok()
+                .and_then(|id| names.get(id))
+                .unwrap_or("?");
+            writeln!(output.out, "  {index:<6}{hits:<12}{strips:<12}{name}")?;
+        }
+    }
+    if reset {
+        device::reset_counters(device)?;
+        writeln!(output.out, "counters reset")?;
+    }
+    Ok(())
+}
