@@ -32,7 +32,10 @@ fn read(path: &Path) -> Result<String, Failure> {
 }
 
 fn print_errors(path: &Path, errors: &TomlErrors, output: &mut Output<'_>) -> std::io::Result<()> {
-    for error in &errors.0 {
+    // In file order, as compilers report.
+    let mut sorted: Vec<_> = errors.0.iter().collect();
+    sorted.sort_by_key(|error| (error.line, error.column));
+    for error in sorted {
         write!(
             output.err,
             "{}:{}:{}: error: ",
@@ -132,8 +135,8 @@ pub fn load(path: &Path, output: &mut Output<'_>) -> Result<CompiledFile, Failur
 pub fn check(path: &Path, deny_warnings: bool, output: &mut Output<'_>) -> Result<u8, Failure> {
     let file = load(path, output)?;
     let summary = format!(
-        "{} rules, {} bytes compiled, policy id {:#010x}",
-        file.policy.rules.len(),
+        "{}, {} bytes compiled, policy id {:#010x}",
+        plural(file.policy.rules.len(), "rule"),
         file.blob.len(),
         file.policy_id
     );

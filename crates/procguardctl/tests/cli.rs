@@ -1,0 +1,306 @@
+//! End-to-end tests of the offline commands: the real binary, run on the
+//! example policy and on broken ones, its exit code and exact output compared
+//! with `tests/snapshots/*.txt` (set `UPDATE_SNAPSHOTS=1` to rewrite them
+//! after a deliberate change, then review the diff).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const EXE: &str = env!("CARGO_BIN_EXE_procguardctl");
+const EXAMPLE: &str = "examples/protect-agent.toml";
+
+/// Runs the binary in the crate directory; returns exit code, stdout, stderr.
+fn procguardctl(args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(EXE)
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run procguardctl");
+    (
+        output.status.code().expect("exit code"),
+        String::from_utf8(output.stdout).expect("UTF-8 stdout"),
+        String::from_utf8(output.stderr).expect("UTF-8 stderr"),
+    )
+}
+
+/// The transcript a snapshot holds.
+fn transcript(args: &[&str], (code, stdout, stderr): &(i32, String, String)) -> String {
+    format!(
+        "$ procguardctl {}\nexit code: {code}\n--- stdout\n{stdout}--- stderr\n{stderr}",
+        args.join(" ")
+    )
+}
+
+/// A line diff good enough to read a snapshot mismatch.
+fn diff(expected: &str, actual: &str) -> String {
+    let (e, a): (Vec<_>, Vec<_>) = (expected.lines().collect(), actual.lines().collect());
+    let mut out = String::new();
+    for index in 0..e.len().max(a.len()) {
+        match (e.get(index), a.get(index)) {
+            (Some(x), Some(y)) if x == y => out.push_str(&format!("  {x}\n")),
+            (x, y) => {
+                if let Some(x) = x {
+                    out.push_str(&format!("- {x}\n"));
+                }
+                if let Some(y) = y {
+                    out.push_str(&format!("+ {y}\n"));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Compares `actual` with `tests/snapshots/NAME.txt`.
+fn snapshot(name: &str, actual: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/snapshots")
+        .join(format!("{name}.txt"));
+    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+        std::fs::write(&path, actual).expect("write snapshot");
+        return;
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_SNAPSHOTS=1 creates it)", path.display()));
+    if expected != actual {
+        eprintln!(
+            "snapshot {name} differs (- expected, + actual):\n{}",
+            diff(&expected, actual)
+        );
+    }
+    assert_eq!(expected, actual, "snapshot {name}");
+}
+
+fn check_snapshot(name: &str, args: &[&str], expected_code: i32) -> (i32, String, String) {
+    let result = procguardctl(args);
+    snapshot(name, &transcript(args, &result));
+    assert_eq!(result.0, expected_code, "exit code of {args:?}");
+    result
+}
+
+/// A fresh scratch directory for one test.
+fn scratch(test: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("procguardctl-cli-{test}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+#[test]
+fn check_accepts_the_example_policy_without_warnings() {
+    check_snapshot("check-example", &["check", EXAMPLE], 0);
+    check_snapshot(
+        "check-example-deny-warnings",
+        &["check", "--deny-warnings", EXAMPLE],
+        0,
+    );
+}
+
+#[test]
+fn check_reports_a_syntax_error_with_its_line_and_column() {
+    check_snapshot(
+        "check-syntax-error",
+        &["check", "tests/policies/syntax-error.toml"],
+        1,
+    );
+}
+
+#[test]
+fn check_reports_every_value_error_in_file_order() {
+    check_snapshot(
+        "check-bad-values",
+        &["check", "tests/policies/bad-values.toml"],
+        1,
+    );
+}
+
+#[test]
+fn check_passes_with_warnings_and_exits_2_when_they_are_denied() {
+    check_snapshot(
+        "check-warnings",
+        &["check", "tests/policies/warnings.toml"],
+        0,
+    );
+    check_snapshot(
+        "check-warnings-denied",
+        &["check", "--deny-warnings", "tests/policies/warnings.toml"],
+        2,
+    );
+    // Errors win over denied warnings.
+    let (code, _, _) =
+        procguardctl(&["check", "--deny-warnings", "tests/policies/bad-values.toml"]);
+    assert_eq!(code, 1);
+}
+
+#[test]
+fn check_of_a_missing_file_says_so() {
+    check_snapshot(
+        "check-missing-file",
+        &["check", "tests/policies/no-such-file.toml"],
+        1,
+    );
+}
+
+#[test]
+fn compile_writes_the_engine_blob_and_describes_every_rule() {
+    let dir = scratch("compile");
+    let out = dir.join("policy.bin");
+    let out_arg = out.to_str().expect("UTF-8 path");
+    let args = ["compile", EXAMPLE, "-o", out_arg];
+    let result = procguardctl(&args);
+    let text = transcript(&args, &result).replace(out_arg, "OUT.bin");
+    snapshot("compile-example", &text);
+    assert_eq!(result.0, 0);
+    let source =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(EXAMPLE)).unwrap();
+    let policy = procguard_policy::toml::parse_policy(&source).unwrap();
+    let blob = std::fs::read(&out).unwrap();
+    assert_eq!(blob, procguard_policy::encode(&policy));
+    assert_eq!(procguard_policy::decode(&blob), Ok(policy));
+    assert!(procguard_policy::CompiledPolicy::from_blob(&blob).is_ok());
+}
+
+#[test]
+fn compile_writes_nothing_for_an_invalid_policy() {
+    let dir = scratch("compile-invalid");
+    let out = dir.join("policy.bin");
+    let out_arg = out.to_str().expect("UTF-8 path");
+    let args = ["compile", "tests/policies/bad-values.toml", "-o", out_arg];
+    let result = procguardctl(&args);
+    snapshot(
+        "compile-invalid",
+        &transcript(&args, &result).replace(out_arg, "OUT.bin"),
+    );
+    assert_eq!(result.0, 1);
+    assert!(!out.exists(), "no blob for an invalid policy");
+}
+
+const TASKMGR: &str = r"\Device\HarddiskVolume3\Windows\System32\Taskmgr.exe";
+const AGENT: &str = r"\Device\HarddiskVolume3\Program Files\Contoso\Agent\contoso-agent.exe";
+const UPDATER: &str = r"\Device\HarddiskVolume3\Program Files\Contoso\Agent\contoso-updater.exe";
+const CSRSS: &str = r"\Device\HarddiskVolume3\Windows\System32\csrss.exe";
+
+#[test]
+fn explain_shows_task_manager_losing_the_right_to_kill_the_agent() {
+    check_snapshot(
+        "explain-taskmgr-kills-agent",
+        &[
+            "explain",
+            "--policy",
+            EXAMPLE,
+            "--requester",
+            TASKMGR,
+            "--target",
+            AGENT,
+            "--object",
+            "process",
+            "--op",
+            "create",
+            "--access",
+            "PROCESS_TERMINATE|PROCESS_QUERY_LIMITED_INFORMATION",
+        ],
+        0,
+    );
+}
+
+#[test]
+fn explain_shows_the_updater_excepted_but_still_unable_to_debug() {
+    check_snapshot(
+        "explain-updater-suspends-agent-thread",
+        &[
+            "explain",
+            "--policy",
+            EXAMPLE,
+            "--requester",
+            UPDATER,
+            "--requester-pid",
+            "3000",
+            "--target",
+            AGENT,
+            "--object",
+            "thread",
+            "--op",
+            "duplicate",
+            "--access",
+            "THREAD_TERMINATE,THREAD_SUSPEND_RESUME,THREAD_GET_CONTEXT",
+        ],
+        0,
+    );
+}
+
+#[test]
+fn explain_names_the_exemption_of_critical_processes() {
+    check_snapshot(
+        "explain-csrss-exempt",
+        &[
+            "explain",
+            "--policy",
+            EXAMPLE,
+            "--requester",
+            CSRSS,
+            "--requester-pid",
+            "612",
+            "--target",
+            AGENT,
+            "--access",
+            "PROCESS_ALL_ACCESS",
+        ],
+        0,
+    );
+}
+
+#[test]
+fn explain_refuses_rights_of_the_wrong_object_kind() {
+    check_snapshot(
+        "explain-wrong-kind",
+        &[
+            "explain",
+            "--policy",
+            EXAMPLE,
+            "--requester",
+            "taskmgr.exe",
+            "--target",
+            "contoso-agent.exe",
+            "--access",
+            "THREAD_TERMINATE",
+        ],
+        1,
+    );
+}
+
+#[test]
+fn driver_commands_say_they_are_windows_only_and_exit_3() {
+    if cfg!(windows) {
+        return;
+    }
+    check_snapshot("status-not-windows", &["status"], 3);
+    for args in [
+        &["apply", EXAMPLE][..],
+        &["policy", "show"],
+        &["events", "--json"],
+        &["counters", "--reset"],
+    ] {
+        let (code, stdout, stderr) = procguardctl(args);
+        assert_eq!(code, 3, "{args:?}");
+        assert_eq!(stdout, "", "{args:?}");
+        assert_eq!(
+            stderr,
+            "error: this command talks to the driver: Windows only (check, compile and explain work anywhere)\n",
+            "{args:?}"
+        );
+    }
+}
+
+#[test]
+fn a_bad_command_line_exits_64_and_help_exits_0() {
+    let (code, stdout, stderr) = procguardctl(&["explain", "--policy", EXAMPLE]);
+    assert_eq!(code, 64);
+    assert_eq!(stdout, "");
+    assert!(
+        stderr.contains("the following required arguments were not provided"),
+        "{stderr}"
+    );
+    let (code, stdout, _) = procguardctl(&["--help"]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("Exit codes: 0 ok, 1 error"), "{stdout}");
+}
