@@ -52,8 +52,12 @@ unset CARGO RUSTC RUSTDOC RUSTUP_TOOLCHAIN RUSTC_WRAPPER CARGO_TARGET_DIR CARGO_
 
 cd "$root"
 echo "build-windows.sh: building procguardctl for $target (rustc-web $(/usr/bin/rustc --version | cut -d' ' -f2), -Zbuild-std, $linker)"
+# No DWARF debug info nor symbols in the shipped .exe (the workspace's
+# release profile keeps line tables for the driver's PDB).
 RUSTC=/usr/bin/rustc \
 RUSTC_BOOTSTRAP=1 \
+CARGO_PROFILE_RELEASE_DEBUG=0 \
+CARGO_PROFILE_RELEASE_STRIP=symbols \
 CARGO_TARGET_X86_64_PC_WINDOWS_GNU_LINKER="$linker" \
     /usr/bin/cargo build \
     --package procguardctl --bin procguardctl \

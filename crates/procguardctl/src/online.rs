@@ -270,6 +270,14 @@ pub fn policy_show(device: &mut dyn Device, output: &mut Output<'_>) -> Result<(
     Ok(())
 }
 
+fn records(count: u64) -> String {
+    if count == 1 {
+        "1 audit record".to_owned()
+    } else {
+        format!("{count} audit records")
+    }
+}
+
 /// How `events` runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EventOptions {
@@ -310,13 +318,13 @@ pub fn events(
         match dropped_seen {
             Some(before) if batch.dropped > before => writeln!(
                 output.err,
-                "warning: the driver dropped {} audit records (its ring was full)",
-                batch.dropped - before
+                "warning: the driver dropped {} (its ring was full)",
+                records(batch.dropped - before)
             )?,
             None if batch.dropped > 0 => writeln!(
                 output.err,
-                "note: the driver has dropped {} audit records since it started (ring full)",
-                batch.dropped
+                "note: the driver has dropped {} since it started (ring full)",
+                records(batch.dropped)
             )?,
             _ => {}
         }

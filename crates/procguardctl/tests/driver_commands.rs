@@ -655,7 +655,7 @@ fn records_dropped_by_a_full_ring_are_reported() {
     assert_eq!(out.lines().count(), 2);
     assert_eq!(
         err,
-        "note: the driver has dropped 1 audit records since it started (ring full)\n"
+        "note: the driver has dropped 1 audit record since it started (ring full)\n"
     );
 }
 
