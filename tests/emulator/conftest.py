@@ -1,15 +1,17 @@
 """Fixtures of the emulator suite: where the driver and the WDF layout
-manifest are, and a fresh emulated kernel per test."""
+manifest are, policy blobs compiled from TOML, and a fresh emulated kernel
+per test."""
 
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
-from kernel_harness import KernelHarness
+from kernel_harness import KernelHarness, PolicyCompiler
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,6 +47,12 @@ def wdf_layout() -> dict:
             pytrace=False,
         )
     return json.loads(path.read_text())
+
+
+@pytest.fixture(scope="session")
+def compile_policy(tmp_path_factory) -> Callable[[str], bytes]:
+    """TOML policy text -> the driver's `Policy` blob (cached per session)."""
+    return PolicyCompiler(tmp_path_factory.mktemp("policies"), REPO_ROOT)
 
 
 @pytest.fixture

@@ -18,8 +18,11 @@ import ctypes
 import json
 import os
 import struct
+import subprocess
+import time
 import traceback
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterable, Optional
 
 import speakeasy
@@ -34,6 +37,10 @@ STATUS_UNSUCCESSFUL = 0xC0000001
 STATUS_INVALID_HANDLE = 0xC0000008
 STATUS_INVALID_PARAMETER = 0xC000000D
 STATUS_ACCESS_DENIED = 0xC0000022
+STATUS_INVALID_INFO_CLASS = 0xC0000003
+STATUS_INFO_LENGTH_MISMATCH = 0xC0000004
+STATUS_INVALID_CID = 0xC000000B
+STATUS_PROCEDURE_NOT_FOUND = 0xC000007A
 STATUS_BUFFER_TOO_SMALL = 0xC0000023
 STATUS_OBJECT_NAME_NOT_FOUND = 0xC0000034
 STATUS_INSUFFICIENT_RESOURCES = 0xC000009A
@@ -65,6 +72,18 @@ WDF_FUNCTION_COUNT_1_33 = 458
 OB_PRE_OPERATION_INFORMATION_SIZE = 40
 OB_PRE_OPERATION_PARAMETERS_SIZE = 24  # the duplicate member, the larger one
 OB_OPERATION_REGISTRATION_SIZE = 32
+PS_CREATE_NOTIFY_INFO_SIZE = 72
+RUN_TIMEOUT_SECONDS = 120
+KERNEL_STACK_SIZE = 0x6000  # x64 kernel thread stack (ntddk.h KERNEL_STACK_SIZE)
+STACK_REGION_SIZE = 0x40000  # what the harness maps, to see overflows
+# SYSTEM_PROCESS_INFORMATION (x64): fixed part 0x100 bytes, then one
+# SYSTEM_THREAD_INFORMATION (0x50) per thread, then (here) the image name.
+SYSTEM_PROCESS_INFORMATION_SIZE = 0x100
+SYSTEM_THREAD_INFORMATION_SIZE = 0x50
+SYSTEM_PROCESS_INFORMATION_CLASS = 5
+PASSIVE_LEVEL = 0
+APC_LEVEL = 1
+DISPATCH_LEVEL = 2
 
 SERVICE_NAME = "procguard"
 
@@ -73,6 +92,11 @@ SERVICE_NAME = "procguard"
 KERNEL_HANDLE_BASE = 0xFFFFFFFF80000000
 REGISTRATION_HANDLE_BASE = 0xFFFFC0B000000000
 WDFDRIVER_HANDLE = 0x00000000DD0D0001
+# Creation times (100 ns since 1601) handed to fake processes, increasing.
+FIRST_CREATE_TIME = 133_500_000_000_000_000
+# KeQuerySystemTimePrecise starts here and advances 1 µs per call.
+FIRST_SYSTEM_TIME = 133_600_000_000_000_000
+DEFAULT_CURRENT_TID = 0x1F04
 
 
 class KernelFault(AssertionError):
@@ -104,25 +128,65 @@ def reg_binary(data: bytes) -> tuple[int, bytes]:
     return REG_BINARY, bytes(data)
 
 
-def policy_blob(
-    rules: Iterable[tuple[int, int, int]],
-    *,
-    magic: bytes = b"PGPT",
-    version: int = 1,
-    count: Optional[int] = None,
-) -> bytes:
-    """Encodes the driver's `Policy` value (driver/src/pid_table.rs).
+def image_path(name: str, directory: str = "\\Device\\HarddiskVolume3\\Program Files\\Test") -> str:
+    """An NT image path as SeLocateProcessImageName returns it."""
+    return f"{directory}\\{name}"
 
-    The keyword arguments exist to build corrupt blobs on purpose; rules are
-    written in the order given (sorting is the caller's job, so unsorted
-    blobs can be made too).
-    """
-    rules = list(rules)
-    blob = bytearray(magic)
-    blob += struct.pack("<HH", version, len(rules) if count is None else count)
-    for pid, process_strip, thread_strip in rules:
-        blob += struct.pack("<III", pid, process_strip, thread_strip)
-    return bytes(blob)
+
+class PolicyCompileError(AssertionError):
+    """`cargo xtask compile-policy` rejected a test policy."""
+
+
+class PolicyCompiler:
+    """`cargo xtask compile-policy` with a cache keyed by the TOML text, so
+    each distinct policy is compiled once per session. The xtask binary is
+    built once and then run directly (saves cargo's start-up per policy)."""
+
+    def __init__(self, directory: Path, repo_root: Path):
+        self.directory = Path(directory)
+        self.repo_root = Path(repo_root)
+        self.cache: dict[str, bytes] = {}
+        self.command: list[str] | None = None
+
+    def _xtask(self) -> list[str]:
+        if self.command is None:
+            build = subprocess.run(
+                ["cargo", "build", "--quiet", "--package", "xtask", "--message-format=json"],
+                cwd=self.repo_root,
+                capture_output=True,
+                text=True,
+            )
+            executable = None
+            for line in build.stdout.splitlines():
+                try:
+                    message = json.loads(line)
+                except ValueError:
+                    continue
+                if message.get("reason") == "compiler-artifact" and message.get("executable") and (
+                    message.get("target", {}).get("name") == "xtask"
+                ):
+                    executable = message["executable"]
+            self.command = [executable] if build.returncode == 0 and executable else [
+                "cargo", "xtask"
+            ]
+        return self.command
+
+    def __call__(self, toml_text: str) -> bytes:
+        if toml_text not in self.cache:
+            number = len(self.cache)
+            source = self.directory / f"policy{number}.toml"
+            output = self.directory / f"policy{number}.bin"
+            source.write_text(toml_text)
+            result = subprocess.run(
+                [*self._xtask(), "compile-policy", str(source), str(output)],
+                cwd=self.repo_root,
+                capture_output=True,
+                text=True,
+            )
+            if result.returncode != 0:
+                raise PolicyCompileError(f"compile-policy failed:\n{result.stderr}\n--- policy ---\n{toml_text}")
+            self.cache[toml_text] = output.read_bytes()
+        return self.cache[toml_text]
 
 
 @dataclass
@@ -189,6 +253,172 @@ class WdfBind:
     module: int
 
 
+@dataclass
+class FakeProcess:
+    """A process of the emulated machine: a fake EPROCESS block (real
+    emulated memory, so the driver can hold its address) and what the kernel
+    answers about it."""
+
+    pid: int
+    address: int
+    create_time: int
+    image_path: str  # NT path; "" for processes without one (System)
+    # Status SeLocateProcessImageName returns for it (success by default).
+    image_name_status: int = STATUS_SUCCESS
+    running: bool = True  # in the process list, found by PsLookupProcessByProcessId
+    references: int = 0  # references the driver holds (PsLookup... minus ObfDereference...)
+
+
+@dataclass
+class FakeThread:
+    address: int
+    tid: int
+    process: FakeProcess
+
+
+@dataclass
+class AuditRecord:
+    """One audit record, decoded from the eight words documented in
+    crates/procguard-protocol/src/audit_record.rs."""
+
+    sequence: int
+    timestamp: int
+    process_id: int
+    thread_id: int
+    originator_process_id: int
+    originator_thread_id: int
+    source_process_id: int
+    target_process_id: int
+    original_desired_access: int
+    desired_access: int
+    result_code: int
+    rule_id: int
+    object: str  # "process" | "thread"
+    duplication: bool
+    mode: str  # "enforce" | "audit"
+    reserved: int
+
+    @classmethod
+    def from_words(cls, words: list[int]) -> "AuditRecord":
+        def low(word: int) -> int:
+            return word & 0xFFFFFFFF
+
+        def high(word: int) -> int:
+            return word >> 32
+
+        flags = words[7]
+        object_code, mode_code = flags & 0xFF, (flags >> 16) & 0xFF
+        return cls(
+            sequence=words[0],
+            timestamp=words[1],
+            process_id=low(words[2]),
+            thread_id=high(words[2]),
+            originator_process_id=low(words[3]),
+            originator_thread_id=high(words[3]),
+            source_process_id=low(words[4]),
+            target_process_id=high(words[4]),
+            original_desired_access=low(words[5]),
+            desired_access=high(words[5]),
+            result_code=low(words[6]),
+            rule_id=high(words[6]),
+            object={1: "process", 2: "thread"}.get(object_code, f"invalid({object_code})"),
+            duplication=bool(flags & 0x100),
+            mode={1: "enforce", 2: "audit"}.get(mode_code, f"invalid({mode_code})"),
+            # Bits 9-15, 24-63 must be zero.
+            reserved=flags & ~0x00FF01FF,
+        )
+
+
+NO_RULE = 0xFFFFFFFF
+AUDIT_RECORD_WORDS = 8
+# A ring cell (driver/src/audit_ring.rs `Cell`): an AtomicU64 sequence and
+# the eight record words, 72 bytes. Rust may order the two fields either way
+# (repr(Rust)); `AuditRingView.locate` finds out which from the cell contents.
+AUDIT_CELL_BYTES = 8 + 8 * AUDIT_RECORD_WORDS
+
+
+def audit_ring_capacity(audit_records: int) -> int:
+    """Cells the driver allocates for an `AuditRecords` setting: clamped to
+    2..=2^20, rounded up to a power of two (AuditRing::with_capacity)."""
+    records = min(max(audit_records, 2), 1 << 20)
+    return 1 << (records - 1).bit_length()
+
+
+class AuditRingView:
+    """Reads the driver's audit ring out of its pool memory, by content.
+
+    There is no drain IOCTL yet (next issue), and the DriverState layout is
+    Rust's to choose, so the ring is not found through the state: it is the
+    one pool block of ``capacity * 72`` bytes whose cells look like a Vyukov
+    ring's. Cell i (0-based) holds, in its sequence word:
+
+    - ``i + k*capacity`` while free (k laps: initially k = 0; a cell whose
+      record was discarded on overflow is handed back one lap later), or
+    - ``p + 1`` once the record of position ``p`` (``p & mask == i``) is
+      published; the record's own word 0 (its `sequence` field) is then ``p``.
+
+    So a cell holds a published record iff ``(seq - 1) & mask == i`` and
+    ``words[0] == seq - 1``; ``records()`` returns those, oldest first.
+    """
+
+    def __init__(self, kernel: "KernelHarness", address: int, capacity: int, sequence_offset: int):
+        self.kernel = kernel
+        self.address = address
+        self.capacity = capacity
+        self.sequence_offset = sequence_offset  # 0 or 64 within a cell
+
+    @classmethod
+    def locate(cls, kernel: "KernelHarness", audit_records: int = 4096) -> "AuditRingView":
+        capacity = audit_ring_capacity(audit_records)
+        mask = capacity - 1
+        found = []
+        for block in kernel.pool.values():
+            if block.size != capacity * AUDIT_CELL_BYTES or block.tag != POOL_TAG_PGRD:
+                continue
+            raw = kernel.read(block.address, block.size)
+            for sequence_offset in (0, 8 * AUDIT_RECORD_WORDS):
+                words_offset = 8 if sequence_offset == 0 else 0
+                plausible = True
+                for index in range(capacity):
+                    cell = index * AUDIT_CELL_BYTES
+                    sequence = _u64(raw, cell + sequence_offset)
+                    first_word = _u64(raw, cell + words_offset)
+                    free = sequence & mask == index
+                    published = sequence >= 1 and (sequence - 1) & mask == index and first_word == sequence - 1
+                    if not (free or published):
+                        plausible = False
+                        break
+                if plausible:
+                    found.append(cls(kernel, block.address, capacity, sequence_offset))
+                    break
+        if len(found) != 1:
+            raise KernelFault(f"expected one audit ring of {capacity} cells in the pool, found {len(found)}")
+        return found[0]
+
+    def records(self) -> list[AuditRecord]:
+        mask = self.capacity - 1
+        raw = self.kernel.read(self.address, self.capacity * AUDIT_CELL_BYTES)
+        words_offset = 8 if self.sequence_offset == 0 else 0
+        records = []
+        for index in range(self.capacity):
+            cell = index * AUDIT_CELL_BYTES
+            sequence = _u64(raw, cell + self.sequence_offset)
+            words = list(struct.unpack_from("<8Q", raw, cell + words_offset))
+            if sequence >= 1 and (sequence - 1) & mask == index and words[0] == sequence - 1:
+                records.append(AuditRecord.from_words(words))
+        return sorted(records, key=lambda record: record.sequence)
+
+
+@dataclass
+class Measurement:
+    result: object
+    instructions: int
+    api_calls: list[str]
+    allocations: int
+    mutex_acquisitions: int
+    address_counts: "collections.Counter[int]"
+
+
 class KernelHarness:
     """One emulated machine with procguard.sys loaded but not yet started.
 
@@ -219,6 +449,7 @@ class KernelHarness:
         # (API, argument) of the calls whose order matters, in call order.
         self.events: list[tuple[str, int]] = []
         self.bugchecks: list[tuple[int, ...]] = []
+        self.bugcheck_stack: list[int] = []
         self.registrations: list[RegistrationAttempt] = []
         self.live_registrations: dict[int, RegistrationAttempt] = {}
         self.unregistrations: list[int] = []
@@ -236,14 +467,43 @@ class KernelHarness:
         self.evt_driver_unload: Optional[int] = None
         self.driver_entry_status: Optional[int] = None
 
+        # Processes, threads and process tracking.
+        self.irql = PASSIVE_LEVEL
+        self.current_tid = DEFAULT_CURRENT_TID
+        self.processes: dict[int, FakeProcess] = {}  # EPROCESS address -> process
+        self.running: dict[int, FakeProcess] = {}  # pid -> the live process with that id
+        self.threads: dict[int, FakeThread] = {}  # ETHREAD address -> thread
+        self.notify_routines: list[int] = []  # registered process notify routines
+        self.notify_register_result: Optional[int] = None  # scripted failure
+        self.process_list_queries: list[tuple[int, int, int]] = []  # (class, length, status)
+        self.process_list_results: collections.deque[int] = collections.deque()  # scripted failures
+        self.image_name_blocks: dict[int, int] = {}  # SeLocateProcessImageName results not yet freed -> pid
+        self.image_name_lookups = 0
+        self.mutexes: dict[int, bool] = {}  # initialised KGUARDED_MUTEX address -> held
+        self.mutex_acquisitions = 0
+        self.spin_lock_acquisitions = 0
+        self.delays: list[int] = []  # KeDelayExecutionThread intervals
+        self.system_time = FIRST_SYSTEM_TIME
+        self._next_create_time = FIRST_CREATE_TIME
+        self._next_tid = 0x2000
+        self.device_inits: dict[int, dict] = {}
+        self.devices: dict[int, dict] = {}  # live control devices
+        # Every kernel/WDF function the driver called, by name, in order.
+        self.api_calls: list[str] = []
+
         self._next_handle = KERNEL_HANDLE_BASE
         self._next_registration = REGISTRATION_HANDLE_BASE
-        self._processes: dict[int, int] = {}  # EPROCESS address -> pid
-        self._threads: dict[int, int] = {}  # ETHREAD address -> owning pid
+        self._arenas: dict[str, list[int]] = {}  # name -> [next free, end]
         self._scratch = self.se.mem_alloc(0x1000, tag="harness.scratch")
 
         self._install_object_types()
         self._install_hooks()
+        self._install_kernel_stack()
+        # Every machine runs Idle (pid 0: listed, but not a process object
+        # PsLookupProcessByProcessId hands out) and System (pid 4, no image
+        # path), the current process unless a test says otherwise.
+        self.new_process(0, "")
+        self.new_process(4, "")
 
     # ------------------------------------------------------------------ setup
 
@@ -256,7 +516,9 @@ class KernelHarness:
         # than the driver code itself and is useless here.
         config["analysis"]["strings"] = False
         config["analysis"]["memory_tracing"] = False
-        config["timeout"] = 10
+        # Speakeasy stops a run silently at its timeout (no run error): the
+        # harness treats reaching it as a fault (see `_after_run`).
+        config["timeout"] = RUN_TIMEOUT_SECONDS
         return config
 
     @property
@@ -292,6 +554,28 @@ class KernelHarness:
         if patched != set(targets):
             raise KernelFault(f"image does not import {set(targets) - patched} from ntoskrnl")
 
+    def _install_kernel_stack(self) -> None:
+        """Gives every run a kernel-sized stack, with its use measured.
+
+        Speakeasy sizes the stack from the PE header's SizeOfStackCommit
+        (4 KiB for this image), which a kernel ignores: x64 kernel threads
+        have KERNEL_STACK_SIZE = 24 KiB. The harness maps a larger region,
+        zeroes it before each run and afterwards finds the deepest byte
+        written (the high-water mark): deeper than 24 KiB is a stack overflow
+        (a bugcheck on Windows) and fails the run.
+        """
+        self.stack_region = self.se.mem_alloc(STACK_REGION_SIZE, tag="harness.kernel_stack")
+        self.stack_top = self.stack_region + STACK_REGION_SIZE - 0x100
+        self.emu.stack_base = self.stack_top
+        self.max_stack_used = 0
+        self.last_stack_used = 0
+
+    def _stack_used(self) -> int:
+        raw = self.read(self.stack_region, STACK_REGION_SIZE)
+        stripped = raw.lstrip(b"\0")
+        # Bytes from the deepest written byte to the stack top.
+        return max(0, self.stack_top - (self.stack_region + len(raw) - len(stripped)))
+
     def _hook(self, module: str, name: str, argc: int, handler: Callable) -> None:
         """Registers ``handler(argv, original)`` for ``module!name``.
 
@@ -301,6 +585,7 @@ class KernelHarness:
         """
 
         def callback(emu, api_name, original, argv):
+            self.api_calls.append(name)
             try:
                 return handler(list(argv), original)
             except Exception:  # noqa: BLE001 - reported, not hidden
@@ -325,10 +610,41 @@ class KernelHarness:
         hook("ntoskrnl", "ZwClose", 1, self._zw_close)
         hook("ntoskrnl", "DbgPrintEx", 4, self._dbg_print_ex)
         hook("ntoskrnl", "KeBugCheckEx", 5, self._ke_bug_check_ex)
+        # Process tracking (issue 4).
+        hook("ntoskrnl", "PsSetCreateProcessNotifyRoutineEx", 2, self._ps_set_create_process_notify_routine_ex)
+        hook("ntoskrnl", "ZwQuerySystemInformation", 4, self._zw_query_system_information)
+        hook("ntoskrnl", "PsLookupProcessByProcessId", 2, self._ps_lookup_process_by_process_id)
+        hook("ntoskrnl", "ObfDereferenceObject", 1, self._obf_dereference_object)
+        hook("ntoskrnl", "PsGetProcessCreateTimeQuadPart", 1, self._ps_get_process_create_time_quad_part)
+        hook("ntoskrnl", "SeLocateProcessImageName", 2, self._se_locate_process_image_name)
+        hook("ntoskrnl", "ExFreePool", 1, self._ex_free_pool)
+        hook("ntoskrnl", "IoThreadToProcess", 1, self._io_thread_to_process)
+        hook("ntoskrnl", "IoGetCurrentProcess", 0, self._io_get_current_process)
+        hook("ntoskrnl", "PsGetCurrentThreadId", 0, self._ps_get_current_thread_id)
+        hook("ntoskrnl", "PsGetThreadId", 1, self._ps_get_thread_id)
+        # Synchronisation and time.
+        hook("ntoskrnl", "KeInitializeGuardedMutex", 1, self._ke_initialize_guarded_mutex)
+        hook("ntoskrnl", "KeAcquireGuardedMutex", 1, self._ke_acquire_guarded_mutex)
+        hook("ntoskrnl", "KeReleaseGuardedMutex", 1, self._ke_release_guarded_mutex)
+        hook("ntoskrnl", "KeAcquireSpinLockRaiseToDpc", 1, self._ke_acquire_spin_lock_raise_to_dpc)
+        hook("ntoskrnl", "KeReleaseSpinLock", 2, self._ke_release_spin_lock)
+        hook("ntoskrnl", "KeGetCurrentIrql", 0, self._ke_get_current_irql)
+        hook("ntoskrnl", "KeDelayExecutionThread", 3, self._ke_delay_execution_thread)
+        hook("ntoskrnl", "KeQuerySystemTimePrecise", 1, self._ke_query_system_time_precise)
         hook("wdfldr", "WdfVersionBind", 4, self._wdf_version_bind)
         hook("wdfldr", "WdfVersionUnbind", 3, self._wdf_version_unbind)
         hook("wdfldr", "WdfDriverCreate", 6, self._wdf_driver_create)
         hook("wdfldr", "FxFrameworkDriverUnload", 1, self._fx_framework_driver_unload)
+        # The control device (created last by DriverEntry since issue 5): just
+        # enough framework to create and delete it; its IOCTLs are not driven here.
+        hook("wdfldr", "WdfControlDeviceInitAllocate", 3, self._wdf_control_device_init_allocate)
+        hook("wdfldr", "WdfDeviceInitAssignName", 3, self._wdf_device_init_assign_name)
+        hook("wdfldr", "WdfDeviceInitFree", 2, self._wdf_device_init_free)
+        hook("wdfldr", "WdfDeviceCreate", 4, self._wdf_device_create)
+        hook("wdfldr", "WdfDeviceCreateSymbolicLink", 3, self._wdf_device_create_symbolic_link)
+        hook("wdfldr", "WdfIoQueueCreate", 5, self._wdf_io_queue_create)
+        hook("wdfldr", "WdfControlFinishInitializing", 2, self._wdf_control_finish_initializing)
+        hook("wdfldr", "WdfObjectDelete", 2, self._wdf_object_delete)
 
     # ------------------------------------------------------------ memory I/O
 
@@ -395,8 +711,30 @@ class KernelHarness:
             problems.append("harness hook raised:\n" + "\n".join(self.hook_failures))
         if self.bugchecks:
             problems.append(f"KeBugCheckEx called: {[tuple(map(hex, b)) for b in self.bugchecks]}")
+            problems.append("image addresses on its stack:\n" + symbolize(self.sys_path, self.bugcheck_stack[:24]))
         if problems:
             raise KernelFault(f"{what}: " + "\n".join(problems))
+
+    def _after_run(self, run, what: str, started: float, irql_before: int) -> None:
+        """Checks common to every run of driver code: no fault, not cut off
+        by Speakeasy's timeout, stack within a kernel stack, and the thread
+        back where it was (IRQL restored, no guarded mutex still held)."""
+        elapsed = time.monotonic() - started
+        if elapsed >= RUN_TIMEOUT_SECONDS * 0.95:
+            raise KernelFault(f"{what}: stopped by the {RUN_TIMEOUT_SECONDS} s emulation timeout ({elapsed:.0f} s)")
+        self._check_stack(what)
+        self.assert_no_fault(run, what)
+        if self.irql != irql_before:
+            raise KernelFault(f"{what}: returned at IRQL {self.irql}, entered at {irql_before}")
+        held = [hex(mutex) for mutex, is_held in self.mutexes.items() if is_held]
+        if held:
+            raise KernelFault(f"{what}: returned holding guarded mutex(es) {held}")
+
+    def _check_stack(self, what: str) -> None:
+        used = self.last_stack_used = self._stack_used()
+        self.max_stack_used = max(self.max_stack_used, used)
+        if used > KERNEL_STACK_SIZE:
+            raise KernelFault(f"{what}: used {used} bytes of stack, more than a {KERNEL_STACK_SIZE}-byte kernel stack")
 
     def call(self, address: int, args: list[int], what: str) -> int:
         """Calls any driver code directly; see ``_run``."""
@@ -416,10 +754,13 @@ class KernelHarness:
         the 5th and later in the wrong stack slots) and returns RAX."""
         assert len(args) <= 4, "se.call misplaces stack arguments (speakeasy issue 298)"
         runs_before = len(self.emu.runs)
+        self.write(self.stack_region, b"\0" * STACK_REGION_SIZE)
+        irql_before = self.irql
+        started = time.monotonic()
         self.se.call(address, args)
         assert len(self.emu.runs) == runs_before + 1, f"{what}: no run was recorded"
         run = self.emu.runs[-1]
-        self.assert_no_fault(run, what)
+        self._after_run(run, what, started, irql_before)
         return (run.ret_val or 0) & 0xFFFFFFFFFFFFFFFF
 
     @property
@@ -429,10 +770,14 @@ class KernelHarness:
     def driver_entry(self) -> int:
         """Runs the image entry point (FxDriverEntry) like the I/O manager; returns its NTSTATUS."""
         assert self.driver_entry_status is None, "DriverEntry runs once per harness"
+        self.write(self.stack_region, b"\0" * STACK_REGION_SIZE)
+        # run_module starts at the current RSP (only `call` resets it).
+        self.emu.reset_stack(self.emu.stack_base)
+        started = time.monotonic()
         self.se.run_module(self.module)
         entries = [run for run in self.emu.runs if run.type == EP_DRIVER_ENTRY]
         assert len(entries) == 1, "Speakeasy did not run the entry point"
-        self.assert_no_fault(entries[0], "DriverEntry")
+        self._after_run(entries[0], "DriverEntry", started, PASSIVE_LEVEL)
         self.driver_entry_status = (entries[0].ret_val or 0) & 0xFFFFFFFF
         return self.driver_entry_status
 
@@ -454,17 +799,145 @@ class KernelHarness:
 
     # ----------------------------------------------------------- fake objects
 
-    def new_process(self, pid: int) -> int:
-        """A fake EPROCESS whose PsGetProcessId is ``pid``."""
-        address = self.se.mem_alloc(0x100, tag=f"harness.EPROCESS.{pid}")
-        self._processes[address] = pid
+    def _arena_alloc(self, arena: str, size: int, chunk: int = 16 << 20) -> int:
+        """Bump allocation (16-byte aligned) from large emulated regions.
+
+        One Speakeasy mapping per fake object or pool block would mean
+        thousands of unicorn mappings for a 1,000-process machine; carving
+        them from a few big regions keeps that cheap. Memory is never reused,
+        so a stale pointer never aliases a newer block.
+        """
+        size = (max(size, 1) + 15) & ~15
+        if size > chunk // 4:
+            return self.se.mem_alloc(size, tag=f"harness.{arena}.large")
+        state = self._arenas.get(arena)
+        if state is None or state[0] + size > state[1]:
+            base = self.se.mem_alloc(chunk, tag=f"harness.{arena}")
+            state = self._arenas[arena] = [base, base + chunk]
+        address = state[0]
+        state[0] += size
         return address
 
-    def new_thread(self, owner_pid: int) -> int:
-        """A fake ETHREAD of process ``owner_pid``."""
-        address = self.se.mem_alloc(0x100, tag=f"harness.ETHREAD.{owner_pid}")
-        self._threads[address] = owner_pid
+    def new_process(
+        self,
+        pid: int,
+        image: Optional[str] = None,
+        *,
+        create_time: Optional[int] = None,
+        running: bool = True,
+    ) -> int:
+        """A fake EPROCESS with id ``pid``, image path ``image`` (default:
+        ``\\Device\\HarddiskVolume3\\Program Files\\Test\\pid<N>.exe``) and a
+        creation time later than every earlier process's. ``running``: it is
+        the live process with that id (in the process list, found by
+        PsLookupProcessByProcessId), replacing any earlier one. Returns its
+        address."""
+        if image is None:
+            image = image_path(f"pid{pid}.exe")
+        if create_time is None:
+            self._next_create_time += 10_000
+            create_time = self._next_create_time
+        address = self._arena_alloc("EPROCESS", 0x100)
+        process = FakeProcess(pid=pid, address=address, create_time=create_time, image_path=image, running=running)
+        self.processes[address] = process
+        if running:
+            previous = self.running.get(pid)
+            if previous is not None:
+                previous.running = False
+            self.running[pid] = process
         return address
+
+    def eprocess(self, pid: int) -> int:
+        """The EPROCESS of the running process ``pid`` (created with the
+        default image if there is none)."""
+        if pid not in self.running:
+            self.new_process(pid)
+        return self.running[pid].address
+
+    def new_thread(self, owner_pid: int, tid: Optional[int] = None) -> int:
+        """A fake ETHREAD of the running process ``owner_pid``."""
+        if tid is None:
+            self._next_tid += 4
+            tid = self._next_tid
+        address = self._arena_alloc("ETHREAD", 0x100)
+        self.threads[address] = FakeThread(address, tid, self.processes[self.eprocess(owner_pid)])
+        return address
+
+    def exit_process(self, pid: int) -> FakeProcess:
+        """Process ``pid`` exits: it leaves the process list (its object lives on)."""
+        process = self.running.pop(pid)
+        process.running = False
+        return process
+
+    # ------------------------------------------------ process notifications
+
+    def notify_create(self, pid: int, image: Optional[str] = None, *, parent_pid: int = 4) -> int:
+        """A new process starts: the kernel creates it and calls every
+        registered notify routine with a PS_CREATE_NOTIFY_INFO, at PASSIVE
+        level, in the creating thread. Returns the new EPROCESS."""
+        assert self.notify_routines, "no process notify routine is registered"
+        address = self.new_process(pid, image)
+        process = self.processes[address]
+        # The notify routine's ImageFileName is the Win32-ish form; the
+        # driver must use SeLocateProcessImageName's NT path instead, so give
+        # it something different on purpose.
+        file_name = self.unicode_string("\\??\\C:\\NotTheNtPath\\" + process.image_path.rsplit("\\", 1)[-1])
+        command_line = self.unicode_string(f'"{process.image_path}"')
+        info = self._arena_alloc("PS_CREATE_NOTIFY_INFO", PS_CREATE_NOTIFY_INFO_SIZE)
+        self.write(
+            info,
+            struct.pack(
+                "<QIIQQQQQQiI",
+                PS_CREATE_NOTIFY_INFO_SIZE,  # Size
+                1, 0,  # Flags: FileOpenNameAvailable
+                parent_pid,  # ParentProcessId
+                parent_pid, self.current_tid,  # CreatingThreadId (CLIENT_ID)
+                0,  # FileObject
+                file_name,  # ImageFileName
+                command_line,  # CommandLine
+                0, 0,  # CreationStatus, padding
+            ),
+        )
+        for routine in list(self.notify_routines):
+            self._run(routine, [address, pid, info], "process notify routine (create)")
+        return address
+
+    def notify_exit(self, pid: int) -> None:
+        """Process ``pid`` exits: notify routines are called with no create
+        information, then it leaves the process list."""
+        assert self.notify_routines, "no process notify routine is registered"
+        process = self.running[pid]
+        for routine in list(self.notify_routines):
+            self._run(routine, [process.address, pid, 0], "process notify routine (exit)")
+        self.exit_process(pid)
+
+    # ------------------------------------------------------------ measuring
+
+    def measure(self, action: Callable[[], object]) -> "Measurement":
+        """Runs ``action`` counting the x86 instructions executed inside the
+        driver image (kernel API bodies run in Python: each counts only as
+        the driver's `call`) and the kernel functions it called."""
+        counts: collections.Counter[int] = collections.Counter()
+
+        def on_code(_emu, address, _size, _ctx):
+            counts[address] += 1
+
+        calls_before = len(self.api_calls)
+        allocations_before = self.allocation_count
+        mutexes_before = self.mutex_acquisitions
+        hook = self.se.add_code_hook(on_code, begin=self.image_base, end=self.image_end - 1)
+        try:
+            result = action()
+        finally:
+            hook.disable()
+        return Measurement(
+            result=result,
+            instructions=sum(counts.values()),
+            api_calls=self.api_calls[calls_before:],
+            allocations=self.allocation_count - allocations_before,
+            mutex_acquisitions=self.mutex_acquisitions - mutexes_before,
+            address_counts=counts,
+        )
 
     # ------------------------------------------------------- the pre-op callback
 
@@ -488,6 +961,7 @@ class KernelHarness:
         current_pid: Optional[int] = None,
         flags: Optional[int] = None,
         object_type: Optional[int] = None,
+        irql: int = PASSIVE_LEVEL,
     ) -> PreOperationResult:
         """Calls the registered pre-operation callback the way the object
         manager does, with a freshly built OB_PRE_OPERATION_INFORMATION.
@@ -520,7 +994,13 @@ class KernelHarness:
             info,
             struct.pack("<IIQQQQ", operation, flags, target, object_type, 0x5A5A5A5A5A5A5A5A, parameters),
         )
-        status = self._run(entry.pre_operation, [registration.context, info], "pre-operation callback")
+        # Callbacks run at PASSIVE or APC level.
+        assert irql in (PASSIVE_LEVEL, APC_LEVEL)
+        saved_irql, self.irql = self.irql, irql
+        try:
+            status = self._run(entry.pre_operation, [registration.context, info], "pre-operation callback")
+        finally:
+            self.irql = saved_irql
         after_info = self.read(info, OB_PRE_OPERATION_INFORMATION_SIZE)
         after_parameters = self.read(parameters, OB_PRE_OPERATION_PARAMETERS_SIZE)
         return PreOperationResult(
@@ -602,26 +1082,33 @@ class KernelHarness:
         return self.current_pid
 
     def _ps_get_process_id(self, argv, _original):
-        process = argv[0]
-        if process not in self._processes:
-            raise KernelFault(f"PsGetProcessId({process:#x}): not an EPROCESS")
-        return self._processes[process]
+        return self._process_object(argv[0], "PsGetProcessId").pid
 
     def _ps_get_thread_process_id(self, argv, _original):
-        thread = argv[0]
-        if thread not in self._threads:
-            raise KernelFault(f"PsGetThreadProcessId({thread:#x}): not an ETHREAD")
-        return self._threads[thread]
+        return self._thread_object(argv[0], "PsGetThreadProcessId").process.pid
+
+    def _process_object(self, address: int, api: str) -> FakeProcess:
+        if address not in self.processes:
+            raise KernelFault(f"{api}({address:#x}): not an EPROCESS")
+        return self.processes[address]
+
+    def _thread_object(self, address: int, api: str) -> FakeThread:
+        if address not in self.threads:
+            raise KernelFault(f"{api}({address:#x}): not an ETHREAD")
+        return self.threads[address]
 
     def _ex_allocate_pool2(self, argv, _original):
         flags, size, tag = argv[0], argv[1], argv[2] & 0xFFFFFFFF
         number = self.allocation_count
         self.allocation_count += 1
+        self.events.append(("ExAllocatePool2", size))
+        if self.irql > DISPATCH_LEVEL:
+            raise KernelFault(f"ExAllocatePool2 at IRQL {self.irql}")
         if number in self.fail_allocations or size == 0:
             return 0
-        address = self.se.mem_alloc(size, tag=f"harness.pool.{tag:08x}")
-        # ExAllocatePool2 zeroes the block (unless POOL_FLAG_UNINITIALIZED).
-        self.write(address, b"\0" * size)
+        # Fresh arena memory is zero, as ExAllocatePool2 promises (no
+        # POOL_FLAG_UNINITIALIZED); it is never handed out twice.
+        address = self._arena_alloc("pool", size)
         self.pool[address] = PoolBlock(address, size, tag, flags)
         return address
 
@@ -634,7 +1121,205 @@ class KernelHarness:
             raise KernelFault(f"ExFreePoolWithTag({address:#x}): not a live pool block (double free?)")
         if block.tag != tag:
             raise KernelFault(f"ExFreePoolWithTag({address:#x}) with tag {tag:#x}, allocated with {block.tag:#x}")
+        # Poison: a use after free reads 0xDD... rather than plausible data.
+        self.write(address, b"\xDD" * block.size)
         return None
+
+    def _ex_free_pool(self, argv, _original):
+        # The driver frees only SeLocateProcessImageName's results this way.
+        address = argv[0]
+        self.events.append(("ExFreePool", address))
+        if address not in self.image_name_blocks:
+            raise KernelFault(f"ExFreePool({address:#x}): not a block the kernel handed out (double free?)")
+        del self.image_name_blocks[address]
+        return None
+
+    # ----------------------------------------------------- process tracking
+
+    def _ps_set_create_process_notify_routine_ex(self, argv, _original):
+        routine, remove = argv[0], argv[1] & 0xFF
+        self.events.append(("PsSetCreateProcessNotifyRoutineEx", remove))
+        if self.irql != PASSIVE_LEVEL:
+            raise KernelFault(f"PsSetCreateProcessNotifyRoutineEx at IRQL {self.irql}")
+        if remove:
+            if routine not in self.notify_routines:
+                return STATUS_PROCEDURE_NOT_FOUND
+            self.notify_routines.remove(routine)
+            return STATUS_SUCCESS
+        if not self.in_image(routine):
+            raise KernelFault(f"notify routine {routine:#x} is outside the image")
+        if self.notify_register_result is not None:
+            return self.notify_register_result
+        if routine in self.notify_routines:
+            return STATUS_INVALID_PARAMETER
+        self.notify_routines.append(routine)
+        return STATUS_SUCCESS
+
+    def _zw_query_system_information(self, argv, _original):
+        info_class, buffer, length, return_length = argv[0] & 0xFFFFFFFF, argv[1], argv[2] & 0xFFFFFFFF, argv[3]
+        if self.irql != PASSIVE_LEVEL:
+            raise KernelFault(f"ZwQuerySystemInformation at IRQL {self.irql}")
+        if info_class != SYSTEM_PROCESS_INFORMATION_CLASS:
+            status = STATUS_INVALID_INFO_CLASS
+        elif self.process_list_results:
+            status = self.process_list_results.popleft()
+        else:
+            status = None
+        if status is not None:
+            self.process_list_queries.append((info_class, length, status))
+            return status
+        data = self.process_list(buffer)
+        if return_length:
+            self._write_u32(return_length, len(data))
+        status = STATUS_INFO_LENGTH_MISMATCH if len(data) > length else STATUS_SUCCESS
+        self.process_list_queries.append((info_class, length, status))
+        self.events.append(("ZwQuerySystemInformation", status))
+        if status == STATUS_SUCCESS:
+            self.write(buffer, data)
+        return status
+
+    def process_list(self, buffer: int) -> bytes:
+        """The SystemProcessInformation answer for a buffer at ``buffer``:
+        one entry per running process, chained by NextEntryOffset (0 ends
+        it), each with one thread record and its image file name (a
+        UNICODE_STRING pointing into the buffer, as Windows does)."""
+        entries = []
+        processes = list(self.running.values())
+        offset = 0
+        for index, process in enumerate(processes):
+            name = process.image_path.rsplit("\\", 1)[-1].encode("utf-16-le")
+            name_at = SYSTEM_PROCESS_INFORMATION_SIZE + SYSTEM_THREAD_INFORMATION_SIZE
+            size = (name_at + len(name) + 2 + 7) & ~7
+            entry = bytearray(size)
+            last = index == len(processes) - 1
+            struct.pack_into("<II", entry, 0, 0 if last else size, 1)  # NextEntryOffset, NumberOfThreads
+            struct.pack_into("<Q", entry, 32, process.create_time)  # CreateTime
+            if name:
+                struct.pack_into("<HHIQ", entry, 56, len(name), len(name) + 2, 0, buffer + offset + name_at)
+                entry[name_at : name_at + len(name)] = name
+            struct.pack_into("<iIQQ", entry, 72, 8, 0, process.pid, 0)  # BasePriority, UniqueProcessId, Inherited...
+            entries.append(bytes(entry))
+            offset += size
+        return b"".join(entries)
+
+    def _ps_lookup_process_by_process_id(self, argv, _original):
+        pid, process_out = argv[0], argv[1]
+        process = self.running.get(pid)
+        if process is None or pid == 0:
+            return STATUS_INVALID_CID
+        process.references += 1
+        self._write_u64(process_out, process.address)
+        return STATUS_SUCCESS
+
+    def _obf_dereference_object(self, argv, _original):
+        process = self._process_object(argv[0], "ObfDereferenceObject")
+        if process.references <= 0:
+            raise KernelFault(f"ObfDereferenceObject({argv[0]:#x}): the driver holds no reference to pid {process.pid}")
+        process.references -= 1
+        return process.references + 1  # the object's count, with the kernel's own reference
+
+    def _ps_get_process_create_time_quad_part(self, argv, _original):
+        return self._process_object(argv[0], "PsGetProcessCreateTimeQuadPart").create_time
+
+    def _se_locate_process_image_name(self, argv, _original):
+        process = self._process_object(argv[0], "SeLocateProcessImageName")
+        name_out = argv[1]
+        self.image_name_lookups += 1
+        if self.irql != PASSIVE_LEVEL:
+            raise KernelFault(f"SeLocateProcessImageName at IRQL {self.irql} (PASSIVE_LEVEL only)")
+        if process.image_name_status != STATUS_SUCCESS:
+            return process.image_name_status
+        # One paged-pool block: the UNICODE_STRING followed by its buffer
+        # (System's is an empty string), freed by the caller with ExFreePool.
+        data = process.image_path.encode("utf-16-le")
+        block = self._arena_alloc("SeLocateProcessImageName", 16 + len(data) + 2)
+        self.write(block, struct.pack("<HHIQ", len(data), len(data) + 2, 0, block + 16) + data + b"\0\0")
+        self.image_name_blocks[block] = process.pid
+        self._write_u64(name_out, block)
+        return STATUS_SUCCESS
+
+    def _io_thread_to_process(self, argv, _original):
+        return self._thread_object(argv[0], "IoThreadToProcess").process.address
+
+    def _io_get_current_process(self, _argv, _original):
+        return self.eprocess(self.current_pid)
+
+    def _ps_get_current_thread_id(self, _argv, _original):
+        return self.current_tid
+
+    def _ps_get_thread_id(self, argv, _original):
+        return self._thread_object(argv[0], "PsGetThreadId").tid
+
+    # ------------------------------------------------- synchronisation, time
+
+    def _ke_initialize_guarded_mutex(self, argv, _original):
+        mutex = argv[0]
+        if self.mutexes.get(mutex):
+            raise KernelFault(f"KeInitializeGuardedMutex({mutex:#x}) while it is held")
+        self.write(mutex, b"\0" * 56)  # sizeof(KGUARDED_MUTEX) on x64
+        self.mutexes[mutex] = False
+        return None
+
+    def _ke_acquire_guarded_mutex(self, argv, _original):
+        mutex = argv[0]
+        self.mutex_acquisitions += 1
+        self.events.append(("KeAcquireGuardedMutex", mutex))
+        if mutex not in self.mutexes:
+            raise KernelFault(f"KeAcquireGuardedMutex({mutex:#x}): not initialised")
+        if self.irql > APC_LEVEL:
+            raise KernelFault(f"KeAcquireGuardedMutex at IRQL {self.irql}")
+        if self.mutexes[mutex]:
+            # One emulated thread: acquiring a held mutex would wait forever.
+            raise KernelFault(f"KeAcquireGuardedMutex({mutex:#x}): already held (deadlock)")
+        self.mutexes[mutex] = True
+        return None
+
+    def _ke_release_guarded_mutex(self, argv, _original):
+        mutex = argv[0]
+        self.events.append(("KeReleaseGuardedMutex", mutex))
+        if not self.mutexes.get(mutex):
+            raise KernelFault(f"KeReleaseGuardedMutex({mutex:#x}): not held")
+        self.mutexes[mutex] = False
+        return None
+
+    def _ke_acquire_spin_lock_raise_to_dpc(self, argv, _original):
+        lock = argv[0]
+        self.spin_lock_acquisitions += 1
+        if self.irql > DISPATCH_LEVEL:
+            raise KernelFault(f"KeAcquireSpinLockRaiseToDpc at IRQL {self.irql}")
+        if self._read_u64(lock) != 0:
+            raise KernelFault(f"KeAcquireSpinLockRaiseToDpc({lock:#x}): already held (spins forever)")
+        self._write_u64(lock, 1)
+        old = self.irql
+        self.irql = DISPATCH_LEVEL
+        return old
+
+    def _ke_release_spin_lock(self, argv, _original):
+        lock, new_irql = argv[0], argv[1] & 0xFF
+        if self._read_u64(lock) == 0:
+            raise KernelFault(f"KeReleaseSpinLock({lock:#x}): not held")
+        if self.irql != DISPATCH_LEVEL or new_irql > DISPATCH_LEVEL:
+            raise KernelFault(f"KeReleaseSpinLock at IRQL {self.irql} back to {new_irql}")
+        self._write_u64(lock, 0)
+        self.irql = new_irql
+        return None
+
+    def _ke_get_current_irql(self, _argv, _original):
+        return self.irql
+
+    def _ke_delay_execution_thread(self, argv, _original):
+        interval = argv[2]
+        if self.irql != PASSIVE_LEVEL:
+            raise KernelFault(f"KeDelayExecutionThread at IRQL {self.irql}")
+        value = struct.unpack("<q", self.read(interval, 8))[0]
+        self.delays.append(value)
+        return STATUS_SUCCESS
+
+    def _ke_query_system_time_precise(self, argv, _original):
+        self.system_time += 10
+        self._write_u64(argv[0], self.system_time)
+        return None
+
 
     def _service_path(self) -> str:
         return self.emu.drivers[-1].get_reg_path()
@@ -715,6 +1400,13 @@ class KernelHarness:
 
     def _ke_bug_check_ex(self, argv, _original):
         self.bugchecks.append(tuple(argv[:5]))
+        # Return addresses into the image still on the stack: where it came from.
+        rsp = self.emu.reg_read(se_arch.AMD64_REG_RSP)
+        depth = max(0, min(0x2000, self.stack_region + STACK_REGION_SIZE - rsp))
+        raw = self.read(rsp, depth)
+        self.bugcheck_stack = [
+            word for word in struct.unpack(f"<{depth // 8}Q", raw[: depth // 8 * 8]) if self.in_image(word)
+        ]
         # A bugcheck never returns: stop here, the run is reported as faulted.
         self.emu.curr_run.error = {"type": "bugcheck", "code": hex(argv[0])}
         self.emu.stop()
@@ -796,6 +1488,70 @@ class KernelHarness:
             self._write_u64(driver_object + DRIVER_OBJECT_DRIVER_UNLOAD, framework_unload)
         return STATUS_SUCCESS
 
+    def _wdf_control_device_init_allocate(self, argv, _original):
+        _globals, driver, sddl = argv[:3]
+        if driver != WDFDRIVER_HANDLE:
+            raise KernelFault(f"WdfControlDeviceInitAllocate({driver:#x}): not the WDFDRIVER")
+        init = self._arena_alloc("WDFDEVICE_INIT", 0x40)
+        self.device_inits[init] = {"sddl": self._read_unicode_string(sddl), "name": None}
+        self.events.append(("WdfControlDeviceInitAllocate", init))
+        return init
+
+    def _wdf_device_init_assign_name(self, argv, _original):
+        init, name = argv[1], argv[2]
+        if init not in self.device_inits:
+            raise KernelFault(f"WdfDeviceInitAssignName({init:#x}): not a live WDFDEVICE_INIT")
+        self.device_inits[init]["name"] = self._read_unicode_string(name)
+        return STATUS_SUCCESS
+
+    def _wdf_device_init_free(self, argv, _original):
+        init = argv[1]
+        if self.device_inits.pop(init, None) is None:
+            raise KernelFault(f"WdfDeviceInitFree({init:#x}): not a live WDFDEVICE_INIT")
+        self.events.append(("WdfDeviceInitFree", init))
+        return None
+
+    def _wdf_device_create(self, argv, _original):
+        init_slot, _attributes, device_out = argv[1], argv[2], argv[3]
+        init = self._read_u64(init_slot)
+        if init not in self.device_inits:
+            raise KernelFault(f"WdfDeviceCreate: {init:#x} is not a live WDFDEVICE_INIT")
+        device = self._arena_alloc("WDFDEVICE", 0x40)
+        self.devices[device] = dict(self.device_inits.pop(init), links=[], queue=None, finished=False)
+        self._write_u64(init_slot, 0)  # the framework owns the init now
+        self._write_u64(device_out, device)
+        self.events.append(("WdfDeviceCreate", device))
+        return STATUS_SUCCESS
+
+    def _wdf_device_create_symbolic_link(self, argv, _original):
+        device, name = argv[1], argv[2]
+        if device not in self.devices:
+            raise KernelFault(f"WdfDeviceCreateSymbolicLink({device:#x}): not a device")
+        self.devices[device]["links"].append(self._read_unicode_string(name))
+        return STATUS_SUCCESS
+
+    def _wdf_io_queue_create(self, argv, _original):
+        device, config = argv[1], argv[2]
+        if device not in self.devices:
+            raise KernelFault(f"WdfIoQueueCreate({device:#x}): not a device")
+        # EvtIoDeviceControl at +40 (TOOLCHAIN.md; Speakeasy's definition is off by 16).
+        self.devices[device]["queue"] = self._read_u64(config + 40)
+        return STATUS_SUCCESS
+
+    def _wdf_control_finish_initializing(self, argv, _original):
+        device = argv[1]
+        if device not in self.devices:
+            raise KernelFault(f"WdfControlFinishInitializing({device:#x}): not a device")
+        self.devices[device]["finished"] = True
+        return None
+
+    def _wdf_object_delete(self, argv, _original):
+        handle = argv[1]
+        self.events.append(("WdfObjectDelete", handle))
+        if self.devices.pop(handle, None) is None:
+            raise KernelFault(f"WdfObjectDelete({handle:#x}): not a live framework object")
+        return None
+
     def _fx_framework_driver_unload(self, argv, _original):
         """The framework's DriverUnload: calls EvtDriverUnload(WDFDRIVER).
 
@@ -811,6 +1567,26 @@ class KernelHarness:
         emu.reg_write(se_arch.AMD64_REG_RSP, rsp)
         emu.reg_write(se_arch.AMD64_REG_RCX, WDFDRIVER_HANDLE)
         return None
+
+
+def symbolize(image: str, addresses: list[int]) -> str:
+    """Function and line of each address (llvm-symbolizer-16 reads the PDB
+    next to the image); plain addresses when the tool is missing."""
+    if not addresses:
+        return "  (none)"
+    try:
+        result = subprocess.run(
+            ["llvm-symbolizer-16", f"--obj={image}", "--inlining",
+             *[hex(a) for a in addresses]],
+            capture_output=True, text=True, timeout=30,
+        )
+        blocks = result.stdout.strip().split("\n\n")
+    except (OSError, subprocess.SubprocessError):
+        blocks = [""] * len(addresses)
+    return "\n".join(
+        f"  {address:#x} " + " <- ".join(block.split("\n")[::2][:1] + [f"({line})" for line in block.split("\n")[1::2][:1]])
+        for address, block in zip(addresses, blocks)
+    )
 
 
 _WDF_NAMES: Optional[list[Optional[str]]] = None

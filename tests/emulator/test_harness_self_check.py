@@ -26,12 +26,13 @@ def test_a_driver_fault_fails_the_test(kernel):
 
 def test_a_missing_wdf_function_is_reported_by_name(kernel):
     kernel.load()
-    # Slot 25 (WdfControlDeviceInitAllocate) has no Speakeasy handler: the
-    # harness' trap must name it rather than jump to address 0.
-    slot = kernel._read_u64(kernel.wdf_function_table + 25 * 8)
+    # Slot 265 (WdfRequestCompleteWithInformation) has no Speakeasy handler
+    # and no harness hook: the harness' trap must name it rather than jump
+    # to address 0.
+    slot = kernel._read_u64(kernel.wdf_function_table + 265 * 8)
     assert slot != 0
-    with pytest.raises(KernelFault, match="wdfldr.WdfControlDeviceInitAllocate"):
-        kernel.call(slot, [kernel.wdf_driver_globals, 0], "WdfControlDeviceInitAllocate")
+    with pytest.raises(KernelFault, match="wdfldr.WdfRequestCompleteWithInformation"):
+        kernel.call(slot, [kernel.wdf_driver_globals, 0, 0, 0], "WdfRequestCompleteWithInformation")
 
 
 def test_a_hook_that_sees_kernel_misuse_fails_the_test(kernel):

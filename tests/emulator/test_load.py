@@ -3,6 +3,9 @@ ObRegisterCallbacks registration with its altitude-collision retries."""
 
 from __future__ import annotations
 
+import struct
+import zlib
+
 import pytest
 
 from kernel_harness import (
@@ -15,7 +18,7 @@ from kernel_harness import (
     STATUS_FLT_INSTANCE_ALTITUDE_COLLISION,
     STATUS_SUCCESS,
     WDF_FUNCTION_COUNT_1_33,
-    policy_blob,
+    image_path,
     reg_binary,
     reg_dword,
     reg_sz,
@@ -26,6 +29,37 @@ DEFAULT_RETRIES = 8
 MAX_RETRIES = 32
 PROTECTED_PID = 500
 OTHER_PID = 600
+PROCESS_ALL_ACCESS = 0x1FFFFF
+
+# One rule protecting protected.exe; the corrupt blobs below are this
+# policy's blob, damaged in one place each.
+POLICY = """
+[[rule]]
+name = "protected-no-kill"
+target = { name = "protected.exe" }
+objects = "process"
+strip = ["PROCESS_TERMINATE"]
+"""
+
+
+@pytest.fixture(scope="module")
+def policy(compile_policy) -> bytes:
+    return compile_policy(POLICY)
+
+
+def with_checksum(blob: bytes) -> bytes:
+    """Re-seals a modified blob: CRC-32 of the blob with the checksum field
+    (bytes 12..16) zeroed, stored there (FORMAT.md)."""
+    blob = bytearray(blob)
+    blob[12:16] = b"\0\0\0\0"
+    struct.pack_into("<I", blob, 12, zlib.crc32(bytes(blob)))
+    return bytes(blob)
+
+
+def patched(blob: bytes, offset: int, fmt: str, value: int, *, reseal: bool = True) -> bytes:
+    blob = bytearray(blob)
+    struct.pack_into(fmt, blob, offset, value)
+    return with_checksum(bytes(blob)) if reseal else bytes(blob)
 
 
 def assert_nothing_left_behind(kernel) -> None:
@@ -62,7 +96,7 @@ def test_load_with_defaults_registers_once_for_process_and_thread_handles(kernel
         assert entry.post_operation == 0
     assert len(kernel.live_registrations) == 1
     assert "no Parameters key; defaults in use" in kernel.trace_text()
-    assert "0 protected process(es)" in kernel.trace_text()
+    assert "policy of 0 rule(s) in force" in kernel.trace_text()
 
 
 def test_entry_stub_binds_to_kmdf_1_33_with_the_full_function_table(kernel):
@@ -96,26 +130,31 @@ def test_wdf_driver_create_gets_a_non_pnp_config_with_an_unload_callback(kernel)
     assert kernel.in_image(kernel.driver_unload_routine())
 
 
-def test_registry_values_are_read_with_a_size_probe_and_every_key_is_closed(kernel):
+def test_registry_values_are_read_with_a_size_probe_and_every_key_is_closed(kernel, policy):
     kernel.parameters = {
         "Altitude": reg_sz("385210.25"),
         "AltitudeRetries": reg_dword(3),
-        "Policy": reg_binary(policy_blob([(PROTECTED_PID, 1, 2)])),
+        "Policy": reg_binary(policy),
+        "AuditRecords": reg_dword(64),
     }
     kernel.load()
     service, parameters = kernel.key_opens
     assert service[0].lower().endswith("\\services\\procguard") and service[1] == 0
     assert parameters[0] == "Parameters" and parameters[1] != 0, "opened relative to the service key"
     names = [query[0] for query in kernel.value_queries]
-    assert names == ["Altitude", "Altitude", "AltitudeRetries", "AltitudeRetries", "Policy", "Policy"]
+    assert names == [
+        "Altitude", "Altitude", "AltitudeRetries", "AltitudeRetries",
+        "Policy", "Policy", "AuditRecords", "AuditRecords",
+    ]
     assert all(query[1] == 2 for query in kernel.value_queries), "KeyValuePartialInformation"
     sizes = {name: kernel.parameters[name][1] for name in kernel.parameters}
-    for index in range(0, 6, 2):
+    for index in range(0, 8, 2):
         probe, full = kernel.value_queries[index], kernel.value_queries[index + 1]
         assert probe[2] == 16
         assert full[2] >= 12 + len(sizes[probe[0]])
     assert kernel.open_keys == {}, "every key opened is closed"
     assert kernel.registration.altitude == "385210.25"
+    assert "policy of 1 rule(s) in force" in kernel.trace_text()
 
 
 def test_custom_altitude_from_the_registry_is_used(kernel):
@@ -212,42 +251,60 @@ def test_registration_access_denied_fails_driver_entry_cleanly_without_retrying(
     assert_nothing_left_behind(kernel)
 
 
-@pytest.mark.parametrize(
-    ("blob", "message"),
-    [
-        (b"XGPT" + policy_blob([(PROTECTED_PID, 1, 1)])[4:], "policy blob does not start with PGPT"),
-        (policy_blob([(PROTECTED_PID, 1, 1)])[:-4], "policy blob is 16 bytes, its count implies 20"),
-        (policy_blob([(PROTECTED_PID, 1, 1)], count=2), "policy blob is 20 bytes, its count implies 32"),
-        (b"PGPT\x01", "policy blob of 5 bytes is shorter than its 8-byte header"),
-        (policy_blob([(PROTECTED_PID, 1, 1)], version=2), "policy blob version 2 is not 1"),
-        (policy_blob([], count=4097), "policy blob has 4097 entries, more than 4096"),
-        (
-            policy_blob([(PROTECTED_PID + 1, 1, 1), (PROTECTED_PID, 1, 1)]),
-            "policy entry 1 is not in ascending pid order",
-        ),
-        (
-            policy_blob([(PROTECTED_PID, 1, 1), (PROTECTED_PID, 1, 1)]),
-            "policy entry 1 is not in ascending pid order",
-        ),
-    ],
-    ids=["bad-magic", "truncated", "count-too-big", "shorter-than-header", "bad-version",
-         "too-many-entries", "unsorted", "duplicate-pid"],
-)
-def test_corrupt_policy_loads_with_no_rules_and_names_the_problem(kernel, blob, message):
+# (how to damage the valid blob, the error the trace must name). Offsets and
+# messages: crates/procguard-policy/FORMAT.md and DecodeError's Display.
+CORRUPTIONS = {
+    "bad-magic": (lambda b: with_checksum(b"PGPX" + b[4:]), 'bad magic (expected "PGPB")'),
+    "truncated": (lambda b: b[:-4], "header declares {n} bytes, buffer has {m}"),
+    "bad-checksum": (lambda b: patched(b, 12, "<I", struct.unpack_from("<I", b, 12)[0] ^ 1, reseal=False),
+                     "checksum mismatch: stored"),
+    "flipped-byte": (lambda b: b[:-1] + bytes([b[-1] ^ 0x40]), "checksum mismatch: stored"),
+    "shorter-than-header": (lambda b: b[:20], "blob of 20 bytes is shorter than the 40-byte header"),
+    "bad-version": (lambda b: patched(b, 4, "<H", 2), "unsupported format version 2"),
+    "rule-count-too-large": (lambda b: patched(b, 24, "<I", 0xFFFFFFFF), "count 4294967295 cannot fit in the blob"),
+    "trailing-bytes": (lambda b: patched(b + b"\0" * 4, 8, "<I", len(b) + 4), "4 bytes after the last rule"),
+    "old-pid-table-format": (lambda b: b"PGPT\x01\x00\x01\x00" + struct.pack("<III", 500, 1, 1),
+                             "blob of 20 bytes is shorter than the 40-byte header"),
+}
+
+
+@pytest.mark.parametrize("corruption", list(CORRUPTIONS))
+def test_corrupt_policy_loads_with_no_rules_and_names_the_problem(kernel, policy, corruption):
+    damage, message = CORRUPTIONS[corruption]
+    blob = damage(policy)
+    message = message.format(n=len(policy), m=len(blob))
     kernel.parameters = {"Policy": reg_binary(blob)}
+    protected = kernel.new_process(PROTECTED_PID, image_path("protected.exe"))
+    kernel.new_process(OTHER_PID, image_path("tool.exe"))
     kernel.load()
-    assert kernel.messages_containing(f"Parameters\\Policy: {message}; starting with no rules"), (
-        kernel.trace_text()
-    )
-    assert "0 protected process(es)" in kernel.trace_text()
+    (line,) = kernel.messages_containing("Parameters\\Policy: ")
+    assert message in line and line.endswith("; starting with no rules\n"), kernel.trace_text()
+    assert "policy of 0 rule(s) in force" in kernel.trace_text()
     result = kernel.pre_operation(
         operation=OB_OPERATION_HANDLE_CREATE,
         object_kind="process",
-        target=kernel.new_process(PROTECTED_PID),
-        desired_access=0x1FFFFF,
+        target=protected,
+        desired_access=PROCESS_ALL_ACCESS,
         current_pid=OTHER_PID,
     )
-    assert result.desired_access == 0x1FFFFF, "no rule of a rejected blob may apply"
+    assert result.desired_access == PROCESS_ALL_ACCESS, "no rule of a rejected blob may apply"
+
+
+def test_the_uncorrupted_policy_does_protect(kernel, policy):
+    # The control for the test above: the same blob, undamaged, strips.
+    kernel.parameters = {"Policy": reg_binary(policy)}
+    protected = kernel.new_process(PROTECTED_PID, image_path("protected.exe"))
+    kernel.new_process(OTHER_PID, image_path("tool.exe"))
+    kernel.load()
+    assert not kernel.messages_containing("Parameters\\Policy")
+    result = kernel.pre_operation(
+        operation=OB_OPERATION_HANDLE_CREATE,
+        object_kind="process",
+        target=protected,
+        desired_access=PROCESS_ALL_ACCESS,
+        current_pid=OTHER_PID,
+    )
+    assert result.desired_access == PROCESS_ALL_ACCESS & ~1
 
 
 def test_values_of_the_wrong_registry_type_are_ignored_and_defaults_used(kernel):
@@ -298,14 +355,15 @@ def test_empty_policy_value_means_no_rules_without_a_complaint(kernel):
     kernel.parameters = {"Policy": reg_binary(b"")}
     kernel.load()
     assert "Policy" not in kernel.trace_text()
-    assert "0 protected process(es)" in kernel.trace_text()
+    assert "policy of 0 rule(s) in force" in kernel.trace_text()
 
 
-def test_every_pool_allocation_is_non_paged_and_tagged_pgrd(kernel):
+def test_every_pool_allocation_is_non_paged_and_tagged_pgrd(kernel, policy):
     kernel.parameters = {
         "Altitude": reg_sz("385201"),
-        "Policy": reg_binary(policy_blob([(PROTECTED_PID, 1, 2), (PROTECTED_PID + 4, 3, 4)])),
+        "Policy": reg_binary(policy),
     }
+    kernel.new_process(PROTECTED_PID, image_path("protected.exe"))
     kernel.load()
     assert kernel.allocation_count > 0
     assert kernel.pool, "the driver state lives in pool"

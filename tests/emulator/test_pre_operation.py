@@ -12,7 +12,7 @@ from kernel_harness import (
     OB_OPERATION_HANDLE_CREATE as CREATE,
     OB_OPERATION_HANDLE_DUPLICATE as DUPLICATE,
     OB_PREOP_SUCCESS,
-    policy_blob,
+    image_path,
     reg_binary,
 )
 
@@ -33,27 +33,53 @@ THREAD_GET_CONTEXT = 0x0008
 THREAD_SET_CONTEXT = 0x0010
 THREAD_ALL_ACCESS = 0x1FFFFF
 SYNCHRONIZE = 0x100000
+# Every right a rule may strip (FORMAT.md, "Validation after parsing").
+VALID_PROCESS_RIGHTS = 0x3FFF | 0x1F0000 | 0x1000000
+VALID_THREAD_RIGHTS = 0x1FFF | 0x1F0000 | 0x1000000
 
-PROTECTED = 500  # protected by the policy below
-ALSO_PROTECTED = 1000
+PROTECTED = 500  # protected.exe: protected by name
+ALSO_PROTECTED = 1000  # protected by pid: loses every right a rule can strip
 OTHER = 600  # an unprotected process (the usual requester)
 THIRD = 700  # yet another unprotected process
 
 PROCESS_STRIP = PROCESS_TERMINATE | PROCESS_VM_WRITE | PROCESS_VM_OPERATION | PROCESS_SUSPEND_RESUME
 THREAD_STRIP = THREAD_TERMINATE | THREAD_SUSPEND_RESUME | THREAD_SET_CONTEXT
-POLICY = [
-    (PROTECTED, PROCESS_STRIP, THREAD_STRIP),
-    (ALSO_PROTECTED, 0xFFFFFFFF, 0xFFFFFFFF),  # strip everything it can
-]
+POLICY = f"""
+[[rule]]
+name = "protected-process"
+target = {{ name = "protected.exe" }}
+objects = "process"
+strip = [{PROCESS_STRIP:#x}]
+
+[[rule]]
+name = "protected-threads"
+target = {{ name = "protected.exe" }}
+objects = "thread"
+strip = [{THREAD_STRIP:#x}]
+
+[[rule]]
+name = "everything-process"
+target = {{ pid = {ALSO_PROTECTED} }}
+objects = "process"
+strip = [{VALID_PROCESS_RIGHTS:#x}]
+
+[[rule]]
+name = "everything-thread"
+target = {{ pid = {ALSO_PROTECTED} }}
+objects = "thread"
+strip = [{VALID_THREAD_RIGHTS:#x}]
+"""
+IMAGES = {PROTECTED: "protected.exe", ALSO_PROTECTED: "also.exe", OTHER: "tool.exe", THIRD: "third.exe"}
 
 
 @pytest.fixture
-def driver(kernel):
-    """The driver loaded with POLICY, plus fake processes and threads."""
-    kernel.parameters = {"Policy": reg_binary(policy_blob(POLICY))}
+def driver(kernel, compile_policy):
+    """The driver loaded with POLICY; the four processes run before the
+    load (so they are classified by enumeration), each with one thread."""
+    kernel.parameters = {"Policy": reg_binary(compile_policy(POLICY))}
+    kernel.process = {pid: kernel.new_process(pid, image_path(name)) for pid, name in IMAGES.items()}
+    kernel.thread = {pid: kernel.new_thread(pid) for pid in IMAGES}
     kernel.load()
-    kernel.process = {pid: kernel.new_process(pid) for pid in (PROTECTED, ALSO_PROTECTED, OTHER, THIRD)}
-    kernel.thread = {pid: kernel.new_thread(pid) for pid in (PROTECTED, ALSO_PROTECTED, OTHER, THIRD)}
     return kernel
 
 
@@ -97,20 +123,16 @@ def test_create_of_a_protected_process_handle_loses_exactly_the_policy_bits(driv
 
 
 def test_create_uses_the_current_process_as_requester(driver):
-    # The same request is stripped or not depending only on who asks: the
-    # kernel answers PsGetCurrentProcessId differently on each call.
-    driver.current_pid_script.extend([OTHER, PROTECTED, THIRD])
-    results = [
-        driver.pre_operation(
-            operation=CREATE,
-            object_kind="process",
-            target=driver.process[PROTECTED],
-            desired_access=PROCESS_TERMINATE,
-        ).desired_access
-        for _ in range(3)
-    ]
+    # The same request is stripped or not depending only on who asks (the
+    # kernel's current process): the protected process opening itself keeps
+    # everything.
+    results = []
+    for requester in (OTHER, PROTECTED, THIRD):
+        calls_before = len(driver.api_calls)
+        results.append(open_process(driver, PROTECTED, PROCESS_TERMINATE, requester=requester).desired_access)
+        calls = driver.api_calls[calls_before:]
+        assert "PsGetCurrentProcessId" in calls and "IoGetCurrentProcess" in calls
     assert results == [0, PROCESS_TERMINATE, 0]
-    assert driver.current_pid_calls == 3, "asked once per request"
 
 
 def test_duplicate_uses_the_receiving_process_as_requester(driver):
@@ -243,7 +265,7 @@ def test_desired_access_after_the_call_is_always_a_subset_of_the_request(driver)
         )
         case = f"mask {mask:#x} target {target} {kind} op {operation}"
         assert result.desired_access & ~mask == 0, f"bits added: {case}"
-        policy_strip = {PROTECTED: (PROCESS_STRIP, THREAD_STRIP), ALSO_PROTECTED: (0xFFFFFFFF, 0xFFFFFFFF)}
+        policy_strip = {PROTECTED: (PROCESS_STRIP, THREAD_STRIP), ALSO_PROTECTED: (VALID_PROCESS_RIGHTS, VALID_THREAD_RIGHTS)}
         strip = policy_strip.get(target, (0, 0))[0 if kind == "process" else 1]
         assert result.desired_access == mask & ~strip, case
 
@@ -280,21 +302,33 @@ def test_original_desired_access_and_the_rest_of_the_request_are_never_modified(
         assert call_context == 0x5A5A5A5A5A5A5A5A, "CallContext belongs to the post-operation"
 
 
-def test_a_policy_with_many_rules_applies_each_rule_to_its_own_pid_only(kernel):
-    # 300 rules with gaps between pids; every rule strips a different bit
-    # pattern, so a lookup that lands on a neighbour is visible.
-    rules = [(8 + 12 * index, (index * 0x1357) & 0xFFFF | 1, (index * 0x2468) & 0xFFFF | 2) for index in range(300)]
-    kernel.parameters = {"Policy": reg_binary(policy_blob(rules))}
+def test_a_policy_with_many_rules_applies_each_rule_to_its_own_pid_only(kernel, compile_policy):
+    # 300 pid rules (a process and a thread rule each) with gaps between
+    # pids; every rule strips a different bit pattern, so a lookup that lands
+    # on a neighbour is visible.
+    rules = [
+        (8 + 12 * index, (index * 0x1357) & 0x3FFF | 1, (index * 0x2468) & 0x1FFF | 2) for index in range(300)
+    ]
+    toml = "".join(
+        f'[[rule]]\nname = "p{pid}"\ntarget = {{ pid = {pid} }}\nobjects = "process"\nstrip = [{process:#x}]\n\n'
+        f'[[rule]]\nname = "t{pid}"\ntarget = {{ pid = {pid} }}\nobjects = "thread"\nstrip = [{thread:#x}]\n\n'
+        for pid, process, thread in rules
+    )
+    kernel.parameters = {"Policy": reg_binary(compile_policy(toml))}
+    requester = 9000
+    kernel.new_process(requester, image_path("tool.exe"))
+    for pid, _process_strip, _thread_strip in rules:
+        kernel.new_process(pid)
     kernel.load()
-    assert "300 protected process(es)" in kernel.trace_text()
+    assert "policy of 600 rule(s) in force; 302 running process(es) classified" in kernel.trace_text()
     for pid, process_strip, _thread_strip in rules[:3] + rules[148:152] + rules[-3:]:
         for probe_pid, strip in ((pid, process_strip), (pid + 4, 0), (pid - 4, 0)):
             result = kernel.pre_operation(
                 operation=CREATE,
                 object_kind="process",
-                target=kernel.new_process(probe_pid),
+                target=kernel.eprocess(probe_pid),
                 desired_access=0xFFFF,
-                current_pid=4,
+                current_pid=requester,
             )
             assert result.desired_access == 0xFFFF & ~strip, f"pid {probe_pid}"
     thread_pid, _process_strip, thread_strip = rules[-1]
@@ -303,7 +337,7 @@ def test_a_policy_with_many_rules_applies_each_rule_to_its_own_pid_only(kernel):
         object_kind="thread",
         target=kernel.new_thread(thread_pid),
         desired_access=0xFFFF,
-        current_pid=4,
+        current_pid=requester,
     )
     assert result.desired_access == 0xFFFF & ~thread_strip
 
