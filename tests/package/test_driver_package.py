@@ -61,7 +61,7 @@ def broken_copy(tmp_path):
 
 
 def test_package_has_the_signed_driver_the_inf_and_the_certificate():
-    for name in ("procguard.sys", "procguard.inf", "procguard.cer"):
+    for name in ("procguard.sys", "procguard.inf", "procguard.cer", "procguardctl.exe"):
         assert (PACKAGE / name).is_file(), f"{name} missing from {PACKAGE} (run: cargo xtask package)"
 
 
@@ -169,3 +169,16 @@ def test_inf_is_stamped_and_primitive():
     assert "KmdfLibraryVersion = 1.33" in inf
     assert "ServiceType    = 1" in inf
     assert "procguard.sys" in inf and "CatalogFile = procguard.cat" in inf
+
+
+def test_the_control_tool_is_a_signed_windows_console_program_importing_only_system_dlls():
+    exe = PACKAGE / "procguardctl.exe"
+    headers = subprocess.run(["llvm-readobj-16", "--file-headers", "--coff-imports", str(exe)], capture_output=True, text=True, check=True).stdout
+    assert "IMAGE_FILE_MACHINE_AMD64" in headers and "IMAGE_SUBSYSTEM_WINDOWS_CUI" in headers
+    dlls = {line.split(":", 1)[1].strip().lower() for line in headers.splitlines() if line.strip().startswith("Name:") and line.strip().lower().endswith(".dll")}
+    system = {"kernel32.dll", "ntdll.dll", "advapi32.dll", "msvcrt.dll", "bcrypt.dll", "bcryptprimitives.dll", "ws2_32.dll", "userenv.dll"}
+    assert dlls and all(dll in system or dll.startswith("api-ms-win-") for dll in dlls), dlls
+    pem = PACKAGE.parent / "target" / "procguard-test.pem"
+    subprocess.run(["openssl", "x509", "-inform", "DER", "-in", str(PACKAGE / "procguard.cer"), "-out", str(pem)], check=True)
+    verified = subprocess.run(["osslsigncode", "verify", "-CAfile", str(pem), "-in", str(exe)], capture_output=True, text=True)
+    assert verified.returncode == 0 and "Signature verification: ok" in verified.stdout, verified.stdout + verified.stderr

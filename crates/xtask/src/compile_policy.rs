@@ -11,7 +11,7 @@ pub fn run(input: &Path, output: &Path) -> Result<(), String> {
     let policy = procguard_policy::toml::parse_policy(&text)
         .map_err(|errors| format!("{}:\n{errors}", input.display()))?;
     for warning in procguard_policy::lint(&policy) {
-        eprintln!("warning: {warning}");
+        eprintln!("{warning}");
     }
     let blob = procguard_policy::encode(&policy);
     std::fs::write(output, &blob).map_err(|error| format!("{}: {error}", output.display()))?;

@@ -34,6 +34,24 @@ pub fn run(root: &Path) -> Result<PathBuf, String> {
             .map_err(|error| format!("copy pdb: {error}"))?;
     }
 
+    // The control tool, cross-built for Windows (mingw; see the script),
+    // test-signed like the driver (Windows does not require it for an exe).
+    let mut control_tool = std::process::Command::new("bash");
+    control_tool.arg(
+        root.join("crates")
+            .join("procguardctl")
+            .join("build-windows.sh"),
+    );
+    let status = control_tool
+        .status()
+        .map_err(|error| format!("build-windows.sh: {error}"))?;
+    if !status.success() {
+        return Err(format!("building procguardctl.exe failed ({status})"));
+    }
+    let exe = root.join("target/windows-user/x86_64-pc-windows-gnu/release/procguardctl.exe");
+    signing::sign(&certificate, &exe, &out.join("procguardctl.exe"))?;
+    signing::verify(&certificate, &out.join("procguardctl.exe"))?;
+
     let template_path = root.join("inf").join("procguard.inx");
     let template = std::fs::read_to_string(&template_path)
         .map_err(|error| format!("{}: {error}", template_path.display()))?;
@@ -43,7 +61,7 @@ pub fn run(root: &Path) -> Result<PathBuf, String> {
 
     println!("{signed}");
     println!(
-        "xtask: package ready in {} ({} s): procguard.sys ({} bytes unsigned, {} signed), procguard.inf, procguard.cer",
+        "xtask: package ready in {} ({} s): procguard.sys ({} bytes unsigned, {} signed), procguard.inf, procguard.cer, procguardctl.exe",
         out.display(),
         started.elapsed().as_secs(),
         unsigned.size,
