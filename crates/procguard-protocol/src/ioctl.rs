@@ -39,7 +39,7 @@ pub const IOCTL_GET_STATUS: u32 = ctl_code(DEVICE_TYPE, 0x800, METHOD_BUFFERED, 
 pub const IOCTL_SET_POLICY: u32 = ctl_code(DEVICE_TYPE, 0x801, METHOD_BUFFERED, FILE_WRITE_ACCESS);
 /// The active policy blob. Read access.
 pub const IOCTL_GET_POLICY: u32 = ctl_code(DEVICE_TYPE, 0x802, METHOD_BUFFERED, FILE_READ_ACCESS);
-/// Drain audit records: [`EventsResponse`]. Write access (it consumes them).
+/// Drain audit records: [`EventsHeader`] and the records. Write access (it consumes them).
 pub const IOCTL_READ_EVENTS: u32 = ctl_code(DEVICE_TYPE, 0x803, METHOD_BUFFERED, FILE_WRITE_ACCESS);
 /// Reset the counters. Write access.
 pub const IOCTL_RESET_COUNTERS: u32 =
