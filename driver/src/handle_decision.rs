@@ -3,9 +3,10 @@
 //! decision, the counters and the audit record.
 //!
 //! Steps, each a documented choice:
-//! 1. The target's record comes from the process table. A target the policy
-//!    does not protect ends the work at once (the common case: one table
-//!    read, no further kernel call).
+//! 1. The callback first asks the process table whether the target is
+//!    protected at all (`ProcessTable::protection`): a tracked process no
+//!    rule protects ends the work at once (the common case: two words read,
+//!    one kernel call in all). Everything below runs only otherwise.
 //! 2. A protected target's record is used only if its creation key matches
 //!    the process object's, so a record never applies to a later process that
 //!    reused the id.
@@ -21,7 +22,7 @@
 
 use core::sync::atomic::Ordering;
 
-use procguard_policy::{HandleRequest, ObjectKind, Operation, ProcessRecord};
+use procguard_policy::{Exemption, HandleRequest, ObjectKind, Operation, ProcessRecord};
 use procguard_protocol::{AuditMode, AuditObject, AuditRecord};
 
 use crate::driver_state::DriverState;
@@ -30,16 +31,18 @@ use crate::kernel_sync;
 use crate::policy_state::Generation;
 use crate::process_identity::{self, Identity};
 
-/// A process taking part in a request: its id and its object.
+/// Who gains the access (resolved only when a rule could apply).
 #[derive(Debug, Clone, Copy)]
-pub struct ProcessRef {
-    /// Process id.
-    pub pid: u32,
-    /// The process object (valid for the duration of the callback).
-    pub process: PEPROCESS,
+pub enum Requester {
+    /// A create: the current process.
+    Current,
+    /// A duplicate: the process that receives the handle (`TargetProcess`).
+    Receiver(PEPROCESS),
 }
 
-/// What the callback read from `OB_PRE_OPERATION_INFORMATION`.
+/// What the callback read from `OB_PRE_OPERATION_INFORMATION`: only what
+/// the common case needs is computed up front (the target's id); the rest
+/// is resolved by [`decide`] when the target is protected.
 #[derive(Debug, Clone, Copy)]
 pub struct ObservedRequest {
     /// Process or thread handle.
@@ -51,9 +54,9 @@ pub struct ObservedRequest {
     /// The process the handle is for (a thread's owning process).
     pub target_pid: u32,
     /// Who gains the access.
-    pub requester: ProcessRef,
-    /// Duplicate: the process the handle comes from (0 for a create).
-    pub source_pid: u32,
+    pub requester: Requester,
+    /// Duplicate: the process the handle comes from (null for a create).
+    pub source_process: PEPROCESS,
     /// `DesiredAccess` as received.
     pub desired_access: u32,
 }
@@ -66,19 +69,39 @@ fn target_process(request: &ObservedRequest) -> PEPROCESS {
     }
 }
 
-/// The record of `process` under `generation`: from the table if the
-/// creation key matches, else classified now (PASSIVE only), else the
-/// policy's unknown-process record.
+fn pid_of(handle: crate::ffi::HANDLE) -> u32 {
+    u32::try_from(handle as usize).unwrap_or(u32::MAX)
+}
+
+/// The requester's id and object.
+fn resolve(requester: Requester) -> (u32, PEPROCESS) {
+    match requester {
+        Requester::Current => {
+            // SAFETY: plain queries about the current process, which outlives the callback.
+            let pid = pid_of(unsafe { ntddk::PsGetCurrentProcessId() });
+            // SAFETY: as above.
+            (pid, unsafe { ntddk::IoGetCurrentProcess() })
+        }
+        Requester::Receiver(process) => {
+            // SAFETY: TargetProcess is a process object, valid during the callback.
+            let pid = pid_of(unsafe { ntddk::PsGetProcessId(process) });
+            (pid, process)
+        }
+    }
+}
+
+/// The record of process `pid` (`process`) under `generation`: from the
+/// table if its creation key matches the process's, else classified now
+/// (PASSIVE only), else the policy's unknown-process record.
 fn record_of(
     state: &DriverState,
     generation: &Generation,
     pid: u32,
     process: PEPROCESS,
-    table: Option<(u64, ProcessRecord)>,
 ) -> ProcessRecord {
     // SAFETY: `process` is the target or requester object of this callback.
     let key = unsafe { process_identity::creation_key(process) };
-    if let Some((stored_key, record)) = table {
+    if let Some((stored_key, record)) = generation.lookup(pid) {
         if stored_key == key {
             return record;
         }
@@ -86,7 +109,7 @@ fn record_of(
     state.counters.unclassified.fetch_add(1, Ordering::Relaxed);
     if kernel_sync::current_irql() == 0 {
         // SAFETY: PASSIVE_LEVEL (checked), `process` valid during the callback.
-        if let Ok(image_path) = unsafe { process_identity::image_path(process) } {
+        if let Some(image_path) = unsafe { process_identity::image_path_for_policy(process) } {
             return generation.classify(&Identity {
                 pid,
                 creation_key: key,
@@ -97,39 +120,22 @@ fn record_of(
     generation.policy.unknown_process_record()
 }
 
-/// Decides `request`; returns the access to leave in `DesiredAccess` (a
-/// subset of `request.desired_access`).
-pub fn decide(state: &DriverState, request: &ObservedRequest) -> u32 {
+/// Decides `request`, whose target the process table did not clear
+/// (`ProcessTable::protection`); returns the access to leave in
+/// `DesiredAccess` (a subset of `request.desired_access`).
+pub fn decide(state: &DriverState, generation: &Generation, request: &ObservedRequest) -> u32 {
     let desired = request.desired_access;
-    let Some(generation) = state.active.read() else {
-        return desired;
-    };
-    let target_entry = generation.lookup(request.target_pid);
-    if let Some((_, record)) = target_entry {
-        if !record.is_protected() {
-            // The common case: one table read, no further kernel call.
-            return desired;
-        }
-    }
     let target = record_of(
         state,
-        &generation,
+        generation,
         request.target_pid,
         target_process(request),
-        target_entry,
     );
     if !target.is_protected() {
         return desired;
     }
-    let requester_entry = generation.lookup(request.requester.pid);
-    let requester = record_of(
-        state,
-        &generation,
-        request.requester.pid,
-        request.requester.process,
-        requester_entry,
-    );
-    let same_process = request.requester.pid == request.target_pid;
+    let (requester_pid, requester_process) = resolve(request.requester);
+    let requester = record_of(state, generation, requester_pid, requester_process);
     let decision = generation.policy.decide(
         &target,
         &requester,
@@ -138,21 +144,30 @@ pub fn decide(state: &DriverState, request: &ObservedRequest) -> u32 {
             operation: request.operation,
             desired_access: desired,
             kernel_handle: false,
-            same_process,
+            same_process: requester_pid == request.target_pid,
         },
     );
     let access = decision.access & desired;
     let stripped = access != desired;
     generation.count(decision.rule, stripped);
-    if decision.exemption.is_some() {
-        state.counters.exempt.fetch_add(1, Ordering::Relaxed);
-    }
+    match decision.exemption {
+        Some(Exemption::SelfAccess) => state.counters.skipped_self.fetch_add(1, Ordering::Relaxed),
+        Some(_) => state.counters.exempt.fetch_add(1, Ordering::Relaxed),
+        None => 0,
+    };
     if stripped {
         state.counters.modified.fetch_add(1, Ordering::Relaxed);
     }
     if decision.audit {
         state.counters.audited.fetch_add(1, Ordering::Relaxed);
-        append_audit_record(state, request, access, decision.rule, stripped);
+        append_audit_record(
+            state,
+            request,
+            requester_pid,
+            access,
+            decision.rule,
+            stripped,
+        );
     }
     access
 }
@@ -160,25 +175,35 @@ pub fn decide(state: &DriverState, request: &ObservedRequest) -> u32 {
 fn append_audit_record(
     state: &DriverState,
     request: &ObservedRequest,
+    requester_pid: u32,
     access: u32,
     rule: Option<u16>,
     stripped: bool,
 ) {
     let timestamp = kernel_sync::system_time();
-    // SAFETY: a plain query about the current process.
-    let originator_pid = unsafe { ntddk::PsGetCurrentProcessId() };
+    let duplication = request.operation == Operation::Duplicate;
+    // For a create the requester is the current process: no second query.
+    let originator_pid = if duplication {
+        // SAFETY: a plain query about the current process.
+        pid_of(unsafe { ntddk::PsGetCurrentProcessId() })
+    } else {
+        requester_pid
+    };
     // SAFETY: a plain query about the current thread.
-    let originator_tid = unsafe { ntddk::PsGetCurrentThreadId() };
+    let originator_tid = pid_of(unsafe { ntddk::PsGetCurrentThreadId() });
+    let source_pid = if duplication {
+        // SAFETY: SourceProcess is a process object, valid during the callback.
+        pid_of(unsafe { ntddk::PsGetProcessId(request.source_process) })
+    } else {
+        0
+    };
     let thread_id = match request.object {
         ObjectKind::Thread => {
             // SAFETY: for PsThreadType the object is a thread, valid during the callback.
-            let thread_id = unsafe { ntddk::PsGetThreadId(request.object_pointer.cast()) };
-            thread_id as usize
+            pid_of(unsafe { ntddk::PsGetThreadId(request.object_pointer.cast()) })
         }
         ObjectKind::Process => 0,
     };
-    let duplication = request.operation == Operation::Duplicate;
-    let to_u32 = |value: usize| u32::try_from(value).unwrap_or(u32::MAX);
     state.ring.append(|sequence| {
         AuditRecord {
             sequence,
@@ -189,15 +214,11 @@ fn append_audit_record(
             },
             duplication,
             process_id: request.target_pid,
-            thread_id: to_u32(thread_id),
-            originator_process_id: to_u32(originator_pid as usize),
-            originator_thread_id: to_u32(originator_tid as usize),
-            source_process_id: if duplication { request.source_pid } else { 0 },
-            target_process_id: if duplication {
-                request.requester.pid
-            } else {
-                0
-            },
+            thread_id,
+            originator_process_id: originator_pid,
+            originator_thread_id: originator_tid,
+            source_process_id: source_pid,
+            target_process_id: if duplication { requester_pid } else { 0 },
             original_desired_access: request.desired_access,
             desired_access: access,
             result_code: 0,

@@ -17,10 +17,12 @@ use crate::driver_state::DriverState;
 use crate::ffi::{
     ntddk, OB_CALLBACK_REGISTRATION, OB_FLT_REGISTRATION_VERSION, OB_OPERATION_HANDLE_CREATE,
     OB_OPERATION_HANDLE_DUPLICATE, OB_OPERATION_REGISTRATION, OB_PREOP_CALLBACK_STATUS,
-    OB_PREOP_SUCCESS, PEPROCESS, POB_PRE_OPERATION_INFORMATION, PVOID,
-    STATUS_FLT_INSTANCE_ALTITUDE_COLLISION, UNICODE_STRING,
+    OB_PREOP_SUCCESS, OB_PRE_OPERATION_INFORMATION, PEPROCESS, POB_PRE_OPERATION_INFORMATION,
+    PVOID, STATUS_FLT_INSTANCE_ALTITUDE_COLLISION, UNICODE_STRING,
 };
-use crate::handle_decision::{self, ObservedRequest, ProcessRef};
+use crate::handle_decision::{self, ObservedRequest, Requester};
+use crate::policy_state::Generation;
+use crate::process_table::Protection;
 use procguard_policy::{ObjectKind, Operation};
 
 /// A live registration: unregistered exactly once, by [`Registration::unregister`].
@@ -173,20 +175,42 @@ pub unsafe extern "C" fn pre_operation(
         return OB_PREOP_SUCCESS;
     };
 
-    // SAFETY: Parameters points at the union matching Operation.
-    let Some(parameters) = (unsafe { info.Parameters.as_mut() }) else {
+    let Some(generation) = state.active.read() else {
         return OB_PREOP_SUCCESS;
     };
-    let (operation, desired_access, requester, source_pid) = match info.Operation {
+    if generation.table.protection(target_pid) == Protection::Unprotected {
+        // The common case: a tracked process no rule protects.
+        return OB_PREOP_SUCCESS;
+    }
+    decide_request(state, &generation, info, object, target_pid);
+    OB_PREOP_SUCCESS
+}
+
+/// The rest of the callback, for a target a rule may protect (out of line,
+/// so the common case above stays short): reads the operation's parameters,
+/// decides, and clears the bits the decision removes.
+#[inline(never)]
+fn decide_request(
+    state: &DriverState,
+    generation: &Generation,
+    info: &mut OB_PRE_OPERATION_INFORMATION,
+    object: ObjectKind,
+    target_pid: u32,
+) {
+    // SAFETY: Parameters points at the union matching Operation.
+    let Some(parameters) = (unsafe { info.Parameters.as_mut() }) else {
+        return;
+    };
+    let (operation, desired_access, requester, source_process) = match info.Operation {
         OB_OPERATION_HANDLE_CREATE => {
             // SAFETY: Operation is create, so the create member is the live one.
             let create = unsafe { &mut parameters.CreateHandleInformation };
-            // SAFETY: a plain query about the current process.
-            let pid = handle_to_pid(unsafe { ntddk::PsGetCurrentProcessId() });
-            // SAFETY: as above; the current process outlives this callback.
-            let process = unsafe { ntddk::IoGetCurrentProcess() };
-            let requester = ProcessRef { pid, process };
-            (Operation::Create, &mut create.DesiredAccess, requester, 0)
+            (
+                Operation::Create,
+                &mut create.DesiredAccess,
+                Requester::Current,
+                ptr::null_mut(),
+            )
         }
         OB_OPERATION_HANDLE_DUPLICATE => {
             // SAFETY: Operation is duplicate, so the duplicate member is the live one.
@@ -194,34 +218,24 @@ pub unsafe extern "C" fn pre_operation(
             // The requester is the process that receives the handle: it gains the access.
             let receiver: PEPROCESS = duplicate.TargetProcess.cast();
             let source: PEPROCESS = duplicate.SourceProcess.cast();
-            // SAFETY: TargetProcess is a process object, valid during the callback.
-            let receiver_pid = unsafe { ntddk::PsGetProcessId(receiver) };
-            // SAFETY: likewise SourceProcess.
-            let source_pid = unsafe { ntddk::PsGetProcessId(source) };
-            let requester = ProcessRef {
-                pid: handle_to_pid(receiver_pid),
-                process: receiver,
-            };
             (
                 Operation::Duplicate,
                 &mut duplicate.DesiredAccess,
-                requester,
-                handle_to_pid(source_pid),
+                Requester::Receiver(receiver),
+                source,
             )
         }
-        _ => return OB_PREOP_SUCCESS,
+        _ => return,
     };
-
     let request = ObservedRequest {
         object,
         operation,
         object_pointer: info.Object,
         target_pid,
         requester,
-        source_pid,
+        source_process,
         desired_access: *desired_access,
     };
     // Only ever clears bits: the decision is a subset of the request.
-    *desired_access &= handle_decision::decide(state, &request);
-    OB_PREOP_SUCCESS
+    *desired_access &= handle_decision::decide(state, generation, &request);
 }

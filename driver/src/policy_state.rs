@@ -103,6 +103,7 @@ impl Generation {
             pid: identity.pid,
             creation_key: identity.creation_key,
             record: record.to_words(),
+            protected: record.is_protected(),
         };
         // A slot write must not be preempted half-way: readers would spin.
         kernel_sync::without_preemption(|| self.table.insert(&entry))

@@ -102,20 +102,44 @@ pub fn with_process<R>(pid: u32, body: impl FnOnce(PEPROCESS) -> R) -> Option<R>
 
 /// The identity of process `pid`, read at PASSIVE_LEVEL. A process without
 /// an image path gets an empty one (the policy engine recognises System by
-/// its id).
+/// its id); `None` if the process is gone or memory ran out.
 pub fn identify(pid: u32) -> Option<Identity> {
     with_process(pid, |process| {
         // SAFETY: `process` is referenced for the duration of this closure,
         // and identification runs at PASSIVE_LEVEL (enumeration, notify).
         let creation_key = unsafe { creation_key(process) };
         // SAFETY: as above.
-        let image_path = unsafe { image_path(process) }.unwrap_or_default();
-        Identity {
+        let image_path = unsafe { image_path_for_policy(process) }?;
+        Some(Identity {
             pid,
             creation_key,
             image_path,
-        }
+        })
     })
+    .flatten()
+}
+
+/// The image path to classify `process` with: the kernel's path, or an empty
+/// one for a process that has none (System, Registry, …). `None` when memory
+/// ran out: the process must then not be classified now (an empty path would
+/// silently drop its protection); it is classified when next met
+/// (`handle_decision.rs`, step 4).
+///
+/// # Safety
+/// As [`image_path`].
+pub unsafe fn image_path_for_policy(process: PEPROCESS) -> Option<String> {
+    // SAFETY: per the caller.
+    match unsafe { image_path(process) } {
+        Ok(path) => Some(path),
+        Err(STATUS_INSUFFICIENT_RESOURCES) => {
+            crate::trace::error(format_args!(
+                "no memory for a process image path ({}); the process is classified when next met",
+                crate::trace::Status(STATUS_INSUFFICIENT_RESOURCES)
+            ));
+            None
+        }
+        Err(_) => Some(String::new()),
+    }
 }
 
 /// The ids of the running processes, from one consistent snapshot of the
@@ -153,29 +177,45 @@ pub fn running_process_ids() -> Result<Vec<u32>, NTSTATUS> {
         if status < 0 {
             return Err(status);
         }
-        let bytes: Vec<u8> = buffer.iter().flat_map(|word| word.to_le_bytes()).collect();
-        return parse_process_list(&bytes).ok_or(STATUS_INVALID_PARAMETER);
+        return parse_process_list(&buffer);
     }
 }
 
-/// Walks the `NextEntryOffset` chain; `None` if an entry leaves the buffer.
-fn parse_process_list(bytes: &[u8]) -> Option<Vec<u32>> {
+/// `N` little-endian bytes at byte `offset` of `words`, if all inside.
+fn bytes_at<const N: usize>(words: &[u64], offset: usize) -> Option<[u8; N]> {
+    let mut bytes = [0u8; N];
+    for (index, byte) in bytes.iter_mut().enumerate() {
+        let at = offset.checked_add(index)?;
+        let word = words.get(at / 8)?;
+        *byte = word.to_le_bytes()[at % 8];
+    }
+    Some(bytes)
+}
+
+/// Walks the `NextEntryOffset` chain of the list in `words` (the kernel
+/// wrote it into an 8-byte-aligned buffer).
+///
+/// # Errors
+/// `STATUS_INVALID_PARAMETER` if an entry leaves the buffer,
+/// `STATUS_INSUFFICIENT_RESOURCES` if the id list cannot grow.
+fn parse_process_list(words: &[u64]) -> Result<Vec<u32>, NTSTATUS> {
     const PID_OFFSET: usize = core::mem::offset_of!(SYSTEM_PROCESS_INFORMATION, UniqueProcessId);
+    let malformed = STATUS_INVALID_PARAMETER;
     let mut pids = Vec::new();
     let mut offset = 0usize;
     loop {
-        let next = u32::from_le_bytes(bytes.get(offset..offset.checked_add(4)?)?.try_into().ok()?)
-            as usize;
-        let pid_at = offset.checked_add(PID_OFFSET)?;
-        let pid = u64::from_le_bytes(bytes.get(pid_at..pid_at.checked_add(8)?)?.try_into().ok()?);
+        let next = u32::from_le_bytes(bytes_at(words, offset).ok_or(malformed)?) as usize;
+        let pid_at = offset.checked_add(PID_OFFSET).ok_or(malformed)?;
+        let pid = u64::from_le_bytes(bytes_at(words, pid_at).ok_or(malformed)?);
         if let Ok(pid) = u32::try_from(pid) {
-            pids.try_reserve(1).ok()?;
+            pids.try_reserve(1)
+                .map_err(|_| STATUS_INSUFFICIENT_RESOURCES)?;
             pids.push(pid);
         }
         if next == 0 {
-            return Some(pids);
+            return Ok(pids);
         }
-        offset = offset.checked_add(next)?;
+        offset = offset.checked_add(next).ok_or(malformed)?;
     }
 }
 
@@ -229,12 +269,26 @@ mod tests {
 
     #[test]
     fn a_malformed_process_list_is_rejected_not_followed() {
-        let mut bytes = vec![0u8; 256];
-        bytes[0..4].copy_from_slice(&200u32.to_le_bytes()); // next entry leaves the buffer
-        assert_eq!(parse_process_list(&bytes), None);
-        assert_eq!(parse_process_list(&[0u8; 10]), None);
-        let mut single = vec![0u8; 256];
-        single[80..88].copy_from_slice(&1234u64.to_le_bytes());
-        assert_eq!(parse_process_list(&single), Some(vec![1234]));
+        let mut words = vec![0u64; 32];
+        words[0] = 200; // next entry leaves the buffer
+        assert_eq!(parse_process_list(&words), Err(STATUS_INVALID_PARAMETER));
+        assert_eq!(
+            parse_process_list(&[0u64; 1]),
+            Err(STATUS_INVALID_PARAMETER)
+        );
+        let mut single = vec![0u64; 32];
+        single[10] = 1234; // UniqueProcessId at byte 80
+        assert_eq!(parse_process_list(&single), Ok(vec![1234]));
+    }
+
+    #[test]
+    fn a_process_whose_path_cannot_be_allocated_is_not_classified_with_an_empty_path() {
+        reset_host();
+        add_process(1200, 777, "\\Device\\HarddiskVolume3\\agent.exe");
+        with_host(|host| host.fail_allocations = true);
+        assert!(identify(1200).is_none());
+        with_host(|host| host.fail_allocations = false);
+        assert!(identify(1200).is_some());
+        assert_eq!(with_host(|host| host.process_references), 0);
     }
 }

@@ -50,6 +50,9 @@ pub struct Entry {
     pub creation_key: u64,
     /// The classification record.
     pub record: RecordWords,
+    /// Whether any rule may apply with this process as the target: the
+    /// callbacks' common case reads only this (see [`ProcessTable::protection`]).
+    pub protected: bool,
 }
 
 /// Result of a lookup.
@@ -61,6 +64,16 @@ pub enum Lookup {
     Absent,
     /// A slot on the probe path stayed busy for [`READ_RETRIES`] attempts.
     Busy,
+}
+
+/// What the callbacks' fast path learns about a target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protection {
+    /// Tracked, and no rule applies to it as a target: nothing to do.
+    Unprotected,
+    /// Tracked and protected, or unknown (absent, or its slot stayed busy):
+    /// the full decision is needed.
+    NeedsDecision,
 }
 
 /// Why an insertion failed.
@@ -75,6 +88,8 @@ pub enum InsertError {
 struct Slot {
     sequence: AtomicU32,
     pid: AtomicU32,
+    /// Bit 0: [`Entry::protected`].
+    flags: AtomicU32,
     creation_key: AtomicU64,
     record: [AtomicU64; RECORD_WORDS],
 }
@@ -84,6 +99,7 @@ impl Slot {
         Self {
             sequence: AtomicU32::new(0),
             pid: AtomicU32::new(EMPTY),
+            flags: AtomicU32::new(0),
             creation_key: AtomicU64::new(0),
             record: core::array::from_fn(|_| AtomicU64::new(0)),
         }
@@ -95,6 +111,7 @@ impl Slot {
             let before = self.sequence.load(Ordering::Acquire);
             if before & 1 == 0 {
                 let pid = self.pid.load(Ordering::Relaxed);
+                let protected = self.flags.load(Ordering::Relaxed) & 1 != 0;
                 let creation_key = self.creation_key.load(Ordering::Relaxed);
                 let mut record = [0u64; RECORD_WORDS];
                 for (word, stored) in record.iter_mut().zip(&self.record) {
@@ -106,6 +123,7 @@ impl Slot {
                         pid,
                         creation_key,
                         record,
+                        protected,
                     });
                 }
             }
@@ -116,13 +134,34 @@ impl Slot {
         None
     }
 
+    /// The slot's pid and protected flag only (the fast path), or `None`
+    /// if it stayed busy.
+    fn read_head(&self) -> Option<(u32, bool)> {
+        for _ in 0..READ_RETRIES {
+            let before = self.sequence.load(Ordering::Acquire);
+            if before & 1 == 0 {
+                let pid = self.pid.load(Ordering::Relaxed);
+                let flags = self.flags.load(Ordering::Relaxed);
+                fence(Ordering::Acquire);
+                if self.sequence.load(Ordering::Relaxed) == before {
+                    return Some((pid, flags & 1 != 0));
+                }
+            }
+            core::hint::spin_loop();
+            #[cfg(loom)]
+            loom::thread::yield_now();
+        }
+        None
+    }
+
     /// Writes the slot (writers are serialised by the caller).
-    fn write(&self, pid: u32, creation_key: u64, record: &RecordWords) {
+    fn write(&self, pid: u32, creation_key: u64, record: &RecordWords, protected: bool) {
         let sequence = self.sequence.load(Ordering::Relaxed);
         self.sequence
             .store(sequence.wrapping_add(1), Ordering::Relaxed);
         fence(Ordering::Release);
         self.pid.store(pid, Ordering::Relaxed);
+        self.flags.store(u32::from(protected), Ordering::Relaxed);
         self.creation_key.store(creation_key, Ordering::Relaxed);
         for (stored, word) in self.record.iter().zip(record) {
             stored.store(*word, Ordering::Relaxed);
@@ -230,6 +269,31 @@ impl ProcessTable {
         Lookup::Absent
     }
 
+    /// Whether a request for a handle to `pid` needs the full decision: the
+    /// common case (a tracked process no rule protects) reads two words per
+    /// probed slot and ends here.
+    pub fn protection(&self, pid: u32) -> Protection {
+        let mask = self.mask();
+        let mut index = home(pid, mask);
+        for _ in 0..self.slots.len() {
+            let Some(slot) = self.slots.get(index) else {
+                break;
+            };
+            match slot.read_head() {
+                Some((found, protected)) if found == pid => {
+                    return if protected {
+                        Protection::NeedsDecision
+                    } else {
+                        Protection::Unprotected
+                    };
+                }
+                Some((EMPTY, _)) | None => break,
+                Some(_) => index = (index + 1) & mask,
+            }
+        }
+        Protection::NeedsDecision
+    }
+
     /// Inserts or replaces the entry for `pid` (writers only).
     ///
     /// # Errors
@@ -249,7 +313,7 @@ impl ProcessTable {
             // Writers are serialised, so a plain load of pid is current.
             let current = slot.pid.load(Ordering::Relaxed);
             if current == pid {
-                slot.write(pid, entry.creation_key, &entry.record);
+                slot.write(pid, entry.creation_key, &entry.record, entry.protected);
                 return Ok(());
             }
             if current == TOMBSTONE && reusable.is_none() {
@@ -278,7 +342,7 @@ impl ProcessTable {
             }
         };
         if let Some(slot) = self.slots.get(target) {
-            slot.write(pid, entry.creation_key, &entry.record);
+            slot.write(pid, entry.creation_key, &entry.record, entry.protected);
             self.live.fetch_add(1, Ordering::Relaxed);
             Ok(())
         } else {
@@ -303,7 +367,7 @@ impl ProcessTable {
                 if slot.creation_key.load(Ordering::Relaxed) != creation_key {
                     return false;
                 }
-                slot.write(TOMBSTONE, 0, &[0; RECORD_WORDS]);
+                slot.write(TOMBSTONE, 0, &[0; RECORD_WORDS], false);
                 self.live.fetch_sub(1, Ordering::Relaxed);
                 self.tombstones.fetch_add(1, Ordering::Relaxed);
                 return true;
@@ -333,7 +397,20 @@ mod tests {
             pid,
             creation_key: key,
             record: [fill; RECORD_WORDS],
+            protected: fill % 2 == 1,
         }
+    }
+
+    #[test]
+    fn protection_reads_the_flag_and_treats_unknown_pids_as_needing_a_decision() {
+        let table = ProcessTable::with_capacity(8).unwrap();
+        table.insert(&entry(4, 1, 1)).unwrap();
+        table.insert(&entry(8, 1, 2)).unwrap();
+        assert_eq!(table.protection(4), Protection::NeedsDecision);
+        assert_eq!(table.protection(8), Protection::Unprotected);
+        assert_eq!(table.protection(12), Protection::NeedsDecision, "absent");
+        assert!(table.remove(4, 1));
+        assert_eq!(table.protection(4), Protection::NeedsDecision, "removed");
     }
 
     #[test]

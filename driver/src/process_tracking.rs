@@ -68,7 +68,9 @@ pub unsafe extern "C" fn process_notify(
     // Read the identity before taking the writer mutex (it allocates and
     // takes kernel locks of its own).
     // SAFETY: PASSIVE_LEVEL (notify routines run there); `process` is valid.
-    let image_path = unsafe { process_identity::image_path(process) }.unwrap_or_default();
+    let Some(image_path) = (unsafe { process_identity::image_path_for_policy(process) }) else {
+        return;
+    };
     let identity = Identity {
         pid,
         creation_key,

@@ -214,6 +214,26 @@ fn wdf_layouts() -> Vec<StructLayout> {
                 Module
             }
         ),
+        layout!(
+            "WDF_IO_QUEUE_CONFIG",
+            WDF_IO_QUEUE_CONFIG {
+                Size,
+                DispatchType,
+                PowerManaged,
+                AllowZeroLengthRequests,
+                DefaultQueue,
+                EvtIoDefault,
+                EvtIoRead,
+                EvtIoWrite,
+                EvtIoDeviceControl,
+                EvtIoInternalDeviceControl,
+                EvtIoStop,
+                EvtIoResume,
+                EvtIoCanceledOnQueue,
+                Settings,
+                Driver
+            }
+        ),
     ]
 }
 
