@@ -586,15 +586,20 @@ mod loom_tests {
         builder.preemption_bound = Some(3);
         builder.check(|| {
             let slot = Arc::new(Slot::empty());
-            slot.write(4, 1, &[1; RECORD_WORDS]);
+            slot.write(4, 1, &[1; RECORD_WORDS], true);
             let writer = {
                 let slot = slot.clone();
-                loom::thread::spawn(move || slot.write(4, 2, &[2; RECORD_WORDS]))
+                loom::thread::spawn(move || slot.write(4, 2, &[2; RECORD_WORDS], false))
             };
             if let Some(entry) = slot.read() {
                 assert!(
                     entry.record.iter().all(|&word| word == entry.creation_key),
                     "torn read: {entry:?}"
+                );
+                assert_eq!(
+                    entry.protected,
+                    entry.creation_key == 1,
+                    "torn flag: {entry:?}"
                 );
             }
             writer.join().unwrap();
