@@ -93,6 +93,7 @@ fn resolve(requester: Requester) -> (u32, PEPROCESS) {
 /// The record of process `pid` (`process`) under `generation`: from the
 /// table if its creation key matches the process's, else classified now
 /// (PASSIVE only), else the policy's unknown-process record.
+#[inline(always)]
 fn record_of(
     state: &DriverState,
     generation: &Generation,

@@ -132,6 +132,7 @@ impl Generation {
     /// The record of `pid` if the table has one for the process whose
     /// creation key is `creation_key`; `key` may be checked lazily by the
     /// caller, so the entry's key is returned with the record.
+    #[inline(always)]
     pub fn lookup(&self, pid: u32) -> Option<(u64, ProcessRecord)> {
         match self.table.lookup(pid) {
             Lookup::Found(entry) => {

@@ -106,6 +106,7 @@ impl Slot {
     }
 
     /// A consistent copy of the slot, or `None` if it stayed busy.
+    #[inline(always)]
     fn read(&self) -> Option<Entry> {
         for _ in 0..READ_RETRIES {
             let before = self.sequence.load(Ordering::Acquire);
@@ -249,6 +250,7 @@ impl ProcessTable {
 
     /// Looks `pid` up. Lock-free; bounded by the table size and
     /// [`READ_RETRIES`] per slot.
+    #[inline(always)]
     pub fn lookup(&self, pid: u32) -> Lookup {
         if pid == EMPTY || pid == TOMBSTONE {
             return Lookup::Absent;
