@@ -225,11 +225,8 @@ def failed_allocation_loads(driver_path, policy):
     image paths, process table, control device): allocation number ->
     (outcome, trace). Computed once for the tests below (~30 loads)."""
     normal = _normal_load(driver_path, policy)
-    known_bugcheck = _process_list_copy(normal)  # see the strict xfail below
     loads = {}
     for number in range(normal.allocation_count):
-        if number == known_bugcheck:
-            continue
         try:
             loads[number] = _load_failing(driver_path, policy, number)
         except (KernelFault, AssertionError) as error:
@@ -247,25 +244,12 @@ def test_any_failed_pool_allocation_during_load_fails_or_degrades_cleanly(failed
     assert {"failed", "loaded, policy in force"} <= outcomes
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=KernelFault,
-    reason="driver bug: process_identity.rs:156 copies the process list with an infallible "
-    "`collect()`; when that allocation fails the driver bugchecks 0x5047504E (alloc error handler)",
-)
 def test_a_failed_process_list_copy_does_not_bugcheck(driver_path, policy):
     number = _process_list_copy(_normal_load(driver_path, policy))
     outcome, _trace = _load_failing(driver_path, policy, number)
     assert outcome in ("loaded, policy in force", "failed")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="driver bugs: (1) process_identity.rs identify()/process_tracking.rs use "
-    "`image_path(..).unwrap_or_default()`, so an out-of-pool image path classifies a protected "
-    "process as unprotected and tracks it, silently; (2) parse_process_list's failed "
-    "try_reserve is reported as STATUS_INVALID_PARAMETER (0xC000000D), not 0xC000009A",
-)
 def test_pool_exhaustion_while_loading_is_reported_as_such(failed_allocation_loads):
     # Every load that survives a failed allocation with less than it was
     # configured for (no rules, no enumeration, a process unprotected) must
