@@ -36,6 +36,7 @@ STATUS_BUFFER_OVERFLOW = 0x80000005
 STATUS_UNSUCCESSFUL = 0xC0000001
 STATUS_INVALID_HANDLE = 0xC0000008
 STATUS_INVALID_PARAMETER = 0xC000000D
+STATUS_INVALID_DEVICE_REQUEST = 0xC0000010
 STATUS_ACCESS_DENIED = 0xC0000022
 STATUS_INVALID_INFO_CLASS = 0xC0000003
 STATUS_INFO_LENGTH_MISMATCH = 0xC0000004
@@ -58,7 +59,25 @@ REG_SZ = 1
 REG_BINARY = 3
 REG_DWORD = 4
 KEY_VALUE_PARTIAL_INFORMATION = 2
+KEY_SET_VALUE = 0x0002
+KEY_CREATE_SUB_KEY = 0x0004
+KEY_WRITE = 0x20006  # STANDARD_RIGHTS_WRITE | KEY_SET_VALUE | KEY_CREATE_SUB_KEY
+REG_CREATED_NEW_KEY = 1
+REG_OPENED_EXISTING_KEY = 2
 PARTIAL_INFO_HEADER = 12  # FIELD_OFFSET(KEY_VALUE_PARTIAL_INFORMATION, Data)
+
+# --- Control device IOCTLs (crates/procguard-protocol/src/ioctl.rs) ---------
+IOCTL_GET_STATUS = 0x00226000
+IOCTL_SET_POLICY = 0x0022A004
+IOCTL_GET_POLICY = 0x00226008
+IOCTL_READ_EVENTS = 0x0022A00C
+IOCTL_RESET_COUNTERS = 0x0022A010
+IOCTL_GET_RULE_COUNTERS = 0x00226014
+SET_POLICY_PERSIST = 1
+STATUS_SIZE = 256
+EVENTS_HEADER_SIZE = 16
+POLICY_HEADER_SIZE = 8
+AUDIT_RECORD_BYTES = 64
 
 # --- Pool -----------------------------------------------------------------
 POOL_FLAG_NON_PAGED = 0x40
@@ -69,6 +88,19 @@ DRIVER_OBJECT_DRIVER_UNLOAD = 0x68
 WDF_DRIVER_GLOBALS_DISPLACE_DRIVER_UNLOAD = 48
 WDF_DRIVER_GLOBALS_SIZE = 56
 WDF_FUNCTION_COUNT_1_33 = 458
+# WDF_IO_QUEUE_CONFIG (x64, KMDF 1.33; TOOLCHAIN.md). Speakeasy's definition
+# puts the EvtIo* callbacks 16 bytes off: never read the config with it.
+WDF_IO_QUEUE_CONFIG_SIZE = 96
+WDF_IO_QUEUE_CONFIG_OFFSETS = {
+    "Size": 0, "DispatchType": 4, "PowerManaged": 8, "AllowZeroLengthRequests": 12,
+    "DefaultQueue": 13, "EvtIoDefault": 16, "EvtIoRead": 24, "EvtIoWrite": 32,
+    "EvtIoDeviceControl": 40, "EvtIoInternalDeviceControl": 48, "EvtIoStop": 56,
+    "EvtIoResume": 64, "EvtIoCanceledOnQueue": 72, "Settings": 80, "Driver": 88,
+}
+WDF_OBJECT_ATTRIBUTES_SIZE = 56
+WdfIoQueueDispatchSequential = 1
+WdfExecutionLevelPassive = 2
+WdfFalse = 0
 OB_PRE_OPERATION_INFORMATION_SIZE = 40
 OB_PRE_OPERATION_PARAMETERS_SIZE = 24  # the duplicate member, the larger one
 OB_OPERATION_REGISTRATION_SIZE = 32
@@ -92,6 +124,8 @@ SERVICE_NAME = "procguard"
 KERNEL_HANDLE_BASE = 0xFFFFFFFF80000000
 REGISTRATION_HANDLE_BASE = 0xFFFFC0B000000000
 WDFDRIVER_HANDLE = 0x00000000DD0D0001
+WDFQUEUE_HANDLE = 0x00000000DD0E0001  # the driver asks for no queue handle; the framework still has one
+WDFREQUEST_HANDLE_BASE = 0x00000000DD0F0000
 # Creation times (100 ns since 1601) handed to fake processes, increasing.
 FIRST_CREATE_TIME = 133_500_000_000_000_000
 # KeQuerySystemTimePrecise starts here and advances 1 µs per call.
@@ -254,6 +288,44 @@ class WdfBind:
 
 
 @dataclass
+class FakeRequest:
+    """A WDFREQUEST the framework presents to EvtIoDeviceControl: an
+    IRP_MJ_DEVICE_CONTROL with a METHOD_BUFFERED system buffer of
+    max(input, output) bytes (input copied in first, output read back from
+    the same buffer)."""
+
+    handle: int
+    code: int
+    system_buffer: int  # 0 when both lengths are 0, as the I/O manager does
+    input_length: int
+    output_length: int
+    # (status, information) of every WdfRequestCompleteWithInformation.
+    completions: list = None
+    # (which, MinimumRequiredSize, status) of every WdfRequestRetrieve*Buffer.
+    retrievals: list = None
+
+
+@dataclass
+class IoctlResult:
+    """What DeviceIoControl would return to the caller."""
+
+    status: int
+    information: int
+    # The bytes the I/O manager copies back: `information` bytes of the
+    # system buffer unless the status is an error (NT_ERROR: nothing).
+    output: bytes
+    request: FakeRequest
+
+
+@dataclass
+class RegistryWrite:
+    key: str
+    name: str
+    value_type: int
+    data: bytes
+
+
+@dataclass
 class FakeProcess:
     """A process of the emulated machine: a fake EPROCESS block (real
     emulated memory, so the driver can hold its address) and what the kernel
@@ -332,8 +404,9 @@ class AuditRecord:
 NO_RULE = 0xFFFFFFFF
 AUDIT_RECORD_WORDS = 8
 # A ring cell (driver/src/audit_ring.rs `Cell`): an AtomicU64 sequence and
-# the eight record words, 72 bytes. Rust may order the two fields either way
-# (repr(Rust)); `AuditRingView.locate` finds out which from the cell contents.
+# the eight record words, 72 bytes: the size of the ring's pool block is
+# capacity x 72 (test_unload finds that allocation by it). The records
+# themselves are read with IOCTL_READ_EVENTS (`KernelHarness.drain_audit_records`).
 AUDIT_CELL_BYTES = 8 + 8 * AUDIT_RECORD_WORDS
 
 
@@ -342,71 +415,6 @@ def audit_ring_capacity(audit_records: int) -> int:
     2..=2^20, rounded up to a power of two (AuditRing::with_capacity)."""
     records = min(max(audit_records, 2), 1 << 20)
     return 1 << (records - 1).bit_length()
-
-
-class AuditRingView:
-    """Reads the driver's audit ring out of its pool memory, by content.
-
-    There is no drain IOCTL yet (next issue), and the DriverState layout is
-    Rust's to choose, so the ring is not found through the state: it is the
-    one pool block of ``capacity * 72`` bytes whose cells look like a Vyukov
-    ring's. Cell i (0-based) holds, in its sequence word:
-
-    - ``i + k*capacity`` while free (k laps: initially k = 0; a cell whose
-      record was discarded on overflow is handed back one lap later), or
-    - ``p + 1`` once the record of position ``p`` (``p & mask == i``) is
-      published; the record's own word 0 (its `sequence` field) is then ``p``.
-
-    So a cell holds a published record iff ``(seq - 1) & mask == i`` and
-    ``words[0] == seq - 1``; ``records()`` returns those, oldest first.
-    """
-
-    def __init__(self, kernel: "KernelHarness", address: int, capacity: int, sequence_offset: int):
-        self.kernel = kernel
-        self.address = address
-        self.capacity = capacity
-        self.sequence_offset = sequence_offset  # 0 or 64 within a cell
-
-    @classmethod
-    def locate(cls, kernel: "KernelHarness", audit_records: int = 4096) -> "AuditRingView":
-        capacity = audit_ring_capacity(audit_records)
-        mask = capacity - 1
-        found = []
-        for block in kernel.pool.values():
-            if block.size != capacity * AUDIT_CELL_BYTES or block.tag != POOL_TAG_PGRD:
-                continue
-            raw = kernel.read(block.address, block.size)
-            for sequence_offset in (0, 8 * AUDIT_RECORD_WORDS):
-                words_offset = 8 if sequence_offset == 0 else 0
-                plausible = True
-                for index in range(capacity):
-                    cell = index * AUDIT_CELL_BYTES
-                    sequence = _u64(raw, cell + sequence_offset)
-                    first_word = _u64(raw, cell + words_offset)
-                    free = sequence & mask == index
-                    published = sequence >= 1 and (sequence - 1) & mask == index and first_word == sequence - 1
-                    if not (free or published):
-                        plausible = False
-                        break
-                if plausible:
-                    found.append(cls(kernel, block.address, capacity, sequence_offset))
-                    break
-        if len(found) != 1:
-            raise KernelFault(f"expected one audit ring of {capacity} cells in the pool, found {len(found)}")
-        return found[0]
-
-    def records(self) -> list[AuditRecord]:
-        mask = self.capacity - 1
-        raw = self.kernel.read(self.address, self.capacity * AUDIT_CELL_BYTES)
-        words_offset = 8 if self.sequence_offset == 0 else 0
-        records = []
-        for index in range(self.capacity):
-            cell = index * AUDIT_CELL_BYTES
-            sequence = _u64(raw, cell + self.sequence_offset)
-            words = list(struct.unpack_from("<8Q", raw, cell + words_offset))
-            if sequence >= 1 and (sequence - 1) & mask == index and words[0] == sequence - 1:
-                records.append(AuditRecord.from_words(words))
-        return sorted(records, key=lambda record: record.sequence)
 
 
 @dataclass
@@ -488,6 +496,21 @@ class KernelHarness:
         self._next_tid = 0x2000
         self.device_inits: dict[int, dict] = {}
         self.devices: dict[int, dict] = {}  # live control devices
+        # IOCTL requests: live (presented, not completed) and every one sent.
+        self.requests: dict[int, FakeRequest] = {}
+        self.sent_requests: list[FakeRequest] = []
+        self._next_request = WDFREQUEST_HANDLE_BASE
+        # Speakeasy 1.5.11's se.call misplaces the 5th+ argument (issue 298);
+        # the harness corrects it unless a test shows the defect.
+        self.correct_stack_arguments = True
+        # Registry writes (persisting a policy): scripted failures, records.
+        self.open_for_write_status: Optional[int] = None  # ZwOpenKey with write access fails
+        self.create_key_status: Optional[int] = None  # ZwCreateKey fails
+        self.set_value_status: Optional[int] = None  # ZwSetValueKey fails
+        self.key_access: dict[int, int] = {}  # open key handle -> granted access
+        self.key_creates: list[tuple[str, int, int]] = []  # (path, access, status)
+        self.registry_writes: list[RegistryWrite] = []  # successful ZwSetValueKey calls
+        self.set_value_attempts = 0
         # Every kernel/WDF function the driver called, by name, in order.
         self.api_calls: list[str] = []
 
@@ -498,6 +521,7 @@ class KernelHarness:
 
         self._install_object_types()
         self._install_hooks()
+        self._install_stack_argument_fix()
         self._install_kernel_stack()
         # Every machine runs Idle (pid 0: listed, but not a process object
         # PsLookupProcessByProcessId hands out) and System (pid 4, no image
@@ -553,6 +577,39 @@ class KernelHarness:
                 patched.add(name)
         if patched != set(targets):
             raise KernelFault(f"image does not import {set(targets) - patched} from ntoskrnl")
+
+    def _install_stack_argument_fix(self) -> None:
+        """Puts the 5th and later arguments of ``se.call`` where the x64
+        calling convention has them.
+
+        Speakeasy 1.5.11's ``set_func_args`` writes stack arguments *below*
+        the 32-byte home space, right above the return address (upstream
+        issue 298): the callee finds its 5th argument in RCX's home slot and
+        reads whatever lies at [RSP+0x28] instead (0 on the zeroed stack), so
+        EvtIoDeviceControl's IoControlCode would arrive as 0. The corrected
+        frame: return address at [RSP], home space [RSP+8, RSP+0x28), argument
+        5+i at [RSP+0x28+8i], RSP+8 16-byte aligned as at any call. Calls with
+        at most 4 arguments keep Speakeasy's own code.
+        """
+        emu = self.emu
+        original = emu.set_func_args
+        registers = (se_arch.AMD64_REG_RCX, se_arch.AMD64_REG_RDX, se_arch.AMD64_REG_R8, se_arch.AMD64_REG_R9)
+
+        def set_func_args(stack_addr, ret_addr, *args, home_space=True):
+            if len(args) <= 4 or not self.correct_stack_arguments:
+                return original(stack_addr, ret_addr, *args, home_space=home_space)
+            for register, value in zip(registers, args[:4]):
+                emu.reg_write(register, value)
+            stack_args = args[4:]
+            slots = len(stack_args) + (len(stack_args) & 1)  # keep 16-byte alignment
+            rsp = stack_addr - 8 - 0x20 - 8 * slots
+            emu.mem_write(rsp, ret_addr.to_bytes(8, "little"))
+            for index, value in enumerate(stack_args):
+                emu.mem_write(rsp + 0x28 + 8 * index, (value & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "little"))
+            emu.reg_write(se_arch.AMD64_REG_RSP, rsp)
+            return None
+
+        emu.set_func_args = set_func_args
 
     def _install_kernel_stack(self) -> None:
         """Gives every run a kernel-sized stack, with its use measured.
@@ -635,8 +692,8 @@ class KernelHarness:
         hook("wdfldr", "WdfVersionUnbind", 3, self._wdf_version_unbind)
         hook("wdfldr", "WdfDriverCreate", 6, self._wdf_driver_create)
         hook("wdfldr", "FxFrameworkDriverUnload", 1, self._fx_framework_driver_unload)
-        # The control device (created last by DriverEntry since issue 5): just
-        # enough framework to create and delete it; its IOCTLs are not driven here.
+        # The control device (created last by DriverEntry since issue 5): enough
+        # framework to create it, present IOCTLs to its queue and delete it.
         hook("wdfldr", "WdfControlDeviceInitAllocate", 3, self._wdf_control_device_init_allocate)
         hook("wdfldr", "WdfDeviceInitAssignName", 3, self._wdf_device_init_assign_name)
         hook("wdfldr", "WdfDeviceInitFree", 2, self._wdf_device_init_free)
@@ -645,6 +702,13 @@ class KernelHarness:
         hook("wdfldr", "WdfIoQueueCreate", 5, self._wdf_io_queue_create)
         hook("wdfldr", "WdfControlFinishInitializing", 2, self._wdf_control_finish_initializing)
         hook("wdfldr", "WdfObjectDelete", 2, self._wdf_object_delete)
+        # IOCTL requests presented to the control device's queue (issue 5).
+        hook("wdfldr", "WdfRequestRetrieveInputBuffer", 5, self._wdf_request_retrieve_input_buffer)
+        hook("wdfldr", "WdfRequestRetrieveOutputBuffer", 5, self._wdf_request_retrieve_output_buffer)
+        hook("wdfldr", "WdfRequestCompleteWithInformation", 4, self._wdf_request_complete_with_information)
+        # Persisting a policy (IOCTL_SET_POLICY with PERSIST).
+        hook("ntoskrnl", "ZwCreateKey", 7, self._zw_create_key)
+        hook("ntoskrnl", "ZwSetValueKey", 6, self._zw_set_value_key)
 
     # ------------------------------------------------------------ memory I/O
 
@@ -750,9 +814,8 @@ class KernelHarness:
         return string
 
     def _run(self, address: int, args: list[int], what: str) -> int:
-        """Calls driver code (x64, at most 4 arguments: Speakeasy 1.5.11 puts
-        the 5th and later in the wrong stack slots) and returns RAX."""
-        assert len(args) <= 4, "se.call misplaces stack arguments (speakeasy issue 298)"
+        """Calls driver code (x64; the 5th and later arguments are placed by
+        ``_install_stack_argument_fix``) and returns RAX."""
         runs_before = len(self.emu.runs)
         self.write(self.stack_region, b"\0" * STACK_REGION_SIZE)
         irql_before = self.irql
@@ -796,6 +859,89 @@ class KernelHarness:
         routine = self.driver_unload_routine()
         assert routine, "the driver has no DriverUnload routine"
         self._run(routine, [self.driver_object], "DriverUnload")
+
+    # ------------------------------------------------------- the control device
+
+    @property
+    def control_device(self) -> dict:
+        """The record of the one live control device (name, SDDL, links,
+        attributes, queue config)."""
+        assert len(self.devices) == 1, f"live control devices: {self.devices}"
+        return next(iter(self.devices.values()))
+
+    def ioctl(self, code: int, input: bytes = b"", output_length: int = 0) -> IoctlResult:
+        """Sends an IRP_MJ_DEVICE_CONTROL through the control device's queue,
+        as the I/O manager and KMDF do for METHOD_BUFFERED: one system buffer
+        of max(input, output) bytes with the input copied in (the rest filled
+        with 0xA5, as uninitialised pool would be), a fresh WDFREQUEST, then
+        the driver's EvtIoDeviceControl(Queue, Request, OutputBufferLength,
+        InputBufferLength, IoControlCode) at PASSIVE_LEVEL (the device asked
+        for WdfExecutionLevelPassive). The request must be completed exactly
+        once; what the caller gets back is `information` bytes of the system
+        buffer, or nothing for an error status."""
+        device = self.control_device
+        if not device["finished"]:
+            raise KernelFault("IOCTL to a control device that never finished initializing")
+        routine = device["queue"]
+        assert routine and self.in_image(routine), f"EvtIoDeviceControl {routine!r} is not in the image"
+        size = max(len(input), output_length)
+        buffer = self._arena_alloc("SystemBuffer", size) if size else 0
+        if size:
+            self.write(buffer, bytes(input) + b"\xA5" * (size - len(input)))
+        self._next_request += 0x10
+        request = FakeRequest(
+            handle=self._next_request,
+            code=code,
+            system_buffer=buffer,
+            input_length=len(input),
+            output_length=output_length,
+            completions=[],
+            retrievals=[],
+        )
+        self.requests[request.handle] = request
+        self.sent_requests.append(request)
+        # IoControlCode is a ULONG: the upper half of its stack slot is left
+        # as garbage, as a compiled caller may (the driver must not read it).
+        code_slot = (0x5A5A5A5A << 32) | code
+        assert self.irql == PASSIVE_LEVEL
+        self._run(
+            routine,
+            [WDFQUEUE_HANDLE, request.handle, output_length, len(input), code_slot],
+            f"EvtIoDeviceControl({code:#010x})",
+        )
+        if len(request.completions) != 1:
+            self.requests.pop(request.handle, None)
+            raise KernelFault(
+                f"EvtIoDeviceControl({code:#010x}) completed the request {len(request.completions)} times"
+            )
+        status, information = request.completions[0]
+        if information > output_length:
+            raise KernelFault(
+                f"IOCTL {code:#010x}: Information {information} exceeds the output buffer ({output_length})"
+            )
+        error = status >= 0xC0000000
+        output = self.read(buffer, information) if information and not error else b""
+        return IoctlResult(status=status, information=information, output=output, request=request)
+
+    def drain_audit_records(self, batch: int = 64) -> list[AuditRecord]:
+        """Every audit record waiting in the driver's ring, oldest first,
+        read with IOCTL_READ_EVENTS (``batch`` records per request) until
+        none remain. Each response is checked against its header."""
+        records: list[AuditRecord] = []
+        while True:
+            result = self.ioctl(IOCTL_READ_EVENTS, b"", EVENTS_HEADER_SIZE + batch * AUDIT_RECORD_BYTES)
+            if result.status != STATUS_SUCCESS:
+                raise KernelFault(f"IOCTL_READ_EVENTS failed with {result.status:#010x}")
+            count, remaining, _dropped = struct.unpack_from("<IIQ", result.output, 0)
+            if result.information != EVENTS_HEADER_SIZE + count * AUDIT_RECORD_BYTES:
+                raise KernelFault(f"IOCTL_READ_EVENTS: {count} records in {result.information} bytes")
+            for index in range(count):
+                words = struct.unpack_from("<8Q", result.output, EVENTS_HEADER_SIZE + index * AUDIT_RECORD_BYTES)
+                records.append(AuditRecord.from_words(list(words)))
+            if remaining == 0:
+                return records
+            if count == 0:
+                raise KernelFault(f"IOCTL_READ_EVENTS returned nothing with {remaining} remaining")
 
     # ----------------------------------------------------------- fake objects
 
@@ -1329,17 +1475,13 @@ class KernelHarness:
         # ZwQueryValueKey crashes on REG_DWORD), so the whole service key is
         # faked here: the service key always exists, Parameters when the test
         # gives it.
-        handle_out, _access, attributes = argv[:3]
-        raw = self.read(attributes, 48)
-        root = _u64(raw, 8)
-        name = self._read_unicode_string(_u64(raw, 16))
-        self.key_opens.append((name, root))
-        if root:
-            if root not in self.open_keys:
-                return STATUS_INVALID_HANDLE
-            path = self.open_keys[root] + "\\" + name
-        else:
-            path = name
+        handle_out, access, attributes = argv[:3]
+        access &= 0xFFFFFFFF
+        path = self._key_path(attributes)
+        if path is None:
+            return STATUS_INVALID_HANDLE
+        if access & (KEY_SET_VALUE | KEY_CREATE_SUB_KEY) and self.open_for_write_status is not None:
+            return self.open_for_write_status
         service = self._service_path().lower()
         if path.lower() == service + "\\parameters" and self.parameters_open_status is not None:
             return self.parameters_open_status
@@ -1350,7 +1492,69 @@ class KernelHarness:
             return STATUS_OBJECT_NAME_NOT_FOUND
         handle = self._new_handle()
         self.open_keys[handle] = path
+        self.key_access[handle] = access
         self._write_u64(handle_out, handle)
+        return STATUS_SUCCESS
+
+    def _key_path(self, attributes: int) -> Optional[str]:
+        """The full path an OBJECT_ATTRIBUTES names (None: unknown root handle)."""
+        raw = self.read(attributes, 48)
+        root = _u64(raw, 8)
+        name = self._read_unicode_string(_u64(raw, 16))
+        self.key_opens.append((name, root))
+        if root:
+            if root not in self.open_keys:
+                return None
+            return self.open_keys[root] + "\\" + name
+        return name
+
+    def _zw_create_key(self, argv, _original):
+        # Only Parameters under the service key is the driver's to create.
+        handle_out, access, attributes, _title, _class, _options, disposition = argv[:7]
+        access &= 0xFFFFFFFF
+        root = _u64(self.read(attributes, 16), 8)
+        path = self._key_path(attributes)
+        if path is None:
+            return STATUS_INVALID_HANDLE
+        service = self._service_path().lower()
+        if path.lower() != service + "\\parameters":
+            raise KernelFault(f"ZwCreateKey({path}): the driver creates no key but its Parameters")
+        status = self.create_key_status
+        exists = self.parameters is not None
+        if status is None and not exists and root and not self.key_access.get(root, 0) & KEY_CREATE_SUB_KEY:
+            status = STATUS_ACCESS_DENIED  # creating a subkey needs KEY_CREATE_SUB_KEY on the parent
+        self.key_creates.append((path, access, status or STATUS_SUCCESS))
+        if status is not None:
+            return status
+        if not exists:
+            self.parameters = {}
+        handle = self._new_handle()
+        self.open_keys[handle] = path
+        self.key_access[handle] = access
+        self._write_u64(handle_out, handle)
+        if disposition:
+            self._write_u32(disposition, REG_OPENED_EXISTING_KEY if exists else REG_CREATED_NEW_KEY)
+        return STATUS_SUCCESS
+
+    def _zw_set_value_key(self, argv, _original):
+        handle, name_address, _title, value_type, data, size = argv[:6]
+        value_type &= 0xFFFFFFFF
+        size &= 0xFFFFFFFF
+        self.set_value_attempts += 1
+        self.events.append(("ZwSetValueKey", size))
+        if handle not in self.open_keys:
+            raise KernelFault(f"ZwSetValueKey({handle:#x}): not an open key handle")
+        path = self.open_keys[handle]
+        if not path.lower().endswith("\\parameters"):
+            raise KernelFault(f"ZwSetValueKey on {path}: the driver writes only its Parameters key")
+        if not self.key_access.get(handle, 0) & KEY_SET_VALUE:
+            return STATUS_ACCESS_DENIED
+        if self.set_value_status is not None:
+            return self.set_value_status
+        name = self._read_unicode_string(name_address)
+        value = self.read(data, size) if size else b""
+        self.registry_writes.append(RegistryWrite(path, name, value_type, value))
+        self.parameters[name] = (value_type, value)
         return STATUS_SUCCESS
 
     def _zw_query_value_key(self, argv, _original):
@@ -1387,6 +1591,7 @@ class KernelHarness:
         if handle not in self.open_keys:
             raise KernelFault(f"ZwClose({handle:#x}): not an open handle")
         del self.open_keys[handle]
+        self.key_access.pop(handle, None)
         return STATUS_SUCCESS
 
     def _dbg_print_ex(self, argv, _original):
@@ -1512,12 +1717,26 @@ class KernelHarness:
         return None
 
     def _wdf_device_create(self, argv, _original):
-        init_slot, _attributes, device_out = argv[1], argv[2], argv[3]
+        init_slot, attributes, device_out = argv[1], argv[2], argv[3]
         init = self._read_u64(init_slot)
         if init not in self.device_inits:
             raise KernelFault(f"WdfDeviceCreate: {init:#x} is not a live WDFDEVICE_INIT")
+        raw = self.read(attributes, WDF_OBJECT_ATTRIBUTES_SIZE) if attributes else None
         device = self._arena_alloc("WDFDEVICE", 0x40)
-        self.devices[device] = dict(self.device_inits.pop(init), links=[], queue=None, finished=False)
+        self.devices[device] = dict(
+            self.device_inits.pop(init),
+            attributes=None if raw is None else {
+                "Size": _u32(raw, 0),
+                "ExecutionLevel": _u32(raw, 24),
+                "SynchronizationScope": _u32(raw, 28),
+                "ParentObject": _u64(raw, 32),
+            },
+            links=[],
+            queue=None,
+            queue_config=None,
+            queues=0,
+            finished=False,
+        )
         self._write_u64(init_slot, 0)  # the framework owns the init now
         self._write_u64(device_out, device)
         self.events.append(("WdfDeviceCreate", device))
@@ -1531,11 +1750,30 @@ class KernelHarness:
         return STATUS_SUCCESS
 
     def _wdf_io_queue_create(self, argv, _original):
-        device, config = argv[1], argv[2]
+        device, config, attributes, queue_out = argv[1], argv[2], argv[3], argv[4]
         if device not in self.devices:
             raise KernelFault(f"WdfIoQueueCreate({device:#x}): not a device")
-        # EvtIoDeviceControl at +40 (TOOLCHAIN.md; Speakeasy's definition is off by 16).
-        self.devices[device]["queue"] = self._read_u64(config + 40)
+        # Read with the KMDF 1.33 layout (TOOLCHAIN.md): Speakeasy's definition
+        # has EvtIoDeviceControl 16 bytes off.
+        raw = self.read(config, WDF_IO_QUEUE_CONFIG_SIZE)
+        fields = {}
+        for name, offset in WDF_IO_QUEUE_CONFIG_OFFSETS.items():
+            if name in ("AllowZeroLengthRequests", "DefaultQueue"):
+                fields[name] = raw[offset]  # BOOLEAN
+            elif name.startswith("Evt") or name in ("Driver",):
+                fields[name] = _u64(raw, offset)
+            elif name == "Settings":
+                fields[name] = raw[offset : offset + 8]
+            else:
+                fields[name] = _u32(raw, offset)
+        fields["attributes"] = attributes
+        fields["queue_out"] = queue_out
+        record = self.devices[device]
+        record["queue_config"] = fields
+        record["queue"] = fields["EvtIoDeviceControl"]
+        record["queues"] += 1
+        if queue_out:
+            self._write_u64(queue_out, WDFQUEUE_HANDLE)
         return STATUS_SUCCESS
 
     def _wdf_control_finish_initializing(self, argv, _original):
@@ -1543,6 +1781,7 @@ class KernelHarness:
         if device not in self.devices:
             raise KernelFault(f"WdfControlFinishInitializing({device:#x}): not a device")
         self.devices[device]["finished"] = True
+        self.devices[device]["queue_before_finish"] = self.devices[device]["queues"] > 0
         return None
 
     def _wdf_object_delete(self, argv, _original):
@@ -1550,6 +1789,51 @@ class KernelHarness:
         self.events.append(("WdfObjectDelete", handle))
         if self.devices.pop(handle, None) is None:
             raise KernelFault(f"WdfObjectDelete({handle:#x}): not a live framework object")
+        return None
+
+    def _live_request(self, handle: int, api: str) -> FakeRequest:
+        request = self.requests.get(handle)
+        if request is None:
+            completed = any(r.handle == handle for r in self.sent_requests)
+            raise KernelFault(
+                f"{api}({handle:#x}): " + ("the request is already completed" if completed else "not a request")
+            )
+        return request
+
+    def _retrieve_buffer(self, argv, which: str) -> int:
+        # (Request, MinimumRequiredSize, *Buffer, *Length). Framework semantics:
+        # a zero-length buffer or one under MinimumRequiredSize ->
+        # STATUS_BUFFER_TOO_SMALL and nothing written; METHOD_BUFFERED input
+        # and output are both the one system buffer.
+        handle, minimum, buffer_out, length_out = argv[1], argv[2], argv[3], argv[4]
+        api = f"WdfRequestRetrieve{which.title()}Buffer"
+        request = self._live_request(handle, api)
+        if self.irql > DISPATCH_LEVEL:
+            raise KernelFault(f"{api} at IRQL {self.irql}")
+        if not buffer_out:
+            raise KernelFault(f"{api}: Buffer is required")
+        length = request.input_length if which == "input" else request.output_length
+        status = STATUS_BUFFER_TOO_SMALL if length == 0 or length < minimum else STATUS_SUCCESS
+        request.retrievals.append((which, minimum, status))
+        if status == STATUS_SUCCESS:
+            self._write_u64(buffer_out, request.system_buffer)
+            if length_out:
+                self._write_u64(length_out, length)
+        return status
+
+    def _wdf_request_retrieve_input_buffer(self, argv, _original):
+        return self._retrieve_buffer(argv, "input")
+
+    def _wdf_request_retrieve_output_buffer(self, argv, _original):
+        return self._retrieve_buffer(argv, "output")
+
+    def _wdf_request_complete_with_information(self, argv, _original):
+        handle, status, information = argv[1], argv[2] & 0xFFFFFFFF, argv[3]
+        request = self._live_request(handle, "WdfRequestCompleteWithInformation")
+        request.completions.append((status, information))
+        # Completed: the framework hands the IRP back; the handle is dead.
+        del self.requests[handle]
+        self.events.append(("WdfRequestCompleteWithInformation", handle))
         return None
 
     def _fx_framework_driver_unload(self, argv, _original):

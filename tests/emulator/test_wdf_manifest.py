@@ -4,8 +4,9 @@ against an independent record: Speakeasy's KMDF definitions.
 mingw ships no WDF headers, so the function-table indices and WDF struct
 layouts the binding layer hard-codes can only be checked here. Speakeasy's
 `defs/wdf.py` was written independently from the KMDF headers; where it has
-no definition, the facts in TOOLCHAIN.md (checked by compiling the
-open-source KMDF 1.33 headers) are the reference.
+no definition, or a known-wrong one (WDF_IO_QUEUE_CONFIG), the facts in
+TOOLCHAIN.md (checked by compiling the open-source KMDF 1.33 headers) are
+the reference.
 """
 
 from __future__ import annotations
@@ -15,7 +16,12 @@ import ctypes
 import pytest
 import speakeasy.winenv.defs.wdf as speakeasy_wdf
 
-from kernel_harness import WDF_FUNCTION_COUNT_1_33, speakeasy_wdf_function_names
+from kernel_harness import (
+    WDF_FUNCTION_COUNT_1_33,
+    WDF_IO_QUEUE_CONFIG_OFFSETS,
+    WDF_IO_QUEUE_CONFIG_SIZE,
+    speakeasy_wdf_function_names,
+)
 
 # KMDF 1.33 layouts Speakeasy 1.5.11 does not define, from TOOLCHAIN.md
 # ("Layouts (x64)"). Used only while Speakeasy lacks the struct.
@@ -37,10 +43,35 @@ TOOLCHAIN_FACTS = {
             "ContextTypeInfo": 48,
         },
     },
+    # Speakeasy 1.5.11 defines this one, but wrongly (next comment): the
+    # reference is the KMDF 1.33 headers' layout from TOOLCHAIN.md.
+    "WDF_IO_QUEUE_CONFIG": {
+        "size": 96,
+        "fields": {
+            "Size": 0,
+            "DispatchType": 4,
+            "PowerManaged": 8,
+            "AllowZeroLengthRequests": 12,
+            "DefaultQueue": 13,
+            "EvtIoDefault": 16,
+            "EvtIoRead": 24,
+            "EvtIoWrite": 32,
+            "EvtIoDeviceControl": 40,
+            "EvtIoInternalDeviceControl": 48,
+            "EvtIoStop": 56,
+            "EvtIoResume": 64,
+            "EvtIoCanceledOnQueue": 72,
+            "Settings": 80,
+            "Driver": 88,
+        },
+    },
 }
 
-# Speakeasy's WDF_IO_QUEUE_CONFIG is known wrong (its EvtIo* callbacks sit 16
-# bytes off); never use it as a reference.
+# Speakeasy 1.5.11's WDF_IO_QUEUE_CONFIG is known wrong: it declares the
+# ULONG/enum fields as 8-byte words, so the struct is 112 bytes instead of 96
+# and every EvtIo* callback sits 16 bytes late (EvtIoDeviceControl at 56, not
+# 40). Never use it as a reference; the harness reads the driver's queue
+# config with the TOOLCHAIN.md layout (kernel_harness.WDF_IO_QUEUE_CONFIG_OFFSETS).
 SPEAKEASY_KNOWN_WRONG = {"WDF_IO_QUEUE_CONFIG"}
 
 
@@ -86,8 +117,8 @@ def test_wdf_struct_layouts_agree_with_speakeasy_definitions(wdf_layout, name):
 
 
 @pytest.mark.parametrize("name", sorted(TOOLCHAIN_FACTS))
-def test_wdf_struct_layouts_speakeasy_lacks_agree_with_the_kmdf_headers_facts(wdf_layout, name):
-    # If a future Speakeasy defines the struct, compare with it instead.
+def test_wdf_struct_layouts_speakeasy_lacks_or_gets_wrong_agree_with_the_kmdf_headers_facts(wdf_layout, name):
+    # If a future Speakeasy defines the struct (correctly), compare with it instead.
     reference = speakeasy_layout(name)
     layout = wdf_layout["layouts"][name]
     if reference is not None:
@@ -97,6 +128,32 @@ def test_wdf_struct_layouts_speakeasy_lacks_agree_with_the_kmdf_headers_facts(wd
     facts = TOOLCHAIN_FACTS[name]
     assert layout["size"] == facts["size"]
     assert layout["fields"] == facts["fields"]
+
+
+def test_wdf_io_queue_config_is_in_the_manifest_and_the_harness_reads_it_the_same_way(wdf_layout):
+    layout = wdf_layout["layouts"]["WDF_IO_QUEUE_CONFIG"]
+    assert (layout["size"], layout["align"]) == (WDF_IO_QUEUE_CONFIG_SIZE, 8) == (96, 8)
+    assert layout["fields"] == WDF_IO_QUEUE_CONFIG_OFFSETS
+
+
+def test_speakeasy_wdf_io_queue_config_is_wrong_so_the_harness_workaround_is_needed(wdf_layout):
+    # Documents the Speakeasy 1.5.11 defect: read through its definition, the
+    # driver's queue config would yield EvtIoInternalDeviceControl's slot
+    # (+56) as EvtIoDeviceControl. When this fails, Speakeasy got fixed:
+    # drop WDF_IO_QUEUE_CONFIG from SPEAKEASY_KNOWN_WRONG and compare with it.
+    ctype = type(speakeasy_wdf.WDF_IO_QUEUE_CONFIG(8).__struct__)
+    speakeasy_offset = getattr(ctype, "EvtIoDeviceControl").offset
+    assert speakeasy_offset != wdf_layout["layouts"]["WDF_IO_QUEUE_CONFIG"]["fields"]["EvtIoDeviceControl"] == 40
+    assert speakeasy_offset - 40 == 16
+    assert ctypes.sizeof(ctype) == 112 != 96
+
+
+def test_the_driver_passes_a_queue_config_of_the_manifest_size(kernel, wdf_layout):
+    kernel.load()
+    config = kernel.control_device["queue_config"]
+    assert config["Size"] == wdf_layout["layouts"]["WDF_IO_QUEUE_CONFIG"]["size"]
+    assert kernel.in_image(config["EvtIoDeviceControl"])
+    assert config["EvtIoInternalDeviceControl"] == 0, "what Speakeasy's layout would have taken for it"
 
 
 def test_every_wdf_layout_in_the_manifest_has_a_reference(wdf_layout):
