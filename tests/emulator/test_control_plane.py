@@ -382,6 +382,17 @@ def test_get_policy_returns_the_active_blob_and_its_id(driver, blob, replacement
     assert larger.output == struct.pack("<II", len(replacement), policy_id(replacement)) + replacement
 
 
+def test_get_policy_without_a_policy_in_force_returns_an_empty_blob(kernel):
+    kernel.parameters = {}
+    kernel.load()
+    result = get_policy(kernel, 64)
+    assert (result.status, result.information) == (STATUS_SUCCESS, POLICY_HEADER_SIZE)
+    blob_len, identity = struct.unpack("<II", result.output)
+    report = status(kernel)
+    assert (blob_len, report["rule_count"]) == (0, 0)
+    assert identity == report["policy_id"], "the id status reports for the empty policy"
+
+
 @pytest.mark.parametrize("missing", [1, 100])
 def test_get_policy_with_a_small_buffer_returns_the_header_with_buffer_overflow(driver, blob, missing):
     result = get_policy(driver, POLICY_HEADER_SIZE + len(blob) - missing)
