@@ -8,9 +8,12 @@
 //! - `cargo xtask check-pe [--signed] FILE`: the structural checks alone.
 //! - `cargo xtask compile-policy POLICY.toml OUT.bin`: a TOML policy to the
 //!   blob the driver reads (errors with line and column; lint warnings).
+//! - `cargo xtask catalog OUT.cat FILE...`: a signed catalog of the files
+//!   (what `package` writes as `procguard.cat`).
 //!
 //! On Windows with the WDK, `cargo make` (Makefile.toml) is the entry point.
 
+mod catalog;
 mod compile_policy;
 mod cross_build;
 mod host_tools;
@@ -32,7 +35,7 @@ fn repo_root() -> PathBuf {
 }
 
 const USAGE: &str =
-    "usage: cargo xtask <package | test | check-pe [--signed] FILE | compile-policy POLICY.toml OUT.bin>";
+    "usage: cargo xtask <package | test | check-pe [--signed] FILE | compile-policy POLICY.toml OUT.bin | catalog OUT.cat FILE...>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -53,6 +56,12 @@ fn main() -> ExitCode {
         }
         ["compile-policy", input, output] => {
             compile_policy::run(Path::new(input), Path::new(output))
+        }
+        ["catalog", output, files @ ..] if !files.is_empty() => {
+            let files: Vec<&Path> = files.iter().map(Path::new).collect();
+            signing::ensure_certificate(&signing::signing_dir(&root)).and_then(|certificate| {
+                signing::make_catalog(&certificate, &files, Path::new(output))
+            })
         }
         _ => Err(USAGE.to_string()),
     };

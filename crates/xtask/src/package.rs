@@ -59,9 +59,17 @@ pub fn run(root: &Path) -> Result<PathBuf, String> {
     std::fs::write(out.join("procguard.inf"), inf)
         .map_err(|error| format!("write procguard.inf: {error}"))?;
 
+    // The catalog of the signed image (its Authenticode hash excludes the
+    // signature) and of the final INF, signed with the same certificate.
+    signing::make_catalog(
+        &certificate,
+        &[&sys, &out.join("procguard.inf")],
+        &out.join("procguard.cat"),
+    )?;
+
     println!("{signed}");
     println!(
-        "xtask: package ready in {} ({} s): procguard.sys ({} bytes unsigned, {} signed), procguard.inf, procguard.cer, procguardctl.exe",
+        "xtask: package ready in {} ({} s): procguard.sys ({} bytes unsigned, {} signed), procguard.inf, procguard.cat, procguard.cer, procguardctl.exe",
         out.display(),
         started.elapsed().as_secs(),
         unsigned.size,

@@ -124,3 +124,58 @@ pub fn verify(cert: &TestCertificate, file: &Path) -> Result<String, String> {
         ))
     }
 }
+
+/// Writes a catalog of `files` (see [`crate::catalog`]) to `output`, signed
+/// (SHA-256) by `osslsigncode`, which signs an existing `.cat`, then checks
+/// that the signature verifies and that every file is found in it.
+pub fn make_catalog(cert: &TestCertificate, files: &[&Path], output: &Path) -> Result<(), String> {
+    let unsigned = output.with_extension("unsigned.cat");
+    crate::catalog::write_unsigned(files, &unsigned)?;
+    let signed = sign(cert, &unsigned, output);
+    let _ = std::fs::remove_file(&unsigned);
+    signed?;
+    verify(cert, output)?;
+    let catalog =
+        std::fs::read(output).map_err(|error| format!("{}: {error}", output.display()))?;
+    for file in files {
+        let bytes = std::fs::read(file).map_err(|error| format!("{}: {error}", file.display()))?;
+        let member = crate::catalog::Member::new("", &bytes)?;
+        if member.kind == crate::catalog::Kind::Pe {
+            // osslsigncode recomputes the Authenticode hash and looks it up.
+            let text = run(
+                Command::new("osslsigncode")
+                    .arg("verify")
+                    .arg("-CAfile")
+                    .arg(&cert.cert_pem)
+                    .arg("-catalog")
+                    .arg(output)
+                    .arg("-in")
+                    .arg(file),
+                "osslsigncode verify -catalog",
+            )?;
+            if !text.contains("Signature verification: ok") {
+                return Err(format!(
+                    "{} is not verified by the catalog:\n{text}",
+                    file.display()
+                ));
+            }
+        } else {
+            // A flat file's member hash is its sha1sum.
+            let text = run(Command::new("sha1sum").arg(file), "sha1sum")?;
+            let hex = text.get(..40).unwrap_or_default().to_ascii_uppercase();
+            let mut identifier: Vec<u8> = hex.encode_utf16().flat_map(u16::to_le_bytes).collect();
+            identifier.extend_from_slice(&[0, 0]);
+            if hex.len() != 40
+                || !catalog
+                    .windows(identifier.len())
+                    .any(|window| window == identifier)
+            {
+                return Err(format!(
+                    "{}: its sha1sum {hex} is not in the catalog",
+                    file.display()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
