@@ -5,7 +5,7 @@
 //! No available tool creates catalogs on Linux, so the DER is written here
 //! (structure: `/work/shared/design/TOOLCHAIN.md`, "Driver catalog"); the
 //! unsigned catalog is then signed by `osslsigncode`, which signs an existing
-//! `.cat` (see [`crate::signing::sign_catalog`]).
+//! `.cat` (see [`crate::signing::make_catalog`]).
 //!
 //! Layout written (CTL, content type `1.3.6.1.4.1.311.10.1`):
 //!
