@@ -34,16 +34,7 @@ extern "C" {
 }
 
 /// `L"KmdfLibrary"`, NUL-terminated.
-static mut COMPONENT: [u16; 12] = {
-    let text = *b"KmdfLibrary\0";
-    let mut units = [0u16; 12];
-    let mut index = 0;
-    while index < text.len() {
-        units[index] = text[index] as u16;
-        index += 1;
-    }
-    units
-};
+static mut COMPONENT: [u16; 12] = crate::wide_string::utf16("KmdfLibrary");
 
 static mut BIND_INFO: WDF_BIND_INFO = WDF_BIND_INFO {
     Size: core::mem::size_of::<WDF_BIND_INFO>() as ULONG,

@@ -18,11 +18,12 @@ use crate::ffi::{
     ntddk, OB_CALLBACK_REGISTRATION, OB_FLT_REGISTRATION_VERSION, OB_OPERATION_HANDLE_CREATE,
     OB_OPERATION_HANDLE_DUPLICATE, OB_OPERATION_REGISTRATION, OB_PREOP_CALLBACK_STATUS,
     OB_PREOP_SUCCESS, OB_PRE_OPERATION_INFORMATION, PEPROCESS, POB_PRE_OPERATION_INFORMATION,
-    PVOID, STATUS_FLT_INSTANCE_ALTITUDE_COLLISION, UNICODE_STRING,
+    PVOID, STATUS_FLT_INSTANCE_ALTITUDE_COLLISION,
 };
 use crate::handle_decision::{self, ObservedRequest, Requester};
 use crate::policy_state::Generation;
 use crate::process_table::Protection;
+use crate::wide_string::unicode_string;
 use procguard_policy::{ObjectKind, Operation};
 
 /// A live registration: unregistered exactly once, by [`Registration::unregister`].
@@ -78,12 +79,8 @@ impl Registration {
                 let mut registration = OB_CALLBACK_REGISTRATION {
                     Version: OB_FLT_REGISTRATION_VERSION as u16,
                     OperationRegistrationCount: operations.len() as u16,
-                    Altitude: UNICODE_STRING {
-                        Length: (text.len() * 2) as u16,
-                        MaximumLength: (text.len() * 2) as u16,
-                        // The kernel only reads the altitude.
-                        Buffer: text.as_ptr().cast_mut(),
-                    },
+                    // The kernel only reads (and copies) the altitude.
+                    Altitude: unicode_string(text),
                     RegistrationContext: ptr::from_ref(context).cast_mut().cast(),
                     OperationRegistration: operations.as_mut_ptr(),
                 };

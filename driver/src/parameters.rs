@@ -19,7 +19,7 @@ use crate::ffi::{
     UNICODE_STRING,
 };
 use crate::trace;
-use crate::wide_string::utf16;
+use crate::wide_string::{unicode_string, utf16};
 
 /// Largest registry value the driver reads (the policy blob is the big one).
 pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
@@ -86,11 +86,11 @@ impl Key {
     }
 
     /// Opens or creates the subkey `name` of `root` for writing.
-    fn create(root: &Self, name: &mut UNICODE_STRING) -> Result<Self, NTSTATUS> {
+    fn create(root: &Self, name: &UNICODE_STRING) -> Result<Self, NTSTATUS> {
         let mut attributes = OBJECT_ATTRIBUTES {
             Length: core::mem::size_of::<OBJECT_ATTRIBUTES>() as u32,
             RootDirectory: root.0,
-            ObjectName: name,
+            ObjectName: ptr::from_ref(name).cast_mut(),
             Attributes: OBJ_CASE_INSENSITIVE | OBJ_KERNEL_HANDLE,
             SecurityDescriptor: ptr::null_mut(),
             SecurityQualityOfService: ptr::null_mut(),
@@ -140,14 +140,7 @@ impl Key {
 
     /// Reads a value: its registry type and data, at most [`MAX_VALUE_BYTES`].
     fn query(&self, name: &[u16]) -> Result<(u32, Vec<u8>), NTSTATUS> {
-        let mut name_units: [u16; 16] = [0; 16];
-        let name_len = name.len().min(name_units.len());
-        name_units[..name_len].copy_from_slice(&name[..name_len]);
-        let mut value_name = UNICODE_STRING {
-            Length: (name_len * 2) as u16,
-            MaximumLength: (name_units.len() * 2) as u16,
-            Buffer: name_units.as_mut_ptr(),
-        };
+        let mut value_name = unicode_string(name);
         // First call: learn the size. A 4-byte-aligned header-sized buffer.
         let mut probe = [0u32; PARTIAL_INFO_HEADER.div_ceil(4) + 1];
         let mut needed: u32 = 0;
@@ -226,31 +219,13 @@ impl Drop for Key {
 /// # Errors
 /// The status of the failed registry call.
 pub fn persist_policy(service_key_path: &[u16], blob: &[u8]) -> Result<(), NTSTATUS> {
-    let mut path_units: Vec<u16> = Vec::new();
-    path_units
-        .try_reserve_exact(service_key_path.len())
-        .map_err(|_| STATUS_INSUFFICIENT_RESOURCES)?;
-    path_units.extend_from_slice(service_key_path);
-    let byte_len = |units: usize| u16::try_from(units * 2).map_err(|_| STATUS_INVALID_PARAMETER);
-    let path = UNICODE_STRING {
-        Length: byte_len(path_units.len())?,
-        MaximumLength: byte_len(path_units.len())?,
-        Buffer: path_units.as_mut_ptr(),
-    };
-    let service = Key::open_with(None, &path, KEY_WRITE)?;
-    let mut name_units = PARAMETERS_KEY;
-    let mut name = UNICODE_STRING {
-        Length: (name_units.len() * 2) as u16,
-        MaximumLength: (name_units.len() * 2) as u16,
-        Buffer: name_units.as_mut_ptr(),
-    };
-    let parameters = Key::create(&service, &mut name)?;
-    let mut value_units = POLICY_VALUE;
-    let mut value_name = UNICODE_STRING {
-        Length: (value_units.len() * 2) as u16,
-        MaximumLength: (value_units.len() * 2) as u16,
-        Buffer: value_units.as_mut_ptr(),
-    };
+    // A UNICODE_STRING holds at most 32,767 units (the path came from one).
+    if service_key_path.len() > 0x7FFF {
+        return Err(STATUS_INVALID_PARAMETER);
+    }
+    let service = Key::open_with(None, &unicode_string(service_key_path), KEY_WRITE)?;
+    let parameters = Key::create(&service, &unicode_string(&PARAMETERS_KEY))?;
+    let mut value_name = unicode_string(&POLICY_VALUE);
     let size = u32::try_from(blob.len()).map_err(|_| STATUS_INVALID_PARAMETER)?;
     // SAFETY: the key is open for writing; the name and `size` bytes of data
     // live across the call (the kernel copies them).
@@ -384,15 +359,8 @@ pub unsafe fn read_settings(registry_path: PCUNICODE_STRING) -> Settings {
     let Some(path) = (unsafe { registry_path.as_ref() }) else {
         return settings;
     };
-    let parameters = Key::open(None, path).and_then(|service| {
-        let mut name_units = PARAMETERS_KEY;
-        let name = UNICODE_STRING {
-            Length: (name_units.len() * 2) as u16,
-            MaximumLength: (name_units.len() * 2) as u16,
-            Buffer: name_units.as_mut_ptr(),
-        };
-        Key::open(Some(&service), &name)
-    });
+    let parameters = Key::open(None, path)
+        .and_then(|service| Key::open(Some(&service), &unicode_string(&PARAMETERS_KEY)));
     let key = match parameters {
         Ok(key) => key,
         Err(STATUS_OBJECT_NAME_NOT_FOUND) => {
