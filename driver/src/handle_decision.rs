@@ -30,6 +30,7 @@ use crate::ffi::{ntddk, PEPROCESS, PVOID};
 use crate::kernel_sync;
 use crate::policy_state::Generation;
 use crate::process_identity::{self, Identity};
+use crate::process_table::TrackedSlot;
 
 /// Who gains the access (resolved only when a rule could apply).
 #[derive(Debug, Clone, Copy)]
@@ -44,7 +45,7 @@ pub enum Requester {
 /// the common case needs is computed up front (the target's id); the rest
 /// is resolved by [`decide`] when the target is protected.
 #[derive(Debug, Clone, Copy)]
-pub struct ObservedRequest {
+pub struct ObservedRequest<'a> {
     /// Process or thread handle.
     pub object: ObjectKind,
     /// Create or duplicate.
@@ -55,6 +56,8 @@ pub struct ObservedRequest {
     pub target_pid: u32,
     /// Who gains the access.
     pub requester: Requester,
+    /// Where the fast path found the target in the table, if it did.
+    pub target_slot: Option<TrackedSlot<'a>>,
     /// Duplicate: the process the handle comes from (null for a create).
     pub source_process: PEPROCESS,
     /// `DesiredAccess` as received.
@@ -69,40 +72,40 @@ fn target_process(request: &ObservedRequest) -> PEPROCESS {
     }
 }
 
-fn pid_of(handle: crate::ffi::HANDLE) -> u32 {
-    u32::try_from(handle as usize).unwrap_or(u32::MAX)
-}
-
 /// The requester's id and object.
 fn resolve(requester: Requester) -> (u32, PEPROCESS) {
     match requester {
         Requester::Current => {
             // SAFETY: plain queries about the current process, which outlives the callback.
-            let pid = pid_of(unsafe { ntddk::PsGetCurrentProcessId() });
+            let pid = process_identity::id_of(unsafe { ntddk::PsGetCurrentProcessId() });
             // SAFETY: as above.
             (pid, unsafe { ntddk::IoGetCurrentProcess() })
         }
         Requester::Receiver(process) => {
             // SAFETY: TargetProcess is a process object, valid during the callback.
-            let pid = pid_of(unsafe { ntddk::PsGetProcessId(process) });
+            let pid = process_identity::id_of(unsafe { ntddk::PsGetProcessId(process) });
             (pid, process)
         }
     }
 }
 
-/// The record of process `pid` (`process`) under `generation`: from the
-/// table if its creation key matches the process's, else classified now
-/// (PASSIVE only), else the policy's unknown-process record.
+/// The part of process `pid`'s record (`process`) that the decision reads,
+/// under `generation`: from the table (`stored`) if the entry's creation key
+/// matches the process's, else from the process classified now (PASSIVE
+/// only), else from the policy's unknown-process record (`part` takes the
+/// part out of a whole record).
 #[inline(always)]
-fn record_of(
+fn record_of<P>(
     state: &DriverState,
     generation: &Generation,
     pid: u32,
     process: PEPROCESS,
-) -> ProcessRecord {
+    stored: impl FnOnce(&Generation, u32) -> Option<(u64, P)>,
+    part: impl FnOnce(&ProcessRecord) -> P,
+) -> P {
     // SAFETY: `process` is the target or requester object of this callback.
     let key = unsafe { process_identity::creation_key(process) };
-    if let Some((stored_key, record)) = generation.lookup(pid) {
+    if let Some((stored_key, record)) = stored(generation, pid) {
         if stored_key == key {
             return record;
         }
@@ -111,14 +114,14 @@ fn record_of(
     if kernel_sync::current_irql() == 0 {
         // SAFETY: PASSIVE_LEVEL (checked), `process` valid during the callback.
         if let Some(image_path) = unsafe { process_identity::image_path_for_policy(process) } {
-            return generation.classify(&Identity {
+            return part(&generation.classify(&Identity {
                 pid,
                 creation_key: key,
                 image_path,
-            });
+            }));
         }
     }
-    generation.policy.unknown_process_record()
+    part(&generation.policy.unknown_process_record())
 }
 
 /// Decides `request`, whose target the process table did not clear
@@ -131,15 +134,26 @@ pub fn decide(state: &DriverState, generation: &Generation, request: &ObservedRe
         generation,
         request.target_pid,
         target_process(request),
+        |generation, pid| {
+            generation.target_record(pid, request.target_slot, request.object, request.operation)
+        },
+        |record| record.target_part(request.object, request.operation),
     );
     if !target.is_protected() {
         return desired;
     }
     let (requester_pid, requester_process) = resolve(request.requester);
-    let requester = record_of(state, generation, requester_pid, requester_process);
-    let decision = generation.policy.decide(
-        &target,
-        &requester,
+    let requester = record_of(
+        state,
+        generation,
+        requester_pid,
+        requester_process,
+        Generation::requester_record,
+        ProcessRecord::requester_part,
+    );
+    let decision = generation.policy.decide_parts(
+        target,
+        requester,
         &HandleRequest {
             object: request.object,
             operation: request.operation,
@@ -186,22 +200,22 @@ fn append_audit_record(
     // For a create the requester is the current process: no second query.
     let originator_pid = if duplication {
         // SAFETY: a plain query about the current process.
-        pid_of(unsafe { ntddk::PsGetCurrentProcessId() })
+        process_identity::id_of(unsafe { ntddk::PsGetCurrentProcessId() })
     } else {
         requester_pid
     };
     // SAFETY: a plain query about the current thread.
-    let originator_tid = pid_of(unsafe { ntddk::PsGetCurrentThreadId() });
+    let originator_tid = process_identity::id_of(unsafe { ntddk::PsGetCurrentThreadId() });
     let source_pid = if duplication {
         // SAFETY: SourceProcess is a process object, valid during the callback.
-        pid_of(unsafe { ntddk::PsGetProcessId(request.source_process) })
+        process_identity::id_of(unsafe { ntddk::PsGetProcessId(request.source_process) })
     } else {
         0
     };
     let thread_id = match request.object {
         ObjectKind::Thread => {
             // SAFETY: for PsThreadType the object is a thread, valid during the callback.
-            pid_of(unsafe { ntddk::PsGetThreadId(request.object_pointer.cast()) })
+            process_identity::id_of(unsafe { ntddk::PsGetThreadId(request.object_pointer.cast()) })
         }
         ObjectKind::Process => 0,
     };

@@ -22,7 +22,8 @@ use crate::ffi::{
 };
 use crate::handle_decision::{self, ObservedRequest, Requester};
 use crate::policy_state::Generation;
-use crate::process_table::Protection;
+use crate::process_identity;
+use crate::process_table::{Protection, TrackedSlot};
 use crate::wide_string::unicode_string;
 use procguard_policy::{ObjectKind, Operation};
 
@@ -115,11 +116,6 @@ impl Registration {
     }
 }
 
-fn handle_to_pid(handle: PVOID) -> u32 {
-    // Process ids are 32-bit values on Windows; anything else matches nothing.
-    u32::try_from(handle as usize).unwrap_or(u32::MAX)
-}
-
 /// The pre-operation callback for process and thread handles.
 ///
 /// # Safety
@@ -160,13 +156,13 @@ pub unsafe extern "C" fn pre_operation(
         // SAFETY: for PsProcessType, Object is the process being opened.
         (
             ObjectKind::Process,
-            handle_to_pid(unsafe { ntddk::PsGetProcessId(info.Object.cast()) }),
+            process_identity::id_of(unsafe { ntddk::PsGetProcessId(info.Object.cast()) }),
         )
     } else if info.ObjectType == thread_type {
         // SAFETY: for PsThreadType, Object is the thread being opened.
         (
             ObjectKind::Thread,
-            handle_to_pid(unsafe { ntddk::PsGetThreadProcessId(info.Object.cast()) }),
+            process_identity::id_of(unsafe { ntddk::PsGetThreadProcessId(info.Object.cast()) }),
         )
     } else {
         return OB_PREOP_SUCCESS;
@@ -175,11 +171,11 @@ pub unsafe extern "C" fn pre_operation(
     let Some(generation) = state.active.read() else {
         return OB_PREOP_SUCCESS;
     };
-    if generation.table.protection(target_pid) == Protection::Unprotected {
+    let Protection::NeedsDecision(target_slot) = generation.table.protection(target_pid) else {
         // The common case: a tracked process no rule protects.
         return OB_PREOP_SUCCESS;
-    }
-    decide_request(state, &generation, info, object, target_pid);
+    };
+    decide_request(state, &generation, info, object, target_pid, target_slot);
     OB_PREOP_SUCCESS
 }
 
@@ -193,6 +189,7 @@ fn decide_request(
     info: &mut OB_PRE_OPERATION_INFORMATION,
     object: ObjectKind,
     target_pid: u32,
+    target_slot: Option<TrackedSlot<'_>>,
 ) {
     // SAFETY: Parameters points at the union matching Operation.
     let Some(parameters) = (unsafe { info.Parameters.as_mut() }) else {
@@ -229,6 +226,7 @@ fn decide_request(
         operation,
         object_pointer: info.Object,
         target_pid,
+        target_slot,
         requester,
         source_process,
         desired_access: *desired_access,

@@ -15,12 +15,15 @@ use alloc::vec::Vec;
 use core::ptr;
 use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
-use procguard_policy::{CompiledPolicy, ProcessIdentity, ProcessRecord};
+use procguard_policy::{
+    CompiledPolicy, ObjectKind, Operation, ProcessIdentity, ProcessRecord, RequesterPart,
+    TargetPart,
+};
 
 use crate::grace_period::{GracePeriod, ReadSection};
 use crate::kernel_sync;
 use crate::process_identity::{self, Identity};
-use crate::process_table::{Entry, InsertError, Lookup, ProcessTable};
+use crate::process_table::{Entry, InsertError, ProcessTable, TrackedSlot};
 
 /// Hit and strip counts of one rule.
 #[derive(Debug, Default)]
@@ -129,17 +132,38 @@ impl Generation {
         Ok(tracked)
     }
 
-    /// The record of `pid` if the table has one for the process whose
-    /// creation key is `creation_key`; `key` may be checked lazily by the
-    /// caller, so the entry's key is returned with the record.
+    /// The table's creation key and record of `pid` as the *target* of a
+    /// request on `object` with `operation`: only the part that decision
+    /// reads, copied from three record words (`ProcessRecord::target_words`),
+    /// from `slot` if the fast path found it there, else looked up. `None`
+    /// when `pid` is not in the table (or its slot stayed busy). The caller
+    /// compares the key with the process object's own.
     #[inline(always)]
-    pub fn lookup(&self, pid: u32) -> Option<(u64, ProcessRecord)> {
-        match self.table.lookup(pid) {
-            Lookup::Found(entry) => {
-                Some((entry.creation_key, ProcessRecord::from_words(entry.record)))
-            }
-            Lookup::Absent | Lookup::Busy => None,
-        }
+    pub fn target_record(
+        &self,
+        pid: u32,
+        slot: Option<TrackedSlot<'_>>,
+        object: ObjectKind,
+        operation: Operation,
+    ) -> Option<(u64, TargetPart)> {
+        let indices = ProcessRecord::target_words(object, operation);
+        let (key, words) = match slot {
+            Some(slot) => slot.read_words(indices),
+            None => self.table.read_words(pid, indices),
+        }?;
+        Some((key, TargetPart::from_words(object, operation, words)))
+    }
+
+    /// The table's creation key and record of `pid` as the *requester* of a
+    /// request: only the part a decision reads, one record word
+    /// (`ProcessRecord::REQUESTER_WORD`). `None` as for
+    /// [`target_record`](Self::target_record).
+    #[inline(always)]
+    pub fn requester_record(&self, pid: u32) -> Option<(u64, RequesterPart)> {
+        let (key, [word]) = self
+            .table
+            .read_words(pid, [ProcessRecord::REQUESTER_WORD])?;
+        Some((key, RequesterPart::from_word(word)))
     }
 
     /// True once retired (see the field): a reader seeing this is a bug.
@@ -345,7 +369,12 @@ mod tests {
                             let k = ids[&generation.policy.policy_id()];
                             assert!(!generation.is_retired());
                             for pid in (4..=PROCESSES * 4).step_by(4) {
-                                if let Some((key, record)) = generation.lookup(pid) {
+                                if let Some((key, record)) = generation.target_record(
+                                    pid,
+                                    None,
+                                    ObjectKind::Process,
+                                    Operation::Create,
+                                ) {
                                     assert_eq!(key, u64::from(pid));
                                     let expected = pid / 4 % POLICIES as u32 == k as u32;
                                     assert_eq!(

@@ -17,7 +17,7 @@ use crate::ffi::system_information::{
     SystemProcessInformation, ZwQuerySystemInformation, SYSTEM_PROCESS_INFORMATION,
 };
 use crate::ffi::{
-    ntddk, NTSTATUS, PEPROCESS, PUNICODE_STRING, STATUS_INFO_LENGTH_MISMATCH,
+    ntddk, HANDLE, NTSTATUS, PEPROCESS, PUNICODE_STRING, STATUS_INFO_LENGTH_MISMATCH,
     STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_PARAMETER,
 };
 
@@ -33,6 +33,16 @@ pub struct Identity {
     pub creation_key: u64,
     /// NT image path; empty for processes without one (System, Registry, …).
     pub image_path: String,
+}
+
+/// The process or thread id carried in a `HANDLE` (as `PsGetProcessId`,
+/// `PsGetCurrentThreadId` and the like return them). Windows ids are 32-bit
+/// values (`CLIENT_ID` holds them zero-extended), so the upper half is zero
+/// and keeping the low half loses nothing; it costs no test on the callbacks'
+/// path.
+#[inline(always)]
+pub fn id_of(handle: HANDLE) -> u32 {
+    handle as usize as u32
 }
 
 /// The creation key of `process` (any IRQL up to DISPATCH_LEVEL).

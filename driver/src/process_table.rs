@@ -67,13 +67,40 @@ pub enum Lookup {
 }
 
 /// What the callbacks' fast path learns about a target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protection {
+#[derive(Debug, Clone, Copy)]
+pub enum Protection<'a> {
     /// Tracked, and no rule applies to it as a target: nothing to do.
     Unprotected,
-    /// Tracked and protected, or unknown (absent, or its slot stayed busy):
-    /// the full decision is needed.
-    NeedsDecision,
+    /// The full decision is needed: the target is tracked and protected
+    /// (`Some`: its slot, so the decision reads the record without probing
+    /// again), or the fast path did not find it (`None`: absent, its slot
+    /// stayed busy, or it was rewritten meanwhile).
+    NeedsDecision(Option<TrackedSlot<'a>>),
+}
+
+/// The slot the fast path found a protected process in
+/// ([`Protection::NeedsDecision`]).
+#[derive(Clone, Copy)]
+pub struct TrackedSlot<'a> {
+    slot: &'a Slot,
+    pid: u32,
+}
+
+impl core::fmt::Debug for TrackedSlot<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("TrackedSlot")
+            .field("pid", &self.pid)
+            .finish()
+    }
+}
+
+impl TrackedSlot<'_> {
+    /// As [`ProcessTable::read_words`], from this slot: `None` if it no
+    /// longer holds the pid (the process exited) or stayed busy.
+    #[inline(always)]
+    pub fn read_words<const N: usize>(&self, indices: [usize; N]) -> Option<(u64, [u64; N])> {
+        self.slot.read_words(self.pid, indices)
+    }
 }
 
 /// Why an insertion failed.
@@ -135,6 +162,35 @@ impl Slot {
         None
     }
 
+    /// A consistent copy of the slot's creation key and of the record words
+    /// at `indices` (an index past the record reads as 0), if the slot holds
+    /// `pid`; `None` if it holds another pid (rewritten since the probe) or
+    /// stayed busy. Reads only what the caller needs: a decision needs three
+    /// words of the target's record and one of the requester's.
+    #[inline(always)]
+    fn read_words<const N: usize>(&self, pid: u32, indices: [usize; N]) -> Option<(u64, [u64; N])> {
+        for _ in 0..READ_RETRIES {
+            let before = self.sequence.load(Ordering::Acquire);
+            if before & 1 == 0 {
+                let found = self.pid.load(Ordering::Relaxed);
+                let creation_key = self.creation_key.load(Ordering::Relaxed);
+                let words = indices.map(|index| {
+                    self.record
+                        .get(index)
+                        .map_or(0, |word| word.load(Ordering::Relaxed))
+                });
+                fence(Ordering::Acquire);
+                if self.sequence.load(Ordering::Relaxed) == before {
+                    return (found == pid).then_some((creation_key, words));
+                }
+            }
+            core::hint::spin_loop();
+            #[cfg(loom)]
+            loom::thread::yield_now();
+        }
+        None
+    }
+
     /// The slot's pid and protected flag only (the fast path), or `None`
     /// if it stayed busy.
     fn read_head(&self) -> Option<(u32, bool)> {
@@ -176,6 +232,9 @@ impl Slot {
 /// by the caller.
 pub struct ProcessTable {
     slots: Vec<Slot>,
+    /// `slots.len() - 1` (the length is a power of two), kept so a probe
+    /// does not recompute it.
+    mask: usize,
     live: AtomicUsize,
     tombstones: AtomicUsize,
 }
@@ -213,13 +272,14 @@ impl ProcessTable {
         }
         Some(Self {
             slots,
+            mask: slots_len - 1,
             live: AtomicUsize::new(0),
             tombstones: AtomicUsize::new(0),
         })
     }
 
     fn mask(&self) -> usize {
-        self.slots.len().wrapping_sub(1)
+        self.mask
     }
 
     /// Number of slots.
@@ -248,52 +308,77 @@ impl ProcessTable {
         (self.len() + self.tombstones()) * 2 > self.capacity()
     }
 
-    /// Looks `pid` up. Lock-free; bounded by the table size and
-    /// [`READ_RETRIES`] per slot.
+    /// The slot holding `pid`, found by probing with one plain atomic load of
+    /// each slot's pid (no sequence check: a slot whose pid matches is then
+    /// read under its sequence lock, which checks the pid again, so a slot
+    /// rewritten meanwhile is never taken for `pid`'s). `None` when the probe
+    /// reaches an empty slot: `pid` is absent (or being inserted right now,
+    /// which the caller cannot tell from absent either way).
     #[inline(always)]
-    pub fn lookup(&self, pid: u32) -> Lookup {
+    fn find(&self, pid: u32) -> Option<&Slot> {
         if pid == EMPTY || pid == TOMBSTONE {
-            return Lookup::Absent;
+            return None;
         }
-        let mask = self.mask();
+        let mask = self.mask;
         let mut index = home(pid, mask);
         for _ in 0..self.slots.len() {
-            let Some(slot) = self.slots.get(index) else {
-                return Lookup::Absent;
-            };
-            match slot.read() {
-                None => return Lookup::Busy,
-                Some(entry) if entry.pid == pid => return Lookup::Found(entry),
-                Some(entry) if entry.pid == EMPTY => return Lookup::Absent,
-                Some(_) => index = (index + 1) & mask,
+            let slot = self.slots.get(index)?;
+            let found = slot.pid.load(Ordering::Relaxed);
+            if found == pid {
+                return Some(slot);
             }
+            if found == EMPTY {
+                return None;
+            }
+            index = (index + 1) & mask;
         }
-        Lookup::Absent
+        None
+    }
+
+    /// Looks `pid` up: the whole entry. Lock-free; bounded by the table size
+    /// and [`READ_RETRIES`].
+    pub fn lookup(&self, pid: u32) -> Lookup {
+        let Some(slot) = self.find(pid) else {
+            return Lookup::Absent;
+        };
+        match slot.read() {
+            None => Lookup::Busy,
+            Some(entry) if entry.pid == pid => Lookup::Found(entry),
+            // Rewritten since the probe: the process exited.
+            Some(_) => Lookup::Absent,
+        }
+    }
+
+    /// The creation key of `pid` and its record words at `indices` (what one
+    /// decision needs: see `ProcessRecord::target_words`), read consistently.
+    /// `None` when `pid` is absent or its slot stayed busy for
+    /// [`READ_RETRIES`] attempts; the caller falls back as for an unknown
+    /// process. Lock-free.
+    #[inline(always)]
+    pub fn read_words<const N: usize>(
+        &self,
+        pid: u32,
+        indices: [usize; N],
+    ) -> Option<(u64, [u64; N])> {
+        self.find(pid)?.read_words(pid, indices)
     }
 
     /// Whether a request for a handle to `pid` needs the full decision: the
-    /// common case (a tracked process no rule protects) reads two words per
-    /// probed slot and ends here.
-    pub fn protection(&self, pid: u32) -> Protection {
-        let mask = self.mask();
-        let mut index = home(pid, mask);
-        for _ in 0..self.slots.len() {
-            let Some(slot) = self.slots.get(index) else {
-                break;
-            };
-            match slot.read_head() {
-                Some((found, protected)) if found == pid => {
-                    return if protected {
-                        Protection::NeedsDecision
-                    } else {
-                        Protection::Unprotected
-                    };
-                }
-                Some((EMPTY, _)) | None => break,
-                Some(_) => index = (index + 1) & mask,
+    /// common case (a tracked process no rule protects) reads one word per
+    /// probed slot, then the found slot's pid and flag under its sequence
+    /// lock, and ends here.
+    #[inline(always)]
+    pub fn protection(&self, pid: u32) -> Protection<'_> {
+        let Some(slot) = self.find(pid) else {
+            return Protection::NeedsDecision(None);
+        };
+        match slot.read_head() {
+            Some((found, false)) if found == pid => Protection::Unprotected,
+            Some((found, true)) if found == pid => {
+                Protection::NeedsDecision(Some(TrackedSlot { slot, pid }))
             }
+            _ => Protection::NeedsDecision(None),
         }
-        Protection::NeedsDecision
     }
 
     /// Inserts or replaces the entry for `pid` (writers only).
@@ -408,11 +493,75 @@ mod tests {
         let table = ProcessTable::with_capacity(8).unwrap();
         table.insert(&entry(4, 1, 1)).unwrap();
         table.insert(&entry(8, 1, 2)).unwrap();
-        assert_eq!(table.protection(4), Protection::NeedsDecision);
-        assert_eq!(table.protection(8), Protection::Unprotected);
-        assert_eq!(table.protection(12), Protection::NeedsDecision, "absent");
+        let Protection::NeedsDecision(Some(slot)) = table.protection(4) else {
+            panic!("4 is protected");
+        };
+        assert_eq!(slot.read_words([0]), Some((1, [1])));
+        assert!(matches!(table.protection(8), Protection::Unprotected));
+        assert!(
+            matches!(table.protection(12), Protection::NeedsDecision(None)),
+            "absent"
+        );
         assert!(table.remove(4, 1));
-        assert_eq!(table.protection(4), Protection::NeedsDecision, "removed");
+        assert_eq!(slot.read_words([0]), None, "the slot no longer holds 4");
+        assert!(
+            matches!(table.protection(4), Protection::NeedsDecision(None)),
+            "removed"
+        );
+    }
+
+    #[test]
+    fn read_words_copies_the_key_and_the_named_words_of_the_right_pid_only() {
+        let table = ProcessTable::with_capacity(8).unwrap();
+        let mut record = [0u64; RECORD_WORDS];
+        for (index, word) in record.iter_mut().enumerate() {
+            *word = 100 + index as u64;
+        }
+        table
+            .insert(&Entry {
+                pid: 4,
+                creation_key: 77,
+                record,
+                protected: true,
+            })
+            .unwrap();
+        assert_eq!(table.read_words(4, [2, 5, 6]), Some((77, [102, 105, 106])));
+        assert_eq!(table.read_words(4, [7]), Some((77, [107])));
+        assert_eq!(
+            table.read_words(4, [RECORD_WORDS]),
+            Some((77, [0])),
+            "past the record"
+        );
+        assert_eq!(table.read_words(8, [0]), None, "absent");
+        assert_eq!(table.read_words(EMPTY, [0]), None);
+        assert_eq!(table.read_words(TOMBSTONE, [0]), None);
+        assert!(table.remove(4, 77));
+        assert_eq!(table.read_words(4, [0]), None, "removed");
+    }
+
+    /// Pids that share a home slot: each probe walks past the others, and a
+    /// removed one in the middle of the chain does not hide those after it.
+    #[test]
+    fn probes_walk_past_colliding_pids_and_tombstones() {
+        let table = ProcessTable::with_capacity(8).unwrap();
+        let mask = table.mask();
+        let colliding: Vec<u32> = (1..10_000u32)
+            .map(|n| n * 4)
+            .filter(|&pid| home(pid, mask) == home(4, mask))
+            .take(3)
+            .collect();
+        for &pid in &colliding {
+            table.insert(&entry(pid, u64::from(pid), 1)).unwrap();
+        }
+        assert!(table.remove(colliding[1], u64::from(colliding[1])));
+        for &pid in [colliding[0], colliding[2]].iter() {
+            assert_eq!(table.read_words(pid, [0]), Some((u64::from(pid), [1])));
+            assert!(matches!(
+                table.protection(pid),
+                Protection::NeedsDecision(Some(_))
+            ));
+        }
+        assert_eq!(table.read_words(colliding[1], [0]), None);
     }
 
     #[test]
@@ -549,6 +698,10 @@ mod tests {
                                 );
                                 found += 1;
                             }
+                            if let Some((key, words)) = table.read_words(pid, [0, 5, 7]) {
+                                assert_eq!(words, [key; 3], "torn words of {pid}");
+                                found += 1;
+                            }
                         }
                         if done.load(Ordering::Relaxed) {
                             return found;
@@ -603,6 +756,31 @@ mod loom_tests {
                     entry.creation_key == 1,
                     "torn flag: {entry:?}"
                 );
+            }
+            writer.join().unwrap();
+        });
+    }
+
+    /// The same for the partial read the callbacks use: the key and the
+    /// words come from one write, and a slot rewritten to another pid (a
+    /// removal) is never read as the old pid's.
+    #[test]
+    fn a_partial_read_is_never_torn_nor_of_another_pid() {
+        let mut builder = loom::model::Builder::new();
+        builder.preemption_bound = Some(3);
+        builder.check(|| {
+            let slot = Arc::new(Slot::empty());
+            slot.write(4, 1, &[1; RECORD_WORDS], true);
+            let writer = {
+                let slot = slot.clone();
+                loom::thread::spawn(move || {
+                    slot.write(4, 2, &[2; RECORD_WORDS], false);
+                    slot.write(TOMBSTONE, 0, &[0; RECORD_WORDS], false);
+                })
+            };
+            if let Some((key, words)) = slot.read_words(4, [0, 7]) {
+                assert!(key == 1 || key == 2, "key of another pid: {key}");
+                assert_eq!(words, [key; 2], "torn partial read");
             }
             writer.join().unwrap();
         });

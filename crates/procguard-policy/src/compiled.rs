@@ -198,6 +198,40 @@ impl ProcessRecord {
         }
     }
 
+    /// The indices of the words (of [`to_words`](Self::to_words)) that
+    /// [`CompiledPolicy::decide`] reads from a *target's* record for a request
+    /// on `object` with `operation`: that slot's masks, its rule ids and the
+    /// target entry mask. A reader that copies only these words
+    /// ([`TargetPart::from_words`]) gets the same decisions for that kind of
+    /// request as with the whole record.
+    #[must_use]
+    pub const fn target_words(object: ObjectKind, operation: Operation) -> [usize; 3] {
+        let slot = slot_index(object, operation);
+        [slot, 4 + slot / 2, 6]
+    }
+
+    /// The index of the one word [`CompiledPolicy::decide`] reads from a
+    /// *requester's* record (its requester entry mask and critical bit).
+    pub const REQUESTER_WORD: usize = 7;
+
+    /// What a decision on a request for `object` with `operation` reads from
+    /// this record as the target.
+    #[must_use]
+    pub fn target_part(&self, object: ObjectKind, operation: Operation) -> TargetPart {
+        let summary = self.slot(slot_index(object, operation));
+        TargetPart {
+            masks: slot_word(&summary),
+            ids: summary.rule as u32 | (summary.audit_rule as u32) << 16,
+            entries: self.target_entries,
+        }
+    }
+
+    /// What a decision reads from this record as the requester.
+    #[must_use]
+    pub const fn requester_part(&self) -> RequesterPart {
+        RequesterPart(self.requester_entries)
+    }
+
     /// Whether this process is a critical system process (exempt as a requester when
     /// the setting is on).
     #[must_use]
@@ -217,6 +251,75 @@ impl ProcessRecord {
             Some(s) => *s,
             None => SlotSummary::EMPTY,
         }
+    }
+}
+
+/// The part of a target's [`ProcessRecord`] that a decision on one kind of
+/// request (object kind and operation) reads: that slot's summary and the
+/// target entry mask. 24 bytes, made from the whole record
+/// ([`ProcessRecord::target_part`]) or from just the three record words that
+/// hold it ([`TargetPart::from_words`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TargetPart {
+    /// The slot's strip (low half) and audit (high half) masks, as stored.
+    masks: u64,
+    /// The slot's rule (low half) and audit rule (high half) ids.
+    ids: u32,
+    entries: u64,
+}
+
+impl TargetPart {
+    /// The part for a request on `object` with `operation`, from the
+    /// record's words (of [`ProcessRecord::to_words`]) at
+    /// [`ProcessRecord::target_words`]`(object, operation)`, in that order.
+    /// Equal to `ProcessRecord::from_words(all).target_part(object, operation)`.
+    #[must_use]
+    pub const fn from_words(object: ObjectKind, operation: Operation, words: [u64; 3]) -> Self {
+        let [masks, ids, entries] = words;
+        let ids = if slot_index(object, operation) & 1 == 0 {
+            ids
+        } else {
+            ids >> 32
+        };
+        Self {
+            masks,
+            ids: ids as u32,
+            entries,
+        }
+    }
+
+    /// Whether any rule may touch this kind of request for this target:
+    /// when false, every decision on it leaves the request unchanged.
+    #[must_use]
+    pub const fn is_protected(&self) -> bool {
+        self.masks | self.entries != 0
+    }
+
+    /// The slot's summary.
+    #[inline]
+    pub(crate) const fn summary(&self) -> SlotSummary {
+        slot_of(self.masks, self.ids as u64)
+    }
+
+    /// The target entry mask.
+    #[inline]
+    pub(crate) const fn entries(&self) -> u64 {
+        self.entries
+    }
+}
+
+/// The part of a requester's [`ProcessRecord`] that a decision reads: its
+/// requester entry mask and critical-process bit (the record's word
+/// [`ProcessRecord::REQUESTER_WORD`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RequesterPart(pub(crate) u64);
+
+impl RequesterPart {
+    /// The part from the record's word at [`ProcessRecord::REQUESTER_WORD`].
+    /// Equal to `ProcessRecord::from_words(all).requester_part()`.
+    #[must_use]
+    pub const fn from_word(word: u64) -> Self {
+        Self(word)
     }
 }
 

@@ -4,7 +4,8 @@
 //! one AND, at most 8 table reads (see [`crate::compiled`]), a few bit operations.
 
 use crate::compiled::{
-    slot_index, CompiledPolicy, ProcessRecord, SlotSummary, CRITICAL_BIT, ENTRY_BITS, NO_RULE,
+    slot_index, CompiledPolicy, ProcessRecord, RequesterPart, SlotSummary, TargetPart,
+    CRITICAL_BIT, ENTRY_BITS, NO_RULE,
 };
 use crate::model::{ObjectKind, Operation, RuleId};
 use crate::rights::AccessMask;
@@ -100,9 +101,28 @@ impl CompiledPolicy {
         requester: &ProcessRecord,
         req: &HandleRequest,
     ) -> Decision {
+        self.decide_parts(
+            target.target_part(req.object, req.operation),
+            requester.requester_part(),
+            req,
+        )
+    }
+
+    /// [`decide`](Self::decide) from only the parts of the two records it
+    /// reads (for a caller that copies just those words out of its process
+    /// table: see [`ProcessRecord::target_words`]). `target` must be the part
+    /// for `req`'s object kind and operation.
+    #[inline]
+    #[must_use]
+    pub fn decide_parts(
+        &self,
+        target: TargetPart,
+        requester: RequesterPart,
+        req: &HandleRequest,
+    ) -> Decision {
         let slot = slot_index(req.object, req.operation);
-        let mut sum = target.slot(slot);
-        let dep = target.target_entries & requester.requester_entries & ENTRY_BITS;
+        let mut sum = target.summary();
+        let dep = target.entries() & requester.0 & ENTRY_BITS;
         if dep != 0 {
             sum = self.merge_dependent(sum, dep, slot);
         }
@@ -122,7 +142,7 @@ impl CompiledPolicy {
             Some(Exemption::KernelHandle)
         } else if req.same_process && s.exempt_self {
             Some(Exemption::SelfAccess)
-        } else if requester.requester_entries & CRITICAL_BIT != 0 && s.exempt_critical_requesters {
+        } else if requester.0 & CRITICAL_BIT != 0 && s.exempt_critical_requesters {
             Some(Exemption::CriticalRequester)
         } else {
             None

@@ -78,7 +78,7 @@ pub mod toml;
 mod view;
 
 pub use blob::{decode, encode, policy_id, DecodeError};
-pub use compiled::{CompiledPolicy, ProcessRecord, RECORD_WORDS};
+pub use compiled::{CompiledPolicy, ProcessRecord, RequesterPart, TargetPart, RECORD_WORDS};
 pub use decide::{Decision, Exemption, HandleRequest};
 pub use explain::{explain, Explanation};
 pub use identity::{is_critical_system_process, ProcessIdentity};

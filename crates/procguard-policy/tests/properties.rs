@@ -20,7 +20,9 @@ use procguard_policy::blob::{blob_checksum, decode, encode};
 use procguard_policy::reference::evaluate;
 use std::sync::Arc;
 
-use procguard_policy::{CompiledPolicy, Mode, ProcessRecord, Requester, RECORD_WORDS};
+use procguard_policy::{
+    CompiledPolicy, Mode, ProcessRecord, Requester, RequesterPart, TargetPart, RECORD_WORDS,
+};
 
 use support::*;
 
@@ -252,6 +254,62 @@ proptest! {
                     let d = c.decide(t, r, q);
                     prop_assert_eq!(d.access & !q.desired_access, 0);
                     prop_assert_eq!(d.would_strip & !q.desired_access, 0);
+                }
+            }
+        }
+    }
+}
+
+/// The words a reader copies for one decision (`ProcessRecord::target_words`
+/// of the target, `REQUESTER_WORD` of the requester) decide exactly as the
+/// whole records do, for every kind of request: the driver copies only those.
+fn partial_records_decide_as_whole(
+    c: &CompiledPolicy,
+    target: &ProcessRecord,
+    requester: &ProcessRecord,
+    q: &procguard_policy::HandleRequest,
+) -> Result<(), TestCaseError> {
+    let target_words = target.to_words();
+    let indices = ProcessRecord::target_words(q.object, q.operation);
+    let target_part =
+        TargetPart::from_words(q.object, q.operation, indices.map(|i| target_words[i]));
+    let requester_part =
+        RequesterPart::from_word(requester.to_words()[ProcessRecord::REQUESTER_WORD]);
+    prop_assert_eq!(target_part, target.target_part(q.object, q.operation));
+    prop_assert_eq!(requester_part, requester.requester_part());
+    prop_assert_eq!(
+        c.decide_parts(target_part, requester_part, q),
+        c.decide(target, requester, q)
+    );
+    // The partial target is protected exactly when this kind of request can
+    // be touched by a rule: if it is not, the whole record decides nothing.
+    if !target_part.is_protected() {
+        prop_assert_eq!(c.decide(target, requester, q).access, q.desired_access);
+        prop_assert_eq!(c.decide(target, requester, q).rule, None);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(500))]
+    #[test]
+    fn decisions_read_only_the_words_they_name(
+        p in prop_oneof![policy(1, 12), dependent_policy(1, 20)],
+        idents in prop::collection::vec(ident(), 6),
+        words in prop::collection::vec(any::<[u64; RECORD_WORDS]>(), 3),
+        reqs in prop::collection::vec(request(), 8),
+    ) {
+        let c = CompiledPolicy::new(&p).map_err(|e| TestCaseError::fail(format!("{e}")))?;
+        let records: Vec<_> = idents
+            .iter()
+            .map(|i| c.classify(&i.id()))
+            .chain([c.unknown_process_record()])
+            .chain(words.iter().map(|w| ProcessRecord::from_words(*w)))
+            .collect();
+        for t in &records {
+            for r in &records {
+                for q in &reqs {
+                    partial_records_decide_as_whole(&c, t, r, q)?;
                 }
             }
         }
