@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# Cross-compiles procguardctl.exe (x86_64 Windows, console) on Debian 12.
+# Cross-compiles the Windows user-mode programs (x86_64, console) on Debian 12:
+# procguardctl.exe (the control tool) and procguard-smoke.exe (the VM smoke
+# test, crates/procguard-smoke), in one cargo invocation.
 #
 #   crates/procguardctl/build-windows.sh        (as root if packages are missing)
 #
-# Output: target/windows-user/x86_64-pc-windows-gnu/release/procguardctl.exe
+# Output: target/windows-user/x86_64-pc-windows-gnu/release/{procguardctl,procguard-smoke}.exe
 #
 # Recipe: target x86_64-pc-windows-gnu, built with Debian's rustc-web (rustup
 # here has no Windows target and cannot download one), std rebuilt from
 # rust-web-src with -Zbuild-std (RUSTC_BOOTSTRAP=1), linked by mingw-w64's
 # x86_64-w64-mingw32-gcc against its CRT (msvcrt.dll). windows-sys imports
-# through raw-dylib, so no Windows SDK import library is needed. The image's
+# through raw-dylib, so no Windows SDK import library is needed. Each image's
 # imports are then checked: Windows system DLLs only.
 #
 # Why not the others (see the crate README): x86_64-pc-windows-msvc links with
@@ -23,7 +25,8 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 target=x86_64-pc-windows-gnu
 target_dir="$root/target/windows-user"
-exe="$target_dir/$target/release/procguardctl.exe"
+# package:binary of every program built.
+programs=(procguardctl:procguardctl procguard-smoke:procguard-smoke)
 
 # Debian packages: rustc + cargo + std sources (rustc-web), the mingw-w64
 # linker and CRT, llvm-readobj-16 for the import check.
@@ -51,7 +54,11 @@ command -v "$linker" >/dev/null || linker=x86_64-w64-mingw32-gcc
 unset CARGO RUSTC RUSTDOC RUSTUP_TOOLCHAIN RUSTC_WRAPPER CARGO_TARGET_DIR CARGO_ENCODED_RUSTFLAGS RUSTFLAGS CARGO_BUILD_TARGET
 
 cd "$root"
-echo "build-windows.sh: building procguardctl for $target (rustc-web $(/usr/bin/rustc --version | cut -d' ' -f2), -Zbuild-std, $linker)"
+cargo_selection=()
+for program in "${programs[@]}"; do
+    cargo_selection+=(--package "${program%%:*}" --bin "${program#*:}")
+done
+echo "build-windows.sh: building ${programs[*]#*:} for $target (rustc-web $(/usr/bin/rustc --version | cut -d' ' -f2), -Zbuild-std, $linker)"
 # No DWARF debug info nor symbols in the shipped .exe (the workspace's
 # release profile keeps line tables for the driver's PDB).
 RUSTC=/usr/bin/rustc \
@@ -60,29 +67,37 @@ CARGO_PROFILE_RELEASE_DEBUG=0 \
 CARGO_PROFILE_RELEASE_STRIP=symbols \
 CARGO_TARGET_X86_64_PC_WINDOWS_GNU_LINKER="$linker" \
     /usr/bin/cargo build \
-    --package procguardctl --bin procguardctl \
+    "${cargo_selection[@]}" \
     --release --target "$target" \
     -Zbuild-std=std,panic_abort \
     --target-dir "$target_dir"
 
-[[ -f $exe ]] || { echo "build-windows.sh: no $exe" >&2; exit 1; }
+# Each image must be an AMD64 console program importing only system DLLs.
+check_image() {
+    local exe=$1 headers dll bad=0
+    local -a dlls
+    [[ -f $exe ]] || { echo "build-windows.sh: no $exe" >&2; return 1; }
+    headers="$(llvm-readobj-16 --file-headers "$exe")"
+    grep -q "Machine: IMAGE_FILE_MACHINE_AMD64" <<<"$headers" || { echo "build-windows.sh: $exe is not an AMD64 image" >&2; return 1; }
+    grep -q "Subsystem: IMAGE_SUBSYSTEM_WINDOWS_CUI" <<<"$headers" || { echo "build-windows.sh: $exe is not a console program" >&2; return 1; }
+    mapfile -t dlls < <(llvm-readobj-16 --coff-imports "$exe" | sed -n 's/^ *Name: \(.*\.dll\)$/\1/Ip' | sort -fu)
+    ((${#dlls[@]})) || { echo "build-windows.sh: no imports found in $exe" >&2; return 1; }
+    for dll in "${dlls[@]}"; do
+        case "${dll,,}" in
+        kernel32.dll | ntdll.dll | advapi32.dll | bcrypt.dll | bcryptprimitives.dll | ws2_32.dll | \
+            userenv.dll | msvcrt.dll | ucrtbase.dll | api-ms-win-*.dll) ;;
+        *)
+            echo "build-windows.sh: $exe imports $dll, which is not a Windows system DLL" >&2
+            bad=1
+            ;;
+        esac
+    done
+    ((bad == 0)) || return 1
+    echo "build-windows.sh: $exe ($(stat -c %s "$exe") bytes), imports: ${dlls[*]}"
+}
 
-# The image must be an AMD64 console program importing only system DLLs.
-headers="$(llvm-readobj-16 --file-headers "$exe")"
-grep -q "Machine: IMAGE_FILE_MACHINE_AMD64" <<<"$headers" || { echo "build-windows.sh: not an AMD64 image" >&2; exit 1; }
-grep -q "Subsystem: IMAGE_SUBSYSTEM_WINDOWS_CUI" <<<"$headers" || { echo "build-windows.sh: not a console program" >&2; exit 1; }
-mapfile -t dlls < <(llvm-readobj-16 --coff-imports "$exe" | sed -n 's/^ *Name: \(.*\.dll\)$/\1/Ip' | sort -fu)
-((${#dlls[@]})) || { echo "build-windows.sh: no imports found in $exe" >&2; exit 1; }
-bad=0
-for dll in "${dlls[@]}"; do
-    case "${dll,,}" in
-    kernel32.dll | ntdll.dll | advapi32.dll | bcrypt.dll | bcryptprimitives.dll | ws2_32.dll | \
-        userenv.dll | msvcrt.dll | ucrtbase.dll | api-ms-win-*.dll) ;;
-    *)
-        echo "build-windows.sh: $exe imports $dll, which is not a Windows system DLL" >&2
-        bad=1
-        ;;
-    esac
+failed=0
+for program in "${programs[@]}"; do
+    check_image "$target_dir/$target/release/${program#*:}.exe" || failed=1
 done
-((bad == 0)) || exit 1
-echo "build-windows.sh: $exe ($(stat -c %s "$exe") bytes), imports: ${dlls[*]}"
+((failed == 0)) || exit 1

@@ -61,7 +61,7 @@ def broken_copy(tmp_path):
 
 
 def test_package_has_the_signed_driver_the_inf_and_the_certificate():
-    for name in ("procguard.sys", "procguard.inf", "procguard.cer", "procguardctl.exe"):
+    for name in ("procguard.sys", "procguard.inf", "procguard.cer", "procguardctl.exe", "procguard-smoke.exe"):
         assert (PACKAGE / name).is_file(), f"{name} missing from {PACKAGE} (run: cargo xtask package)"
 
 
@@ -171,8 +171,9 @@ def test_inf_is_stamped_and_primitive():
     assert "procguard.sys" in inf and "CatalogFile = procguard.cat" in inf
 
 
-def test_the_control_tool_is_a_signed_windows_console_program_importing_only_system_dlls():
-    exe = PACKAGE / "procguardctl.exe"
+def assert_signed_console_program_importing_only_system_dlls(exe):
+    """An AMD64 console program, importing only Windows system DLLs, whose
+    Authenticode signature verifies against the package's test certificate."""
     headers = subprocess.run(["llvm-readobj-16", "--file-headers", "--coff-imports", str(exe)], capture_output=True, text=True, check=True).stdout
     assert "IMAGE_FILE_MACHINE_AMD64" in headers and "IMAGE_SUBSYSTEM_WINDOWS_CUI" in headers
     dlls = {line.split(":", 1)[1].strip().lower() for line in headers.splitlines() if line.strip().startswith("Name:") and line.strip().lower().endswith(".dll")}
@@ -182,3 +183,31 @@ def test_the_control_tool_is_a_signed_windows_console_program_importing_only_sys
     subprocess.run(["openssl", "x509", "-inform", "DER", "-in", str(PACKAGE / "procguard.cer"), "-out", str(pem)], check=True)
     verified = subprocess.run(["osslsigncode", "verify", "-CAfile", str(pem), "-in", str(exe)], capture_output=True, text=True)
     assert verified.returncode == 0 and "Signature verification: ok" in verified.stdout, verified.stdout + verified.stderr
+    return dlls
+
+
+def test_the_control_tool_is_a_signed_windows_console_program_importing_only_system_dlls():
+    assert_signed_console_program_importing_only_system_dlls(PACKAGE / "procguardctl.exe")
+
+
+def test_the_smoke_test_is_a_signed_windows_console_program_importing_only_system_dlls():
+    exe = PACKAGE / "procguard-smoke.exe"
+    assert exe.is_file(), f"{exe} missing (run: cargo xtask package)"
+    dlls = assert_signed_console_program_importing_only_system_dlls(exe)
+    # What the smoke test calls beyond std: NtQueryObject (the granted access).
+    assert "ntdll.dll" in dlls
+    symbols = subprocess.run(["llvm-readobj-16", "--coff-imports", str(exe)], capture_output=True, text=True, check=True).stdout
+    for symbol in ("OpenProcess", "OpenThread", "TerminateProcess", "NtQueryObject", "GetTokenInformation"):
+        assert f"Symbol: {symbol} " in symbols, symbol
+
+
+def test_the_import_check_rejects_a_program_importing_a_non_system_dll(tmp_path):
+    """The helper above is a real check: USER32.dll in a copy fails it."""
+    data = bytearray((PACKAGE / "procguard-smoke.exe").read_bytes())
+    at = data.find(b"advapi32.dll\0")
+    assert at > 0
+    data[at : at + 12] = b"user32.dll\0\0"
+    broken = tmp_path / "procguard-smoke.exe"
+    broken.write_bytes(bytes(data))
+    with pytest.raises(AssertionError, match="user32.dll"):
+        assert_signed_console_program_importing_only_system_dlls(broken)
