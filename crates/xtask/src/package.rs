@@ -46,11 +46,21 @@ pub fn run(root: &Path) -> Result<PathBuf, String> {
         .status()
         .map_err(|error| format!("build-windows.sh: {error}"))?;
     if !status.success() {
-        return Err(format!("building procguardctl.exe failed ({status})"));
+        return Err(format!(
+            "building procguardctl.exe and procguard-smoke.exe failed ({status})"
+        ));
     }
     let exe = root.join("target/windows-user/x86_64-pc-windows-gnu/release/procguardctl.exe");
     signing::sign(&certificate, &exe, &out.join("procguardctl.exe"))?;
     signing::verify(&certificate, &out.join("procguardctl.exe"))?;
+    // The VM smoke test (crates/procguard-smoke), built by the same script.
+    let smoke = root.join("target/windows-user/x86_64-pc-windows-gnu/release/procguard-smoke.exe");
+    signing::sign(&certificate, &smoke, &out.join("procguard-smoke.exe"))?;
+    signing::verify(&certificate, &out.join("procguard-smoke.exe"))?;
+
+    // The VM scripts (tests/vm, run from the package folder on the VM) and
+    // the example policy Install-ProcGuard.ps1 -ApplyExamplePolicy applies.
+    copy_vm_kit(root, &out)?;
 
     let template_path = root.join("inf").join("procguard.inx");
     let template = std::fs::read_to_string(&template_path)
@@ -69,7 +79,7 @@ pub fn run(root: &Path) -> Result<PathBuf, String> {
 
     println!("{signed}");
     println!(
-        "xtask: package ready in {} ({} s): procguard.sys ({} bytes unsigned, {} signed), procguard.inf, procguard.cat, procguard.cer, procguardctl.exe",
+        "xtask: package ready in {} ({} s): procguard.sys ({} bytes unsigned, {} signed), procguard.inf, procguard.cat, procguard.cer, procguardctl.exe, procguard-smoke.exe, the VM scripts and protect-agent.toml",
         out.display(),
         started.elapsed().as_secs(),
         unsigned.size,
@@ -79,4 +89,36 @@ pub fn run(root: &Path) -> Result<PathBuf, String> {
         println!("xtask: note: the image imports KeBugCheckEx: a panic path survived optimisation");
     }
     Ok(sys)
+}
+
+/// Copies every `tests/vm/*.ps1` and the example policy
+/// (`crates/procguardctl/examples/protect-agent.toml`) into the package.
+fn copy_vm_kit(root: &Path, out: &Path) -> Result<(), String> {
+    let scripts = root.join("tests").join("vm");
+    let entries =
+        std::fs::read_dir(&scripts).map_err(|error| format!("{}: {error}", scripts.display()))?;
+    let mut copied = 0;
+    for entry in entries {
+        let path = entry
+            .map_err(|error| format!("{}: {error}", scripts.display()))?
+            .path();
+        if path.extension().is_some_and(|extension| extension == "ps1") {
+            if let Some(name) = path.file_name() {
+                std::fs::copy(&path, out.join(name))
+                    .map_err(|error| format!("copy {}: {error}", path.display()))?;
+                copied += 1;
+            }
+        }
+    }
+    if copied == 0 {
+        return Err(format!("no PowerShell scripts in {}", scripts.display()));
+    }
+    let policy = root
+        .join("crates")
+        .join("procguardctl")
+        .join("examples")
+        .join("protect-agent.toml");
+    std::fs::copy(&policy, out.join("protect-agent.toml"))
+        .map_err(|error| format!("copy {}: {error}", policy.display()))?;
+    Ok(())
 }
