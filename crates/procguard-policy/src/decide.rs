@@ -101,9 +101,11 @@ impl CompiledPolicy {
         requester: &ProcessRecord,
         req: &HandleRequest,
     ) -> Decision {
-        self.decide_parts(
-            target.target_part(req.object, req.operation),
-            requester.requester_part(),
+        let slot = slot_index(req.object, req.operation);
+        self.decide_summary(
+            target.slot(slot),
+            target.target_entries,
+            requester.requester_entries,
             req,
         )
     }
@@ -120,9 +122,23 @@ impl CompiledPolicy {
         requester: RequesterPart,
         req: &HandleRequest,
     ) -> Decision {
+        self.decide_summary(target.summary(), target.entries(), requester.0, req)
+    }
+
+    /// The decision from the target's summary for `req`'s slot, its target
+    /// entry mask and the requester's entry mask (both public forms unpack
+    /// their records into these, each the cheapest way for its layout).
+    #[inline]
+    fn decide_summary(
+        &self,
+        summary: SlotSummary,
+        target_entries: u64,
+        requester_entries: u64,
+        req: &HandleRequest,
+    ) -> Decision {
         let slot = slot_index(req.object, req.operation);
-        let mut sum = target.summary();
-        let dep = target.entries() & requester.0 & ENTRY_BITS;
+        let mut sum = summary;
+        let dep = target_entries & requester_entries & ENTRY_BITS;
         if dep != 0 {
             sum = self.merge_dependent(sum, dep, slot);
         }
@@ -142,7 +158,7 @@ impl CompiledPolicy {
             Some(Exemption::KernelHandle)
         } else if req.same_process && s.exempt_self {
             Some(Exemption::SelfAccess)
-        } else if requester.0 & CRITICAL_BIT != 0 && s.exempt_critical_requesters {
+        } else if requester_entries & CRITICAL_BIT != 0 && s.exempt_critical_requesters {
             Some(Exemption::CriticalRequester)
         } else {
             None
