@@ -7,8 +7,8 @@
 //! slot and keeps the copy only if the sequence was even and unchanged. A
 //! reader never waits on a writer for more than [`READ_RETRIES`] attempts
 //! (writers hold a slot for a few stores, at DISPATCH_LEVEL in the kernel, so
-//! they cannot be preempted mid-write); past that it reports
-//! [`Lookup::Busy`] and the caller falls back as documented there.
+//! they cannot be preempted mid-write); past that the read reports nothing
+//! and the caller falls back as for a process missing from the table.
 //!
 //! Writers (process creation and exit, enumeration) are serialised by the
 //! caller. Removed entries leave tombstones; the table is rebuilt (a fresh
@@ -55,7 +55,9 @@ pub struct Entry {
     pub protected: bool,
 }
 
-/// Result of a lookup.
+/// Result of a whole-entry lookup (tests only: the callbacks read just the
+/// words they need, [`ProcessTable::read_words`]).
+#[cfg(test)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lookup {
     /// The pid is tracked.
@@ -335,8 +337,9 @@ impl ProcessTable {
         None
     }
 
-    /// Looks `pid` up: the whole entry. Lock-free; bounded by the table size
-    /// and [`READ_RETRIES`].
+    /// Looks `pid` up: the whole entry (tests only). Lock-free; bounded by
+    /// the table size and [`READ_RETRIES`].
+    #[cfg(test)]
     pub fn lookup(&self, pid: u32) -> Lookup {
         let Some(slot) = self.find(pid) else {
             return Lookup::Absent;
