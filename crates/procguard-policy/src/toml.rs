@@ -47,7 +47,7 @@ use crate::model::{
 use crate::rights::{self, RightKind, VALID_PROCESS_BITS, VALID_THREAD_BITS};
 
 mod render;
-pub use render::{render_policy, RenderError};
+pub use render::{basic_string, render_policy, RenderError};
 
 /// One error in a TOML policy, located precisely.
 #[derive(Clone, Debug, PartialEq, Eq)]

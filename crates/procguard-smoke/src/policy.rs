@@ -2,7 +2,7 @@
 //! protecting the target copy from every requester but the exempt copy, and
 //! a policy with no rules.
 
-use std::fmt::Write as _;
+use procguard_policy::toml::basic_string;
 
 use crate::rights::RIGHTS;
 
@@ -13,24 +13,6 @@ pub const EXEMPT_NAME: &str = "procguard-smoke-exempt.exe";
 /// The rule's name (what `procguardctl events` reports as `Rule`).
 pub const RULE_NAME: &str = "procguard-smoke";
 
-/// `text` as a TOML basic string.
-fn toml_string(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 2);
-    out.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if c.is_control() => {
-                let _ = write!(out, "\\u{:04X}", u32::from(c));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 /// The smoke policy: target name [`TARGET_NAME`], every requester except the
 /// name [`EXEMPT_NAME`], process and thread handles, created and duplicated,
 /// the stripped rights of [`RIGHTS`] by name, enforced. The exemptions keep
@@ -40,7 +22,7 @@ pub fn smoke_policy() -> String {
     let strip = RIGHTS
         .iter()
         .filter(|r| r.stripped)
-        .map(|r| toml_string(r.name))
+        .map(|r| basic_string(r.name))
         .collect::<Vec<_>>()
         .join(", ");
     format!(
@@ -58,9 +40,9 @@ pub fn smoke_policy() -> String {
          operations = \"both\"\n\
          strip = [{strip}]\n\
          mode = \"enforce\"\n",
-        name = toml_string(RULE_NAME),
-        target = toml_string(TARGET_NAME),
-        exempt = toml_string(EXEMPT_NAME),
+        name = basic_string(RULE_NAME),
+        target = basic_string(TARGET_NAME),
+        exempt = basic_string(EXEMPT_NAME),
     )
 }
 
@@ -210,16 +192,5 @@ mod tests {
                 r.mask
             );
         }
-    }
-
-    #[test]
-    fn toml_strings_escape_quotes_backslashes_and_controls() {
-        assert_eq!(toml_string("a\"b\\c\n"), r#""a\"b\\c\u000A""#);
-        let parsed = parse_policy(&format!(
-            "[[rule]]\nname = {}\ntarget = {{ name = \"x.exe\" }}\nstrip = [\"no-kill\"]\n",
-            toml_string("q\"uote\\d")
-        ))
-        .unwrap();
-        assert_eq!(&*parsed.rules[0].name, "q\"uote\\d");
     }
 }

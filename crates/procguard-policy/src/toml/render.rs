@@ -180,7 +180,8 @@ fn literal_or_basic(text: &str) -> String {
 }
 
 /// A TOML basic string (`"..."`) with every character TOML requires escaped.
-fn basic_string(text: &str) -> String {
+#[must_use]
+pub fn basic_string(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 2);
     out.push('"');
     for c in text.chars() {
