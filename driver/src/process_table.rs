@@ -237,6 +237,8 @@ pub struct ProcessTable {
     /// `slots.len() - 1` (the length is a power of two), kept so a probe
     /// does not recompute it.
     mask: usize,
+    /// `64 - log2(slots.len())`: [`home`] keeps the hash's top bits.
+    shift: u32,
     live: AtomicUsize,
     tombstones: AtomicUsize,
 }
@@ -251,10 +253,12 @@ impl core::fmt::Debug for ProcessTable {
     }
 }
 
-fn home(pid: u32, mask: usize) -> usize {
-    // Fibonacci hashing of pid/4 (the low two bits are always zero).
-    let hashed = u64::from(pid >> 2).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
-    usize::try_from(hashed).unwrap_or(0) & mask
+/// The home slot of `pid` in a table of `2^(64 - shift)` slots: Fibonacci
+/// hashing of pid/4 (the low two bits of a pid are always zero), keeping the
+/// product's *top* bits, the well-mixed ones.
+fn home(pid: u32, shift: u32) -> usize {
+    let hashed = u64::from(pid >> 2).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> shift;
+    usize::try_from(hashed).unwrap_or(0)
 }
 
 impl ProcessTable {
@@ -275,6 +279,7 @@ impl ProcessTable {
         Some(Self {
             slots,
             mask: slots_len - 1,
+            shift: 64 - slots_len.trailing_zeros(),
             live: AtomicUsize::new(0),
             tombstones: AtomicUsize::new(0),
         })
@@ -322,7 +327,7 @@ impl ProcessTable {
             return None;
         }
         let mask = self.mask;
-        let mut index = home(pid, mask);
+        let mut index = home(pid, self.shift);
         for _ in 0..self.slots.len() {
             let slot = self.slots.get(index)?;
             let found = slot.pid.load(Ordering::Relaxed);
@@ -394,7 +399,7 @@ impl ProcessTable {
             return Err(InsertError::ReservedPid);
         }
         let mask = self.mask();
-        let mut index = home(pid, mask);
+        let mut index = home(pid, self.shift);
         let mut reusable = None;
         for _ in 0..self.slots.len() {
             let Some(slot) = self.slots.get(index) else {
@@ -444,7 +449,7 @@ impl ProcessTable {
     /// whether it was removed.
     pub fn remove(&self, pid: u32, creation_key: u64) -> bool {
         let mask = self.mask();
-        let mut index = home(pid, mask);
+        let mut index = home(pid, self.shift);
         for _ in 0..self.slots.len() {
             let Some(slot) = self.slots.get(index) else {
                 return false;
@@ -542,6 +547,29 @@ mod tests {
         assert_eq!(table.read_words(4, [0]), None, "removed");
     }
 
+    /// Every pid's home is a slot of the table, at every size, and the
+    /// homes of consecutive pids spread over the whole table.
+    #[test]
+    fn homes_are_in_range_and_spread() {
+        for processes in [1, 8, 100, 1000, 100_000, MAX_SLOTS / 2] {
+            let Some(table) = ProcessTable::with_capacity(processes) else {
+                continue;
+            };
+            let len = table.capacity();
+            let mut used = vec![false; len];
+            for pid in (0..u32::try_from(len).unwrap() * 4).step_by(4) {
+                let index = home(pid, table.shift);
+                assert!(index < len, "{pid} -> {index} of {len}");
+                used[index] = true;
+            }
+            for pid in [u32::MAX, u32::MAX - 3, 0x8000_0000] {
+                assert!(home(pid, table.shift) < len);
+            }
+            let spread = used.iter().filter(|&&u| u).count();
+            assert!(spread * 2 > len, "{spread} of {len} slots are homes");
+        }
+    }
+
     #[test]
     fn inserted_processes_are_found_and_others_are_absent() {
         let table = ProcessTable::with_capacity(100).unwrap();
@@ -597,10 +625,9 @@ mod tests {
     #[test]
     fn probes_continue_past_tombstones_and_colliding_pids() {
         let table = ProcessTable::with_capacity(8).unwrap();
-        let mask = table.mask();
         let colliding: Vec<u32> = (1..100_000u32)
             .map(|n| n * 4)
-            .filter(|&pid| home(pid, mask) == home(4, mask))
+            .filter(|&pid| home(pid, table.shift) == home(4, table.shift))
             .take(4)
             .collect();
         for &pid in &colliding {
