@@ -110,18 +110,33 @@ fn record_of<P>(
             return record;
         }
     }
+    part(&record_not_in_table(state, generation, pid, process, key))
+}
+
+/// The record of a process the table has no (current) entry for: classified
+/// now at PASSIVE_LEVEL, else the policy's unknown-process record. Rare, so
+/// out of line: the callbacks' path keeps fewer registers live.
+#[cold]
+#[inline(never)]
+fn record_not_in_table(
+    state: &DriverState,
+    generation: &Generation,
+    pid: u32,
+    process: PEPROCESS,
+    key: u64,
+) -> ProcessRecord {
     state.counters.unclassified.fetch_add(1, Ordering::Relaxed);
     if kernel_sync::current_irql() == 0 {
         // SAFETY: PASSIVE_LEVEL (checked), `process` valid during the callback.
         if let Some(image_path) = unsafe { process_identity::image_path_for_policy(process) } {
-            return part(&generation.classify(&Identity {
+            return generation.classify(&Identity {
                 pid,
                 creation_key: key,
                 image_path,
-            }));
+            });
         }
     }
-    part(&generation.policy.unknown_process_record())
+    generation.policy.unknown_process_record()
 }
 
 /// Decides `request`, whose target the process table did not clear
