@@ -134,34 +134,60 @@ impl Slot {
         }
     }
 
-    /// A consistent copy of the slot, or `None` if it stayed busy.
+    /// One reader's attempt: what `copy` read, if the sequence was even
+    /// before and unchanged after (no writer was in the slot meanwhile).
     #[inline(always)]
-    fn read(&self) -> Option<Entry> {
-        for _ in 0..READ_RETRIES {
-            let before = self.sequence.load(Ordering::Acquire);
-            if before & 1 == 0 {
-                let pid = self.pid.load(Ordering::Relaxed);
-                let protected = self.flags.load(Ordering::Relaxed) & 1 != 0;
-                let creation_key = self.creation_key.load(Ordering::Relaxed);
-                let mut record = [0u64; RECORD_WORDS];
-                for (word, stored) in record.iter_mut().zip(&self.record) {
-                    *word = stored.load(Ordering::Relaxed);
-                }
-                fence(Ordering::Acquire);
-                if self.sequence.load(Ordering::Relaxed) == before {
-                    return Some(Entry {
-                        pid,
-                        creation_key,
-                        record,
-                        protected,
-                    });
-                }
-            }
+    fn try_read<T>(&self, copy: impl FnOnce(&Self) -> T) -> Option<T> {
+        let before = self.sequence.load(Ordering::Acquire);
+        if before & 1 != 0 {
+            return None;
+        }
+        let value = copy(self);
+        fence(Ordering::Acquire);
+        (self.sequence.load(Ordering::Relaxed) == before).then_some(value)
+    }
+
+    /// What `copy` reads of the slot, consistently: the first attempt
+    /// inline, the rare retries (a writer was in the slot) out of line so
+    /// the callbacks' path carries no retry loop. `None` if the slot stayed
+    /// busy for [`READ_RETRIES`] attempts.
+    #[inline(always)]
+    fn read_with<T>(&self, copy: impl Fn(&Self) -> T) -> Option<T> {
+        match self.try_read(&copy) {
+            Some(value) => Some(value),
+            None => self.read_again(copy),
+        }
+    }
+
+    /// The retries of [`read_with`](Self::read_with).
+    #[cold]
+    #[inline(never)]
+    fn read_again<T>(&self, copy: impl Fn(&Self) -> T) -> Option<T> {
+        for _ in 1..READ_RETRIES {
             core::hint::spin_loop();
             #[cfg(loom)]
             loom::thread::yield_now();
+            if let Some(value) = self.try_read(&copy) {
+                return Some(value);
+            }
         }
         None
+    }
+
+    /// A consistent copy of the slot, or `None` if it stayed busy.
+    fn read(&self) -> Option<Entry> {
+        self.read_with(|slot| {
+            let mut record = [0u64; RECORD_WORDS];
+            for (word, stored) in record.iter_mut().zip(&slot.record) {
+                *word = stored.load(Ordering::Relaxed);
+            }
+            Entry {
+                pid: slot.pid.load(Ordering::Relaxed),
+                creation_key: slot.creation_key.load(Ordering::Relaxed),
+                record,
+                protected: slot.flags.load(Ordering::Relaxed) & 1 != 0,
+            }
+        })
     }
 
     /// A consistent copy of the slot's creation key and of the record words
@@ -171,46 +197,30 @@ impl Slot {
     /// words of the target's record and one of the requester's.
     #[inline(always)]
     fn read_words<const N: usize>(&self, pid: u32, indices: [usize; N]) -> Option<(u64, [u64; N])> {
-        for _ in 0..READ_RETRIES {
-            let before = self.sequence.load(Ordering::Acquire);
-            if before & 1 == 0 {
-                let found = self.pid.load(Ordering::Relaxed);
-                let creation_key = self.creation_key.load(Ordering::Relaxed);
-                let words = indices.map(|index| {
-                    self.record
+        let (found, creation_key, words) = self.read_with(|slot| {
+            (
+                slot.pid.load(Ordering::Relaxed),
+                slot.creation_key.load(Ordering::Relaxed),
+                indices.map(|index| {
+                    slot.record
                         .get(index)
                         .map_or(0, |word| word.load(Ordering::Relaxed))
-                });
-                fence(Ordering::Acquire);
-                if self.sequence.load(Ordering::Relaxed) == before {
-                    return (found == pid).then_some((creation_key, words));
-                }
-            }
-            core::hint::spin_loop();
-            #[cfg(loom)]
-            loom::thread::yield_now();
-        }
-        None
+                }),
+            )
+        })?;
+        (found == pid).then_some((creation_key, words))
     }
 
     /// The slot's pid and protected flag only (the fast path), or `None`
     /// if it stayed busy.
+    #[inline(always)]
     fn read_head(&self) -> Option<(u32, bool)> {
-        for _ in 0..READ_RETRIES {
-            let before = self.sequence.load(Ordering::Acquire);
-            if before & 1 == 0 {
-                let pid = self.pid.load(Ordering::Relaxed);
-                let flags = self.flags.load(Ordering::Relaxed);
-                fence(Ordering::Acquire);
-                if self.sequence.load(Ordering::Relaxed) == before {
-                    return Some((pid, flags & 1 != 0));
-                }
-            }
-            core::hint::spin_loop();
-            #[cfg(loom)]
-            loom::thread::yield_now();
-        }
-        None
+        self.read_with(|slot| {
+            (
+                slot.pid.load(Ordering::Relaxed),
+                slot.flags.load(Ordering::Relaxed) & 1 != 0,
+            )
+        })
     }
 
     /// Writes the slot (writers are serialised by the caller).
@@ -321,6 +331,13 @@ impl ProcessTable {
     /// rewritten meanwhile is never taken for `pid`'s). `None` when the probe
     /// reaches an empty slot: `pid` is absent (or being inserted right now,
     /// which the caller cannot tell from absent either way).
+    ///
+    /// The probe needs no bound of its own: it ends within one lap of the
+    /// table, because an insertion never takes the last EMPTY slot
+    /// ([`insert`](Self::insert)) and no slot ever becomes EMPTY again (a
+    /// removal leaves a tombstone; only a new table has fresh EMPTY slots),
+    /// so the slots EMPTY at the end were EMPTY all along, and the probe
+    /// meets one.
     #[inline(always)]
     fn find(&self, pid: u32) -> Option<&Slot> {
         if pid == EMPTY || pid == TOMBSTONE {
@@ -328,7 +345,7 @@ impl ProcessTable {
         }
         let mask = self.mask;
         let mut index = home(pid, self.shift);
-        for _ in 0..self.slots.len() {
+        loop {
             let slot = self.slots.get(index)?;
             let found = slot.pid.load(Ordering::Relaxed);
             if found == pid {
@@ -339,7 +356,6 @@ impl ProcessTable {
             }
             index = (index + 1) & mask;
         }
-        None
     }
 
     /// Looks `pid` up: the whole entry (tests only). Lock-free; bounded by
@@ -661,11 +677,29 @@ mod tests {
         }
         assert_eq!(inserted, capacity - 1, "one slot stays empty");
         assert!(table.needs_rebuild());
+        // Lookups still end, whichever slot their probe starts from, also
+        // once removals have left tombstones and insertions reused them.
+        let absent = |table: &ProcessTable| {
+            (capacity as u32 + 1..=capacity as u32 * 8)
+                .map(|n| n * 4)
+                .all(|pid| {
+                    table.lookup(pid) == Lookup::Absent && table.read_words(pid, [0]).is_none()
+                })
+        };
+        assert!(absent(&table));
+        for n in (1..capacity as u32).step_by(2) {
+            assert!(table.remove(n * 4, 1));
+        }
+        assert!(absent(&table));
+        for n in (1..capacity as u32).step_by(2) {
+            table.insert(&entry(n * 4 + 1_000_000, 1, 0)).unwrap();
+        }
         assert_eq!(
-            table.lookup(999_996),
-            Lookup::Absent,
-            "lookups still terminate"
+            table.insert(&entry(999_996, 1, 0)),
+            Err(InsertError::Full),
+            "tombstones reused, the last EMPTY slot still kept"
         );
+        assert!(absent(&table));
         assert_eq!(
             table.insert(&entry(EMPTY, 0, 0)),
             Err(InsertError::ReservedPid)
