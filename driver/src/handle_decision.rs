@@ -180,11 +180,6 @@ pub fn decide(state: &DriverState, generation: &Generation, request: &ObservedRe
     let access = decision.access & desired;
     let stripped = access != desired;
     generation.count(decision.rule, stripped);
-    match decision.exemption {
-        Some(Exemption::SelfAccess) => state.counters.skipped_self.fetch_add(1, Ordering::Relaxed),
-        Some(_) => state.counters.exempt.fetch_add(1, Ordering::Relaxed),
-        None => 0,
-    };
     if stripped {
         state.counters.modified.fetch_add(1, Ordering::Relaxed);
     }
@@ -198,6 +193,15 @@ pub fn decide(state: &DriverState, generation: &Generation, request: &ObservedRe
             decision.rule,
             stripped,
         );
+    } else {
+        // An exempted request is never audited (nor stripped).
+        match decision.exemption {
+            Some(Exemption::SelfAccess) => {
+                state.counters.skipped_self.fetch_add(1, Ordering::Relaxed)
+            }
+            Some(_) => state.counters.exempt.fetch_add(1, Ordering::Relaxed),
+            None => 0,
+        };
     }
     access
 }
