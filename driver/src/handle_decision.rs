@@ -5,8 +5,9 @@
 //! Steps, each a documented choice:
 //! 1. The callback first asks the process table whether the target is
 //!    protected at all (`ProcessTable::protection`): a tracked process no
-//!    rule protects ends the work at once (the common case: two words read,
-//!    one kernel call in all). Everything below runs only otherwise.
+//!    rule protects ends the work at once (the common case: one word read
+//!    per probed slot, one kernel call in all). Everything below runs only
+//!    otherwise.
 //! 2. A protected target's record is used only if its creation key matches
 //!    the process object's, so a record never applies to a later process that
 //!    reused the id.

@@ -114,11 +114,26 @@ pub enum InsertError {
     ReservedPid,
 }
 
+/// [`Slot::head`]'s bit for [`Entry::protected`].
+const PROTECTED: u64 = 1 << 32;
+
+/// A slot's head word: the pid in the low half, the flags in the high half.
+fn head_word(pid: u32, protected: bool) -> u64 {
+    u64::from(pid) | if protected { PROTECTED } else { 0 }
+}
+
+/// The pid of a head word.
+fn pid_of(head: u64) -> u32 {
+    head as u32
+}
+
 struct Slot {
     sequence: AtomicU32,
-    pid: AtomicU32,
-    /// Bit 0: [`Entry::protected`].
-    flags: AtomicU32,
+    /// The pid and the protected flag, in one word: the probe's one load of
+    /// it gives the callbacks' fast path its answer, the pid and the flag
+    /// of the same entry, without the sequence lock (see
+    /// [`ProcessTable::protection`]).
+    head: AtomicU64,
     creation_key: AtomicU64,
     record: [AtomicU64; RECORD_WORDS],
 }
@@ -127,8 +142,7 @@ impl Slot {
     fn empty() -> Self {
         Self {
             sequence: AtomicU32::new(0),
-            pid: AtomicU32::new(EMPTY),
-            flags: AtomicU32::new(0),
+            head: AtomicU64::new(head_word(EMPTY, false)),
             creation_key: AtomicU64::new(0),
             record: core::array::from_fn(|_| AtomicU64::new(0)),
         }
@@ -177,15 +191,16 @@ impl Slot {
     /// A consistent copy of the slot, or `None` if it stayed busy.
     fn read(&self) -> Option<Entry> {
         self.read_with(|slot| {
+            let head = slot.head.load(Ordering::Relaxed);
             let mut record = [0u64; RECORD_WORDS];
             for (word, stored) in record.iter_mut().zip(&slot.record) {
                 *word = stored.load(Ordering::Relaxed);
             }
             Entry {
-                pid: slot.pid.load(Ordering::Relaxed),
+                pid: pid_of(head),
                 creation_key: slot.creation_key.load(Ordering::Relaxed),
                 record,
-                protected: slot.flags.load(Ordering::Relaxed) & 1 != 0,
+                protected: head & PROTECTED != 0,
             }
         })
     }
@@ -199,7 +214,7 @@ impl Slot {
     fn read_words<const N: usize>(&self, pid: u32, indices: [usize; N]) -> Option<(u64, [u64; N])> {
         let (found, creation_key, words) = self.read_with(|slot| {
             (
-                slot.pid.load(Ordering::Relaxed),
+                pid_of(slot.head.load(Ordering::Relaxed)),
                 slot.creation_key.load(Ordering::Relaxed),
                 indices.map(|index| {
                     slot.record
@@ -211,26 +226,14 @@ impl Slot {
         (found == pid).then_some((creation_key, words))
     }
 
-    /// The slot's pid and protected flag only (the fast path), or `None`
-    /// if it stayed busy.
-    #[inline(always)]
-    fn read_head(&self) -> Option<(u32, bool)> {
-        self.read_with(|slot| {
-            (
-                slot.pid.load(Ordering::Relaxed),
-                slot.flags.load(Ordering::Relaxed) & 1 != 0,
-            )
-        })
-    }
-
     /// Writes the slot (writers are serialised by the caller).
     fn write(&self, pid: u32, creation_key: u64, record: &RecordWords, protected: bool) {
         let sequence = self.sequence.load(Ordering::Relaxed);
         self.sequence
             .store(sequence.wrapping_add(1), Ordering::Relaxed);
         fence(Ordering::Release);
-        self.pid.store(pid, Ordering::Relaxed);
-        self.flags.store(u32::from(protected), Ordering::Relaxed);
+        self.head
+            .store(head_word(pid, protected), Ordering::Relaxed);
         self.creation_key.store(creation_key, Ordering::Relaxed);
         for (stored, word) in self.record.iter().zip(record) {
             stored.store(*word, Ordering::Relaxed);
@@ -338,8 +341,10 @@ impl ProcessTable {
     /// removal leaves a tombstone; only a new table has fresh EMPTY slots),
     /// so the slots EMPTY at the end were EMPTY all along, and the probe
     /// meets one.
+    ///
+    /// Returns the slot with the head word the probe read in it.
     #[inline(always)]
-    fn find(&self, pid: u32) -> Option<&Slot> {
+    fn find(&self, pid: u32) -> Option<(&Slot, u64)> {
         if pid == EMPTY || pid == TOMBSTONE {
             return None;
         }
@@ -347,9 +352,10 @@ impl ProcessTable {
         let mut index = home(pid, self.shift);
         loop {
             let slot = self.slots.get(index)?;
-            let found = slot.pid.load(Ordering::Relaxed);
+            let head = slot.head.load(Ordering::Relaxed);
+            let found = pid_of(head);
             if found == pid {
-                return Some(slot);
+                return Some((slot, head));
             }
             if found == EMPTY {
                 return None;
@@ -362,7 +368,7 @@ impl ProcessTable {
     /// the table size and [`READ_RETRIES`].
     #[cfg(test)]
     pub fn lookup(&self, pid: u32) -> Lookup {
-        let Some(slot) = self.find(pid) else {
+        let Some((slot, _)) = self.find(pid) else {
             return Lookup::Absent;
         };
         match slot.read() {
@@ -384,24 +390,21 @@ impl ProcessTable {
         pid: u32,
         indices: [usize; N],
     ) -> Option<(u64, [u64; N])> {
-        self.find(pid)?.read_words(pid, indices)
+        self.find(pid)?.0.read_words(pid, indices)
     }
 
     /// Whether a request for a handle to `pid` needs the full decision: the
     /// common case (a tracked process no rule protects) reads one word per
-    /// probed slot, then the found slot's pid and flag under its sequence
-    /// lock, and ends here.
+    /// probed slot and ends here. The flag comes from the same atomic load
+    /// as the pid it was compared with, so it is that entry's flag, as
+    /// consistent as a read under the sequence lock (which the decision
+    /// still uses for the rest of the record).
     #[inline(always)]
     pub fn protection(&self, pid: u32) -> Protection<'_> {
-        let Some(slot) = self.find(pid) else {
-            return Protection::NeedsDecision(None);
-        };
-        match slot.read_head() {
-            Some((found, false)) if found == pid => Protection::Unprotected,
-            Some((found, true)) if found == pid => {
-                Protection::NeedsDecision(Some(TrackedSlot { slot, pid }))
-            }
-            _ => Protection::NeedsDecision(None),
+        match self.find(pid) {
+            Some((_, head)) if head & PROTECTED == 0 => Protection::Unprotected,
+            Some((slot, _)) => Protection::NeedsDecision(Some(TrackedSlot { slot, pid })),
+            None => Protection::NeedsDecision(None),
         }
     }
 
@@ -422,7 +425,7 @@ impl ProcessTable {
                 break;
             };
             // Writers are serialised, so a plain load of pid is current.
-            let current = slot.pid.load(Ordering::Relaxed);
+            let current = pid_of(slot.head.load(Ordering::Relaxed));
             if current == pid {
                 slot.write(pid, entry.creation_key, &entry.record, entry.protected);
                 return Ok(());
@@ -444,7 +447,7 @@ impl ProcessTable {
                 let free = self
                     .slots
                     .get(index)
-                    .is_some_and(|slot| slot.pid.load(Ordering::Relaxed) == EMPTY);
+                    .is_some_and(|slot| pid_of(slot.head.load(Ordering::Relaxed)) == EMPTY);
                 if !free || (self.len() + self.tombstones() + 1) >= self.capacity() {
                     // Keep at least one EMPTY slot so every probe terminates early.
                     return Err(InsertError::Full);
@@ -470,7 +473,7 @@ impl ProcessTable {
             let Some(slot) = self.slots.get(index) else {
                 return false;
             };
-            let current = slot.pid.load(Ordering::Relaxed);
+            let current = pid_of(slot.head.load(Ordering::Relaxed));
             if current == EMPTY {
                 return false;
             }
@@ -804,6 +807,44 @@ mod loom_tests {
                 );
             }
             writer.join().unwrap();
+        });
+    }
+
+    /// The fast path's answer without the sequence lock: while a writer
+    /// removes protected pid 4 and reuses its slot for an unprotected pid
+    /// (the two slot writes `remove` and `insert` make),
+    /// `protection(4)` may say "decide" (found, or absent) but never
+    /// "unprotected": the flag it reads is always pid 4's own. (With the pid
+    /// and the flag read by two loads, it pairs pid 4 with the newcomer's
+    /// flag: tried, this model fails.)
+    #[test]
+    fn the_fast_path_never_pairs_a_pid_with_another_entrys_flag() {
+        let mut builder = loom::model::Builder::new();
+        builder.preemption_bound = Some(3);
+        builder.check(|| {
+            let table = Arc::new(ProcessTable::with_capacity(1).unwrap());
+            let newcomer = (2..1_000u32)
+                .map(|n| n * 4)
+                .find(|&pid| home(pid, table.shift) == home(4, table.shift))
+                .unwrap();
+            let slot = home(4, table.shift);
+            table.slots[slot].write(4, 1, &[0; RECORD_WORDS], true);
+            let writer = {
+                let table = table.clone();
+                loom::thread::spawn(move || {
+                    table.slots[slot].write(TOMBSTONE, 0, &[0; RECORD_WORDS], false);
+                    table.slots[slot].write(newcomer, 1, &[0; RECORD_WORDS], false);
+                })
+            };
+            assert!(
+                !matches!(table.protection(4), Protection::Unprotected),
+                "pid 4 read as unprotected"
+            );
+            writer.join().unwrap();
+            assert!(matches!(
+                table.protection(newcomer),
+                Protection::Unprotected
+            ));
         });
     }
 
