@@ -111,7 +111,9 @@ impl AuditRing {
     }
 
     /// Appends a record built by `fill` from its sequence number. Lock-free;
-    /// never blocks, never allocates.
+    /// never blocks, never allocates. Inlined into the callbacks, which
+    /// append on every stripped request.
+    #[inline(always)]
     pub fn append(&self, fill: impl Fn(u64) -> [u64; RECORD_WORDS]) -> Append {
         let mut discarded = false;
         let mut position = self.enqueue.load(Ordering::Relaxed);

@@ -24,7 +24,7 @@
 use core::sync::atomic::Ordering;
 
 use procguard_policy::{Exemption, HandleRequest, ObjectKind, Operation, ProcessRecord};
-use procguard_protocol::{AuditMode, AuditObject, AuditRecord};
+use procguard_protocol::{audit_record, AuditMode, AuditObject, AuditRecord};
 
 use crate::driver_state::DriverState;
 use crate::ffi::{ntddk, PEPROCESS, PVOID};
@@ -90,30 +90,6 @@ fn resolve(requester: Requester) -> (u32, PEPROCESS) {
     }
 }
 
-/// The part of process `pid`'s record (`process`) that the decision reads,
-/// under `generation`: from the table (`stored`) if the entry's creation key
-/// matches the process's, else from the process classified now (PASSIVE
-/// only), else from the policy's unknown-process record (`part` takes the
-/// part out of a whole record).
-#[inline(always)]
-fn record_of<P>(
-    state: &DriverState,
-    generation: &Generation,
-    pid: u32,
-    process: PEPROCESS,
-    stored: impl FnOnce(&Generation, u32) -> Option<(u64, P)>,
-    part: impl FnOnce(&ProcessRecord) -> P,
-) -> P {
-    // SAFETY: `process` is the target or requester object of this callback.
-    let key = unsafe { process_identity::creation_key(process) };
-    if let Some((stored_key, record)) = stored(generation, pid) {
-        if stored_key == key {
-            return record;
-        }
-    }
-    part(&record_not_in_table(state, generation, pid, process, key))
-}
-
 /// The record of a process the table has no (current) entry for: classified
 /// now at PASSIVE_LEVEL, else the policy's unknown-process record. Rare, so
 /// out of line: the callbacks' path keeps fewer registers live.
@@ -142,31 +118,51 @@ fn record_not_in_table(
 
 /// Decides `request`, whose target the process table did not clear
 /// (`ProcessTable::protection`); returns the access to leave in
-/// `DesiredAccess` (a subset of `request.desired_access`).
+/// `DesiredAccess` (a subset of `request.desired_access`). Always inlined,
+/// as is all it calls on the path of a stripped request: each of the two
+/// callbacks carries its own copy (see `object_callbacks.rs`), and a call
+/// would cost a frame and spilled arguments.
+#[inline(always)]
 pub fn decide(state: &DriverState, generation: &Generation, request: &ObservedRequest) -> u32 {
     let desired = request.desired_access;
-    let target = record_of(
-        state,
-        generation,
+    // Each record part comes from the table if the entry's creation key
+    // matches the process object's, else from `record_not_in_table`.
+    let target_process = target_process(request);
+    // SAFETY: the target process object of this callback.
+    let target_key = unsafe { process_identity::creation_key(target_process) };
+    let target = match generation.target_record(
         request.target_pid,
-        target_process(request),
-        |generation, pid| {
-            generation.target_record(pid, request.target_slot, request.object, request.operation)
-        },
-        |record| record.target_part(request.object, request.operation),
-    );
+        request.target_slot,
+        request.object,
+        request.operation,
+    ) {
+        Some((key, part)) if key == target_key => part,
+        _ => record_not_in_table(
+            state,
+            generation,
+            request.target_pid,
+            target_process,
+            target_key,
+        )
+        .target_part(request.object, request.operation),
+    };
     if !target.is_protected() {
         return desired;
     }
     let (requester_pid, requester_process) = resolve(request.requester);
-    let requester = record_of(
-        state,
-        generation,
-        requester_pid,
-        requester_process,
-        Generation::requester_record,
-        ProcessRecord::requester_part,
-    );
+    // SAFETY: the requester process object of this callback.
+    let requester_key = unsafe { process_identity::creation_key(requester_process) };
+    let requester = match generation.requester_record(requester_pid) {
+        Some((key, part)) if key == requester_key => part,
+        _ => record_not_in_table(
+            state,
+            generation,
+            requester_pid,
+            requester_process,
+            requester_key,
+        )
+        .requester_part(),
+    };
     let decision = generation.policy.decide_parts(
         target,
         requester,
@@ -207,6 +203,8 @@ pub fn decide(state: &DriverState, generation: &Generation, request: &ObservedRe
     access
 }
 
+/// Appends the audit record of a decision (inlined: see [`decide`]).
+#[inline(always)]
 fn append_audit_record(
     state: &DriverState,
     request: &ObservedRequest,
@@ -239,31 +237,36 @@ fn append_audit_record(
         }
         ObjectKind::Process => 0,
     };
+    // Built before a ring cell is claimed; the ring's sequence number goes
+    // into its word once it is.
+    let words = AuditRecord {
+        sequence: 0,
+        timestamp,
+        object: match request.object {
+            ObjectKind::Process => AuditObject::Process,
+            ObjectKind::Thread => AuditObject::Thread,
+        },
+        duplication,
+        process_id: request.target_pid,
+        thread_id,
+        originator_process_id: originator_pid,
+        originator_thread_id: originator_tid,
+        source_process_id: source_pid,
+        target_process_id: if duplication { requester_pid } else { 0 },
+        original_desired_access: request.desired_access,
+        desired_access: access,
+        result_code: 0,
+        rule_id: rule.map_or(audit_record::NO_RULE, u32::from),
+        mode: if stripped {
+            AuditMode::Enforce
+        } else {
+            AuditMode::Audit
+        },
+    }
+    .to_words();
     state.ring.append(|sequence| {
-        AuditRecord {
-            sequence,
-            timestamp,
-            object: match request.object {
-                ObjectKind::Process => AuditObject::Process,
-                ObjectKind::Thread => AuditObject::Thread,
-            },
-            duplication,
-            process_id: request.target_pid,
-            thread_id,
-            originator_process_id: originator_pid,
-            originator_thread_id: originator_tid,
-            source_process_id: source_pid,
-            target_process_id: if duplication { requester_pid } else { 0 },
-            original_desired_access: request.desired_access,
-            desired_access: access,
-            result_code: 0,
-            rule_id: rule.map_or(procguard_protocol::audit_record::NO_RULE, u32::from),
-            mode: if stripped {
-                AuditMode::Enforce
-            } else {
-                AuditMode::Audit
-            },
-        }
-        .to_words()
+        let mut words = words;
+        words[audit_record::SEQUENCE_WORD] = sequence;
+        words
     });
 }

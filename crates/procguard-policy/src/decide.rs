@@ -128,7 +128,10 @@ impl CompiledPolicy {
     /// The decision from the target's summary for `req`'s slot, its target
     /// entry mask and the requester's entry mask (both public forms unpack
     /// their records into these, each the cheapest way for its layout).
-    #[inline]
+    /// Always inlined: the driver's two callbacks (process and thread) each
+    /// carry a copy of the decision, and a call here would cost more than
+    /// the body (measured in tests/emulator/measure_instructions.py).
+    #[inline(always)]
     fn decide_summary(
         &self,
         summary: SlotSummary,

@@ -24,6 +24,9 @@ pub const AUDIT_RECORD_WORDS: usize = 8;
 pub const AUDIT_RECORD_BYTES: usize = AUDIT_RECORD_WORDS * 8;
 /// `rule_id` when no rule is named.
 pub const NO_RULE: u32 = u32::MAX;
+/// The word that holds `sequence` (a producer may build the other words
+/// before its sequence number is known, then set this one).
+pub const SEQUENCE_WORD: usize = 0;
 
 /// What the handle is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -230,6 +233,20 @@ mod tests {
             rule_id: 7,
             mode: AuditMode::Audit,
         }
+    }
+
+    #[test]
+    fn the_sequence_is_the_sequence_word_alone() {
+        let record = sample();
+        let mut words = record.to_words();
+        words[SEQUENCE_WORD] = 99;
+        assert_eq!(
+            AuditRecord::from_words(&words),
+            Ok(AuditRecord {
+                sequence: 99,
+                ..record
+            })
+        );
     }
 
     #[test]
