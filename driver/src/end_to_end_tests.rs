@@ -24,7 +24,7 @@ use crate::ffi::{
     OB_PRE_OPERATION_INFORMATION, OB_PRE_OPERATION_PARAMETERS, POBJECT_TYPE, PS_CREATE_NOTIFY_INFO,
     PVOID, REG_BINARY, STATUS_SUCCESS, UNICODE_STRING,
 };
-use crate::object_callbacks::pre_operation;
+use crate::object_callbacks::{process_pre_operation, thread_pre_operation};
 use crate::process_tracking::process_notify;
 
 static TURN: Mutex<()> = Mutex::new(());
@@ -164,8 +164,14 @@ impl Loaded {
             CallContext: core::ptr::null_mut(),
             Parameters: &raw mut parameters,
         };
+        // The object manager calls the callback registered for the type.
+        let callback = if object_type == FAKE_THREAD_TYPE {
+            thread_pre_operation
+        } else {
+            process_pre_operation
+        };
         // SAFETY: as the object manager calls it.
-        unsafe { pre_operation(self.context(), &raw mut info) };
+        unsafe { callback(self.context(), &raw mut info) };
         // SAFETY: DesiredAccess is the first field of both members.
         unsafe { parameters.CreateHandleInformation.DesiredAccess }
     }

@@ -343,9 +343,24 @@ def test_a_policy_with_many_rules_applies_each_rule_to_its_own_pid_only(kernel, 
 
 
 def test_requests_for_other_object_types_are_untouched(driver):
-    # Only PsProcessType/PsThreadType are registered, but the callback must
-    # not treat an unknown ObjectType as one of them.
+    # Each registered entry has its own callback (process, thread); neither
+    # treats an ObjectType other than its own as its type.
     other_object_type = driver.se.mem_alloc(0x100, tag="harness.OBJECT_TYPE.Other")
-    for object_type in (other_object_type, driver.ps_process_type_variable):
+    for object_type in (other_object_type, driver.ps_process_type_variable, driver.thread_object_type):
         result = open_process(driver, ALSO_PROTECTED, PROCESS_ALL_ACCESS, object_type=object_type)
-        assert result.desired_access == PROCESS_ALL_ACCESS, f"ObjectType {object_type:#x}"
+        assert result.desired_access == PROCESS_ALL_ACCESS, f"process entry, ObjectType {object_type:#x}"
+    # The control: with its own type, each entry strips.
+    assert open_process(driver, ALSO_PROTECTED, PROCESS_ALL_ACCESS).desired_access != PROCESS_ALL_ACCESS
+    for object_type in (None, other_object_type, driver.process_object_type):
+        result = driver.pre_operation(
+            operation=CREATE,
+            object_kind="thread",
+            target=driver.thread[ALSO_PROTECTED],
+            desired_access=0xFFFF,
+            current_pid=OTHER,
+            object_type=object_type,
+        )
+        if object_type is None:
+            assert result.desired_access != 0xFFFF, "the thread entry strips for a thread"
+        else:
+            assert result.desired_access == 0xFFFF, f"thread entry, ObjectType {object_type:#x}"
