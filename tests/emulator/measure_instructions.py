@@ -9,11 +9,18 @@ image: kernel API bodies run in Python and count only as the driver's
 
 Machine: 1,000 tracked processes (`proc<N>.exe`, enumerated at load) plus
 agent.exe (protected) and tool.exe (the requester). Policies: 1 rule
-(agent.exe) and 10,000 rules (agent.exe + 9,999 rules each naming a distinct
-image that does not run). Requests, both OpenProcess-style creates by
-tool.exe:
-  (a) PROCESS_TERMINATE on proc0.exe — matches nothing;
-  (b) PROCESS_TERMINATE | PROCESS_VM_READ on agent.exe — stripped and audited.
+(agent.exe's process and thread handles lose TERMINATE) and 10,000 rules
+(agent.exe + 9,999 rules each naming a distinct image that does not run).
+Requests, by tool.exe:
+  (a) OpenProcess(PROCESS_TERMINATE) of proc0.exe — matches nothing;
+  (b) OpenProcess(PROCESS_TERMINATE | PROCESS_VM_READ) of agent.exe —
+      stripped and audited;
+and the other shapes of both, each its own case: (a thread) OpenThread of a
+proc0.exe thread; (b thread) OpenThread(THREAD_TERMINATE |
+THREAD_GET_CONTEXT) of an agent.exe thread; (b duplicate) and (b thread
+duplicate): the same handles duplicated from tool.exe into tool.exe, the
+shapes with the most kernel calls (the receiver's and the source's ids for
+the audit record).
 The first call is reported separately from the steady state (the median of
 the following calls; they are all equal in practice).
 
@@ -36,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from kernel_harness import (  # noqa: E402
     OB_OPERATION_HANDLE_CREATE,
+    OB_OPERATION_HANDLE_DUPLICATE,
     KernelHarness,
     PolicyCompiler,
     image_path,
@@ -46,13 +54,14 @@ from kernel_harness import (  # noqa: E402
 REPO_ROOT = Path(__file__).resolve().parents[2]
 AGENT, TOOL = 1000, 2000
 PROCESS_TERMINATE, PROCESS_VM_READ = 0x1, 0x10
+THREAD_TERMINATE, THREAD_GET_CONTEXT = 0x1, 0x8
 STEADY_CALLS = 4
 
 AGENT_RULE = """[[rule]]
 name = "agent-no-kill"
 target = { name = "agent.exe" }
-objects = "process"
-strip = ["PROCESS_TERMINATE"]
+objects = "both"
+strip = ["PROCESS_TERMINATE", "THREAD_TERMINATE"]
 """
 
 
@@ -100,14 +109,44 @@ class PolicyFigures:
     cases: dict[str, CaseFigures]
 
 
-def _call(kernel: KernelHarness, target: int, access: int) -> CallFigures:
+@dataclass(frozen=True)
+class Case:
+    """One measured request shape, by tool.exe."""
+
+    name: str
+    kind: str  # "process" | "thread"
+    duplicate: bool
+    target_pid: int  # the process the handle is for
+    access: int
+    expected: int  # DesiredAccess after the callback
+
+    @property
+    def stripped(self) -> bool:
+        return self.expected != self.access
+
+
+# (a)/(b) are issue 4's two named requests; the others are their other shapes.
+CASES = (
+    Case("a", "process", False, 100_000, PROCESS_TERMINATE, PROCESS_TERMINATE),
+    Case("a thread", "thread", False, 100_000, THREAD_TERMINATE, THREAD_TERMINATE),
+    Case("b", "process", False, AGENT, PROCESS_TERMINATE | PROCESS_VM_READ, PROCESS_VM_READ),
+    Case("b thread", "thread", False, AGENT, THREAD_TERMINATE | THREAD_GET_CONTEXT, THREAD_GET_CONTEXT),
+    Case("b duplicate", "process", True, AGENT, PROCESS_TERMINATE | PROCESS_VM_READ, PROCESS_VM_READ),
+    Case("b thread duplicate", "thread", True, AGENT, THREAD_TERMINATE | THREAD_GET_CONTEXT, THREAD_GET_CONTEXT),
+)
+
+
+def _call(kernel: KernelHarness, case: Case, target: int) -> CallFigures:
+    tool = kernel.eprocess(TOOL)
+    duplicate = {"source_process": tool, "target_process": tool} if case.duplicate else {}
     measurement = kernel.measure(
         lambda: kernel.pre_operation(
-            operation=OB_OPERATION_HANDLE_CREATE,
-            object_kind="process",
+            operation=OB_OPERATION_HANDLE_DUPLICATE if case.duplicate else OB_OPERATION_HANDLE_CREATE,
+            object_kind=case.kind,
             target=target,
-            desired_access=access,
+            desired_access=case.access,
             current_pid=TOOL,
+            **duplicate,
         )
     )
     return CallFigures(
@@ -127,19 +166,17 @@ def measure_policy(driver_path: str, blob: bytes, rules: int, processes: int) ->
         kernel.new_process(100_000 + 4 * index, image_path(f"proc{index}.exe"))
     kernel.new_process(AGENT, image_path("agent.exe"))
     kernel.new_process(TOOL, image_path("tool.exe"))
+    threads = {pid: kernel.new_thread(pid) for pid in (100_000, AGENT)}
     started = time.monotonic()
     kernel.load()
     load_seconds = time.monotonic() - started
     tracked = next(line for line in kernel.trace_text().splitlines() if "rule(s) in force" in line)
     cases = {}
-    for case, target_pid, access in (
-        ("a", 100_000, PROCESS_TERMINATE),
-        ("b", AGENT, PROCESS_TERMINATE | PROCESS_VM_READ),
-    ):
-        target = kernel.eprocess(target_pid)
-        first = _call(kernel, target, access)
-        steady = [_call(kernel, target, access) for _ in range(STEADY_CALLS)]
-        cases[case] = CaseFigures(first, steady)
+    for case in CASES:
+        target = threads[case.target_pid] if case.kind == "thread" else kernel.eprocess(case.target_pid)
+        first = _call(kernel, case, target)
+        steady = [_call(kernel, case, target) for _ in range(STEADY_CALLS)]
+        cases[case.name] = CaseFigures(first, steady)
     kernel.unload()
     return PolicyFigures(rules, len(blob), load_seconds, tracked, cases)
 
@@ -156,7 +193,7 @@ def table(figures: dict[int, PolicyFigures]) -> str:
         "| case | rules | first call: instr / kernel calls | steady: instr / kernel calls | allocations | mutex | kernel calls (steady) |",
         "|---|---|---|---|---|---|---|",
     ]
-    for case in ("a", "b"):
+    for case in (case.name for case in CASES):
         for rules, policy in figures.items():
             figures_case = policy.cases[case]
             steady = figures_case.steady[-1]
