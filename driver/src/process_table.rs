@@ -8,7 +8,9 @@
 //! reader never waits on a writer for more than [`READ_RETRIES`] attempts
 //! (writers hold a slot for a few stores, at DISPATCH_LEVEL in the kernel, so
 //! they cannot be preempted mid-write); past that the read reports nothing
-//! and the caller falls back as for a process missing from the table.
+//! and the caller falls back as for a process missing from the table. The
+//! callbacks' common case needs only a slot's pid and protected flag, which
+//! share one atomic word: it reads that word alone, without the sequence lock.
 //!
 //! Writers (process creation and exit, enumeration) are serialised by the
 //! caller. Removed entries leave tombstones; the table is rebuilt (a fresh
@@ -117,7 +119,7 @@ pub enum InsertError {
 /// [`Slot::head`]'s bit for [`Entry::protected`].
 const PROTECTED: u64 = 1 << 32;
 
-/// A slot's head word: the pid in the low half, the flags in the high half.
+/// A slot's head word: the pid in the low half, [`PROTECTED`] above it.
 fn head_word(pid: u32, protected: bool) -> u64 {
     u64::from(pid) | if protected { PROTECTED } else { 0 }
 }
