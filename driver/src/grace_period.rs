@@ -219,15 +219,22 @@ mod loom_tests {
     use loom::sync::atomic::AtomicUsize;
     use loom::sync::Arc;
 
-    /// Every interleaving of one reader and one writer that publishes, waits
-    /// for a grace period and retires: the reader never observes the retired
-    /// version as current-and-freed.
+    /// Every interleaving of one reader and one writer that publishes twice,
+    /// waiting for a grace period and retiring the previous version each
+    /// time: the reader never uses a retired version. Two publications,
+    /// because a reader that registers under a stale epoch is only missed
+    /// by the *second* grace period (without `read`'s second epoch load,
+    /// this model fails; tried).
     #[test]
     fn publication_then_grace_period_protects_readers() {
         loom::model(|| {
             let grace = Arc::new(GracePeriod::new());
             let current = Arc::new(AtomicUsize::new(0));
-            let freed = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
+            let freed = Arc::new([
+                AtomicUsize::new(0),
+                AtomicUsize::new(0),
+                AtomicUsize::new(0),
+            ]);
             let reader = {
                 let (grace, current, freed) = (grace.clone(), current.clone(), freed.clone());
                 loom::thread::spawn(move || {
@@ -236,9 +243,11 @@ mod loom_tests {
                     assert_eq!(freed[version].load(Ordering::SeqCst), 0, "use after free");
                 })
             };
-            current.store(1, Ordering::SeqCst);
-            grace.synchronize(loom::thread::yield_now);
-            freed[0].store(1, Ordering::SeqCst);
+            for version in 1..=2 {
+                current.store(version, Ordering::SeqCst);
+                grace.synchronize(loom::thread::yield_now);
+                freed[version - 1].store(1, Ordering::SeqCst);
+            }
             reader.join().unwrap();
         });
     }
