@@ -6,11 +6,12 @@
 //! own callback: the same code, compiled once per object type so the object
 //! kind is a constant in each (measured: 27 instructions fewer on a stripped
 //! request than one callback that tells the types apart at run time). A
-//! callback runs at PASSIVE or APC level in the requester's thread, with normal kernel
-//! APCs disabled: it reads the request, asks `handle_decision::decide`, and
-//! writes the (never larger) access mask back. It takes no lock, does not
-//! block and touches no paged memory; it allocates only in the rare PASSIVE
-//! fallback `handle_decision.rs` documents.
+//! callback runs at PASSIVE or APC level in the requester's thread, with
+//! normal kernel APCs disabled: it reads the request, asks
+//! `handle_decision::decide`, and writes the (never larger) access mask
+//! back. It takes no lock, does not block and touches no paged memory; it
+//! allocates only in the rare PASSIVE fallback `handle_decision.rs`
+//! documents.
 
 use core::ptr;
 use core::sync::atomic::Ordering;
