@@ -57,6 +57,11 @@ const TEST: &[Requirement] = &[
         package: "mingw-w64-x86-64-dev",
         why: "DDK headers of the layout check",
     },
+    Requirement {
+        path: "/usr/lib/wine/wine64",
+        package: "wine64",
+        why: "runs procguardctl.exe and procguard-smoke.exe (tests/wine)",
+    },
 ];
 
 /// Installs whatever the build (and, with `for_tests`, the tests) lack.

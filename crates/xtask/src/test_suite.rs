@@ -9,7 +9,8 @@
 //!    the driver's lock-free protocols;
 //! 3. the package (README command 1: build, structural checks, signature);
 //! 4. pytest: structural tests of the package (`tests/package`) and the
-//!    emulator suite, the packaged `.sys` run in Speakeasy (`tests/emulator`).
+//!    emulator suite, the packaged `.sys` run in Speakeasy (`tests/emulator`);
+//!    the packaged `.exe` programs run under Wine (`tests/wine`).
 
 use std::path::Path;
 use std::process::Command;
@@ -211,6 +212,22 @@ pub fn run(root: &Path) -> Result<(), String> {
                 pytest.env("PROCGUARD_SYS", path);
             }
             status_of(pytest, "pytest tests/emulator")
+        },
+    );
+    step(
+        "Windows programs under Wine (pytest tests/wine)",
+        &mut || {
+            let python = python_env(root)?;
+            let mut pytest = Command::new(python);
+            pytest.current_dir(root).args([
+                "-m",
+                "pytest",
+                "tests/wine",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+            ]);
+            status_of(pytest, "pytest tests/wine")
         },
     );
 
