@@ -90,18 +90,22 @@ def wine():
     # A server this prefix still has from an interrupted run goes first.
     subprocess.run([str(WINESERVER), "--kill"], env=env, capture_output=True, timeout=60)
     subprocess.run([str(WINESERVER), "--persistent"], env=env, check=True, timeout=60)
-    if not (PREFIX / "system.reg").exists():
-        # A fresh prefix: ~10 s headless (no window, no installer prompt).
-        code, out, err = run([str(WINE), "wineboot", "--init"], REPO, env)
-        # (The registry files are written when the server exits.)
-        made = (PREFIX / "drive_c" / "windows" / "system32").is_dir()
-        assert code == 0 and made, f"wineboot failed ({code}):\n{out}{err}"
-    # Boots the prefix's services (and the service manager the driver
-    # commands ask) now, outside any test's timing.
-    run([str(WINE), packaged("procguardctl.exe"), "status"], REPO, env)
+    try:
+        if not (PREFIX / "system.reg").exists():
+            # A fresh prefix: ~10 s headless (no window, no installer prompt).
+            code, out, err = run([str(WINE), "wineboot", "--init"], REPO, env)
+            # (The registry files are written when the server exits.)
+            made = (PREFIX / "drive_c" / "windows" / "system32").is_dir()
+            assert code == 0 and made, f"wineboot failed ({code}):\n{out}{err}"
+        # Boots the prefix's services (and the service manager the driver
+        # commands ask) now, outside any test's timing.
+        run([str(WINE), packaged("procguardctl.exe"), "status"], REPO, env)
+    except BaseException:
+        subprocess.run([str(WINESERVER), "--kill"], env=env, capture_output=True, timeout=60)
+        raise
     yield lambda args, cwd: run([str(WINE), *map(str, args)], cwd, env)
     # The wineserver of this prefix (and only it) stops with the session.
-    subprocess.run([str(WINESERVER), "-k"], env=env, capture_output=True, timeout=60)
+    subprocess.run([str(WINESERVER), "--kill"], env=env, capture_output=True, timeout=60)
 
 
 @pytest.fixture(scope="session")
@@ -139,6 +143,8 @@ def workdir(tmp_path):
     (tmp_path / "syntax-error-crlf.toml").write_bytes(syntax_error.replace(b"\n", b"\r\n"))
     example = (tmp_path / EXAMPLE).read_bytes()
     (tmp_path / "example-bom-crlf.toml").write_bytes(b"\xef\xbb\xbf" + example.replace(b"\n", b"\r\n"))
+    # A file name with a space and a letter outside ASCII.
+    shutil.copy(tmp_path / "bad-values.toml", tmp_path / "Agënt policy.toml")
     return tmp_path
 
 
@@ -186,6 +192,7 @@ OFFLINE = [
     ("check-warnings", ["check", "warnings.toml"], EXIT_OK),
     ("check-warnings-denied", ["check", "--deny-warnings", "warnings.toml"], EXIT_WARNINGS),
     ("check-errors-beat-denied-warnings", ["check", "--deny-warnings", "bad-values.toml"], EXIT_ERROR),
+    ("check-non-ascii-name", ["check", "Agënt policy.toml"], EXIT_ERROR),
     ("check-missing-file", ["check", "no-such-file.toml"], EXIT_ERROR),
     ("compile-invalid", ["compile", "bad-selectors.toml", "-o", "invalid.bin"], EXIT_ERROR),
     ("explain-taskmgr-kills-agent", ["explain", "--policy", EXAMPLE, "--requester", TASKMGR,
@@ -234,7 +241,6 @@ def test_compile_writes_the_same_blob_as_the_host_build(wine, host, workdir):
     assert windows == (linux[0], linux[1].replace("linux.bin", "windows.bin"), linux[2])
     blob = (workdir / "windows.bin").read_bytes()
     assert blob == (workdir / "linux.bin").read_bytes()
-    # The blob check and the example's id agree: the same policy, compiled.
     assert f"{len(blob)} bytes" in windows[1]
 
 
@@ -249,6 +255,17 @@ def test_check_reports_line_and_column_under_windows(wine, workdir):
     code, out, err = wine([packaged("procguardctl.exe"), "check", "syntax-error-crlf.toml"], workdir)
     assert (code, out) == (EXIT_ERROR, "")
     assert err.startswith("syntax-error-crlf.toml:5:1: error: TOML syntax error: "), err
+
+
+def test_check_takes_a_windows_path(wine, host, workdir):
+    """`procguardctl check C:\\...\\policy.toml`, as typed on Windows (Wine's
+    Z: drive is the Linux root)."""
+    path = "Z:" + str(workdir / EXAMPLE).replace("/", "\\")
+    code, out, err = wine([packaged("procguardctl.exe"), "check", path], workdir.parent)
+    assert (code, err) == (EXIT_OK, ""), err
+    linux = host("procguardctl", ["check", EXAMPLE], workdir)
+    assert linux[0] == EXIT_OK and linux[1].startswith(f"{EXAMPLE}: ok: 4 rules")
+    assert out == linux[1].replace(EXAMPLE, path, 1)
 
 
 DRIVER_COMMANDS = [
