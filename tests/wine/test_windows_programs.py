@@ -145,6 +145,12 @@ def workdir(tmp_path):
     (tmp_path / "example-bom-crlf.toml").write_bytes(b"\xef\xbb\xbf" + example.replace(b"\n", b"\r\n"))
     # A file name with a space and a letter outside ASCII.
     shutil.copy(tmp_path / "bad-values.toml", tmp_path / "Agënt policy.toml")
+    # Written by Windows PowerShell 5.1 (`>`, Out-File): UTF-16LE with a mark.
+    powershell = "\ufeff" + example.decode().replace("\n", "\r\n")
+    (tmp_path / "example-utf16.toml").write_bytes(powershell.encode("utf-16-le"))
+    # Saved in an ANSI code page (Windows-1252): not UTF-8 from line 3 on.
+    ansi = "# Contoso Agent\n[[rule]]\nname = \"agënt\"\ntarget = { name = \"agent.exe\" }\nstrip = [\"no-kill\"]\n"
+    (tmp_path / "ansi.toml").write_bytes(ansi.encode("cp1252"))
     return tmp_path
 
 
@@ -184,6 +190,8 @@ OFFLINE = [
     ("check-example", ["check", EXAMPLE], EXIT_OK),
     ("check-example-deny-warnings", ["check", "--deny-warnings", EXAMPLE], EXIT_OK),
     ("check-example-bom-crlf", ["check", "example-bom-crlf.toml"], EXIT_OK),
+    ("check-example-utf16", ["check", "example-utf16.toml"], EXIT_OK),
+    ("check-ansi", ["check", "ansi.toml"], EXIT_ERROR),
     ("check-syntax-error", ["check", "syntax-error.toml"], EXIT_ERROR),
     ("check-syntax-error-crlf", ["check", "syntax-error-crlf.toml"], EXIT_ERROR),
     ("check-bad-values", ["check", "bad-values.toml"], EXIT_ERROR),
@@ -242,6 +250,10 @@ def test_compile_writes_the_same_blob_as_the_host_build(wine, host, workdir):
     blob = (workdir / "windows.bin").read_bytes()
     assert blob == (workdir / "linux.bin").read_bytes()
     assert f"{len(blob)} bytes" in windows[1]
+    # The same policy saved by PowerShell 5.1 (UTF-16) compiles to the same blob.
+    code, _, err = wine([packaged("procguardctl.exe"), "compile", "example-utf16.toml", "-o", "utf16.bin"], workdir)
+    assert code == EXIT_OK, err
+    assert (workdir / "utf16.bin").read_bytes() == blob
 
 
 def test_compile_writes_nothing_for_an_invalid_policy(wine, workdir):

@@ -27,8 +27,47 @@ pub struct CompiledFile {
 }
 
 fn read(path: &Path) -> Result<String, Failure> {
-    std::fs::read_to_string(path)
-        .map_err(|error| Failure::error(format!("cannot read {}: {error}", path.display())))
+    let bytes = std::fs::read(path)
+        .map_err(|error| Failure::error(format!("cannot read {}: {error}", path.display())))?;
+    decode_text(&bytes).map_err(|problem| Failure::error(format!("{}: {problem}", path.display())))
+}
+
+/// A policy file's text: UTF-8 (with or without a byte order mark), or
+/// UTF-16 with its byte order mark, which is what Windows PowerShell 5.1
+/// writes with `>`, `Out-File` and `Set-Content -Encoding Unicode`.
+///
+/// # Errors
+/// What is wrong with the encoding, where, and what to do about it.
+pub fn decode_text(bytes: &[u8]) -> Result<String, String> {
+    let utf16 = |big_endian: bool, body: &[u8]| {
+        if !body.len().is_multiple_of(2) {
+            return Err("UTF-16 text with an odd number of bytes: save it as UTF-8".to_owned());
+        }
+        let units = body.chunks_exact(2).map(|pair| {
+            let pair = [pair[0], pair[1]];
+            if big_endian {
+                u16::from_be_bytes(pair)
+            } else {
+                u16::from_le_bytes(pair)
+            }
+        });
+        char::decode_utf16(units)
+            .collect::<Result<String, _>>()
+            .map_err(|_| "invalid UTF-16 text (an unpaired surrogate): save it as UTF-8".to_owned())
+    };
+    match bytes {
+        [0xFF, 0xFE, body @ ..] => utf16(false, body),
+        [0xFE, 0xFF, body @ ..] => utf16(true, body),
+        _ => String::from_utf8(bytes.to_vec()).map_err(|error| {
+            let valid = error.utf8_error().valid_up_to();
+            let line = 1 + bytes[..valid].iter().filter(|&&byte| byte == b'\n').count();
+            format!(
+                "line {line}: not UTF-8 text (byte {valid} is {:#04x}; an ANSI code page?): save \
+                 it as UTF-8",
+                bytes[valid]
+            )
+        }),
+    }
 }
 
 fn print_errors(path: &Path, errors: &TomlErrors, output: &mut Output<'_>) -> std::io::Result<()> {
@@ -266,4 +305,55 @@ pub fn explain(args: &ExplainArgs, output: &mut Output<'_>) -> Result<(), Failur
     let explanation = explain_request(&file.policy, &target, &requester, &request);
     write!(output.out, "{explanation}")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decode_text;
+
+    fn utf16(text: &str, big_endian: bool) -> Vec<u8> {
+        let mut bytes = if big_endian {
+            vec![0xFE, 0xFF]
+        } else {
+            vec![0xFF, 0xFE]
+        };
+        for unit in text.encode_utf16() {
+            bytes.extend(if big_endian {
+                unit.to_be_bytes()
+            } else {
+                unit.to_le_bytes()
+            });
+        }
+        bytes
+    }
+
+    #[test]
+    fn utf8_and_utf16_with_a_byte_order_mark_are_read() {
+        let text = "[[rule]]\r\nname = \"Agënt\"\r\n";
+        assert_eq!(decode_text(text.as_bytes()).as_deref(), Ok(text));
+        assert_eq!(decode_text(&utf16(text, false)).as_deref(), Ok(text));
+        assert_eq!(decode_text(&utf16(text, true)).as_deref(), Ok(text));
+        // The UTF-8 mark stays: the TOML parser skips it.
+        let marked = [&[0xEF, 0xBB, 0xBF][..], text.as_bytes()].concat();
+        assert_eq!(decode_text(&marked), Ok(format!("\u{feff}{text}")));
+    }
+
+    #[test]
+    fn other_encodings_are_refused_with_their_line() {
+        // Windows-1252 "ë" on line 2.
+        let ansi = b"[[rule]]\nname = \"Ag\xebnt\"\n";
+        let message = decode_text(ansi).unwrap_err();
+        assert!(
+            message.starts_with("line 2: not UTF-8 text (byte 19 is 0xeb;"),
+            "{message}"
+        );
+        assert!(
+            decode_text(&[0xFF, 0xFE, b'a']).is_err(),
+            "odd UTF-16 length"
+        );
+        assert!(
+            decode_text(&[0xFF, 0xFE, 0x00, 0xD8]).is_err(),
+            "unpaired surrogate"
+        );
+    }
 }
