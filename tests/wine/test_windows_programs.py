@@ -98,8 +98,9 @@ def wine():
             made = (PREFIX / "drive_c" / "windows" / "system32").is_dir()
             assert code == 0 and made, f"wineboot failed ({code}):\n{out}{err}"
         # Boots the prefix's services (and the service manager the driver
-        # commands ask) now, outside any test's timing.
-        run([str(WINE), packaged("procguardctl.exe"), "status"], REPO, env)
+        # commands ask) now, outside any test's timing, and removes the
+        # procguard service an interrupted run may have left.
+        run([str(WINE), "sc", "delete", "procguard"], REPO, env)
     except BaseException:
         subprocess.run([str(WINESERVER), "--kill"], env=env, capture_output=True, timeout=60)
         raise
@@ -299,6 +300,33 @@ def test_driver_commands_say_procguard_is_not_installed(wine, host, workdir, arg
     and what to install; the host build says it is not Windows (exit 3)."""
     assert wine([packaged("procguardctl.exe"), *args], workdir) == (EXIT_ERROR, "", NOT_INSTALLED)
     assert host("procguardctl", args, workdir) == (EXIT_UNSUPPORTED, "", NOT_WINDOWS)
+
+
+def test_with_the_service_but_no_device_the_driver_is_not_running(wine, workdir):
+    """A procguard service that is stopped (created with Wine's sc.exe, as the
+    INF would): procguardctl asks the service manager and says to start it;
+    the smoke test stops before changing anything."""
+    sc = ["sc", "create", "procguard", "type=", "kernel", "start=", "demand",
+          "binpath=", r"C:\windows\system32\drivers\procguard.sys"]
+    code, out, err = wine(sc, workdir)
+    assert code == 0, out + err
+    try:
+        message = (
+            "error: the procguard driver is not running (service state: stopped): start it with "
+            "`sc start procguard`\n"
+        )
+        for args in DRIVER_COMMANDS:
+            assert wine([packaged("procguardctl.exe"), *args], workdir) == (EXIT_ERROR, "", message), args
+        code, out, err = wine([packaged("procguard-smoke.exe")], PACKAGE)
+        assert (code, out) == (SMOKE_CANNOT_START, ""), err
+        assert err == (
+            "procguard-smoke: cannot start: the procguard driver cannot be reached (procguardctl status: "
+            "exit 1: " + message.rstrip("\n") + ")\n"
+        )
+    finally:
+        code, out, err = wine(["sc", "delete", "procguard"], workdir)
+        assert code == 0, out + err
+    assert wine([packaged("procguardctl.exe"), "status"], workdir) == (EXIT_ERROR, "", NOT_INSTALLED)
 
 
 SMOKE_OPTIONS = [
