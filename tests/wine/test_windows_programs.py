@@ -85,18 +85,21 @@ def wine():
         )
     env = wine_env()
     PREFIX.mkdir(parents=True, exist_ok=True)
-    # One server for the whole session (it would exit 3 s after each program
-    # and cost ~3 s to start again, with Wine's services, for the next one).
     # A server this prefix still has from an interrupted run goes first.
     subprocess.run([str(WINESERVER), "--kill"], env=env, capture_output=True, timeout=60)
+    if not (PREFIX / "system.reg").exists():
+        # A fresh prefix: ~15 s headless (no window, no installer prompt).
+        # Its server is let go (the registry is written when it exits): in a
+        # server kept running, the prefix's first program started a second
+        # service manager, and the two answered service queries in turn.
+        code, out, err = run([str(WINE), "wineboot", "--init"], REPO, env)
+        subprocess.run([str(WINESERVER), "--wait"], env=env, capture_output=True, timeout=120)
+        made = (PREFIX / "system.reg").exists()
+        assert code == 0 and made, f"wineboot failed ({code}):\n{out}{err}"
+    # One server for the whole session (it would exit 3 s after each program
+    # and cost ~3 s to start again, with Wine's services, for the next one).
     subprocess.run([str(WINESERVER), "--persistent"], env=env, check=True, timeout=60)
     try:
-        if not (PREFIX / "system.reg").exists():
-            # A fresh prefix: ~10 s headless (no window, no installer prompt).
-            code, out, err = run([str(WINE), "wineboot", "--init"], REPO, env)
-            # (The registry files are written when the server exits.)
-            made = (PREFIX / "drive_c" / "windows" / "system32").is_dir()
-            assert code == 0 and made, f"wineboot failed ({code}):\n{out}{err}"
         # Boots the prefix's services (and the service manager the driver
         # commands ask) now, outside any test's timing, and removes the
         # procguard service an interrupted run may have left.
