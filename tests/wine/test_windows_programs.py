@@ -5,12 +5,13 @@
 (`target/wine-prefix`). Every offline command (`--version`, `--help`,
 `check`, `compile`, `explain`, a bad command line), on the shipped example
 policy and on broken ones, must give the same exit code, stdout and stderr
-as the host build of procguardctl, and `compile` the same bytes: the only
-differences allowed are the two a real Windows gives too, applied to the
-host's output by `as_on_windows`. With no driver, every command that talks
-to it must say procguard is not installed (exit code 1), and the smoke test
-must stop before changing anything with its "cannot reach the driver" exit
-code 2.
+as the host build of procguardctl, and `compile` the same bytes. Two
+differences are allowed, applied to the host's output by `as_on_windows`:
+the program name clap prints (`procguardctl.exe`, as on Windows) and the
+system's text for an I/O error (Wine's own). With no driver, every command
+that talks to it must say procguard is not installed (or, with a stopped
+service, not running), exit code 1, and the smoke test must stop before
+changing anything with its "cannot reach the driver" exit code 2.
 
 Nothing is skipped: without wine64 (or the package) every test fails and
 says what to install or run.
