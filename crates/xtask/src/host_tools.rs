@@ -57,6 +57,16 @@ const TEST: &[Requirement] = &[
         package: "mingw-w64-x86-64-dev",
         why: "DDK headers of the layout check",
     },
+    Requirement {
+        path: "/usr/lib/llvm-14/lib/libclang.so",
+        package: "libclang-dev",
+        why: "bindgen of the WDK type-check's wdk-sys stand-in",
+    },
+    Requirement {
+        path: "/usr/bin/clang",
+        package: "clang",
+        why: "clang's own headers for that bindgen run",
+    },
 ];
 
 /// Installs whatever the build (and, with `for_tests`, the tests) lack.
