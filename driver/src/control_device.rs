@@ -17,7 +17,7 @@ use procguard_protocol::ioctl::{SetPolicyRequest, MAX_POLICY_BYTES};
 use crate::driver_state::DriverState;
 use crate::ffi::{
     call_unsafe_wdf_function_binding, _WDF_EXECUTION_LEVEL, _WDF_IO_QUEUE_DISPATCH_TYPE,
-    _WDF_SYNCHRONIZATION_SCOPE, _WDF_TRI_STATE, NTSTATUS, PVOID, PWDFDEVICE_INIT, SIZE_T,
+    _WDF_SYNCHRONIZATION_SCOPE, _WDF_TRI_STATE, NTSTATUS, PVOID, PWDFDEVICE_INIT,
     STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_DEVICE_REQUEST, STATUS_INVALID_PARAMETER, ULONG,
     WDFDEVICE, WDFDRIVER, WDFQUEUE, WDFREQUEST, WDF_IO_QUEUE_CONFIG, WDF_NO_OBJECT_ATTRIBUTES,
     WDF_OBJECT_ATTRIBUTES,
@@ -165,7 +165,8 @@ fn copy_input(request: WDFREQUEST, input_length: usize) -> Result<Vec<u8>, NTSTA
         return Err(STATUS_INVALID_PARAMETER);
     }
     let mut buffer: PVOID = ptr::null_mut();
-    let mut length: SIZE_T = 0;
+    // `size_t` in the WDF headers: `usize`.
+    let mut length: usize = 0;
     // SAFETY: a presented request; out pointers are locals.
     let status = unsafe {
         call_unsafe_wdf_function_binding!(
@@ -179,7 +180,6 @@ fn copy_input(request: WDFREQUEST, input_length: usize) -> Result<Vec<u8>, NTSTA
     if status < 0 {
         return Err(status);
     }
-    let length = usize::try_from(length).map_err(|_| STATUS_INVALID_PARAMETER)?;
     if buffer.is_null() || length > MAX_INPUT {
         return Err(STATUS_INVALID_PARAMETER);
     }
@@ -196,18 +196,15 @@ fn copy_input(request: WDFREQUEST, input_length: usize) -> Result<Vec<u8>, NTSTA
 pub(crate) unsafe extern "C" fn evt_io_device_control(
     _queue: WDFQUEUE,
     request: WDFREQUEST,
-    output_length: SIZE_T,
-    input_length: SIZE_T,
+    output_length: usize,
+    input_length: usize,
     code: ULONG,
 ) {
     let Some(state) = DriverState::global() else {
         complete(request, STATUS_INVALID_DEVICE_REQUEST, 0);
         return;
     };
-    let input = match usize::try_from(input_length)
-        .map_err(|_| STATUS_INVALID_PARAMETER)
-        .and_then(|length| copy_input(request, length))
-    {
+    let input = match copy_input(request, input_length) {
         Ok(input) => input,
         Err(status) => {
             complete(request, status, 0);
@@ -215,7 +212,7 @@ pub(crate) unsafe extern "C" fn evt_io_device_control(
         }
     };
     let mut buffer: PVOID = ptr::null_mut();
-    let mut length: SIZE_T = 0;
+    let mut length: usize = 0;
     if output_length > 0 {
         // SAFETY: a presented request; out pointers are locals.
         let status = unsafe {
@@ -232,7 +229,6 @@ pub(crate) unsafe extern "C" fn evt_io_device_control(
             return;
         }
     }
-    let length = usize::try_from(length).unwrap_or(0);
     let output: &mut [u8] = if buffer.is_null() || length == 0 {
         &mut []
     } else {

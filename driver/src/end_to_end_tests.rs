@@ -574,8 +574,8 @@ mod control_plane {
             evt_io_device_control(
                 core::ptr::null_mut(),
                 FAKE_REQUEST as _,
-                output_len as u64,
-                input.len() as u64,
+                output_len,
+                input.len(),
                 code,
             );
         }

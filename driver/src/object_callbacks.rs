@@ -18,11 +18,12 @@ use core::sync::atomic::Ordering;
 
 use crate::altitude::{register_with_retries, Altitude, RetryOutcome};
 use crate::driver_state::DriverState;
+use crate::ffi::_OB_PREOP_CALLBACK_STATUS::OB_PREOP_SUCCESS;
 use crate::ffi::{
-    ntddk, OB_CALLBACK_REGISTRATION, OB_FLT_REGISTRATION_VERSION, OB_OPERATION_HANDLE_CREATE,
-    OB_OPERATION_HANDLE_DUPLICATE, OB_OPERATION_REGISTRATION, OB_PREOP_CALLBACK_STATUS,
-    OB_PREOP_SUCCESS, OB_PRE_OPERATION_INFORMATION, PEPROCESS, POB_PRE_OPERATION_INFORMATION,
-    PVOID, STATUS_FLT_INSTANCE_ALTITUDE_COLLISION,
+    ntddk, PsProcessType, PsThreadType, OB_CALLBACK_REGISTRATION, OB_FLT_REGISTRATION_VERSION,
+    OB_OPERATION_HANDLE_CREATE, OB_OPERATION_HANDLE_DUPLICATE, OB_OPERATION_REGISTRATION,
+    OB_PREOP_CALLBACK_STATUS, OB_PRE_OPERATION_INFORMATION, PEPROCESS,
+    POB_PRE_OPERATION_INFORMATION, PVOID, STATUS_FLT_INSTANCE_ALTITUDE_COLLISION,
 };
 use crate::handle_decision::{self, ObservedRequest, Requester};
 use crate::policy_state::Generation;
@@ -56,15 +57,19 @@ impl Registration {
         base: &Altitude,
         retries: u32,
     ) -> Result<Self, (i32, Altitude)> {
+        // `PsProcessType` is already the `POBJECT_TYPE*` ObjectType wants (the
+        // address of the kernel's variable, as in C).
         let operations = [
             OB_OPERATION_REGISTRATION {
-                ObjectType: &raw mut ntddk::PsProcessType,
+                // SAFETY: reading the import slot the loader filled.
+                ObjectType: unsafe { PsProcessType },
                 Operations: OB_OPERATION_HANDLE_CREATE | OB_OPERATION_HANDLE_DUPLICATE,
                 PreOperation: Some(process_pre_operation),
                 PostOperation: None,
             },
             OB_OPERATION_REGISTRATION {
-                ObjectType: &raw mut ntddk::PsThreadType,
+                // SAFETY: as above.
+                ObjectType: unsafe { PsThreadType },
                 Operations: OB_OPERATION_HANDLE_CREATE | OB_OPERATION_HANDLE_DUPLICATE,
                 PreOperation: Some(thread_pre_operation),
                 PostOperation: None,
@@ -192,9 +197,12 @@ unsafe fn pre_operation(
     // anyway (two instructions) before the object is used as one.
     let target_pid = match object {
         ObjectKind::Process => {
-            // SAFETY: reading the kernel's object type variable (a plain load
-            // of data the kernel initialised before any driver loaded).
-            if info.ObjectType != unsafe { ntddk::PsProcessType } {
+            // SAFETY: reading the import slot the loader filled before the
+            // driver ran.
+            let process_type = unsafe { PsProcessType };
+            // SAFETY: the slot holds the address of the kernel's object type
+            // variable, initialised before any driver loaded.
+            if info.ObjectType != unsafe { *process_type } {
                 return OB_PREOP_SUCCESS;
             }
             // SAFETY: for PsProcessType, Object is the process being opened.
@@ -202,7 +210,9 @@ unsafe fn pre_operation(
         }
         ObjectKind::Thread => {
             // SAFETY: as above.
-            if info.ObjectType != unsafe { ntddk::PsThreadType } {
+            let thread_type = unsafe { PsThreadType };
+            // SAFETY: as above.
+            if info.ObjectType != unsafe { *thread_type } {
                 return OB_PREOP_SUCCESS;
             }
             // SAFETY: for PsThreadType, Object is the thread being opened.

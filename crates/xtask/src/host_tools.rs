@@ -58,6 +58,16 @@ const TEST: &[Requirement] = &[
         why: "DDK headers of the layout check",
     },
     Requirement {
+        path: "/usr/lib/llvm-14/lib/libclang.so",
+        package: "libclang-dev",
+        why: "bindgen of the WDK type-check's wdk-sys stand-in",
+    },
+    Requirement {
+        path: "/usr/bin/clang",
+        package: "clang",
+        why: "clang's own headers for that bindgen run",
+    },
+    Requirement {
         path: "/usr/lib/wine/wine64",
         package: "wine64",
         why: "runs procguardctl.exe and procguard-smoke.exe (tests/wine)",

@@ -5,6 +5,9 @@
 //!   and writes the package folder (`package/`).
 //! - `cargo xtask test`: everything `package` does, then formatting, lints,
 //!   docs, host tests and the emulator suite.
+//! - `cargo xtask wdk-typecheck`: the WDK build's two Linux checks alone
+//!   (`wdk-build` in `cargo metadata`; `--features wdk` type-checked against
+//!   the stand-ins in `tests/wdk-typecheck`).
 //! - `cargo xtask check-pe [--signed] FILE`: the structural checks alone.
 //! - `cargo xtask compile-policy POLICY.toml OUT.bin`: a TOML policy to the
 //!   blob the driver reads (errors with line and column; lint warnings).
@@ -22,6 +25,7 @@ mod package;
 mod pe_check;
 mod signing;
 mod test_suite;
+mod wdk_typecheck;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -35,7 +39,7 @@ fn repo_root() -> PathBuf {
 }
 
 const USAGE: &str =
-    "usage: cargo xtask <package | test | check-pe [--signed] FILE | compile-policy POLICY.toml OUT.bin | catalog OUT.cat FILE...>";
+    "usage: cargo xtask <package | test | wdk-typecheck | check-pe [--signed] FILE | compile-policy POLICY.toml OUT.bin | catalog OUT.cat FILE...>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -48,6 +52,9 @@ fn main() -> ExitCode {
     {
         ["package"] => package::run(&root).map(|_| ()),
         ["test"] => test_suite::run(&root),
+        ["wdk-typecheck"] => {
+            wdk_typecheck::metadata_lists_wdk_build(&root).and_then(|()| wdk_typecheck::run(&root))
+        }
         ["check-pe", file] => {
             pe_check::check_file(Path::new(file), false).map(|report| println!("{report}"))
         }

@@ -7,8 +7,11 @@
 //!    IOCTL dispatcher, the policy
 //!    benchmarks checked against their targets, and the loom model checks of
 //!    the driver's lock-free protocols;
-//! 3. the package (README command 1: build, structural checks, signature);
-//! 4. pytest: structural tests of the package (`tests/package`) and the
+//! 3. the WDK build: `wdk-build` visible to `cargo metadata`, and the driver's
+//!    `wdk` feature type-checked against stand-ins of the windows-drivers-rs
+//!    crates (`tests/wdk-typecheck`);
+//! 4. the package (README command 1: build, structural checks, signature);
+//! 5. pytest: structural tests of the package (`tests/package`) and the
 //!    emulator suite, the packaged `.sys` run in Speakeasy (`tests/emulator`);
 //!    the packaged `.exe` programs run under Wine (`tests/wine`).
 
@@ -16,7 +19,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use crate::{host_tools, package};
+use crate::{host_tools, package, wdk_typecheck};
 
 struct Step {
     name: &'static str,
@@ -188,6 +191,12 @@ pub fn run(root: &Path) -> Result<(), String> {
         loom.env("RUSTFLAGS", "--cfg loom")
             .env("LOOM_MAX_PREEMPTIONS", "3");
         status_of(loom, "cargo test (loom)")
+    });
+    step("wdk-build visible to cargo metadata", &mut || {
+        wdk_typecheck::metadata_lists_wdk_build(root)
+    });
+    step("WDK build type-check (stand-in wdk crates)", &mut || {
+        wdk_typecheck::run(root)
     });
     let mut sys = None;
     step("package (README command 1)", &mut || {

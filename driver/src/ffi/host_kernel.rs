@@ -36,9 +36,6 @@ pub fn fake_thread(owner_pid: u32) -> PETHREAD {
     (FAKE_THREAD_BASE + owner_pid as usize * 16) as PETHREAD
 }
 
-pub static mut PsProcessType: POBJECT_TYPE = FAKE_PROCESS_TYPE as POBJECT_TYPE;
-pub static mut PsThreadType: POBJECT_TYPE = FAKE_THREAD_TYPE as POBJECT_TYPE;
-
 /// What one `ObRegisterCallbacks` call was given.
 #[derive(Debug, Clone)]
 pub struct RecordedRegistration {
@@ -727,9 +724,9 @@ pub unsafe fn WdfObjectDelete(Object: WDFOBJECT) {
 }
 
 fn retrieve(
-    MinimumRequiredSize: SIZE_T,
+    MinimumRequiredSize: usize,
     Buffer: *mut PVOID,
-    Length: *mut SIZE_T,
+    Length: *mut usize,
     input: bool,
 ) -> NTSTATUS {
     with_host(|host| {
@@ -742,7 +739,7 @@ fn retrieve(
             request.output_length
         };
         // The framework refuses a zero-length buffer, and one under the minimum.
-        if length == 0 || (length as u64) < MinimumRequiredSize {
+        if length == 0 || length < MinimumRequiredSize {
             return STATUS_BUFFER_TOO_SMALL;
         }
         // SAFETY: valid out pointers from the driver; the buffer outlives the request.
@@ -750,25 +747,25 @@ fn retrieve(
             *Buffer = request.system_buffer.as_mut_ptr().cast();
         }
         // SAFETY: as above.
-        unsafe { *Length = length as u64 };
+        unsafe { *Length = length };
         STATUS_SUCCESS
     })
 }
 
 pub unsafe fn WdfRequestRetrieveInputBuffer(
     _Request: WDFREQUEST,
-    MinimumRequiredSize: SIZE_T,
+    MinimumRequiredSize: usize,
     Buffer: *mut PVOID,
-    Length: *mut SIZE_T,
+    Length: *mut usize,
 ) -> NTSTATUS {
     retrieve(MinimumRequiredSize, Buffer, Length, true)
 }
 
 pub unsafe fn WdfRequestRetrieveOutputBuffer(
     _Request: WDFREQUEST,
-    MinimumRequiredSize: SIZE_T,
+    MinimumRequiredSize: usize,
     Buffer: *mut PVOID,
-    Length: *mut SIZE_T,
+    Length: *mut usize,
 ) -> NTSTATUS {
     retrieve(MinimumRequiredSize, Buffer, Length, false)
 }

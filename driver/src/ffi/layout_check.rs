@@ -272,7 +272,10 @@ fn kernel_constants() -> Vec<(&'static str, i64)> {
             "OB_OPERATION_HANDLE_DUPLICATE",
             OB_OPERATION_HANDLE_DUPLICATE.into(),
         ),
-        ("OB_PREOP_SUCCESS", OB_PREOP_SUCCESS.into()),
+        (
+            "OB_PREOP_SUCCESS",
+            _OB_PREOP_CALLBACK_STATUS::OB_PREOP_SUCCESS.into(),
+        ),
         ("OBJ_CASE_INSENSITIVE", OBJ_CASE_INSENSITIVE.into()),
         ("OBJ_KERNEL_HANDLE", OBJ_KERNEL_HANDLE.into()),
         ("KEY_READ", KEY_READ.into()),

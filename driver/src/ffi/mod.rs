@@ -12,18 +12,22 @@
 //! Every other module of the driver uses `crate::ffi::*` and is ignorant of
 //! which build it is in.
 
+// Also brings in wdk-sys's `#[macro_export]` `call_unsafe_wdf_function_binding!`.
 #[cfg(feature = "wdk")]
 pub use wdk_sys::*;
-
-#[cfg(feature = "wdk")]
-pub(crate) use wdk_sys::call_unsafe_wdf_function_binding;
 
 #[cfg(not(feature = "wdk"))]
 pub mod types;
 #[cfg(not(feature = "wdk"))]
 pub use types::*;
 
-/// Kernel functions and data exported by `ntoskrnl.exe` (cross build).
+// `PsProcessType`/`PsThreadType` at the root, as wdk-sys has them.
+#[cfg(not(feature = "wdk"))]
+mod kernel_variables;
+#[cfg(not(feature = "wdk"))]
+pub use kernel_variables::{PsProcessType, PsThreadType};
+
+/// Kernel functions exported by `ntoskrnl.exe` (cross build).
 #[cfg(all(not(feature = "wdk"), target_os = "windows"))]
 #[path = "ntoskrnl_imports.rs"]
 pub mod ntddk;

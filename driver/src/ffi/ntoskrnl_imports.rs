@@ -1,7 +1,8 @@
 //! Imports from `ntoskrnl.exe` for the cross build, declared as `wdk-sys`
 //! declares them (`wdk_sys::ntddk`). `raw-dylib` makes rustc emit the import
-//! descriptors itself, so no import library is needed, and data exports
-//! (`PsProcessType`) are imported through their `__imp_` slot as they must be.
+//! descriptors itself, so no import library is needed. The data exports
+//! (`PsProcessType`, `PsThreadType`) are not here: wdk-sys has them at the
+//! root, see `kernel_variables.rs`.
 #![allow(non_snake_case, missing_docs, clippy::upper_case_acronyms)]
 
 use super::types::*;
@@ -87,7 +88,4 @@ extern "C" {
         Alertable: BOOLEAN,
         Interval: PLARGE_INTEGER,
     ) -> NTSTATUS;
-
-    pub static mut PsProcessType: POBJECT_TYPE;
-    pub static mut PsThreadType: POBJECT_TYPE;
 }

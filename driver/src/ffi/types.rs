@@ -212,7 +212,13 @@ pub type PDRIVER_OBJECT = *mut DRIVER_OBJECT;
 // ----------------------------------------------------------- object callbacks
 
 pub type OB_OPERATION = ULONG;
-pub type OB_PREOP_CALLBACK_STATUS = i32;
+/// `_OB_PREOP_CALLBACK_STATUS` (a C enum: bindgen makes it a module of
+/// constants, `OB_PREOP_SUCCESS` included, and the typedef an alias of `Type`).
+pub mod _OB_PREOP_CALLBACK_STATUS {
+    pub type Type = i32;
+    pub const OB_PREOP_SUCCESS: Type = 0;
+}
+pub use self::_OB_PREOP_CALLBACK_STATUS::Type as OB_PREOP_CALLBACK_STATUS;
 
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
@@ -337,16 +343,18 @@ pub type ULONG_PTR = u64;
 
 pub type PFN_WDF_IO_QUEUE_IO_DEFAULT =
     Option<unsafe extern "C" fn(Queue: WDFQUEUE, Request: WDFREQUEST)>;
+// The WDF headers declare these lengths `size_t` (not `SIZE_T`): bindgen
+// makes `size_t` Rust's `usize`, `SIZE_T` (ULONG_PTR) a `u64`.
 pub type PFN_WDF_IO_QUEUE_IO_READ =
-    Option<unsafe extern "C" fn(Queue: WDFQUEUE, Request: WDFREQUEST, Length: SIZE_T)>;
+    Option<unsafe extern "C" fn(Queue: WDFQUEUE, Request: WDFREQUEST, Length: usize)>;
 pub type PFN_WDF_IO_QUEUE_IO_WRITE =
-    Option<unsafe extern "C" fn(Queue: WDFQUEUE, Request: WDFREQUEST, Length: SIZE_T)>;
+    Option<unsafe extern "C" fn(Queue: WDFQUEUE, Request: WDFREQUEST, Length: usize)>;
 pub type PFN_WDF_IO_QUEUE_IO_DEVICE_CONTROL = Option<
     unsafe extern "C" fn(
         Queue: WDFQUEUE,
         Request: WDFREQUEST,
-        OutputBufferLength: SIZE_T,
-        InputBufferLength: SIZE_T,
+        OutputBufferLength: usize,
+        InputBufferLength: usize,
         IoControlCode: ULONG,
     ),
 >;
@@ -454,6 +462,20 @@ pub type PFN_WDF_DRIVER_UNLOAD = Option<unsafe extern "C" fn(Driver: WDFDRIVER)>
 pub type PFN_WDF_OBJECT_CONTEXT_CLEANUP = Option<unsafe extern "C" fn(Object: WDFOBJECT)>;
 pub type PFN_WDF_OBJECT_CONTEXT_DESTROY = Option<unsafe extern "C" fn(Object: WDFOBJECT)>;
 
+/// `WDF_OBJECT_CONTEXT_TYPE_INFO` (procguard declares no context type).
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct _WDF_OBJECT_CONTEXT_TYPE_INFO {
+    pub Size: ULONG,
+    pub ContextName: PCSTR,
+    pub ContextSize: usize,
+    pub UniqueType: PCWDF_OBJECT_CONTEXT_TYPE_INFO,
+    pub EvtDriverGetUniqueContextType: PFN_GET_UNIQUE_CONTEXT_TYPE,
+}
+pub type PCWDF_OBJECT_CONTEXT_TYPE_INFO = *const _WDF_OBJECT_CONTEXT_TYPE_INFO;
+pub type PFN_GET_UNIQUE_CONTEXT_TYPE =
+    Option<unsafe extern "C" fn() -> PCWDF_OBJECT_CONTEXT_TYPE_INFO>;
+
 #[repr(C)]
 #[derive(Debug, Copy, Clone, Default)]
 pub struct _WDF_DRIVER_CONFIG {
@@ -475,8 +497,8 @@ pub struct _WDF_OBJECT_ATTRIBUTES {
     pub ExecutionLevel: i32,
     pub SynchronizationScope: i32,
     pub ParentObject: WDFOBJECT,
-    pub ContextSizeOverride: SIZE_T,
-    pub ContextTypeInfo: PVOID,
+    pub ContextSizeOverride: usize,
+    pub ContextTypeInfo: PCWDF_OBJECT_CONTEXT_TYPE_INFO,
 }
 pub type WDF_OBJECT_ATTRIBUTES = _WDF_OBJECT_ATTRIBUTES;
 
@@ -491,7 +513,7 @@ impl Default for _WDF_OBJECT_ATTRIBUTES {
             SynchronizationScope: 0,
             ParentObject: core::ptr::null_mut(),
             ContextSizeOverride: 0,
-            ContextTypeInfo: core::ptr::null_mut(),
+            ContextTypeInfo: core::ptr::null(),
         }
     }
 }
@@ -548,7 +570,6 @@ pub const STATUS_FLT_INSTANCE_ALTITUDE_COLLISION: NTSTATUS = 0xC01C_0011_u32 as 
 pub const OB_FLT_REGISTRATION_VERSION: u32 = 0x0100;
 pub const OB_OPERATION_HANDLE_CREATE: u32 = 1;
 pub const OB_OPERATION_HANDLE_DUPLICATE: u32 = 2;
-pub const OB_PREOP_SUCCESS: OB_PREOP_CALLBACK_STATUS = 0;
 
 pub const POOL_FLAG_NON_PAGED: POOL_FLAGS = 0x0000_0000_0000_0040;
 

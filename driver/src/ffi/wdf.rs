@@ -190,15 +190,15 @@ wdf_functions! {
     WdfObjectDelete = WdfObjectDeleteTableIndex(Object: WDFOBJECT) -> ();
     WdfRequestRetrieveInputBuffer = WdfRequestRetrieveInputBufferTableIndex(
         Request: WDFREQUEST,
-        MinimumRequiredSize: SIZE_T,
+        MinimumRequiredSize: usize,
         Buffer: *mut PVOID,
-        Length: *mut SIZE_T
+        Length: *mut usize
     ) -> NTSTATUS;
     WdfRequestRetrieveOutputBuffer = WdfRequestRetrieveOutputBufferTableIndex(
         Request: WDFREQUEST,
-        MinimumRequiredSize: SIZE_T,
+        MinimumRequiredSize: usize,
         Buffer: *mut PVOID,
-        Length: *mut SIZE_T
+        Length: *mut usize
     ) -> NTSTATUS;
     WdfRequestCompleteWithInformation = WdfRequestCompleteWithInformationTableIndex(
         Request: WDFREQUEST,
