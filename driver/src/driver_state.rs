@@ -183,22 +183,25 @@ impl DriverState {
         Ok(tracked)
     }
 
-    /// Rebuilds the current generation with a larger table (the same policy,
-    /// recompiled from its blob, every process classified again).
+    /// Replaces the current generation's table by a fresh one (tombstones
+    /// gone, room for twice the live processes) built from the table's own
+    /// entries: no enumeration and no classification, so the thread that
+    /// creates a process (the notify routine calls this) does work bounded
+    /// by the table, not by the system. Returns the number of processes
+    /// carried over.
     pub fn rebuild_table(&self, writer: &mut Writer) -> Result<usize, BuildError> {
         let Some(current) = self.active.writer_view(writer) else {
             return Ok(0);
         };
-        let mut blob = Vec::new();
-        blob.try_reserve_exact(current.blob.len())
-            .map_err(|_| BuildError::OutOfMemory)?;
-        blob.extend_from_slice(&current.blob);
-        let policy = if blob.is_empty() {
-            CompiledPolicy::empty()
-        } else {
-            CompiledPolicy::from_blob(&blob).map_err(|_| BuildError::OutOfMemory)?
-        };
-        self.install_policy(writer, policy, blob)
+        let capacity = current
+            .table
+            .len()
+            .saturating_mul(2)
+            .max(INITIAL_PROCESS_CAPACITY);
+        let next = try_box(current.rebuilt(capacity)?).ok_or(BuildError::OutOfMemory)?;
+        let tracked = next.table.len();
+        self.active.publish(writer, next);
+        Ok(tracked)
     }
 }
 
