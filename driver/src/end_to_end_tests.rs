@@ -852,7 +852,13 @@ mod process_table_upkeep {
         // it is still listed and found by id, with its exit status set.
         with_host(|host| host.exited.insert(AGENT));
         // SAFETY: as the kernel calls it for an exit (the object still exists).
-        unsafe { process_notify(fake_process(AGENT), AGENT as usize as _, core::ptr::null_mut()) };
+        unsafe {
+            process_notify(
+                fake_process(AGENT),
+                AGENT as usize as _,
+                core::ptr::null_mut(),
+            )
+        };
         let state = loaded.state();
         assert!(state
             .active

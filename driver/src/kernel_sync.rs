@@ -105,12 +105,11 @@ impl<T> core::ops::DerefMut for PassiveLockGuard<'_, T> {
 
 impl<T> Drop for PassiveLockGuard<'_, T> {
     fn drop(&mut self) {
-        // SAFETY: this guard acquired the resource and releases it once,
-        // then leaves the critical region `lock` entered.
-        unsafe {
-            ntddk::ExReleaseResourceLite(self.owner.resource.get().cast());
-            ntddk::KeLeaveCriticalRegion();
-        }
+        // SAFETY: this guard acquired the resource and releases it once.
+        unsafe { ntddk::ExReleaseResourceLite(self.owner.resource.get().cast()) };
+        // SAFETY: leaves the critical region `lock` entered, after the
+        // release (the resource must not be held with APCs enabled).
+        unsafe { ntddk::KeLeaveCriticalRegion() };
     }
 }
 
