@@ -88,6 +88,10 @@ class IrqlVerifier:
 
     def _install_irql_verifier(self) -> None:
         self.irql_limits, self.data_imports = load_irql_limits()
+        # Routines of the framework the driver reaches through pointers, not
+        # imports (so not in the table): the framework's DriverUnload, which
+        # the driver's displaced-unload stub calls, runs at PASSIVE_LEVEL.
+        self.irql_limits.setdefault("FxFrameworkDriverUnload", PASSIVE_LEVEL)
         # (message, driver return addresses): not yet reported by a run, reported.
         self.irql_violations: list[tuple[str, tuple[int, ...]]] = []
         self.reported_irql_violations: list[tuple[str, tuple[int, ...]]] = []
@@ -118,15 +122,24 @@ class IrqlVerifier:
         hook("ntoskrnl", "ExReleaseResourceLite", 1, self._ex_release_resource_lite)
 
     def _install_pass_through_hooks(self) -> None:
-        """Imports the harness has no hook of its own for (Speakeasy's
-        handlers) still go through ``_hook``, so every call is checked."""
-        for _slot, (module_name, name) in self.module.imports.items():
+        """Imports and KMDF functions the harness has no hook of its own for
+        (Speakeasy's handlers) still go through ``_hook``, so every call the
+        driver makes is checked."""
+        from kernel_harness import speakeasy_wdf_function_names  # noqa: PLC0415 - see irql_report
+
+        functions = [(module_name, name) for _slot, (module_name, name) in self.module.imports.items()]
+        functions += [("wdfldr", name) for name in speakeasy_wdf_function_names() if name]
+        for module_name, name in functions:
             if (module_name.lower(), name) in self._hooked or name in self.data_imports:
                 continue
 
-            def pass_through(argv, original, name=name):
+            def pass_through(argv, original, name=name, module_name=module_name):
                 if original is None:
-                    raise RuntimeError(f"{name}: neither Speakeasy nor the harness implements it")
+                    # Nobody implements it: end the run the way Speakeasy
+                    # does for an unsupported API, naming it.
+                    self.emu.curr_run.error = {"type": "unsupported_api", "api_name": f"{module_name}.{name}"}
+                    self.emu.stop()
+                    return 0
                 return original(argv)
 
             self._hook(module_name, name, 0, pass_through)

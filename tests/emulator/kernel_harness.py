@@ -550,6 +550,9 @@ class KernelHarness(IrqlVerifier):
         # Speakeasy stops a run silently at its timeout (no run error): the
         # harness treats reaching it as a fault (see `_after_run`).
         config["timeout"] = RUN_TIMEOUT_SECONDS
+        # Speakeasy ends a run after 10,000 API calls (a run error): a load
+        # that enumerates 1,000 processes makes ~10 kernel calls for each.
+        config["max_api_count"] = 1_000_000
         return config
 
     @property
