@@ -362,6 +362,7 @@ class IrqlVerifier:
         if not wait:
             raise RuntimeError("ExAcquireResourceExclusiveLite with Wait = FALSE: the driver always waits")
         resource.held += 1
+        self.mutex_acquisitions += 1  # the writer lock: counted with the mutexes
         return 1  # TRUE: acquired
 
     def _ex_release_resource_lite(self, argv, _original):
