@@ -15,7 +15,7 @@ use procguard_policy::CompiledPolicy;
 
 use crate::altitude::Altitude;
 use crate::audit_ring::AuditRing;
-use crate::kernel_sync::{GuardedMutex, GuardedMutexGuard};
+use crate::kernel_sync::{PassiveLock, PassiveLockGuard};
 use crate::object_callbacks::Registration;
 use crate::policy_state::{ActivePolicy, BuildError, Generation, Writer};
 use crate::trace;
@@ -61,13 +61,13 @@ pub struct DriverState {
     /// The published policy generation.
     pub active: ActivePolicy,
     /// Serialises writers; holds the writer token.
-    writer: GuardedMutex<Writer>,
+    writer: PassiveLock<Writer>,
     /// Audit records awaiting the control plane.
     pub ring: AuditRing,
     /// Totals.
     pub counters: Counters,
     /// Load-time facts (writers only).
-    pub load_info: GuardedMutex<LoadInfo>,
+    pub load_info: PassiveLock<LoadInfo>,
     /// The service key path (`DriverEntry`'s registry path), for persisting
     /// policies.
     pub service_key_path: Vec<u16>,
@@ -111,10 +111,10 @@ impl DriverState {
         path.extend_from_slice(service_key_path);
         let state = try_box(Self {
             active: ActivePolicy::new(),
-            writer: GuardedMutex::new(Writer::new()),
+            writer: PassiveLock::new(Writer::new()),
             ring,
             counters: Counters::default(),
-            load_info: GuardedMutex::new(LoadInfo::default()),
+            load_info: PassiveLock::new(LoadInfo::default()),
             service_key_path: path,
             last_error: core::sync::atomic::AtomicI32::new(0),
         })?;
@@ -126,7 +126,7 @@ impl DriverState {
     }
 
     /// Becomes the writer (waits for another writer to finish). PASSIVE level.
-    pub fn writer(&self) -> GuardedMutexGuard<'_, Writer> {
+    pub fn writer(&self) -> PassiveLockGuard<'_, Writer> {
         self.writer.lock()
     }
 
@@ -183,22 +183,25 @@ impl DriverState {
         Ok(tracked)
     }
 
-    /// Rebuilds the current generation with a larger table (the same policy,
-    /// recompiled from its blob, every process classified again).
+    /// Replaces the current generation's table by a fresh one (tombstones
+    /// gone, room for twice the live processes) built from the table's own
+    /// entries: no enumeration and no classification, so the thread that
+    /// creates a process (the notify routine calls this) does work bounded
+    /// by the table, not by the system. Returns the number of processes
+    /// carried over.
     pub fn rebuild_table(&self, writer: &mut Writer) -> Result<usize, BuildError> {
         let Some(current) = self.active.writer_view(writer) else {
             return Ok(0);
         };
-        let mut blob = Vec::new();
-        blob.try_reserve_exact(current.blob.len())
-            .map_err(|_| BuildError::OutOfMemory)?;
-        blob.extend_from_slice(&current.blob);
-        let policy = if blob.is_empty() {
-            CompiledPolicy::empty()
-        } else {
-            CompiledPolicy::from_blob(&blob).map_err(|_| BuildError::OutOfMemory)?
-        };
-        self.install_policy(writer, policy, blob)
+        let capacity = current
+            .table
+            .len()
+            .saturating_mul(2)
+            .max(INITIAL_PROCESS_CAPACITY);
+        let next = try_box(current.rebuilt(capacity)?).ok_or(BuildError::OutOfMemory)?;
+        let tracked = next.table.len();
+        self.active.publish(writer, next);
+        Ok(tracked)
     }
 }
 

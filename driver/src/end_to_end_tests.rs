@@ -792,3 +792,92 @@ mod control_plane {
         assert_eq!(with_host(|host| host.control.deleted.len()), 1);
     }
 }
+
+/// Issue 11, defects 7 and 9: the process table's upkeep on the notify
+/// routine's thread, and what a policy install's enumeration may track.
+mod process_table_upkeep {
+    use super::*;
+    use crate::driver_state::INITIAL_PROCESS_CAPACITY;
+
+    #[test]
+    fn a_tombstoned_table_is_rebuilt_from_its_own_entries_without_enumerating() {
+        let (loaded, _) = Loaded::with(
+            Some(blob(POLICY)),
+            &[(AGENT, "agent.exe"), (ATTACKER, "tool.exe")],
+        );
+        let state = loaded.state();
+        let (queries, first_table) = (
+            with_host(|host| host.system_information_queries),
+            state.active.read().expect("published").table.capacity(),
+        );
+        let lookups = with_host(|host| host.image_name_lookups);
+        // Short-lived processes leave tombstones until half the table is used.
+        let mut created = 0u64;
+        let mut rebuilt = false;
+        for round in 0..(INITIAL_PROCESS_CAPACITY as u32 * 2) {
+            let pid = 10_000 + round * 4;
+            notify_create(pid, "short.exe", i64::from(round) + 500);
+            created += 1;
+            let tombstones = state.active.read().expect("published").table.tombstones();
+            notify_exit(pid);
+            if round > 0 && tombstones == 0 {
+                rebuilt = true;
+                break;
+            }
+        }
+        assert!(rebuilt, "the tombstones never triggered a rebuild");
+        let generation = state.active.read().expect("published");
+        assert_eq!(generation.table.capacity(), first_table);
+        assert_eq!(generation.table.len(), 2, "AGENT and ATTACKER carried over");
+        drop(generation);
+        assert_eq!(
+            with_host(|host| host.system_information_queries),
+            queries,
+            "the creating thread enumerated the system's processes"
+        );
+        assert_eq!(
+            with_host(|host| host.image_name_lookups) - lookups,
+            created,
+            "only the new processes were identified (no re-classification)"
+        );
+        // The records came over as they were: AGENT is still protected.
+        assert_eq!(loaded.open_process(ATTACKER, AGENT, PROCESS_TERMINATE), 0);
+    }
+
+    #[test]
+    fn a_policy_install_does_not_track_a_process_whose_exit_already_ran() {
+        let (loaded, _) = Loaded::with(Some(blob(POLICY)), &[(ATTACKER, "tool.exe")]);
+        notify_create(AGENT, "agent.exe", 100);
+        // AGENT exits; its object lives on (someone holds a reference), so
+        // it is still listed and found by id, with its exit status set.
+        with_host(|host| host.exited.insert(AGENT));
+        // SAFETY: as the kernel calls it for an exit (the object still exists).
+        unsafe {
+            process_notify(
+                fake_process(AGENT),
+                AGENT as usize as _,
+                core::ptr::null_mut(),
+            )
+        };
+        let state = loaded.state();
+        assert!(state
+            .active
+            .read()
+            .expect("published")
+            .requester_record(AGENT)
+            .is_none());
+        {
+            let mut writer = state.writer();
+            let policy = procguard_policy::CompiledPolicy::from_blob(&blob(POLICY)).expect("valid");
+            state
+                .install_policy(&mut writer, policy, blob(POLICY))
+                .expect("installed");
+        }
+        let generation = state.active.read().expect("published");
+        assert!(
+            generation.requester_record(AGENT).is_none(),
+            "the enumeration tracked a process whose exit notification had run"
+        );
+        assert!(generation.requester_record(ATTACKER).is_some());
+    }
+}

@@ -1,38 +1,53 @@
-//! Kernel synchronisation, wrapped once: a guarded mutex that owns the data
-//! it protects, and a scope that runs a few stores at DISPATCH_LEVEL.
+//! Kernel synchronisation, wrapped once: a writer lock that owns the data
+//! it protects and keeps its holder at PASSIVE_LEVEL, and a scope that runs a
+//! few stores at DISPATCH_LEVEL.
 //!
 //! Only writers use these (process creation and exit, enumeration, policy
 //! changes), all at PASSIVE_LEVEL. The callbacks never take a lock.
+//!
+//! Why an `ERESOURCE` and not a guarded mutex: since Windows 8 a guarded
+//! mutex is a fast mutex, and its holder runs at APC_LEVEL; the writers call
+//! PASSIVE-only functions while holding the lock (`Zw*` registry and query
+//! functions, `PsSetCreateProcessNotifyRoutineEx`, `SeLocateProcessImageName`),
+//! which Driver Verifier rejects there (IrqlZwPassive, IrqlPsPassive). An
+//! `ERESOURCE` acquired inside a critical region leaves the IRQL alone; the
+//! critical region (normal kernel APCs off) is what its documentation asks
+//! of the acquirer, so the holder cannot be suspended while others wait.
 
 use core::cell::UnsafeCell;
 use core::mem::MaybeUninit;
+use core::sync::atomic::{AtomicBool, Ordering};
 
-use crate::ffi::{ntddk, _MODE, KGUARDED_MUTEX, KSPIN_LOCK, LARGE_INTEGER};
+use crate::ffi::{ntddk, _MODE, ERESOURCE, KSPIN_LOCK, LARGE_INTEGER};
 
-/// A `KGUARDED_MUTEX` protecting a `T`. Acquire at IRQL ≤ APC_LEVEL only.
-pub struct GuardedMutex<T> {
-    mutex: UnsafeCell<MaybeUninit<KGUARDED_MUTEX>>,
+/// An executive resource, held exclusively, protecting a `T`. Acquire at
+/// PASSIVE_LEVEL (the holder stays there). Its storage must be non-paged:
+/// the driver state that holds it is allocated from non-paged pool.
+pub struct PassiveLock<T> {
+    resource: UnsafeCell<MaybeUninit<ERESOURCE>>,
+    initialised: AtomicBool,
     data: UnsafeCell<T>,
 }
 
-// SAFETY: the data is only reached through `lock`, which holds the kernel
-// mutex for the guard's lifetime, so at most one thread accesses it at a time.
-unsafe impl<T: Send> Sync for GuardedMutex<T> {}
-// SAFETY: moving the mutex moves the data with it; the kernel object is only
+// SAFETY: the data is only reached through `lock`, which holds the resource
+// exclusively for the guard's lifetime, so at most one thread accesses it.
+unsafe impl<T: Send> Sync for PassiveLock<T> {}
+// SAFETY: moving the lock moves the data with it; the kernel object is only
 // initialised after the value has reached its final address (`init`).
-unsafe impl<T: Send> Send for GuardedMutex<T> {}
+unsafe impl<T: Send> Send for PassiveLock<T> {}
 
-/// Exclusive access to the data while the mutex is held.
-pub struct GuardedMutexGuard<'a, T> {
-    owner: &'a GuardedMutex<T>,
+/// Exclusive access to the data while the resource is held.
+pub struct PassiveLockGuard<'a, T> {
+    owner: &'a PassiveLock<T>,
 }
 
-impl<T> GuardedMutex<T> {
-    /// A mutex that must be [`GuardedMutex::init`]ialised at its final address
+impl<T> PassiveLock<T> {
+    /// A lock that must be [`PassiveLock::init`]ialised at its final address
     /// before first use.
     pub const fn new(data: T) -> Self {
         Self {
-            mutex: UnsafeCell::new(MaybeUninit::uninit()),
+            resource: UnsafeCell::new(MaybeUninit::uninit()),
+            initialised: AtomicBool::new(false),
             data: UnsafeCell::new(data),
         }
     }
@@ -41,42 +56,60 @@ impl<T> GuardedMutex<T> {
     ///
     /// # Safety
     /// Called once, before any `lock`, with `self` at the address it keeps
-    /// (it is heap-allocated or static and never moved afterwards).
+    /// until it is dropped, in non-paged memory.
     pub unsafe fn init(&self) {
-        // SAFETY: the caller guarantees the final address and single call;
-        // KeInitializeGuardedMutex writes the whole structure.
-        unsafe { ntddk::KeInitializeGuardedMutex(self.mutex.get().cast()) };
+        // SAFETY: the caller guarantees the final, non-paged address and a
+        // single call; ExInitializeResourceLite writes the whole structure
+        // and cannot fail for a valid address.
+        unsafe { ntddk::ExInitializeResourceLite(self.resource.get().cast()) };
+        self.initialised.store(true, Ordering::Release);
     }
 
-    /// Acquires the mutex (waits if another writer holds it).
-    pub fn lock(&self) -> GuardedMutexGuard<'_, T> {
-        // SAFETY: initialised by `init` (the type's contract); the kernel
-        // serialises acquisitions.
-        unsafe { ntddk::KeAcquireGuardedMutex(self.mutex.get().cast()) };
-        GuardedMutexGuard { owner: self }
+    /// Acquires the resource exclusively (waits if another writer holds it),
+    /// inside a critical region that the guard leaves on release.
+    pub fn lock(&self) -> PassiveLockGuard<'_, T> {
+        // SAFETY: no IRQL change; paired with KeLeaveCriticalRegion in drop.
+        unsafe { ntddk::KeEnterCriticalRegion() };
+        // SAFETY: initialised by `init` (the type's contract); Wait = TRUE,
+        // so it returns only once the resource is held.
+        unsafe { ntddk::ExAcquireResourceExclusiveLite(self.resource.get().cast(), 1) };
+        PassiveLockGuard { owner: self }
     }
 }
 
-impl<T> core::ops::Deref for GuardedMutexGuard<'_, T> {
+impl<T> Drop for PassiveLock<T> {
+    fn drop(&mut self) {
+        if self.initialised.load(Ordering::Acquire) {
+            // SAFETY: initialised and, with `&mut self`, not held (a guard
+            // borrows the lock); the kernel forgets it before the memory goes.
+            unsafe { ntddk::ExDeleteResourceLite(self.resource.get().cast()) };
+        }
+    }
+}
+
+impl<T> core::ops::Deref for PassiveLockGuard<'_, T> {
     type Target = T;
     fn deref(&self) -> &T {
-        // SAFETY: the guard exists only while the mutex is held.
+        // SAFETY: the guard exists only while the resource is held.
         unsafe { &*self.owner.data.get() }
     }
 }
 
-impl<T> core::ops::DerefMut for GuardedMutexGuard<'_, T> {
+impl<T> core::ops::DerefMut for PassiveLockGuard<'_, T> {
     fn deref_mut(&mut self) -> &mut T {
-        // SAFETY: the guard exists only while the mutex is held, and `&mut
-        // self` makes this the only reference through it.
+        // SAFETY: the guard exists only while the resource is held, and
+        // `&mut self` makes this the only reference through it.
         unsafe { &mut *self.owner.data.get() }
     }
 }
 
-impl<T> Drop for GuardedMutexGuard<'_, T> {
+impl<T> Drop for PassiveLockGuard<'_, T> {
     fn drop(&mut self) {
-        // SAFETY: this guard acquired the mutex and releases it once.
-        unsafe { ntddk::KeReleaseGuardedMutex(self.owner.mutex.get().cast()) };
+        // SAFETY: this guard acquired the resource and releases it once.
+        unsafe { ntddk::ExReleaseResourceLite(self.owner.resource.get().cast()) };
+        // SAFETY: leaves the critical region `lock` entered, after the
+        // release (the resource must not be held with APCs enabled).
+        unsafe { ntddk::KeLeaveCriticalRegion() };
     }
 }
 
@@ -125,18 +158,31 @@ mod tests {
     use crate::ffi::ntddk::{reset_host, with_host};
 
     #[test]
-    fn the_guard_holds_the_mutex_and_releases_it() {
+    fn the_guard_holds_the_resource_at_passive_level_in_a_critical_region() {
         reset_host();
-        let mutex = GuardedMutex::new(5);
-        // SAFETY: a local that does not move before it is dropped.
-        unsafe { mutex.init() };
         {
-            let mut guard = mutex.lock();
-            *guard += 1;
-            assert!(with_host(|host| host.mutex_held));
+            let lock = PassiveLock::new(5);
+            // SAFETY: a local that does not move before it is dropped.
+            unsafe { lock.init() };
+            {
+                let mut guard = lock.lock();
+                *guard += 1;
+                with_host(|host| {
+                    assert!(host.mutex_held);
+                    assert_eq!(host.critical_regions, 1);
+                });
+                // What the writers call under the lock needs PASSIVE_LEVEL.
+                assert_eq!(current_irql(), 0);
+            }
+            with_host(|host| {
+                assert!(!host.mutex_held);
+                assert_eq!(host.critical_regions, 0);
+            });
+            assert_eq!(*lock.lock(), 6);
+            assert_eq!(with_host(|host| host.live_resources), 1);
         }
-        assert!(!with_host(|host| host.mutex_held));
-        assert_eq!(*mutex.lock(), 6);
+        // Dropping the lock deletes the resource.
+        assert_eq!(with_host(|host| host.live_resources), 0);
     }
 
     #[test]

@@ -117,6 +117,39 @@ impl Generation {
         kernel_sync::without_preemption(|| self.table.remove(pid, creation_key))
     }
 
+    /// A copy of this generation with a fresh table of room for `processes`:
+    /// the same policy (compiled again from its blob: compiling allocates
+    /// fallibly, `Clone` would not), every live record copied as it stands —
+    /// no enumeration, no classification, no I/O: the work is bounded by the
+    /// table and the policy, not by the system — and the rule counters
+    /// carried over. Tombstones stay behind. Writers only.
+    pub fn rebuilt(&self, processes: usize) -> Result<Self, BuildError> {
+        let mut blob = Vec::new();
+        blob.try_reserve_exact(self.blob.len())
+            .map_err(|_| BuildError::OutOfMemory)?;
+        blob.extend_from_slice(&self.blob);
+        let policy = if blob.is_empty() {
+            CompiledPolicy::empty()
+        } else {
+            CompiledPolicy::from_blob(&blob).map_err(|_| BuildError::OutOfMemory)?
+        };
+        let next = Self::new(policy, blob, processes)?;
+        for entry in self.table.entries() {
+            // Unpublished: no reader sees a slot half-written, so no need
+            // for `without_preemption` here.
+            next.table
+                .insert(&entry)
+                .map_err(|_| BuildError::OutOfMemory)?;
+        }
+        for (new, old) in next.rule_stats.iter().zip(&self.rule_stats) {
+            new.hits
+                .store(old.hits.load(Ordering::Relaxed), Ordering::Relaxed);
+            new.strips
+                .store(old.strips.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        Ok(next)
+    }
+
     /// Classifies every running process into this (unpublished) generation.
     /// Returns how many were tracked; processes that vanish meanwhile are
     /// skipped (their exit notification finds nothing to remove).

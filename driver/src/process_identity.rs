@@ -18,7 +18,7 @@ use crate::ffi::system_information::{
 };
 use crate::ffi::{
     ntddk, HANDLE, NTSTATUS, PEPROCESS, PUNICODE_STRING, STATUS_INFO_LENGTH_MISMATCH,
-    STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_PARAMETER,
+    STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_PARAMETER, STATUS_PENDING,
 };
 
 /// Largest process list read at once (grows from 256 KiB up to this).
@@ -115,6 +115,13 @@ pub fn with_process<R>(pid: u32, body: impl FnOnce(PEPROCESS) -> R) -> Option<R>
 /// its id); `None` if the process is gone or memory ran out.
 pub fn identify(pid: u32) -> Option<Identity> {
     with_process(pid, |process| {
+        // A process that has exited is still listed and found by id while
+        // references to it remain; its exit notification may already have
+        // run, and nothing would remove a record added now.
+        // SAFETY: `process` is referenced for the duration of this closure.
+        if unsafe { ntddk::PsGetProcessExitStatus(process) } != STATUS_PENDING {
+            return None;
+        }
         // SAFETY: `process` is referenced for the duration of this closure,
         // and identification runs at PASSIVE_LEVEL (enumeration, notify).
         let creation_key = unsafe { creation_key(process) };

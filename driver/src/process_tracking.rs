@@ -85,11 +85,15 @@ pub unsafe extern "C" fn process_notify(
         return;
     };
     if result == Err(InsertError::Full) || needs_rebuild {
+        // From the table's own entries (defect 7 of issue 11): the creating
+        // thread neither enumerates nor classifies the system's processes.
         match state.rebuild_table(&mut writer) {
             Ok(_) => {
-                if let Some(generation) = state.active.writer_view(&writer) {
-                    // The new process may not be in the enumeration yet.
-                    let _ = generation.track(&identity);
+                if result.is_err() {
+                    if let Some(generation) = state.active.writer_view(&writer) {
+                        // It did not fit in the old table: it goes in the new one.
+                        let _ = generation.track(&identity);
+                    }
                 }
             }
             Err(error) => trace::error(format_args!(

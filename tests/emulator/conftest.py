@@ -62,8 +62,12 @@ def kernel(driver_path: str):
     tests independent: nothing a driver run leaves behind can leak into the
     next test."""
     harness = KernelHarness(driver_path)
+    # Every test runs under the IRQL verifier (irql_verifier.py): it is part
+    # of the harness, not an option a test could forget.
+    assert harness.irql_limits, "the IRQL verifier has no limits table"
     yield harness
     # Every run already checks for faults; this catches a hook that raised
     # outside any checked run.
     assert not harness.hook_failures, harness.hook_failures
     assert not harness.bugchecks, harness.bugchecks
+    assert not harness.irql_violations, harness.irql_report()

@@ -30,8 +30,11 @@ import speakeasy.winenv.arch as se_arch
 import speakeasy.winenv.defs.wdf as se_wdf
 from speakeasy.windows.kernel import EP_DRIVER_ENTRY
 
+from irql_verifier import IrqlVerifier
+
 # --- NTSTATUS values (32-bit, as the driver sees them) ---------------------
 STATUS_SUCCESS = 0x00000000
+STATUS_PENDING = 0x00000103
 STATUS_BUFFER_OVERFLOW = 0x80000005
 STATUS_UNSUCCESSFUL = 0xC0000001
 STATUS_INVALID_HANDLE = 0xC0000008
@@ -339,6 +342,8 @@ class FakeProcess:
     image_name_status: int = STATUS_SUCCESS
     running: bool = True  # in the process list, found by PsLookupProcessByProcessId
     references: int = 0  # references the driver holds (PsLookup... minus ObfDereference...)
+    # PsGetProcessExitStatus: STATUS_PENDING until the process exits.
+    exit_status: int = STATUS_PENDING
 
 
 @dataclass
@@ -427,7 +432,7 @@ class Measurement:
     address_counts: "collections.Counter[int]"
 
 
-class KernelHarness:
+class KernelHarness(IrqlVerifier):
     """One emulated machine with procguard.sys loaded but not yet started.
 
     Set ``parameters`` (None = no Parameters key), ``register_results``,
@@ -487,9 +492,6 @@ class KernelHarness:
         self.process_list_results: collections.deque[int] = collections.deque()  # scripted failures
         self.image_name_blocks: dict[int, int] = {}  # SeLocateProcessImageName results not yet freed -> pid
         self.image_name_lookups = 0
-        self.mutexes: dict[int, bool] = {}  # initialised KGUARDED_MUTEX address -> held
-        self.mutex_acquisitions = 0
-        self.spin_lock_acquisitions = 0
         self.delays: list[int] = []  # KeDelayExecutionThread intervals
         self.system_time = FIRST_SYSTEM_TIME
         self._next_create_time = FIRST_CREATE_TIME
@@ -519,8 +521,13 @@ class KernelHarness:
         self._arenas: dict[str, list[int]] = {}  # name -> [next free, end]
         self._scratch = self.se.mem_alloc(0x1000, tag="harness.scratch")
 
+        self._hooked: set[tuple[str, str]] = set()
         self._install_object_types()
         self._install_hooks()
+        # Driver Verifier's IRQL rules (irql_verifier.py): its own hooks for
+        # locks and IRQL, then a checking hook for every other import.
+        self._install_irql_verifier()
+        self._install_pass_through_hooks()
         self._install_stack_argument_fix()
         self._install_kernel_stack()
         # Every machine runs Idle (pid 0: listed, but not a process object
@@ -543,6 +550,9 @@ class KernelHarness:
         # Speakeasy stops a run silently at its timeout (no run error): the
         # harness treats reaching it as a fault (see `_after_run`).
         config["timeout"] = RUN_TIMEOUT_SECONDS
+        # Speakeasy ends a run after 10,000 API calls (a run error): a load
+        # that enumerates 1,000 processes makes ~10 kernel calls for each.
+        config["max_api_count"] = 1_000_000
         return config
 
     @property
@@ -644,6 +654,7 @@ class KernelHarness:
         def callback(emu, api_name, original, argv):
             self.api_calls.append(name)
             try:
+                self._verify_call(name, list(argv))
                 return handler(list(argv), original)
             except Exception:  # noqa: BLE001 - reported, not hidden
                 self.hook_failures.append(f"{api_name}: {traceback.format_exc()}")
@@ -652,6 +663,7 @@ class KernelHarness:
         # argc is only used for APIs Speakeasy does not implement; for those
         # it does implement, its own argc decides what argv holds.
         self.se.add_api_hook(callback, module, name, argc=argc)
+        self._hooked.add((module.lower(), name))
 
     def _install_hooks(self) -> None:
         hook = self._hook
@@ -672,6 +684,7 @@ class KernelHarness:
         hook("ntoskrnl", "ZwQuerySystemInformation", 4, self._zw_query_system_information)
         hook("ntoskrnl", "PsLookupProcessByProcessId", 2, self._ps_lookup_process_by_process_id)
         hook("ntoskrnl", "ObfDereferenceObject", 1, self._obf_dereference_object)
+        hook("ntoskrnl", "PsGetProcessExitStatus", 1, self._ps_get_process_exit_status)
         hook("ntoskrnl", "PsGetProcessCreateTimeQuadPart", 1, self._ps_get_process_create_time_quad_part)
         hook("ntoskrnl", "SeLocateProcessImageName", 2, self._se_locate_process_image_name)
         hook("ntoskrnl", "ExFreePool", 1, self._ex_free_pool)
@@ -680,12 +693,6 @@ class KernelHarness:
         hook("ntoskrnl", "PsGetCurrentThreadId", 0, self._ps_get_current_thread_id)
         hook("ntoskrnl", "PsGetThreadId", 1, self._ps_get_thread_id)
         # Synchronisation and time.
-        hook("ntoskrnl", "KeInitializeGuardedMutex", 1, self._ke_initialize_guarded_mutex)
-        hook("ntoskrnl", "KeAcquireGuardedMutex", 1, self._ke_acquire_guarded_mutex)
-        hook("ntoskrnl", "KeReleaseGuardedMutex", 1, self._ke_release_guarded_mutex)
-        hook("ntoskrnl", "KeAcquireSpinLockRaiseToDpc", 1, self._ke_acquire_spin_lock_raise_to_dpc)
-        hook("ntoskrnl", "KeReleaseSpinLock", 2, self._ke_release_spin_lock)
-        hook("ntoskrnl", "KeGetCurrentIrql", 0, self._ke_get_current_irql)
         hook("ntoskrnl", "KeDelayExecutionThread", 3, self._ke_delay_execution_thread)
         hook("ntoskrnl", "KeQuerySystemTimePrecise", 1, self._ke_query_system_time_precise)
         hook("wdfldr", "WdfVersionBind", 4, self._wdf_version_bind)
@@ -773,6 +780,8 @@ class KernelHarness:
             problems.append(f"emulation error: {error}")
         if self.hook_failures:
             problems.append("harness hook raised:\n" + "\n".join(self.hook_failures))
+        if self.irql_violations:
+            problems.append("Driver Verifier (IRQL rules):\n" + self.irql_report())
         if self.bugchecks:
             problems.append(f"KeBugCheckEx called: {[tuple(map(hex, b)) for b in self.bugchecks]}")
             problems.append("image addresses on its stack:\n" + symbolize(self.sys_path, self.bugcheck_stack[:24]))
@@ -787,12 +796,8 @@ class KernelHarness:
         if elapsed >= RUN_TIMEOUT_SECONDS * 0.95:
             raise KernelFault(f"{what}: stopped by the {RUN_TIMEOUT_SECONDS} s emulation timeout ({elapsed:.0f} s)")
         self._check_stack(what)
+        self._verifier_after_run(what, irql_before)
         self.assert_no_fault(run, what)
-        if self.irql != irql_before:
-            raise KernelFault(f"{what}: returned at IRQL {self.irql}, entered at {irql_before}")
-        held = [hex(mutex) for mutex, is_held in self.mutexes.items() if is_held]
-        if held:
-            raise KernelFault(f"{what}: returned holding guarded mutex(es) {held}")
 
     def _check_stack(self, what: str) -> None:
         used = self.last_stack_used = self._stack_used()
@@ -1013,6 +1018,7 @@ class KernelHarness:
         """Process ``pid`` exits: it leaves the process list (its object lives on)."""
         process = self.running.pop(pid)
         process.running = False
+        process.exit_status = STATUS_SUCCESS
         return process
 
     # ------------------------------------------------ process notifications
@@ -1048,14 +1054,19 @@ class KernelHarness:
             self._run(routine, [address, pid, info], "process notify routine (create)")
         return address
 
-    def notify_exit(self, pid: int) -> None:
-        """Process ``pid`` exits: notify routines are called with no create
-        information, then it leaves the process list."""
+    def notify_exit(self, pid: int, *, stays_listed: bool = False) -> None:
+        """Process ``pid`` exits: its exit status is set, notify routines are
+        called with no create information, then it leaves the process list.
+        ``stays_listed``: it does not leave yet — an exited process whose
+        object someone still references is still listed by
+        ZwQuerySystemInformation and found by PsLookupProcessByProcessId."""
         assert self.notify_routines, "no process notify routine is registered"
         process = self.running[pid]
+        process.exit_status = STATUS_SUCCESS
         for routine in list(self.notify_routines):
             self._run(routine, [process.address, pid, 0], "process notify routine (exit)")
-        self.exit_process(pid)
+        if not stays_listed:
+            self.exit_process(pid)
 
     # ------------------------------------------------------------ measuring
 
@@ -1285,8 +1296,6 @@ class KernelHarness:
     def _ps_set_create_process_notify_routine_ex(self, argv, _original):
         routine, remove = argv[0], argv[1] & 0xFF
         self.events.append(("PsSetCreateProcessNotifyRoutineEx", remove))
-        if self.irql != PASSIVE_LEVEL:
-            raise KernelFault(f"PsSetCreateProcessNotifyRoutineEx at IRQL {self.irql}")
         if remove:
             if routine not in self.notify_routines:
                 return STATUS_PROCEDURE_NOT_FOUND
@@ -1303,8 +1312,6 @@ class KernelHarness:
 
     def _zw_query_system_information(self, argv, _original):
         info_class, buffer, length, return_length = argv[0] & 0xFFFFFFFF, argv[1], argv[2] & 0xFFFFFFFF, argv[3]
-        if self.irql != PASSIVE_LEVEL:
-            raise KernelFault(f"ZwQuerySystemInformation at IRQL {self.irql}")
         if info_class != SYSTEM_PROCESS_INFORMATION_CLASS:
             status = STATUS_INVALID_INFO_CLASS
         elif self.process_list_results:
@@ -1357,6 +1364,9 @@ class KernelHarness:
         self._write_u64(process_out, process.address)
         return STATUS_SUCCESS
 
+    def _ps_get_process_exit_status(self, argv, _original):
+        return self._process_object(argv[0], "PsGetProcessExitStatus").exit_status
+
     def _obf_dereference_object(self, argv, _original):
         process = self._process_object(argv[0], "ObfDereferenceObject")
         if process.references <= 0:
@@ -1371,8 +1381,6 @@ class KernelHarness:
         process = self._process_object(argv[0], "SeLocateProcessImageName")
         name_out = argv[1]
         self.image_name_lookups += 1
-        if self.irql != PASSIVE_LEVEL:
-            raise KernelFault(f"SeLocateProcessImageName at IRQL {self.irql} (PASSIVE_LEVEL only)")
         if process.image_name_status != STATUS_SUCCESS:
             return process.image_name_status
         # One paged-pool block: the UNICODE_STRING followed by its buffer
@@ -1398,65 +1406,8 @@ class KernelHarness:
 
     # ------------------------------------------------- synchronisation, time
 
-    def _ke_initialize_guarded_mutex(self, argv, _original):
-        mutex = argv[0]
-        if self.mutexes.get(mutex):
-            raise KernelFault(f"KeInitializeGuardedMutex({mutex:#x}) while it is held")
-        self.write(mutex, b"\0" * 56)  # sizeof(KGUARDED_MUTEX) on x64
-        self.mutexes[mutex] = False
-        return None
-
-    def _ke_acquire_guarded_mutex(self, argv, _original):
-        mutex = argv[0]
-        self.mutex_acquisitions += 1
-        self.events.append(("KeAcquireGuardedMutex", mutex))
-        if mutex not in self.mutexes:
-            raise KernelFault(f"KeAcquireGuardedMutex({mutex:#x}): not initialised")
-        if self.irql > APC_LEVEL:
-            raise KernelFault(f"KeAcquireGuardedMutex at IRQL {self.irql}")
-        if self.mutexes[mutex]:
-            # One emulated thread: acquiring a held mutex would wait forever.
-            raise KernelFault(f"KeAcquireGuardedMutex({mutex:#x}): already held (deadlock)")
-        self.mutexes[mutex] = True
-        return None
-
-    def _ke_release_guarded_mutex(self, argv, _original):
-        mutex = argv[0]
-        self.events.append(("KeReleaseGuardedMutex", mutex))
-        if not self.mutexes.get(mutex):
-            raise KernelFault(f"KeReleaseGuardedMutex({mutex:#x}): not held")
-        self.mutexes[mutex] = False
-        return None
-
-    def _ke_acquire_spin_lock_raise_to_dpc(self, argv, _original):
-        lock = argv[0]
-        self.spin_lock_acquisitions += 1
-        if self.irql > DISPATCH_LEVEL:
-            raise KernelFault(f"KeAcquireSpinLockRaiseToDpc at IRQL {self.irql}")
-        if self._read_u64(lock) != 0:
-            raise KernelFault(f"KeAcquireSpinLockRaiseToDpc({lock:#x}): already held (spins forever)")
-        self._write_u64(lock, 1)
-        old = self.irql
-        self.irql = DISPATCH_LEVEL
-        return old
-
-    def _ke_release_spin_lock(self, argv, _original):
-        lock, new_irql = argv[0], argv[1] & 0xFF
-        if self._read_u64(lock) == 0:
-            raise KernelFault(f"KeReleaseSpinLock({lock:#x}): not held")
-        if self.irql != DISPATCH_LEVEL or new_irql > DISPATCH_LEVEL:
-            raise KernelFault(f"KeReleaseSpinLock at IRQL {self.irql} back to {new_irql}")
-        self._write_u64(lock, 0)
-        self.irql = new_irql
-        return None
-
-    def _ke_get_current_irql(self, _argv, _original):
-        return self.irql
-
     def _ke_delay_execution_thread(self, argv, _original):
         interval = argv[2]
-        if self.irql != PASSIVE_LEVEL:
-            raise KernelFault(f"KeDelayExecutionThread at IRQL {self.irql}")
         value = struct.unpack("<q", self.read(interval, 8))[0]
         self.delays.append(value)
         return STATUS_SUCCESS

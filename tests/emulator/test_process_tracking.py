@@ -66,9 +66,9 @@ def test_the_notify_routine_is_registered_before_the_enumeration(kernel, policy)
     calls = kernel.api_calls
     registered = calls.index("PsSetCreateProcessNotifyRoutineEx")
     assert registered < calls.index("ZwQuerySystemInformation") < calls.index("ObRegisterCallbacks")
-    # Both under the writer mutex, so a notification waits for the enumeration.
-    acquired = max(i for i in range(registered) if calls[i] == "KeAcquireGuardedMutex")
-    assert "KeReleaseGuardedMutex" not in calls[acquired:calls.index("ZwQuerySystemInformation")]
+    # Both under the writer lock, so a notification waits for the enumeration.
+    acquired = max(i for i in range(registered) if calls[i] == "ExAcquireResourceExclusiveLite")
+    assert "ExReleaseResourceLite" not in calls[acquired:calls.index("ZwQuerySystemInformation")]
 
 
 def test_a_long_process_list_is_read_with_the_length_mismatch_protocol(kernel, policy):
@@ -103,6 +103,7 @@ def test_a_process_started_after_load_is_protected(kernel, policy):
     assert terminate(kernel, 4444) == 0
     assert kernel.image_name_lookups == lookups, "classified by the notification, not on the spot"
     assert kernel.image_name_blocks == {} and not any(kernel.mutexes.values())
+    assert not any(resource.held for resource in kernel.resources.values())
 
 
 def test_a_reused_pid_does_not_inherit_the_old_protection(kernel, policy):

@@ -58,6 +58,8 @@ def assert_no_trace_of_the_driver(kernel) -> None:
     referenced = {p.pid: p.references for p in kernel.processes.values() if p.references}
     assert referenced == {}, f"process references still held: {referenced}"
     assert not any(kernel.mutexes.values()), "a guarded mutex is still held"
+    assert not any(r.held for r in kernel.resources.values()), "the writer lock is still held"
+    assert all(r.deleted for r in kernel.resources.values()), "unload deletes its ERESOURCEs"
     assert kernel.irql == 0, f"IRQL left at {kernel.irql}"
     assert kernel.devices == {} and kernel.device_inits == {}, "control device or its init left behind"
 
@@ -103,7 +105,8 @@ def test_unload_unregisters_callbacks_then_the_notify_routine_then_frees(kernel,
     assert kinds[-1] == "WdfVersionUnbind"
     assert set(kinds[1:-1]) <= {
         "ObUnRegisterCallbacks", "PsSetCreateProcessNotifyRoutineEx", "ExFreePoolWithTag",
-        "KeAcquireGuardedMutex", "KeReleaseGuardedMutex", "WdfObjectDelete",
+        "KeEnterCriticalRegion", "ExAcquireResourceExclusiveLite", "ExReleaseResourceLite",
+        "KeLeaveCriticalRegion", "ExDeleteResourceLite", "WdfObjectDelete",
     }, kinds
     assert kernel.events[0][1] == WDFDRIVER_HANDLE
     assert len(kernel.wdf_unbinds) == 1

@@ -72,17 +72,29 @@ pub struct HostKernel {
     pub trace: Vec<String>,
     /// Running processes: pid -> (creation time, NT image path).
     pub processes: BTreeMap<u32, (i64, String)>,
+    /// Processes that have exited (PsGetProcessExitStatus is not
+    /// STATUS_PENDING) but are still listed and found by id.
+    pub exited: std::collections::BTreeSet<u32>,
     /// References taken by PsLookupProcessByProcessId and not yet dropped.
     pub process_references: i64,
     pub current_thread_id: u32,
     pub system_time: i64,
     pub irql: u8,
+    /// The writer lock (an ERESOURCE) is held.
     pub mutex_held: bool,
     pub mutex_acquisitions: u64,
+    /// Open critical regions (KeEnterCriticalRegion minus KeLeaveCriticalRegion).
+    pub critical_regions: u32,
+    /// ERESOURCEs initialised and not yet deleted.
+    pub live_resources: i64,
     pub delays: u64,
     /// (routine address, remove) per PsSetCreateProcessNotifyRoutineEx call.
     pub notify_registrations: Vec<(usize, bool)>,
     pub notify_result: NTSTATUS,
+    /// ZwQuerySystemInformation calls (enumerations of the process list).
+    pub system_information_queries: u64,
+    /// SeLocateProcessImageName calls.
+    pub image_name_lookups: u64,
     /// Fails ZwQuerySystemInformation with this status when set.
     pub system_information_result: Option<NTSTATUS>,
     /// Control device: what the driver asked the framework for.
@@ -362,6 +374,17 @@ fn pid_of_process(process: PEPROCESS) -> u32 {
     u32::try_from((process as usize).wrapping_sub(FAKE_PROCESS_BASE) / 16).unwrap_or(u32::MAX)
 }
 
+pub unsafe extern "C" fn PsGetProcessExitStatus(Process: PEPROCESS) -> NTSTATUS {
+    let pid = pid_of_process(Process);
+    with_host(|host| {
+        if host.exited.contains(&pid) {
+            STATUS_SUCCESS
+        } else {
+            STATUS_PENDING
+        }
+    })
+}
+
 pub unsafe extern "C" fn PsSetCreateProcessNotifyRoutineEx(
     NotifyRoutine: PCREATE_PROCESS_NOTIFY_ROUTINE_EX,
     Remove: BOOLEAN,
@@ -406,6 +429,7 @@ pub unsafe extern "C" fn SeLocateProcessImageName(
     pImageFileName: *mut PUNICODE_STRING,
 ) -> NTSTATUS {
     let pid = pid_of_process(Process);
+    with_host(|host| host.image_name_lookups += 1);
     let Some(image) = with_host(|host| host.processes.get(&pid).map(|(_, image)| image.clone()))
     else {
         return STATUS_INVALID_PARAMETER;
@@ -482,23 +506,54 @@ pub unsafe extern "C" fn KeQuerySystemTimePrecise(CurrentTime: PLARGE_INTEGER) {
     unsafe { CurrentTime.write(LARGE_INTEGER { QuadPart: now }) };
 }
 
-pub unsafe extern "C" fn KeInitializeGuardedMutex(_Mutex: PKGUARDED_MUTEX) {}
+pub unsafe extern "C" fn KeEnterCriticalRegion() {
+    with_host(|host| host.critical_regions += 1);
+}
 
-pub unsafe extern "C" fn KeAcquireGuardedMutex(_Mutex: PKGUARDED_MUTEX) {
+pub unsafe extern "C" fn KeLeaveCriticalRegion() {
     with_host(|host| {
-        assert!(!host.mutex_held, "guarded mutex acquired recursively");
+        assert!(host.critical_regions > 0, "critical region left twice");
+        host.critical_regions -= 1;
+    });
+}
+
+pub unsafe extern "C" fn ExInitializeResourceLite(_Resource: PERESOURCE) -> NTSTATUS {
+    with_host(|host| host.live_resources += 1);
+    STATUS_SUCCESS
+}
+
+pub unsafe extern "C" fn ExDeleteResourceLite(_Resource: PERESOURCE) -> NTSTATUS {
+    with_host(|host| {
+        assert!(!host.mutex_held, "resource deleted while held");
+        host.live_resources -= 1;
+    });
+    STATUS_SUCCESS
+}
+
+pub unsafe extern "C" fn ExAcquireResourceExclusiveLite(
+    _Resource: PERESOURCE,
+    Wait: BOOLEAN,
+) -> BOOLEAN {
+    with_host(|host| {
+        assert!(!host.mutex_held, "writer lock acquired recursively");
+        assert!(Wait != 0, "the writers always wait");
         assert!(
             host.irql <= APC_LEVEL as u8,
-            "guarded mutex acquired above APC_LEVEL"
+            "resource acquired above APC_LEVEL"
+        );
+        assert!(
+            host.critical_regions > 0 || host.irql == APC_LEVEL as u8,
+            "resource acquired with normal kernel APCs enabled"
         );
         host.mutex_held = true;
         host.mutex_acquisitions += 1;
     });
+    1
 }
 
-pub unsafe extern "C" fn KeReleaseGuardedMutex(_Mutex: PKGUARDED_MUTEX) {
+pub unsafe extern "C" fn ExReleaseResourceLite(_Resource: PERESOURCE) {
     with_host(|host| {
-        assert!(host.mutex_held, "guarded mutex released while not held");
+        assert!(host.mutex_held, "resource released while not held");
         host.mutex_held = false;
     });
 }
@@ -540,6 +595,7 @@ pub unsafe extern "C" fn ZwQuerySystemInformation(
 ) -> NTSTATUS {
     use super::system_information::{SystemProcessInformation, SYSTEM_PROCESS_INFORMATION};
     assert_eq!(SystemInformationClass, SystemProcessInformation);
+    with_host(|host| host.system_information_queries += 1);
     if let Some(status) = with_host(|host| host.system_information_result) {
         return status;
     }

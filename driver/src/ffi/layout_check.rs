@@ -125,6 +125,24 @@ fn kernel_layouts() -> Vec<StructLayout> {
             }
         ),
         layout!(
+            "ERESOURCE",
+            ERESOURCE {
+                SystemResourcesList,
+                OwnerTable,
+                ActiveCount,
+                Flag,
+                SharedWaiters,
+                ExclusiveWaiters,
+                OwnerEntry,
+                ActiveEntries,
+                ContentionCount,
+                NumberOfSharedWaiters,
+                NumberOfExclusiveWaiters,
+                Reserved2,
+                SpinLock
+            }
+        ),
+        layout!(
             "OB_CALLBACK_REGISTRATION",
             OB_CALLBACK_REGISTRATION {
                 Version,

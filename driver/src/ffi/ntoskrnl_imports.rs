@@ -70,6 +70,7 @@ extern "C" {
         pImageFileName: *mut PUNICODE_STRING,
     ) -> NTSTATUS;
     pub fn PsGetProcessCreateTimeQuadPart(Process: PEPROCESS) -> LONGLONG;
+    pub fn PsGetProcessExitStatus(Process: PEPROCESS) -> NTSTATUS;
     pub fn IoThreadToProcess(Thread: PETHREAD) -> PEPROCESS;
     pub fn IoGetCurrentProcess() -> PEPROCESS;
     pub fn PsGetCurrentThreadId() -> HANDLE;
@@ -77,9 +78,12 @@ extern "C" {
     pub fn ObfDereferenceObject(Object: PVOID) -> LONG_PTR;
     pub fn ExFreePool(P: PVOID);
     pub fn KeQuerySystemTimePrecise(CurrentTime: PLARGE_INTEGER);
-    pub fn KeInitializeGuardedMutex(Mutex: PKGUARDED_MUTEX);
-    pub fn KeAcquireGuardedMutex(Mutex: PKGUARDED_MUTEX);
-    pub fn KeReleaseGuardedMutex(Mutex: PKGUARDED_MUTEX);
+    pub fn KeEnterCriticalRegion();
+    pub fn KeLeaveCriticalRegion();
+    pub fn ExInitializeResourceLite(Resource: PERESOURCE) -> NTSTATUS;
+    pub fn ExDeleteResourceLite(Resource: PERESOURCE) -> NTSTATUS;
+    pub fn ExAcquireResourceExclusiveLite(Resource: PERESOURCE, Wait: BOOLEAN) -> BOOLEAN;
+    pub fn ExReleaseResourceLite(Resource: PERESOURCE);
     pub fn KeAcquireSpinLockRaiseToDpc(SpinLock: PKSPIN_LOCK) -> KIRQL;
     pub fn KeReleaseSpinLock(SpinLock: PKSPIN_LOCK, NewIrql: KIRQL);
     pub fn KeGetCurrentIrql() -> KIRQL;

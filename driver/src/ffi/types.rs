@@ -554,6 +554,8 @@ pub const WDF_NO_HANDLE: PVOID = core::ptr::null_mut();
 // ------------------------------------------------------------------ constants
 
 pub const STATUS_SUCCESS: NTSTATUS = 0;
+/// What `PsGetProcessExitStatus` returns while the process has not exited.
+pub const STATUS_PENDING: NTSTATUS = 0x0000_0103;
 pub const STATUS_UNSUCCESSFUL: NTSTATUS = 0xC000_0001_u32 as i32;
 pub const STATUS_NOT_IMPLEMENTED: NTSTATUS = 0xC000_0002_u32 as i32;
 pub const STATUS_INVALID_PARAMETER: NTSTATUS = 0xC000_000D_u32 as i32;
@@ -619,3 +621,61 @@ pub const THREAD_TERMINATE: u32 = 0x0001;
 pub const THREAD_SUSPEND_RESUME: u32 = 0x0002;
 pub const THREAD_SET_CONTEXT: u32 = 0x0010;
 pub const THREAD_SET_INFORMATION: u32 = 0x0020;
+
+// ---- Executive resources (the writer lock, kernel_sync.rs) ----------------
+
+/// `LIST_ENTRY`.
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub struct _LIST_ENTRY {
+    pub Flink: *mut _LIST_ENTRY,
+    pub Blink: *mut _LIST_ENTRY,
+}
+pub type LIST_ENTRY = _LIST_ENTRY;
+
+/// The union of `OWNER_ENTRY` (bit fields or a table size).
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub union _OWNER_ENTRY__bindgen_ty_1 {
+    pub TableSize: ULONG,
+}
+
+/// `OWNER_ENTRY`.
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub struct _OWNER_ENTRY {
+    pub OwnerThread: ULONG_PTR,
+    pub __bindgen_anon_1: _OWNER_ENTRY__bindgen_ty_1,
+}
+pub type OWNER_ENTRY = _OWNER_ENTRY;
+
+/// The union of `ERESOURCE` (creator address or back-trace index).
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub union _ERESOURCE__bindgen_ty_1 {
+    pub Address: PVOID,
+    pub CreatorBackTraceIndex: ULONG_PTR,
+}
+
+/// `ERESOURCE` (x64). Non-paged storage; initialised, acquired, released
+/// and deleted only through the kernel's functions.
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub struct _ERESOURCE {
+    pub SystemResourcesList: LIST_ENTRY,
+    pub OwnerTable: *mut OWNER_ENTRY,
+    pub ActiveCount: i16,
+    pub Flag: USHORT,
+    pub SharedWaiters: PVOID,
+    pub ExclusiveWaiters: PVOID,
+    pub OwnerEntry: OWNER_ENTRY,
+    pub ActiveEntries: ULONG,
+    pub ContentionCount: ULONG,
+    pub NumberOfSharedWaiters: ULONG,
+    pub NumberOfExclusiveWaiters: ULONG,
+    pub Reserved2: PVOID,
+    pub __bindgen_anon_1: _ERESOURCE__bindgen_ty_1,
+    pub SpinLock: KSPIN_LOCK,
+}
+pub type ERESOURCE = _ERESOURCE;
+pub type PERESOURCE = *mut ERESOURCE;
