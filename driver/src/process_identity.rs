@@ -158,8 +158,8 @@ pub fn identify(pid: u32) -> Option<Identity> {
 /// The image path to classify `process` with: the kernel's path, or an empty
 /// one for a process that has none (System, Registry, …). `None` when memory
 /// ran out: the process must then not be classified now (an empty path would
-/// silently drop its protection); it is classified when next met
-/// (`handle_decision.rs`, step 4).
+/// silently drop its protection); it is noted and classified at a later
+/// process notification (`pending_classification.rs`).
 ///
 /// # Safety
 /// As [`image_path`].
@@ -169,7 +169,7 @@ pub unsafe fn image_path_for_policy(process: PEPROCESS) -> Option<String> {
         Ok(path) => Some(path),
         Err(STATUS_INSUFFICIENT_RESOURCES) => {
             crate::trace::error(format_args!(
-                "no memory for a process image path ({}); the process is classified when next met",
+                "no memory for a process image path ({}); the process is classified at a later notification",
                 crate::trace::Status(STATUS_INSUFFICIENT_RESOURCES)
             ));
             None
