@@ -86,6 +86,8 @@ pub struct HostKernel {
     pub current_thread_id: u32,
     pub system_time: i64,
     pub irql: u8,
+    /// KeAcquireSpinLockRaiseToDpc calls (DISPATCH_LEVEL scopes entered).
+    pub dispatch_scopes: u64,
     pub mutex_held: bool,
     pub mutex_acquisitions: u64,
     pub delays: u64,
@@ -526,6 +528,7 @@ pub unsafe extern "C" fn KeAcquireSpinLockRaiseToDpc(_SpinLock: PKSPIN_LOCK) -> 
         let old = host.irql;
         assert!(old <= DISPATCH_LEVEL as u8);
         host.irql = DISPATCH_LEVEL as u8;
+        host.dispatch_scopes += 1;
         old
     })
 }
