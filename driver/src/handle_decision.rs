@@ -39,13 +39,23 @@ use crate::policy_state::Generation;
 use crate::process_identity;
 use crate::process_table::TrackedSlot;
 
-/// Who gains the access (resolved only when a rule could apply).
+/// Who gains the access (resolved only when a rule could apply): the
+/// process that receives a duplicated handle, or — null — the current
+/// thread's own process for a create. A pointer rather than an enum: no tag
+/// to keep beside it on the callbacks' path (measured: 3 to 9 instructions
+/// fewer on a stripped request, `tests/emulator/measure_instructions.py`).
 #[derive(Debug, Clone, Copy)]
-pub enum Requester {
-    /// A create: the current process.
-    Current,
-    /// A duplicate: the process that receives the handle (`TargetProcess`).
-    Receiver(PEPROCESS),
+pub struct Requester(PEPROCESS);
+
+impl Requester {
+    /// A create: the process that owns the current thread.
+    pub const CURRENT: Self = Self(core::ptr::null_mut());
+
+    /// A duplicate: the process that receives the handle (`TargetProcess`,
+    /// never null).
+    pub const fn receiver(process: PEPROCESS) -> Self {
+        Self(process)
+    }
 }
 
 /// What the callback read from `OB_PRE_OPERATION_INFORMATION`: only what
@@ -85,14 +95,15 @@ fn target_process(request: &ObservedRequest) -> PEPROCESS {
 /// give); both from the one object, so the id and the creation key always
 /// describe the same process.
 fn resolve(requester: Requester) -> (u32, PEPROCESS) {
-    let process = match requester {
-        Requester::Current => {
-            // SAFETY: plain queries about the current thread (any IRQL),
-            // which outlives the callback, and its owning process.
-            unsafe { ntddk::IoThreadToProcess(ntddk::PsGetCurrentThread()) }
-        }
-        // TargetProcess is a process object, valid during the callback.
-        Requester::Receiver(process) => process,
+    let process = if requester.0.is_null() {
+        // SAFETY: a plain query about the current thread (any IRQL), which
+        // outlives the callback.
+        let thread = unsafe { ntddk::PsGetCurrentThread() };
+        // SAFETY: the current thread's owning process (any IRQL).
+        unsafe { ntddk::IoThreadToProcess(thread) }
+    } else {
+        // TargetProcess: a process object, valid during the callback.
+        requester.0
     };
     // SAFETY: a process object valid during the callback (see above).
     let pid = process_identity::id_of(unsafe { ntddk::PsGetProcessId(process) });

@@ -121,7 +121,9 @@ pub fn system_time() -> i64 {
     // SAFETY: writes the time to a local.
     unsafe { ntddk::KeQuerySystemTimePrecise(now.as_mut_ptr()) };
     // SAFETY: KeQuerySystemTimePrecise wrote the whole LARGE_INTEGER.
-    unsafe { now.assume_init().QuadPart }
+    let now = unsafe { now.assume_init() };
+    // SAFETY: QuadPart covers the whole union.
+    unsafe { now.QuadPart }
 }
 
 #[cfg(test)]

@@ -246,7 +246,7 @@ fn decide_request(
             (
                 Operation::Create,
                 &mut create.DesiredAccess,
-                Requester::Current,
+                Requester::CURRENT,
                 ptr::null_mut(),
             )
         }
@@ -259,7 +259,7 @@ fn decide_request(
             (
                 Operation::Duplicate,
                 &mut duplicate.DesiredAccess,
-                Requester::Receiver(receiver),
+                Requester::receiver(receiver),
                 source,
             )
         }
