@@ -13,6 +13,14 @@
 //! that record is still being written by a slower producer, the new record is
 //! the one dropped. Every record's payload is atomics, so no reader can see a
 //! torn record, with no `unsafe`. Model-checked with loom.
+//!
+//! A claimed cell blocks its lap until it is published (or, for a consumer,
+//! handed back): a thread preempted in between would stop draining and,
+//! one lap later, make every new record a drop, for as long as it stays
+//! preempted. So both claim-to-publish (`append`, whole) and
+//! claim-to-hand-back (each record `drain` takes) run at DISPATCH_LEVEL
+//! (`kernel_sync::without_preemption`, as the process table's slot writes
+//! do): a few dozen instructions that no thread switch can interrupt.
 #![forbid(unsafe_code)]
 
 use alloc::vec::Vec;
@@ -21,6 +29,16 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 #[cfg(loom)]
 use loom::sync::atomic::{AtomicU64, Ordering};
+
+#[cfg(not(loom))]
+use crate::kernel_sync::without_preemption;
+
+/// Loom models the protocol, not IRQLs: every interleaving is explored, as
+/// if any thread could be preempted anywhere.
+#[cfg(loom)]
+fn without_preemption<R>(body: impl FnOnce() -> R) -> R {
+    body()
+}
 
 /// Words of one record.
 pub const RECORD_WORDS: usize = 8;
@@ -110,11 +128,18 @@ impl AuditRing {
         self.cells.get(usize::try_from(position & self.mask).ok()?)
     }
 
-    /// Appends a record built by `fill` from its sequence number. Lock-free;
-    /// never blocks, never allocates. Inlined into the callbacks, which
-    /// append on every stripped request.
+    /// Appends a record built by `fill` from its sequence number, at
+    /// DISPATCH_LEVEL from claim to publication (see the module
+    /// documentation). Lock-free; never blocks, never allocates. Inlined into
+    /// the callbacks, which append on every stripped request. IRQL ≤
+    /// DISPATCH_LEVEL.
     #[inline(always)]
     pub fn append(&self, fill: impl Fn(u64) -> [u64; RECORD_WORDS]) -> Append {
+        without_preemption(|| self.append_unpreempted(&fill))
+    }
+
+    #[inline(always)]
+    fn append_unpreempted(&self, fill: &impl Fn(u64) -> [u64; RECORD_WORDS]) -> Append {
         let mut discarded = false;
         let mut position = self.enqueue.load(Ordering::Relaxed);
         loop {
@@ -146,7 +171,7 @@ impl AuditRing {
             } else if sequence < position {
                 // Full: the cell still holds the record from one lap ago.
                 // Discard the oldest record to make room, then retry.
-                if self.take_oldest(|_| ()).is_some() {
+                if self.take_oldest().is_some() {
                     self.dropped.fetch_add(1, Ordering::Relaxed);
                     discarded = true;
                 } else if self
@@ -168,9 +193,10 @@ impl AuditRing {
         }
     }
 
-    /// Takes the oldest published record, passing it to `read`; `None` when
-    /// the ring is empty or its oldest record is still being written.
-    fn take_oldest<R>(&self, read: impl FnOnce(&[u64; RECORD_WORDS]) -> R) -> Option<R> {
+    /// Takes the oldest published record; `None` when the ring is empty or
+    /// its oldest record is still being written. Callers run it without
+    /// preemption (a claimed cell blocks producers until handed back).
+    fn take_oldest(&self) -> Option<[u64; RECORD_WORDS]> {
         let mut position = self.dequeue.load(Ordering::Relaxed);
         loop {
             let cell = self.cell(position)?;
@@ -190,7 +216,7 @@ impl AuditRing {
                         // Hand the cell back to producers one lap later.
                         cell.sequence
                             .store(position + self.mask + 1, Ordering::Release);
-                        return Some(read(&words));
+                        return Some(words);
                     }
                     Err(current) => position = current,
                 }
@@ -202,13 +228,16 @@ impl AuditRing {
         }
     }
 
-    /// Drains up to `max` records, oldest first, into `sink`; returns how many.
+    /// Drains up to `max` records, oldest first, into `sink`; returns how
+    /// many. Each record is taken at DISPATCH_LEVEL and passed to `sink`
+    /// after (so `sink` may touch pageable memory). IRQL ≤ DISPATCH_LEVEL.
     pub fn drain(&self, max: usize, mut sink: impl FnMut(&[u64; RECORD_WORDS])) -> usize {
         let mut taken = 0;
         while taken < max {
-            if self.take_oldest(&mut sink).is_none() {
+            let Some(words) = without_preemption(|| self.take_oldest()) else {
                 break;
-            }
+            };
+            sink(&words);
             taken += 1;
         }
         taken
@@ -218,6 +247,7 @@ impl AuditRing {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+    use crate::ffi::ntddk::{reset_host, with_host};
     use std::sync::atomic::AtomicBool;
     use std::sync::Arc;
 
@@ -279,6 +309,58 @@ mod tests {
             AuditRing::with_capacity(usize::MAX).map(|ring| ring.capacity()),
             Some(MAX_RECORDS)
         );
+    }
+
+    /// A cell claimed and not yet published blocks draining, and one lap
+    /// later every append: what a producer preempted in between would do
+    /// (shown here by appending from inside `fill`, where the claim is
+    /// held). The ring relies on claim-to-publish running at DISPATCH_LEVEL
+    /// so that no thread switch can happen there: the next test checks it.
+    #[test]
+    fn a_claimed_unpublished_cell_stalls_draining_and_then_drops_every_record() {
+        let ring = AuditRing::with_capacity(4).unwrap();
+        let inner = std::cell::Cell::new(Vec::new());
+        ring.append(|sequence| {
+            // "Preempted" with cell 0 claimed: others append a lap's worth.
+            let mut outcomes = Vec::new();
+            for _ in 0..6 {
+                outcomes.push(ring.append(record));
+            }
+            let mut drained = 0;
+            ring.drain(usize::MAX, |_| drained += 1);
+            outcomes.push(Append::Stored(drained));
+            inner.set(outcomes);
+            record(sequence)
+        });
+        let outcomes = inner.take();
+        assert_eq!(
+            &outcomes[..3],
+            [Append::Stored(1), Append::Stored(2), Append::Stored(3)]
+        );
+        assert_eq!(&outcomes[3..6], [Append::Dropped; 3], "stalled");
+        assert_eq!(outcomes[6], Append::Stored(0), "nothing could be drained");
+        assert_eq!(drain_all(&ring), [0, 1, 2, 3], "unstalled once published");
+    }
+
+    #[test]
+    fn claim_to_publish_and_claim_to_hand_back_run_at_dispatch_level() {
+        reset_host();
+        let ring = AuditRing::with_capacity(4).unwrap();
+        let irql = std::cell::Cell::new(0u8);
+        for _ in 0..6 {
+            ring.append(|sequence| {
+                irql.set(crate::kernel_sync::current_irql());
+                record(sequence)
+            });
+            assert_eq!(irql.get(), crate::ffi::DISPATCH_LEVEL as u8);
+            assert_eq!(crate::kernel_sync::current_irql(), 0, "restored");
+        }
+        let scopes = with_host(|host| host.dispatch_scopes);
+        assert_eq!(scopes, 6, "one scope per append, discarding included");
+        assert_eq!(drain_all(&ring), [2, 3, 4, 5]);
+        // One scope per record taken, and one for the take that found none.
+        assert_eq!(with_host(|host| host.dispatch_scopes), scopes + 5);
+        assert_eq!(crate::kernel_sync::current_irql(), 0);
     }
 
     /// Producers on several threads append while a consumer drains: every

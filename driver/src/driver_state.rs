@@ -73,6 +73,8 @@ pub struct DriverState {
     pub service_key_path: Vec<u16>,
     /// Last failure status (0: none), for status reporting.
     pub last_error: core::sync::atomic::AtomicI32,
+    /// Processes the callbacks met unclassified, for the next notification.
+    pub pending: crate::pending_classification::PendingClassification,
 }
 
 /// The loaded driver's state, for routines the kernel calls without a
@@ -117,6 +119,7 @@ impl DriverState {
             load_info: PassiveLock::new(LoadInfo::default()),
             service_key_path: path,
             last_error: core::sync::atomic::AtomicI32::new(0),
+            pending: crate::pending_classification::PendingClassification::default(),
         })?;
         // SAFETY: boxed, so the address is final; called once each, before any lock.
         unsafe { state.writer.init() };

@@ -496,23 +496,84 @@ fn a_failed_callback_registration_removes_the_notify_routine_again() {
 }
 
 #[test]
-fn requests_at_apc_level_for_an_unknown_process_use_the_unknown_record() {
+fn an_unknown_process_gets_the_unknown_record_without_io_and_is_classified_at_the_next_notification(
+) {
     let (loaded, _) = Loaded::with(Some(blob(POLICY)), &[(ATTACKER, "tool.exe")]);
     // A process the table does not know (its creation was never notified).
-    with_host(|host| {
-        host.processes.insert(5000, (5, image("agent.exe")));
-        host.irql = crate::ffi::APC_LEVEL as u8;
-    });
+    with_host(|host| host.processes.insert(5000, (5, image("agent.exe"))));
+    let lookups = with_host(|host| host.image_name_lookups);
+    for irql in [crate::ffi::APC_LEVEL as u8, 0] {
+        with_host(|host| host.irql = irql);
+        assert_eq!(
+            loaded.open_process(ATTACKER, 5000, PROCESS_TERMINATE),
+            PROCESS_TERMINATE,
+            "the unknown-process record at IRQL {irql}"
+        );
+    }
     assert_eq!(
-        loaded.open_process(ATTACKER, 5000, PROCESS_TERMINATE),
-        PROCESS_TERMINATE,
-        "not classifiable at APC"
+        with_host(|host| host.image_name_lookups),
+        lookups,
+        "no image path is read inside a callback, at any IRQL"
     );
-    with_host(|host| host.irql = 0);
+    let counters = &loaded.state().counters;
     assert_eq!(
-        loaded.open_process(ATTACKER, 5000, PROCESS_TERMINATE),
+        counters
+            .unclassified
+            .load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
+    // Any notification (here another process's creation) classifies it.
+    notify_create(EDITOR, "editor.exe", 99);
+    assert_eq!(loaded.open_process(ATTACKER, 5000, PROCESS_TERMINATE), 0);
+    assert_eq!(
+        counters
+            .unclassified
+            .load(std::sync::atomic::Ordering::Relaxed),
+        2,
+        "tracked now"
+    );
+    assert!(loaded.state().pending.is_empty());
+}
+
+#[test]
+fn the_requester_is_the_threads_own_process_even_while_attached_to_another() {
+    const UPDATER: u32 = 4000;
+    let policy = blob(
+        r#"
+[[rule]]
+name = "agent-no-kill"
+target = { name = "agent.exe" }
+requester = { except = { name = "updater.exe" } }
+objects = "process"
+strip = ["PROCESS_TERMINATE"]
+"#,
+    );
+    let (loaded, _) = Loaded::with(
+        Some(policy),
+        &[
+            (AGENT, "agent.exe"),
+            (ATTACKER, "tool.exe"),
+            (UPDATER, "updater.exe"),
+        ],
+    );
+    // A thread of the attacker attached to the updater's address space
+    // (KeStackAttachProcess) is still the attacker's.
+    with_host(|host| host.attached_process_id = Some(UPDATER));
+    assert_eq!(loaded.open_process(ATTACKER, AGENT, PROCESS_TERMINATE), 0);
+    // And the updater's thread attached to the attacker is the updater's.
+    with_host(|host| host.attached_process_id = Some(ATTACKER));
+    assert_eq!(
+        loaded.open_process(UPDATER, AGENT, PROCESS_TERMINATE),
+        PROCESS_TERMINATE
+    );
+    assert_eq!(
+        loaded
+            .state()
+            .counters
+            .unclassified
+            .load(std::sync::atomic::Ordering::Relaxed),
         0,
-        "classified on the spot at PASSIVE"
+        "id and object of one process: its record matches"
     );
 }
 

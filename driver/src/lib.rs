@@ -35,6 +35,7 @@ pub mod handle_decision;
 pub mod kernel_sync;
 pub mod object_callbacks;
 pub mod parameters;
+pub mod pending_classification;
 pub mod policy_state;
 #[cfg(not(feature = "wdk"))]
 pub mod pool;

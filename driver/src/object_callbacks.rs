@@ -256,7 +256,7 @@ fn decide_request(
             (
                 Operation::Create,
                 &mut create.DesiredAccess,
-                Requester::Current,
+                Requester::CURRENT,
                 ptr::null_mut(),
             )
         }
@@ -269,7 +269,7 @@ fn decide_request(
             (
                 Operation::Duplicate,
                 &mut duplicate.DesiredAccess,
-                Requester::Receiver(receiver),
+                Requester::receiver(receiver),
                 source,
             )
         }

@@ -55,14 +55,40 @@ pub unsafe fn creation_key(process: PEPROCESS) -> u64 {
     time.cast_unsigned()
 }
 
+/// Bytes `units` take as UTF-8 (unpaired surrogates count as U+FFFD).
+fn utf8_length(units: &[u16]) -> usize {
+    char::decode_utf16(units.iter().copied())
+        .map(|unit| unit.map_or(char::REPLACEMENT_CHARACTER.len_utf8(), char::len_utf8))
+        .fold(0usize, usize::saturating_add)
+}
+
+/// `units` as UTF-8 (unpaired surrogates become U+FFFD), in one allocation
+/// of exactly the length needed: `None` when it fails. Nothing here can
+/// grow a buffer or panic, so running out of pool on any path (the notify
+/// routine, enumeration) never reaches the panic handler and its bug check.
 fn utf16_to_string(units: &[u16]) -> Option<String> {
-    let mut text = String::new();
-    text.try_reserve(units.len()).ok()?;
-    text.extend(
-        char::decode_utf16(units.iter().copied())
-            .map(|unit| unit.unwrap_or(char::REPLACEMENT_CHARACTER)),
-    );
-    Some(text)
+    let length = utf8_length(units);
+    let mut bytes: Vec<u8> = Vec::new();
+    bytes.try_reserve_exact(length).ok()?;
+    let spare = bytes.spare_capacity_mut();
+    let mut written = 0usize;
+    for unit in char::decode_utf16(units.iter().copied()) {
+        let mut encoded = [0u8; 4];
+        let text = unit
+            .unwrap_or(char::REPLACEMENT_CHARACTER)
+            .encode_utf8(&mut encoded);
+        for &byte in text.as_bytes() {
+            spare.get_mut(written)?.write(byte);
+            written += 1;
+        }
+    }
+    if written != length {
+        return None;
+    }
+    // SAFETY: the first `written` bytes of the spare capacity were
+    // initialised above, and `written` is within it (`get_mut` checked).
+    unsafe { bytes.set_len(written) };
+    String::from_utf8(bytes).ok()
 }
 
 /// The full image path of `process` (PASSIVE_LEVEL only). `Err` when the
@@ -139,8 +165,8 @@ pub fn identify(pid: u32) -> Option<Identity> {
 /// The image path to classify `process` with: the kernel's path, or an empty
 /// one for a process that has none (System, Registry, …). `None` when memory
 /// ran out: the process must then not be classified now (an empty path would
-/// silently drop its protection); it is classified when next met
-/// (`handle_decision.rs`, step 4).
+/// silently drop its protection); it is noted and classified at a later
+/// process notification (`pending_classification.rs`).
 ///
 /// # Safety
 /// As [`image_path`].
@@ -150,7 +176,7 @@ pub unsafe fn image_path_for_policy(process: PEPROCESS) -> Option<String> {
         Ok(path) => Some(path),
         Err(STATUS_INSUFFICIENT_RESOURCES) => {
             crate::trace::error(format_args!(
-                "no memory for a process image path ({}); the process is classified when next met",
+                "no memory for a process image path ({}); the process is classified at a later notification",
                 crate::trace::Status(STATUS_INSUFFICIENT_RESOURCES)
             ));
             None
@@ -168,10 +194,7 @@ pub fn running_process_ids() -> Result<Vec<u32>, NTSTATUS> {
     let mut size = 256 * 1024;
     loop {
         let mut buffer: Vec<u64> = Vec::new();
-        buffer
-            .try_reserve_exact(size / 8)
-            .map_err(|_| STATUS_INSUFFICIENT_RESOURCES)?;
-        buffer.resize(size / 8, 0);
+        zeroed_words(&mut buffer, size / 8).ok_or(STATUS_INSUFFICIENT_RESOURCES)?;
         let mut needed: u32 = 0;
         // SAFETY: the buffer is `size` writable, 8-byte aligned bytes.
         let status = unsafe {
@@ -196,6 +219,34 @@ pub fn running_process_ids() -> Result<Vec<u32>, NTSTATUS> {
         }
         return parse_process_list(&buffer);
     }
+}
+
+/// Makes the empty `words` `count` zeros long, allocating fallibly; unlike
+/// `resize`, no path of it can grow infallibly (and so panic).
+fn zeroed_words(words: &mut Vec<u64>, count: usize) -> Option<()> {
+    if !words.is_empty() {
+        return None;
+    }
+    words.try_reserve_exact(count).ok()?;
+    let spare = words.spare_capacity_mut();
+    for word in spare.get_mut(..count)? {
+        word.write(0);
+    }
+    // SAFETY: the first `count` elements were initialised just above
+    // (`get_mut` checked they are within the capacity).
+    unsafe { words.set_len(count) };
+    Some(())
+}
+
+/// Appends `value`, allocating fallibly; unlike `push`, no path of it can
+/// grow infallibly (and so panic).
+fn try_push<T>(items: &mut Vec<T>, value: T) -> Option<()> {
+    items.try_reserve(1).ok()?;
+    let length = items.len();
+    items.spare_capacity_mut().first_mut()?.write(value);
+    // SAFETY: the element after the initialised ones was just written.
+    unsafe { items.set_len(length + 1) };
+    Some(())
 }
 
 /// `N` little-endian bytes at byte `offset` of `words`, if all inside.
@@ -225,9 +276,7 @@ fn parse_process_list(words: &[u64]) -> Result<Vec<u32>, NTSTATUS> {
         let pid_at = offset.checked_add(PID_OFFSET).ok_or(malformed)?;
         let pid = u64::from_le_bytes(bytes_at(words, pid_at).ok_or(malformed)?);
         if let Ok(pid) = u32::try_from(pid) {
-            pids.try_reserve(1)
-                .map_err(|_| STATUS_INSUFFICIENT_RESOURCES)?;
-            pids.push(pid);
+            try_push(&mut pids, pid).ok_or(STATUS_INSUFFICIENT_RESOURCES)?;
         }
         if next == 0 {
             return Ok(pids);
@@ -239,6 +288,7 @@ fn parse_process_list(words: &[u64]) -> Result<Vec<u32>, NTSTATUS> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ffi::ntddk::test_heap;
     use crate::ffi::ntddk::{reset_host, with_host};
 
     fn add_process(pid: u32, time: i64, image: &str) {
@@ -296,6 +346,59 @@ mod tests {
         let mut single = vec![0u64; 32];
         single[10] = 1234; // UniqueProcessId at byte 80
         assert_eq!(parse_process_list(&single), Ok(vec![1234]));
+    }
+
+    const NON_ASCII_PATHS: [&str; 4] = [
+        "\\Device\\HarddiskVolume3\\Users\\J\u{fc}rgen\\B\u{fc}ro\\agent.exe",
+        "\\Device\\HarddiskVolume3\\\u{30d7}\u{30ed}\u{30b0}\u{30e9}\u{30e0}\\\u{5b88}\u{308b}.exe",
+        "\\Device\\HarddiskVolume3\\Games\\\u{1f3ae}\u{1f3ae}\u{1f3ae}.exe",
+        "\u{42f}\u{43d}\u{434}\u{435}\u{43a}\u{441}",
+    ];
+
+    #[test]
+    fn a_non_ascii_path_is_converted_in_exactly_one_allocation() {
+        for path in NON_ASCII_PATHS {
+            let units: Vec<u16> = path.encode_utf16().collect();
+            let (text, allocations) = test_heap::with_heap(false, || utf16_to_string(&units));
+            assert_eq!(text.as_deref(), Some(path));
+            // A second one would be an infallible regrowth: a bug check
+            // when the pool is exhausted.
+            assert_eq!(allocations, 1, "{path}");
+        }
+    }
+
+    #[test]
+    fn a_failed_allocation_gives_no_path_instead_of_a_bug_check() {
+        for path in NON_ASCII_PATHS {
+            let units: Vec<u16> = path.encode_utf16().collect();
+            let (text, _) = test_heap::with_heap(true, || utf16_to_string(&units));
+            assert_eq!(text, None, "{path}");
+        }
+    }
+
+    #[test]
+    fn unpaired_surrogates_become_replacement_characters_of_the_computed_length() {
+        let units = [0x41, 0xD800, 0x42, 0xDC00];
+        assert_eq!(utf8_length(&units), 8);
+        assert_eq!(
+            utf16_to_string(&units).as_deref(),
+            Some("A\u{fffd}B\u{fffd}")
+        );
+        assert_eq!(utf16_to_string(&[]).as_deref(), Some(""));
+    }
+
+    #[test]
+    fn identify_keeps_a_non_ascii_path_whole() {
+        reset_host();
+        for (index, path) in NON_ASCII_PATHS.iter().enumerate() {
+            let pid = 1200 + 4 * index as u32;
+            add_process(pid, 777, path);
+            assert_eq!(identify(pid).unwrap().image_path, *path);
+        }
+        assert_eq!(
+            with_host(|host| (host.process_references, host.pool.len())),
+            (0, 0)
+        );
     }
 
     #[test]

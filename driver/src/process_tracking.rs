@@ -7,6 +7,9 @@
 //! its creation key is this process's, so an id reused later never inherits
 //! or loses a protection. The notify routine is registered before the
 //! running processes are enumerated, so no process falls between the two.
+//! Every notification then classifies the processes the callbacks met
+//! without a record (`pending_classification.rs`): the callbacks never read
+//! an image path themselves.
 
 use crate::driver_state::DriverState;
 use crate::ffi::{ntddk, HANDLE, NTSTATUS, PEPROCESS, PPS_CREATE_NOTIFY_INFO};
@@ -53,6 +56,21 @@ pub unsafe extern "C" fn process_notify(
     let Some(state) = DriverState::global() else {
         return;
     };
+    // SAFETY: as this function's contract.
+    unsafe { on_notification(state, process, process_id, create_info) };
+    classify_pending(state);
+}
+
+/// Creation or exit of one process.
+///
+/// # Safety
+/// As [`process_notify`].
+unsafe fn on_notification(
+    state: &DriverState,
+    process: PEPROCESS,
+    process_id: HANDLE,
+    create_info: PPS_CREATE_NOTIFY_INFO,
+) {
     let Ok(pid) = u32::try_from(process_id as usize) else {
         return;
     };
@@ -69,6 +87,8 @@ pub unsafe extern "C" fn process_notify(
     // takes kernel locks of its own).
     // SAFETY: PASSIVE_LEVEL (notify routines run there); `process` is valid.
     let Some(image_path) = (unsafe { process_identity::image_path_for_policy(process) }) else {
+        // Out of memory: classified at a later notification instead.
+        state.pending.note(pid);
         return;
     };
     let identity = Identity {
@@ -101,4 +121,32 @@ pub unsafe extern "C" fn process_notify(
             )),
         }
     }
+}
+
+/// Classifies the processes the callbacks met without a record
+/// (`pending_classification.rs`): here, at PASSIVE_LEVEL in a notify
+/// routine, reading an image path is allowed. Each is read before the writer
+/// mutex is taken, like a new process's; one that has exited meanwhile is
+/// skipped, one whose path cannot be allocated waits for the next
+/// notification.
+fn classify_pending(state: &DriverState) {
+    if state.pending.is_empty() {
+        return;
+    }
+    state.pending.take(|pid| {
+        let Some(identity) = process_identity::identify(pid) else {
+            if process_identity::with_process(pid, |_| ()).is_some() {
+                state.pending.note(pid);
+            }
+            return;
+        };
+        let writer = state.writer();
+        if let Some(generation) = state.active.writer_view(&writer) {
+            if let Err(error) = generation.track(&identity) {
+                trace::error(format_args!(
+                    "tracking process {pid} after a callback met it failed: {error:?}"
+                ));
+            }
+        }
+    });
 }

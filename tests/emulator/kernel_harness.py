@@ -453,6 +453,13 @@ class KernelHarness(IrqlVerifier):
         self.occupied_altitudes: set[str] = set()
         self.current_pid = 4
         self.current_pid_script: collections.deque[int] = collections.deque()
+        # The process the current thread is attached to (KeStackAttachProcess),
+        # when not its own: IoGetCurrentProcess answers it, the thread stays
+        # current_pid's.
+        self.attached_pid: Optional[int] = None
+        # Set while a pre-operation callback runs: no image path may be read
+        # there (SeLocateProcessImageName may do file-system I/O).
+        self.in_pre_operation = False
         self.fail_allocations: set[int] = set()  # 0-based ExAllocatePool2 call numbers
         # ZwOpenKey of the Parameters key fails with this status when set.
         self.parameters_open_status: Optional[int] = None
@@ -691,6 +698,7 @@ class KernelHarness(IrqlVerifier):
         hook("ntoskrnl", "IoThreadToProcess", 1, self._io_thread_to_process)
         hook("ntoskrnl", "IoGetCurrentProcess", 0, self._io_get_current_process)
         hook("ntoskrnl", "PsGetCurrentThreadId", 0, self._ps_get_current_thread_id)
+        hook("ntoskrnl", "PsGetCurrentThread", 0, self._ps_get_current_thread)
         hook("ntoskrnl", "PsGetThreadId", 1, self._ps_get_thread_id)
         # Synchronisation and time.
         hook("ntoskrnl", "KeDelayExecutionThread", 3, self._ke_delay_execution_thread)
@@ -1154,10 +1162,12 @@ class KernelHarness(IrqlVerifier):
         # Callbacks run at PASSIVE or APC level.
         assert irql in (PASSIVE_LEVEL, APC_LEVEL)
         saved_irql, self.irql = self.irql, irql
+        self.in_pre_operation = True
         try:
             status = self._run(entry.pre_operation, [registration.context, info], "pre-operation callback")
         finally:
             self.irql = saved_irql
+            self.in_pre_operation = False
         after_info = self.read(info, OB_PRE_OPERATION_INFORMATION_SIZE)
         after_parameters = self.read(parameters, OB_PRE_OPERATION_PARAMETERS_SIZE)
         return PreOperationResult(
@@ -1381,6 +1391,11 @@ class KernelHarness(IrqlVerifier):
         process = self._process_object(argv[0], "SeLocateProcessImageName")
         name_out = argv[1]
         self.image_name_lookups += 1
+        if self.in_pre_operation:
+            raise KernelFault(
+                "SeLocateProcessImageName inside a pre-operation callback (it may do file-system I/O "
+                "on a thread that holds file-system locks)"
+            )
         if process.image_name_status != STATUS_SUCCESS:
             return process.image_name_status
         # One paged-pool block: the UNICODE_STRING followed by its buffer
@@ -1396,7 +1411,17 @@ class KernelHarness(IrqlVerifier):
         return self._thread_object(argv[0], "IoThreadToProcess").process.address
 
     def _io_get_current_process(self, _argv, _original):
-        return self.eprocess(self.current_pid)
+        # The attached process, if the thread is attached to another one.
+        return self.eprocess(self.current_pid if self.attached_pid is None else self.attached_pid)
+
+    def _ps_get_current_thread(self, _argv, _original):
+        """The current thread: an ETHREAD of current_pid with tid current_tid
+        (made on first use), whatever process it is attached to."""
+        owner = self.eprocess(self.current_pid)
+        for address, thread in self.threads.items():
+            if thread.tid == self.current_tid and thread.process.address == owner:
+                return address
+        return self.new_thread(self.current_pid, self.current_tid)
 
     def _ps_get_current_thread_id(self, _argv, _original):
         return self.current_tid

@@ -220,26 +220,59 @@ def test_exemptions_can_be_turned_off(kernel, compile_policy):
     assert open_process(kernel, AGENT, PROCESS_TERMINATE, CSRSS) == 0, "csrss no longer exempt"
 
 
-def test_an_unknown_process_met_at_apc_level_gets_the_unknown_record(driver, kernel):
-    # Started without a notification (none reached the driver): at APC level
-    # it cannot be classified (SeLocateProcessImageName is PASSIVE only, the
-    # harness fails the test if it is called): not protected; at PASSIVE it
-    # is classified on the spot.
+def test_an_unknown_process_gets_the_unknown_record_and_is_classified_at_the_next_notification(driver, kernel):
+    # Started without a notification (none reached the driver): inside a
+    # callback it is never classified, at any IRQL (the harness fails the
+    # test if SeLocateProcessImageName is called in a callback): not
+    # protected, counted, and noted; the next process notification (PASSIVE,
+    # no callback running) reads its path and tracks it.
     late = kernel.new_process(5500, image_path("agent.exe"))
     lookups = kernel.image_name_lookups
-    result = kernel.pre_operation(
-        operation=CREATE, object_kind="process", target=late, desired_access=PROCESS_TERMINATE,
-        current_pid=ATTACKER, irql=1,
-    )
-    assert result.desired_access == PROCESS_TERMINATE
+    for irql in (1, 0):
+        result = kernel.pre_operation(
+            operation=CREATE, object_kind="process", target=late, desired_access=PROCESS_TERMINATE,
+            current_pid=ATTACKER, irql=irql,
+        )
+        assert result.desired_access == PROCESS_TERMINATE
     assert kernel.image_name_lookups == lookups
+    kernel.notify_create(5600, image_path("editor.exe"))
+    assert kernel.image_name_lookups == lookups + 2, "the new process and the noted one"
     result = kernel.pre_operation(
         operation=CREATE, object_kind="process", target=late, desired_access=PROCESS_TERMINATE,
         current_pid=ATTACKER,
     )
     assert result.desired_access == 0
-    assert kernel.image_name_lookups == lookups + 1
-    assert kernel.image_name_blocks == {}, "the looked-up name was freed"
+    assert kernel.image_name_blocks == {}, "the looked-up names were freed"
+
+
+UPDATER = 2200  # updater.exe: the one requester the attach test's rule lets through
+
+ATTACH_POLICY = r"""
+[[rule]]
+name = "agent-no-kill"
+target = { name = "agent.exe" }
+requester = { except = { name = "updater.exe" } }
+objects = "process"
+strip = ["PROCESS_TERMINATE"]
+"""
+
+
+def test_the_requester_is_the_threads_own_process_even_while_attached_to_another(kernel, compile_policy):
+    # A create's requester is the process that owns the current thread; a
+    # thread attached to another process's address space (KeStackAttachProcess:
+    # IoGetCurrentProcess then answers the attached process) is still its
+    # owner's. Id and object must come from the same process.
+    kernel.parameters = {"Policy": reg_binary(compile_policy(ATTACH_POLICY))}
+    for pid, name in ((AGENT, "agent.exe"), (ATTACKER, "tool.exe"), (UPDATER, "updater.exe")):
+        kernel.new_process(pid, image_path(name))
+    kernel.load()
+    kernel.attached_pid = UPDATER
+    assert open_process(kernel, AGENT, PROCESS_TERMINATE, ATTACKER) == 0, "the attacker attached to the updater"
+    kernel.attached_pid = ATTACKER
+    assert open_process(kernel, AGENT, PROCESS_TERMINATE, UPDATER) == PROCESS_TERMINATE, "the updater attached"
+    kernel.attached_pid = None
+    assert open_process(kernel, AGENT, PROCESS_TERMINATE, ATTACKER) == 0
+    assert open_process(kernel, AGENT, PROCESS_TERMINATE, UPDATER) == PROCESS_TERMINATE
 
 
 def test_stripped_requests_leave_complete_audit_records(driver, kernel):

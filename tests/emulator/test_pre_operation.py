@@ -124,14 +124,15 @@ def test_create_of_a_protected_process_handle_loses_exactly_the_policy_bits(driv
 
 def test_create_uses_the_current_process_as_requester(driver):
     # The same request is stripped or not depending only on who asks (the
-    # kernel's current process): the protected process opening itself keeps
-    # everything.
+    # process that owns the current thread): the protected process opening
+    # itself keeps everything.
     results = []
     for requester in (OTHER, PROTECTED, THIRD):
         calls_before = len(driver.api_calls)
         results.append(open_process(driver, PROTECTED, PROCESS_TERMINATE, requester=requester).desired_access)
         calls = driver.api_calls[calls_before:]
-        assert "PsGetCurrentProcessId" in calls and "IoGetCurrentProcess" in calls
+        assert "PsGetCurrentThread" in calls and "IoThreadToProcess" in calls
+        assert "IoGetCurrentProcess" not in calls, "the attached process is not the requester"
     assert results == [0, PROCESS_TERMINATE, 0]
 
 

@@ -21,6 +21,7 @@ from kernel_harness import (
 
 PROTECTED = 500
 OTHER = 600
+LATE_PROCESS = 700  # started after load: its notification classifies what callbacks noted
 POLICY = """
 [[rule]]
 name = "protected-no-kill"
@@ -180,14 +181,27 @@ def _normal_load(driver_path: str, policy: bytes) -> KernelHarness:
 
 
 def _stripped(kernel) -> bool:
-    result = kernel.pre_operation(
-        operation=OB_OPERATION_HANDLE_CREATE,
-        object_kind="process",
-        target=kernel.eprocess(PROTECTED),
-        desired_access=1,
-        current_pid=OTHER,
-    )
-    return result.desired_access == 0
+    """Whether PROTECTED loses TERMINATE at once or, if the load could not
+    enumerate it, from the next process notification on (a callback meets it
+    unknown, reads no image path and notes it; the notification classifies
+    it)."""
+
+    def terminate_stripped() -> bool:
+        result = kernel.pre_operation(
+            operation=OB_OPERATION_HANDLE_CREATE,
+            object_kind="process",
+            target=kernel.eprocess(PROTECTED),
+            desired_access=1,
+            current_pid=OTHER,
+        )
+        return result.desired_access == 0
+
+    if terminate_stripped():
+        return True
+    if not kernel.notify_routines:
+        return False
+    kernel.notify_create(LATE_PROCESS)
+    return terminate_stripped()
 
 
 def _process_list_copy(kernel) -> int:

@@ -56,7 +56,11 @@ pub struct FakeValue {
 /// The fake kernel of one test thread.
 #[derive(Debug, Default)]
 pub struct HostKernel {
+    /// The process that owns the current thread.
     pub current_process_id: u32,
+    /// The process whose address space the current thread is attached to
+    /// (`KeStackAttachProcess`), when not its own.
+    pub attached_process_id: Option<u32>,
     /// Statuses `ObRegisterCallbacks` returns, in order (then success).
     pub register_results: VecDeque<NTSTATUS>,
     pub registrations: Vec<RecordedRegistration>,
@@ -75,11 +79,15 @@ pub struct HostKernel {
     /// Processes that have exited (PsGetProcessExitStatus is not
     /// STATUS_PENDING) but are still listed and found by id.
     pub exited: std::collections::BTreeSet<u32>,
+    /// SeLocateProcessImageName calls.
+    pub image_name_lookups: u64,
     /// References taken by PsLookupProcessByProcessId and not yet dropped.
     pub process_references: i64,
     pub current_thread_id: u32,
     pub system_time: i64,
     pub irql: u8,
+    /// KeAcquireSpinLockRaiseToDpc calls (DISPATCH_LEVEL scopes entered).
+    pub dispatch_scopes: u64,
     /// The writer lock (an ERESOURCE) is held.
     pub mutex_held: bool,
     pub mutex_acquisitions: u64,
@@ -484,8 +492,16 @@ pub unsafe extern "C" fn IoThreadToProcess(Thread: PETHREAD) -> PEPROCESS {
     )
 }
 
+/// The current (attached) process: not the thread's owner while attached.
 pub unsafe extern "C" fn IoGetCurrentProcess() -> PEPROCESS {
-    fake_process(with_host(|host| host.current_process_id))
+    fake_process(with_host(|host| {
+        host.attached_process_id.unwrap_or(host.current_process_id)
+    }))
+}
+
+/// The current thread: owned by `current_process_id`, attached or not.
+pub unsafe extern "C" fn PsGetCurrentThread() -> PETHREAD {
+    fake_thread(with_host(|host| host.current_process_id))
 }
 
 pub unsafe extern "C" fn PsGetCurrentThreadId() -> HANDLE {
@@ -563,6 +579,7 @@ pub unsafe extern "C" fn KeAcquireSpinLockRaiseToDpc(_SpinLock: PKSPIN_LOCK) -> 
         let old = host.irql;
         assert!(old <= DISPATCH_LEVEL as u8);
         host.irql = DISPATCH_LEVEL as u8;
+        host.dispatch_scopes += 1;
         old
     })
 }
@@ -859,4 +876,65 @@ pub unsafe fn WdfDriverCreate(
         }
         host.wdf_driver_create_result
     })
+}
+
+/// The heap of host tests: the system allocator, counting the allocations
+/// each test thread makes and failing them on request, so a test can show
+/// that code meant to allocate fallibly (and exactly once) does.
+#[cfg(test)]
+pub mod test_heap {
+    use super::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    std::thread_local! {
+        static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+        static FAILING: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// Counts and, when asked, fails this thread's allocations.
+    pub struct CountingHeap;
+
+    fn admit() -> bool {
+        let failing = FAILING.try_with(Cell::get).unwrap_or(false);
+        let _ = ALLOCATIONS.try_with(|count| count.set(count.get() + 1));
+        !failing
+    }
+
+    // SAFETY: forwards to the system allocator, or returns null (a failure
+    // every caller of `alloc`/`realloc` must handle).
+    unsafe impl GlobalAlloc for CountingHeap {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            if !admit() {
+                return core::ptr::null_mut();
+            }
+            // SAFETY: the caller's layout, as GlobalAlloc::alloc requires.
+            unsafe { System.alloc(layout) }
+        }
+
+        unsafe fn dealloc(&self, pointer: *mut u8, layout: Layout) {
+            // SAFETY: allocated by `alloc`/`realloc` above with this layout.
+            unsafe { System.dealloc(pointer, layout) };
+        }
+
+        unsafe fn realloc(&self, pointer: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            if !admit() {
+                return core::ptr::null_mut();
+            }
+            // SAFETY: as GlobalAlloc::realloc requires, from our caller.
+            unsafe { System.realloc(pointer, layout, new_size) }
+        }
+    }
+
+    #[global_allocator]
+    static HEAP: CountingHeap = CountingHeap;
+
+    /// Runs `body`, returning its result and the heap allocations (and
+    /// reallocations) this thread made meanwhile; every one fails if `fail`.
+    pub fn with_heap<R>(fail: bool, body: impl FnOnce() -> R) -> (R, u64) {
+        let before = ALLOCATIONS.with(Cell::get);
+        FAILING.with(|failing| failing.set(fail));
+        let result = body();
+        FAILING.with(|failing| failing.set(false));
+        (result, ALLOCATIONS.with(Cell::get) - before)
+    }
 }

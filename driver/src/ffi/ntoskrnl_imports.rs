@@ -74,6 +74,7 @@ extern "C" {
     pub fn IoThreadToProcess(Thread: PETHREAD) -> PEPROCESS;
     pub fn IoGetCurrentProcess() -> PEPROCESS;
     pub fn PsGetCurrentThreadId() -> HANDLE;
+    pub fn PsGetCurrentThread() -> PETHREAD;
     pub fn PsGetThreadId(Thread: PETHREAD) -> HANDLE;
     pub fn ObfDereferenceObject(Object: PVOID) -> LONG_PTR;
     pub fn ExFreePool(P: PVOID);
