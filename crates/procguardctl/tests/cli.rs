@@ -250,6 +250,43 @@ fn explain_names_the_exemption_of_critical_processes() {
 }
 
 #[test]
+fn explain_json_gives_the_decision_as_one_object_with_the_text_s_answer() {
+    let request = [
+        "--policy",
+        EXAMPLE,
+        "--requester",
+        TASKMGR,
+        "--target",
+        AGENT,
+        "--access",
+        "PROCESS_TERMINATE|PROCESS_VM_READ|PROCESS_QUERY_LIMITED_INFORMATION",
+    ];
+    let (code, stdout, stderr) = procguardctl(&[&["explain", "--json"][..], &request].concat());
+    assert_eq!((code, stderr.as_str()), (0, ""));
+    assert_eq!(stdout.lines().count(), 1, "one line: {stdout}");
+    let json: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    let expected = serde_json::json!({
+        "object": "process", "operation": "create", "kernel_handle": false,
+        "same_process": false, "desired_access": 0x1011, "access": 0x1000,
+        "removed": 0x11, "would_strip": 0, "audit": true, "rule": 0,
+        "rule_name": "agent-no-tamper", "exemption": null, "requester_critical": false,
+    });
+    assert_eq!(json, expected);
+    // The text form of the same request says the same.
+    let (_, text, _) = procguardctl(&[&["explain"][..], &request].concat());
+    assert!(
+        text.contains("Result: granted PROCESS_QUERY_LIMITED_INFORMATION; removed PROCESS_TERMINATE|PROCESS_VM_READ; responsible rule 0"),
+        "{text}"
+    );
+    // A kernel handle, exempt by the example's settings.
+    let (_, stdout, _) =
+        procguardctl(&[&["explain", "--json", "--kernel-handle"][..], &request].concat());
+    let json: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    assert_eq!(json["exemption"], "kernel_handle");
+    assert_eq!(json["access"], 0x1011);
+}
+
+#[test]
 fn explain_refuses_rights_of_the_wrong_object_kind() {
     check_snapshot(
         "explain-wrong-kind",
