@@ -324,8 +324,8 @@ fn explanation_json(policy: &Policy, request: &HandleRequest, explanation: &Expl
     });
     let _ = write!(
         out,
-        ",\"requester_critical\":{}}}",
-        explanation.evaluation.requester_critical
+        ",\"requester_critical\":{},\"undocumented_removed\":{}}}",
+        explanation.evaluation.requester_critical, explanation.undocumented_removed
     );
     out
 }
