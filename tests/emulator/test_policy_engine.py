@@ -4,9 +4,13 @@ audit records each decision leaves. Mirrors driver/src/end_to_end_tests.rs."""
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 
 from kernel_harness import (
+    IOCTL_SET_POLICY,
+    STATUS_SUCCESS,
     NO_RULE,
     OB_OPERATION_HANDLE_CREATE as CREATE,
     OB_OPERATION_HANDLE_DUPLICATE as DUPLICATE,
@@ -251,6 +255,26 @@ def test_kernel_handles_are_filtered_when_their_exemption_is_off(kernel, compile
         current_pid=SYSTEM,
     )
     assert result.desired_access == access, "System keeps every right"
+
+
+def test_the_kernel_handle_setting_follows_each_policy_installed(driver, compile_policy):
+    # The callback passes kernel handles on a copy of the setting kept next
+    # to the published policy: it must follow every policy change, both ways.
+    def install(text):
+        blob = compile_policy(text)
+        result = driver.ioctl(IOCTL_SET_POLICY, struct.pack("<II", 0, len(blob)) + blob, 0)
+        assert result.status == STATUS_SUCCESS
+
+    def kernel_open():
+        return open_process(driver, AGENT, PROCESS_TERMINATE, ATTACKER, kernel_handle=True)
+
+    assert kernel_open() == PROCESS_TERMINATE, "the default: exempt"
+    install("[settings]\nexempt_kernel_handles = false\n" + POLICY)
+    assert kernel_open() == 0
+    install(POLICY)
+    assert kernel_open() == PROCESS_TERMINATE
+    install("[settings]\nexempt_kernel_handles = false\n" + POLICY)
+    assert kernel_open() == 0
 
 
 def test_an_unknown_process_met_at_apc_level_gets_the_unknown_record(driver, kernel):
