@@ -32,12 +32,12 @@ pub struct Counters {
     pub modified: AtomicU64,
     /// Requests reported to the audit ring (stripped or audit-only).
     pub audited: AtomicU64,
-    /// Kernel-handle requests passed untouched.
+    /// Kernel-handle requests passed untouched (`exempt_kernel_handles`).
     pub skipped_kernel: AtomicU64,
     /// Requests a rule matched but a process opening itself passed untouched.
     pub skipped_self: AtomicU64,
-    /// Requests a rule matched but another exemption (kernel handle, critical
-    /// system requester) passed untouched.
+    /// Requests a rule matched but a critical system requester passed
+    /// untouched (`exempt_critical_requesters`).
     pub exempt: AtomicU64,
     /// Lookups that found no current record (see `handle_decision.rs`, step 4).
     pub unclassified: AtomicU64,

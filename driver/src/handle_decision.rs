@@ -79,6 +79,9 @@ pub struct ObservedRequest<'a> {
     pub source_process: PEPROCESS,
     /// `DesiredAccess` as received.
     pub desired_access: u32,
+    /// The `KernelHandle` flag (only ever set under a policy that filters
+    /// kernel handles: otherwise the callback passes them before deciding).
+    pub kernel_handle: bool,
 }
 
 fn target_process(request: &ObservedRequest) -> PEPROCESS {
@@ -163,7 +166,7 @@ pub fn decide(state: &DriverState, generation: &Generation, request: &ObservedRe
             object: request.object,
             operation: request.operation,
             desired_access: desired,
-            kernel_handle: false,
+            kernel_handle: request.kernel_handle,
             same_process: requester_pid == request.target_pid,
         },
     );
@@ -189,6 +192,12 @@ pub fn decide(state: &DriverState, generation: &Generation, request: &ObservedRe
             Some(Exemption::SelfAccess) => {
                 state.counters.skipped_self.fetch_add(1, Ordering::Relaxed)
             }
+            // A kernel handle met while a policy that exempts them was
+            // being published (see `ActivePolicy::kernel_handles_exempt`).
+            Some(Exemption::KernelHandle) => state
+                .counters
+                .skipped_kernel
+                .fetch_add(1, Ordering::Relaxed),
             Some(_) => state.counters.exempt.fetch_add(1, Ordering::Relaxed),
             None => 0,
         };

@@ -184,15 +184,47 @@ unsafe fn pre_operation(
 
     // SAFETY: `Flags` covers the whole union; bit 0 is KernelHandle.
     if unsafe { info.__bindgen_anon_1.Flags } & 1 != 0 {
-        // Kernel handles pass untouched: a kernel component can always get a
-        // full handle another way, and Windows components rely on theirs.
-        state
-            .counters
-            .skipped_kernel
-            .fetch_add(1, Ordering::Relaxed);
+        // Kernel handles pass untouched unless the policy turned
+        // `exempt_kernel_handles` off (the default keeps this one load): a
+        // kernel component can always get a full handle another way, and
+        // Windows components rely on theirs.
+        if state.active.kernel_handles_exempt() {
+            state
+                .counters
+                .skipped_kernel
+                .fetch_add(1, Ordering::Relaxed);
+            return OB_PREOP_SUCCESS;
+        }
+        filter_kernel_handle(object, state, info);
         return OB_PREOP_SUCCESS;
     }
+    filter(object, state, info, false);
+    OB_PREOP_SUCCESS
+}
 
+/// A kernel handle under a policy that filters them: decided like any
+/// other request, with the `KernelHandle` flag set. Rare, so out of line:
+/// the common path's copy of [`filter`] stays the one it was, with
+/// `kernel_handle` a constant.
+#[cold]
+#[inline(never)]
+fn filter_kernel_handle(
+    object: ObjectKind,
+    state: &DriverState,
+    info: &mut OB_PRE_OPERATION_INFORMATION,
+) {
+    filter(object, state, info, true);
+}
+
+/// Looks the target up and, if a rule may protect it, decides the request
+/// and clears the bits the decision removes.
+#[inline(always)]
+fn filter(
+    object: ObjectKind,
+    state: &DriverState,
+    info: &mut OB_PRE_OPERATION_INFORMATION,
+    kernel_handle: bool,
+) {
     // The entry registered for a type is only called for that type; checked
     // anyway (two instructions) before the object is used as one.
     let target_pid = match object {
@@ -203,7 +235,7 @@ unsafe fn pre_operation(
             // SAFETY: the slot holds the address of the kernel's object type
             // variable, initialised before any driver loaded.
             if info.ObjectType != unsafe { *process_type } {
-                return OB_PREOP_SUCCESS;
+                return;
             }
             // SAFETY: for PsProcessType, Object is the process being opened.
             process_identity::id_of(unsafe { ntddk::PsGetProcessId(info.Object.cast()) })
@@ -213,7 +245,7 @@ unsafe fn pre_operation(
             let thread_type = unsafe { PsThreadType };
             // SAFETY: as above.
             if info.ObjectType != unsafe { *thread_type } {
-                return OB_PREOP_SUCCESS;
+                return;
             }
             // SAFETY: for PsThreadType, Object is the thread being opened.
             process_identity::id_of(unsafe { ntddk::PsGetThreadProcessId(info.Object.cast()) })
@@ -221,14 +253,21 @@ unsafe fn pre_operation(
     };
 
     let Some(generation) = state.active.read() else {
-        return OB_PREOP_SUCCESS;
+        return;
     };
     let Protection::NeedsDecision(target_slot) = generation.table.protection(target_pid) else {
         // The common case: a tracked process no rule protects.
-        return OB_PREOP_SUCCESS;
+        return;
     };
-    decide_request(state, &generation, info, object, target_pid, target_slot);
-    OB_PREOP_SUCCESS
+    decide_request(
+        state,
+        &generation,
+        info,
+        object,
+        target_pid,
+        target_slot,
+        kernel_handle,
+    );
 }
 
 /// The rest of the callback, for a target a rule may protect: reads the
@@ -245,6 +284,7 @@ fn decide_request(
     object: ObjectKind,
     target_pid: u32,
     target_slot: Option<TrackedSlot<'_>>,
+    kernel_handle: bool,
 ) {
     // SAFETY: Parameters points at the union matching Operation (the object
     // manager's own, valid for this call).
@@ -284,6 +324,7 @@ fn decide_request(
         requester,
         source_process,
         desired_access: *desired_access,
+        kernel_handle,
     };
     // Only ever clears bits: the decision is a subset of the request.
     *desired_access &= handle_decision::decide(state, generation, &request);

@@ -13,7 +13,7 @@
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::ptr;
-use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 
 use procguard_policy::{
     CompiledPolicy, ObjectKind, Operation, ProcessIdentity, ProcessRecord, RequesterPart,
@@ -233,6 +233,13 @@ impl Writer {
 pub struct ActivePolicy {
     current: AtomicPtr<Generation>,
     grace: GracePeriod,
+    /// A copy of the published policy's `exempt_kernel_handles`, so a
+    /// callback can pass a kernel handle with one load and before any read
+    /// section (the default setting's cost). It is cleared before a policy
+    /// that filters kernel handles is published and set only after one that
+    /// exempts them is: whenever it reads true, the policy in force exempts
+    /// kernel handles (or did when the request arrived).
+    kernel_handles_exempt: AtomicBool,
 }
 
 impl core::fmt::Debug for ActivePolicy {
@@ -268,7 +275,18 @@ impl ActivePolicy {
         Self {
             current: AtomicPtr::new(ptr::null_mut()),
             grace: GracePeriod::new(),
+            // No policy yet: nothing is decided, so passing is what happens anyway.
+            kernel_handles_exempt: AtomicBool::new(true),
         }
+    }
+
+    /// Whether kernel handles pass untouched under the policy in force
+    /// (`settings.exempt_kernel_handles`). When false the callback decides a
+    /// kernel handle like any other request, and the engine applies the
+    /// setting of the generation it reads.
+    #[inline(always)]
+    pub fn kernel_handles_exempt(&self) -> bool {
+        self.kernel_handles_exempt.load(Ordering::SeqCst)
     }
 
     /// The generation in force, for the duration of the returned guard.
@@ -290,7 +308,16 @@ impl ActivePolicy {
     /// Publishes `next` and frees the previous generation once no reader can
     /// see it. PASSIVE level.
     pub fn publish(&self, _writer: &mut Writer, next: Box<Generation>) {
+        let exempt = next.policy.settings().exempt_kernel_handles;
+        if !exempt {
+            // Before the swap: a callback that still sees the old hint then
+            // still sees (at most) the old policy.
+            self.kernel_handles_exempt.store(false, Ordering::SeqCst);
+        }
         let previous = self.current.swap(Box::into_raw(next), Ordering::SeqCst);
+        if exempt {
+            self.kernel_handles_exempt.store(true, Ordering::SeqCst);
+        }
         self.retire(previous);
     }
 

@@ -4,9 +4,13 @@ audit records each decision leaves. Mirrors driver/src/end_to_end_tests.rs."""
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 
 from kernel_harness import (
+    IOCTL_SET_POLICY,
+    STATUS_SUCCESS,
     NO_RULE,
     OB_OPERATION_HANDLE_CREATE as CREATE,
     OB_OPERATION_HANDLE_DUPLICATE as DUPLICATE,
@@ -218,6 +222,59 @@ def test_exemptions_can_be_turned_off(kernel, compile_policy):
     kernel.load()
     assert open_process(kernel, AGENT, PROCESS_TERMINATE, AGENT) == 0, "self-open no longer exempt"
     assert open_process(kernel, AGENT, PROCESS_TERMINATE, CSRSS) == 0, "csrss no longer exempt"
+    # Kernel handles are still exempt: that setting is on by default.
+    assert open_process(kernel, AGENT, PROCESS_TERMINATE, ATTACKER, kernel_handle=True) == PROCESS_TERMINATE
+
+
+@pytest.mark.parametrize("kind", ["process", "thread"])
+def test_kernel_handles_are_filtered_when_their_exemption_is_off(kernel, compile_policy, kind):
+    # Issue 11, item 11: the callback used to pass every kernel handle before
+    # any rule was consulted, whatever the setting said.
+    policy = "[settings]\nexempt_kernel_handles = false\n" + POLICY
+    kernel.parameters = {"Policy": reg_binary(compile_policy(policy))}
+    for pid, path in IMAGES.items():
+        kernel.new_process(pid, path)
+    thread = kernel.new_thread(AGENT)
+    kernel.load()
+    target, access, kept = (
+        (kernel.eprocess(AGENT), PROCESS_TERMINATE | PROCESS_VM_READ, PROCESS_VM_READ)
+        if kind == "process"
+        else (thread, THREAD_SUSPEND_RESUME | THREAD_QUERY_LIMITED_INFORMATION, THREAD_QUERY_LIMITED_INFORMATION)
+    )
+    for irql in (0, 1):
+        result = kernel.pre_operation(
+            operation=CREATE, object_kind=kind, target=target, desired_access=access,
+            kernel_handle=True, current_pid=ATTACKER, irql=irql,
+        )
+        assert result.desired_access == kept
+    records = kernel.drain_audit_records()
+    assert [(r.process_id, r.mode, r.desired_access) for r in records] == [(AGENT, "enforce", kept)] * 2
+    # The other exemptions still apply to kernel handles.
+    result = kernel.pre_operation(
+        operation=CREATE, object_kind=kind, target=target, desired_access=access, kernel_handle=True,
+        current_pid=SYSTEM,
+    )
+    assert result.desired_access == access, "System keeps every right"
+
+
+def test_the_kernel_handle_setting_follows_each_policy_installed(driver, compile_policy):
+    # The callback passes kernel handles on a copy of the setting kept next
+    # to the published policy: it must follow every policy change, both ways.
+    def install(text):
+        blob = compile_policy(text)
+        result = driver.ioctl(IOCTL_SET_POLICY, struct.pack("<II", 0, len(blob)) + blob, 0)
+        assert result.status == STATUS_SUCCESS
+
+    def kernel_open():
+        return open_process(driver, AGENT, PROCESS_TERMINATE, ATTACKER, kernel_handle=True)
+
+    assert kernel_open() == PROCESS_TERMINATE, "the default: exempt"
+    install("[settings]\nexempt_kernel_handles = false\n" + POLICY)
+    assert kernel_open() == 0
+    install(POLICY)
+    assert kernel_open() == PROCESS_TERMINATE
+    install("[settings]\nexempt_kernel_handles = false\n" + POLICY)
+    assert kernel_open() == 0
 
 
 def test_an_unknown_process_gets_the_unknown_record_and_is_classified_at_the_next_notification(driver, kernel):

@@ -7,7 +7,7 @@ use crate::decide::{Exemption, HandleRequest};
 use crate::identity::ProcessIdentity;
 use crate::model::{kind_word, Mode, Operation, Policy};
 use crate::reference::{evaluate, Evaluation, RuleOutcome};
-use crate::rights::MaskNames;
+use crate::rights::{undocumented_removal, AccessMask, MaskNames};
 
 /// Explains how `policy` decides a request from `requester` for a handle to
 /// `target` (same argument order as [`crate::CompiledPolicy::decide`]): which rules
@@ -24,6 +24,10 @@ pub fn explain(
     // Writing to a String cannot fail.
     let _ = write_text(&mut text, policy, requester, target, req, &ev);
     Explanation {
+        undocumented_removed: undocumented_removal(
+            req.object,
+            ev.decision.removed(req.desired_access),
+        ),
         evaluation: ev,
         text,
     }
@@ -36,6 +40,10 @@ pub struct Explanation {
     pub evaluation: Evaluation,
     /// Human-readable form (also its `Display`).
     pub text: String,
+    /// The removed rights that `OB_PRE_CREATE_HANDLE_INFORMATION`'s
+    /// documentation does not list as removable by a driver
+    /// ([`crate::rights::undocumented_removal`]); the text says so too.
+    pub undocumented_removed: AccessMask,
 }
 
 impl fmt::Display for Explanation {
@@ -139,6 +147,26 @@ fn write_text(
         writeln!(out, "Exemption: {why}.")?;
     }
     let removed = req.desired_access & !d.access;
+    let undocumented = undocumented_removal(req.object, removed);
+    if undocumented != 0 {
+        writeln!(
+            out,
+            "Note: {} {} not among the rights Microsoft lists as removable by a driver \
+             (OB_PRE_CREATE_HANDLE_INFORMATION): removed, but what Windows and programs do \
+             without {} is undocumented.",
+            MaskNames(req.object, undocumented),
+            if undocumented.count_ones() == 1 {
+                "is"
+            } else {
+                "are"
+            },
+            if undocumented.count_ones() == 1 {
+                "it"
+            } else {
+                "them"
+            },
+        )?;
+    }
     write!(out, "Result: granted {}", MaskNames(req.object, d.access))?;
     if removed != 0 {
         write!(out, "; removed {}", MaskNames(req.object, removed))?;

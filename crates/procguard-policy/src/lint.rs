@@ -7,11 +7,12 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use crate::glob::Glob;
+use crate::model::ObjectKind;
 use crate::model::{selects_critical_process, Mode, Policy, Requester, Rule, Selector};
 use crate::rights::{
-    PROCESS_CREATE_THREAD, PROCESS_QUERY_LIMITED_INFORMATION, PROCESS_SUSPEND_RESUME,
-    PROCESS_TERMINATE, PROCESS_VM_OPERATION, PROCESS_VM_WRITE, SYNCHRONIZE, THREAD_SUSPEND_RESUME,
-    THREAD_TERMINATE,
+    undocumented_removal, MaskNames, PROCESS_CREATE_THREAD, PROCESS_QUERY_LIMITED_INFORMATION,
+    PROCESS_SUSPEND_RESUME, PROCESS_TERMINATE, PROCESS_VM_OPERATION, PROCESS_VM_WRITE, SYNCHRONIZE,
+    THREAD_SUSPEND_RESUME, THREAD_TERMINATE,
 };
 
 /// What a warning is about.
@@ -47,6 +48,13 @@ pub enum LintKind {
     /// The requester selector also selects the target, and `exempt_self` only
     /// covers the same process: other instances of the target are restricted too.
     RequesterIncludesTarget,
+    /// An enforce rule removes rights that `OB_PRE_CREATE_HANDLE_INFORMATION`'s
+    /// documentation does not list as removable by a driver
+    /// ([`crate::rights::DOCUMENTED_PROCESS_RIGHTS`],
+    /// [`crate::rights::DOCUMENTED_THREAD_RIGHTS`]), such as `PROCESS_VM_READ`.
+    /// Allowed (and removed), but what Windows does without them is not a
+    /// documented behaviour. Audit rules remove nothing and are not warned.
+    UndocumentedRights,
 }
 
 /// One warning.
@@ -209,6 +217,30 @@ fn lint_rule(policy: &Policy, i: usize, r: &Rule, warn: &mut dyn FnMut(LintKind,
              break, and nothing is protected by it"
                 .into(),
         );
+    }
+    if r.mode == Mode::Enforce {
+        let mut undocumented = String::new();
+        for (kind, mask) in [(ObjectKind::Process, p), (ObjectKind::Thread, t)] {
+            let bits = undocumented_removal(kind, mask);
+            if bits != 0 {
+                let separator = if undocumented.is_empty() { "" } else { "; " };
+                undocumented.push_str(&format!(
+                    "{separator}{} handles: {}",
+                    crate::model::kind_word(kind),
+                    MaskNames(kind, bits)
+                ));
+            }
+        }
+        if !undocumented.is_empty() {
+            warn(
+                LintKind::UndocumentedRights,
+                format!(
+                    "strips rights Microsoft does not list as removable by a driver \
+                     (OB_PRE_CREATE_HANDLE_INFORMATION): {undocumented}; they are removed, but \
+                     what Windows and programs do without them is undocumented"
+                ),
+            );
+        }
     }
     if let Requester::Only(s) = &r.requester {
         if *s == r.target {

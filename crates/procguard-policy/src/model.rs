@@ -151,6 +151,8 @@ pub struct Settings {
     /// Kernel handles (`OBJ_KERNEL_HANDLE`, `KernelHandle` flag) are never filtered: a
     /// kernel component can always get a full handle by other means, and drivers that
     /// lose rights they asked for may fail in ways that crash the system.
+    /// When false, rules apply to kernel handles as to any other request (the
+    /// other exemptions still do).
     pub exempt_kernel_handles: bool,
     /// The critical system processes (System, smss, csrss, wininit, services, lsass;
     /// see [`identity::is_critical_system_process`]) keep every right as requesters:

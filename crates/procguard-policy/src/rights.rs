@@ -118,6 +118,61 @@ pub const VALID_PROCESS_BITS: AccessMask = 0x3FFF | STANDARD_RIGHTS | ACCESS_SYS
 /// Every bit a thread strip mask may contain.
 pub const VALID_THREAD_BITS: AccessMask = 0x1FFF | STANDARD_RIGHTS | ACCESS_SYSTEM_SECURITY;
 
+/// The process rights an `ObRegisterCallbacks` pre-operation callback may
+/// remove, as `OB_PRE_CREATE_HANDLE_INFORMATION`'s documentation lists them
+/// ("Drivers can use the following flags for handles to processes",
+/// <https://learn.microsoft.com/windows-hardware/drivers/ddi/wdm/ns-wdm-_ob_pre_create_handle_information>).
+/// Removing any other right works today but is undocumented: `lint` warns,
+/// `explain` says so. The one list the engine uses.
+pub const DOCUMENTED_PROCESS_RIGHTS: &[AccessMask] = &[
+    PROCESS_CREATE_PROCESS,
+    PROCESS_CREATE_THREAD,
+    PROCESS_DUP_HANDLE,
+    PROCESS_SET_QUOTA,
+    PROCESS_SET_INFORMATION,
+    PROCESS_SUSPEND_RESUME,
+    PROCESS_TERMINATE,
+    PROCESS_VM_OPERATION,
+    PROCESS_VM_WRITE,
+];
+
+/// The thread rights the same page lists ("for handles to threads").
+pub const DOCUMENTED_THREAD_RIGHTS: &[AccessMask] = &[
+    THREAD_DIRECT_IMPERSONATION,
+    THREAD_IMPERSONATE,
+    THREAD_SET_CONTEXT,
+    THREAD_SET_INFORMATION,
+    THREAD_SET_LIMITED_INFORMATION,
+    THREAD_SET_THREAD_TOKEN,
+    THREAD_SUSPEND_RESUME,
+    THREAD_TERMINATE,
+];
+
+const fn union(rights: &[AccessMask]) -> AccessMask {
+    let mut mask = 0;
+    let mut index = 0;
+    while index < rights.len() {
+        mask |= rights[index];
+        index += 1;
+    }
+    mask
+}
+
+/// [`DOCUMENTED_PROCESS_RIGHTS`] as one mask.
+pub const DOCUMENTED_PROCESS_MASK: AccessMask = union(DOCUMENTED_PROCESS_RIGHTS);
+/// [`DOCUMENTED_THREAD_RIGHTS`] as one mask.
+pub const DOCUMENTED_THREAD_MASK: AccessMask = union(DOCUMENTED_THREAD_RIGHTS);
+
+/// The bits of `mask` (rights removed from handles of `kind`) that the
+/// documentation does not list as removable by a driver.
+#[must_use]
+pub const fn undocumented_removal(kind: crate::ObjectKind, mask: AccessMask) -> AccessMask {
+    match kind {
+        crate::ObjectKind::Process => mask & !DOCUMENTED_PROCESS_MASK,
+        crate::ObjectKind::Thread => mask & !DOCUMENTED_THREAD_MASK,
+    }
+}
+
 /// A named set of rights ("no-kill", ...), with one mask per object kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RightSet {
@@ -245,5 +300,102 @@ pub struct MaskNames(pub crate::ObjectKind, pub AccessMask);
 impl core::fmt::Display for MaskNames {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         write_mask(f, self.0, self.1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ObjectKind;
+
+    /// The flag names exactly as the documentation page lists them.
+    const PAGE_PROCESS: &[&str] = &[
+        "PROCESS_CREATE_PROCESS",
+        "PROCESS_CREATE_THREAD",
+        "PROCESS_DUP_HANDLE",
+        "PROCESS_SET_QUOTA",
+        "PROCESS_SET_INFORMATION",
+        "PROCESS_SUSPEND_RESUME",
+        "PROCESS_TERMINATE",
+        "PROCESS_VM_OPERATION",
+        "PROCESS_VM_WRITE",
+    ];
+    const PAGE_THREAD: &[&str] = &[
+        "THREAD_DIRECT_IMPERSONATION",
+        "THREAD_IMPERSONATE",
+        "THREAD_SET_CONTEXT",
+        "THREAD_SET_INFORMATION",
+        "THREAD_SET_LIMITED_INFORMATION",
+        "THREAD_SET_THREAD_TOKEN",
+        "THREAD_SUSPEND_RESUME",
+        "THREAD_TERMINATE",
+    ];
+
+    fn by_names(names: &[&str], kind: RightKind) -> alloc::vec::Vec<AccessMask> {
+        names
+            .iter()
+            .map(|name| {
+                let right = right_by_name(name).unwrap_or_else(|| panic!("{name}"));
+                assert_eq!(right.kind, kind, "{name}");
+                right.mask
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_documented_lists_are_the_page_s_flags_one_bit_each() {
+        assert_eq!(
+            DOCUMENTED_PROCESS_RIGHTS,
+            by_names(PAGE_PROCESS, RightKind::Process)
+        );
+        assert_eq!(
+            DOCUMENTED_THREAD_RIGHTS,
+            by_names(PAGE_THREAD, RightKind::Thread)
+        );
+        for list in [DOCUMENTED_PROCESS_RIGHTS, DOCUMENTED_THREAD_RIGHTS] {
+            assert!(list.iter().all(|r| r.count_ones() == 1));
+            assert_eq!(union(list).count_ones() as usize, list.len(), "distinct");
+        }
+        assert_eq!(DOCUMENTED_PROCESS_MASK, 0x0BEB);
+        assert_eq!(DOCUMENTED_THREAD_MASK, 0x07B3);
+    }
+
+    #[test]
+    fn undocumented_removal_keeps_only_the_bits_outside_the_list() {
+        use ObjectKind::{Process, Thread};
+        assert_eq!(undocumented_removal(Process, PROCESS_TERMINATE), 0);
+        assert_eq!(
+            undocumented_removal(Process, PROCESS_TERMINATE | PROCESS_VM_READ | SYNCHRONIZE),
+            PROCESS_VM_READ | SYNCHRONIZE
+        );
+        // The same bit means different rights per kind: 0x10 is VM_READ for
+        // a process and SET_CONTEXT for a thread.
+        assert_eq!(undocumented_removal(Thread, THREAD_SET_CONTEXT), 0);
+        assert_eq!(
+            undocumented_removal(Thread, THREAD_GET_CONTEXT),
+            THREAD_GET_CONTEXT
+        );
+        assert_eq!(undocumented_removal(Process, WRITE_DAC), WRITE_DAC);
+        // Every right not in a list is undocumented for its kind.
+        for right in ALL_RIGHTS {
+            for (kind, list) in [
+                (RightKind::Process, DOCUMENTED_PROCESS_RIGHTS),
+                (RightKind::Thread, DOCUMENTED_THREAD_RIGHTS),
+            ] {
+                let object = if kind == RightKind::Process {
+                    Process
+                } else {
+                    Thread
+                };
+                if right.kind == kind || right.kind == RightKind::Standard {
+                    assert_eq!(
+                        undocumented_removal(object, right.mask) == 0,
+                        list.contains(&right.mask),
+                        "{}",
+                        right.name
+                    );
+                }
+            }
+        }
     }
 }

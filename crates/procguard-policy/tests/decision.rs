@@ -514,3 +514,64 @@ strip = ["no-kill"]
         "{clean:?}"
     );
 }
+
+#[test]
+fn lint_warns_about_enforced_rights_outside_the_documented_list_and_explain_notes_them() {
+    use procguard_policy::{lint, LintKind};
+    let p = policy(
+        r#"
+[[rule]]
+name = "reads"
+target = { name = "agent.exe" }
+strip = ["PROCESS_VM_READ", "PROCESS_TERMINATE", "THREAD_GET_CONTEXT", "no-kill"]
+[[rule]]
+name = "documented"
+target = { name = "agent.exe" }
+strip = ["no-kill", "no-inject"]
+[[rule]]
+name = "watched"
+target = { name = "agent.exe" }
+strip = ["PROCESS_VM_READ"]
+objects = "process"
+mode = "audit"
+"#,
+    );
+    let warnings: Vec<_> = lint(&p)
+        .into_iter()
+        .filter(|w| w.kind == LintKind::UndocumentedRights)
+        .collect();
+    assert_eq!(warnings.len(), 1, "only the enforced rule 0: {warnings:?}");
+    assert_eq!(warnings[0].rule, Some(0));
+    assert!(
+        warnings[0]
+            .message
+            .contains("process handles: PROCESS_VM_READ; thread handles: THREAD_GET_CONTEXT"),
+        "{}",
+        warnings[0].message
+    );
+    // Allowed: it compiles and the driver removes the right.
+    let compiled = CompiledPolicy::new(&p).expect("an undocumented right stays allowed");
+    let request = req(
+        ObjectKind::Process,
+        Operation::Create,
+        PROCESS_VM_READ | PROCESS_TERMINATE,
+    );
+    let agent = compiled.classify(&AGENT);
+    let tool = compiled.classify(&TOOL);
+    assert_eq!(compiled.decide(&agent, &tool, &request).access, 0);
+    let e = procguard_policy::explain(&p, &AGENT, &TOOL, &request);
+    assert_eq!(e.undocumented_removed, PROCESS_VM_READ);
+    assert!(
+        e.text.contains("Note: PROCESS_VM_READ is not among the rights Microsoft lists as removable by a driver (OB_PRE_CREATE_HANDLE_INFORMATION)"),
+        "{}",
+        e.text
+    );
+    let e = procguard_policy::explain(
+        &p,
+        &AGENT,
+        &TOOL,
+        &req(ObjectKind::Process, Operation::Create, PROCESS_TERMINATE),
+    );
+    assert_eq!(e.undocumented_removed, 0);
+    assert!(!e.text.contains("Note:"), "{}", e.text);
+}

@@ -88,7 +88,8 @@ pub fn access_hex(mask: u32) -> String {
     format!("{mask:#x}")
 }
 
-fn json_string(out: &mut String, text: &str) {
+/// Appends `text` as a JSON string literal.
+pub(crate) fn json_string(out: &mut String, text: &str) {
     out.push('"');
     for c in text.chars() {
         match c {

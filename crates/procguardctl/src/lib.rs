@@ -177,6 +177,10 @@ pub struct ExplainArgs {
     /// A kernel handle (OBJ_KERNEL_HANDLE).
     #[arg(long)]
     pub kernel_handle: bool,
+    /// One JSON object (the decision's fields, masks as numbers) instead of
+    /// text: for scripts and the emulator's differential test.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// A command's failure: what to print and the exit code.

@@ -1,16 +1,18 @@
 //! The commands that need no driver: `check`, `compile`, `explain`.
 
+use std::fmt::Write as _;
 use std::io::Write;
 use std::path::Path;
 
 use procguard_policy::rights::MaskNames;
 use procguard_policy::toml::{parse_policy, TomlErrors};
 use procguard_policy::{
-    encode, explain as explain_request, lint, policy_id, HandleRequest, LintWarning, Mode,
-    ObjectKind, Operation, Policy, ProcessIdentity,
+    encode, explain as explain_request, lint, policy_id, Exemption, Explanation, HandleRequest,
+    LintWarning, Mode, ObjectKind, Operation, Policy, ProcessIdentity,
 };
 
 use crate::access::parse_access;
+use crate::events::json_string;
 use crate::{ExplainArgs, Failure, ObjectArg, OperationArg, Output, EXIT_OK, EXIT_WARNINGS};
 
 /// A policy file, parsed, linted and compiled.
@@ -303,8 +305,68 @@ pub fn explain(args: &ExplainArgs, output: &mut Output<'_>) -> Result<(), Failur
         same_process: args.target_pid == args.requester_pid,
     };
     let explanation = explain_request(&file.policy, &target, &requester, &request);
-    write!(output.out, "{explanation}")?;
+    if args.json {
+        writeln!(
+            output.out,
+            "{}",
+            explanation_json(&file.policy, &request, &explanation)
+        )?;
+    } else {
+        write!(output.out, "{explanation}")?;
+    }
     Ok(())
+}
+
+/// `explain --json`: the decision as one JSON object. Masks are numbers;
+/// `rule` is the responsible rule's index (null when none).
+fn explanation_json(policy: &Policy, request: &HandleRequest, explanation: &Explanation) -> String {
+    let decision = &explanation.evaluation.decision;
+    let mut out = String::from("{");
+    let _ = write!(
+        out,
+        "\"object\":\"{}\",\"operation\":\"{}\",\"kernel_handle\":{},\"same_process\":{},",
+        match request.object {
+            ObjectKind::Process => "process",
+            ObjectKind::Thread => "thread",
+        },
+        match request.operation {
+            Operation::Create => "create",
+            Operation::Duplicate => "duplicate",
+        },
+        request.kernel_handle,
+        request.same_process,
+    );
+    let _ = write!(
+        out,
+        "\"desired_access\":{},\"access\":{},\"removed\":{},\"would_strip\":{},\"audit\":{},",
+        request.desired_access,
+        decision.access,
+        decision.removed(request.desired_access),
+        decision.would_strip,
+        decision.audit,
+    );
+    out.push_str("\"rule\":");
+    match decision.rule {
+        Some(rule) => {
+            let _ = write!(out, "{rule},\"rule_name\":");
+            let name = policy.rules.get(usize::from(rule)).map_or("", |r| &*r.name);
+            json_string(&mut out, name);
+        }
+        None => out.push_str("null,\"rule_name\":null"),
+    }
+    out.push_str(",\"exemption\":");
+    out.push_str(match decision.exemption {
+        None => "null",
+        Some(Exemption::KernelHandle) => "\"kernel_handle\"",
+        Some(Exemption::SelfAccess) => "\"self\"",
+        Some(Exemption::CriticalRequester) => "\"critical_requester\"",
+    });
+    let _ = write!(
+        out,
+        ",\"requester_critical\":{},\"undocumented_removed\":{}}}",
+        explanation.evaluation.requester_critical, explanation.undocumented_removed
+    );
+    out
 }
 
 #[cfg(test)]

@@ -250,6 +250,83 @@ fn explain_names_the_exemption_of_critical_processes() {
 }
 
 #[test]
+fn explain_json_gives_the_decision_as_one_object_with_the_text_s_answer() {
+    let request = [
+        "--policy",
+        EXAMPLE,
+        "--requester",
+        TASKMGR,
+        "--target",
+        AGENT,
+        "--access",
+        "PROCESS_TERMINATE|PROCESS_VM_READ|PROCESS_QUERY_LIMITED_INFORMATION",
+    ];
+    let (code, stdout, stderr) = procguardctl(&[&["explain", "--json"][..], &request].concat());
+    assert_eq!((code, stderr.as_str()), (0, ""));
+    assert_eq!(stdout.lines().count(), 1, "one line: {stdout}");
+    let json: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    let expected = serde_json::json!({
+        "object": "process", "operation": "create", "kernel_handle": false,
+        "same_process": false, "desired_access": 0x1011, "access": 0x1010,
+        "removed": 0x1, "would_strip": 0x10, "audit": true, "rule": 0,
+        "rule_name": "agent-no-tamper", "exemption": null, "requester_critical": false,
+        "undocumented_removed": 0,
+    });
+    assert_eq!(json, expected);
+    // The text form of the same request says the same.
+    let (_, text, _) = procguardctl(&[&["explain"][..], &request].concat());
+    assert!(
+        text.contains("Result: granted PROCESS_VM_READ|PROCESS_QUERY_LIMITED_INFORMATION; removed PROCESS_TERMINATE; audit rules would have removed PROCESS_VM_READ; responsible rule 0"),
+        "{text}"
+    );
+    // A kernel handle, exempt by the example's settings.
+    let (_, stdout, _) =
+        procguardctl(&[&["explain", "--json", "--kernel-handle"][..], &request].concat());
+    let json: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    assert_eq!(json["exemption"], "kernel_handle");
+    assert_eq!(json["access"], 0x1011);
+    // A removed right outside the documented list (SYNCHRONIZE, pid 4242).
+    let (_, stdout, _) = procguardctl(&[
+        "explain",
+        "--json",
+        "--policy",
+        "tests/policies/warnings.toml",
+        "--requester",
+        TASKMGR,
+        "--target",
+        AGENT,
+        "--target-pid",
+        "4242",
+        "--access",
+        "PROCESS_TERMINATE|SYNCHRONIZE",
+    ]);
+    let json: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    assert_eq!(json["access"], 0);
+    assert_eq!(json["undocumented_removed"], 0x0010_0000);
+}
+
+#[test]
+fn explain_notes_a_removed_right_outside_the_documented_list() {
+    check_snapshot(
+        "explain-undocumented-right",
+        &[
+            "explain",
+            "--policy",
+            "tests/policies/warnings.toml",
+            "--requester",
+            TASKMGR,
+            "--target",
+            AGENT,
+            "--target-pid",
+            "4242",
+            "--access",
+            "PROCESS_TERMINATE|SYNCHRONIZE|PROCESS_QUERY_LIMITED_INFORMATION",
+        ],
+        0,
+    );
+}
+
+#[test]
 fn explain_refuses_rights_of_the_wrong_object_kind() {
     check_snapshot(
         "explain-wrong-kind",

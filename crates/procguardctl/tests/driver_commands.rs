@@ -95,14 +95,14 @@ fn apply_sends_the_compiled_blob_confirms_it_and_persists_only_when_asked() {
     }
     assert_eq!(requests_of(&device), [IOCTL_SET_POLICY, IOCTL_GET_STATUS]);
     assert!(out.ends_with(
-        "applied: policy id 0x07a6ac16, 4 rules in force (not persisted: the driver loads its stored policy at the next start)\n"
+        "applied: policy id 0x6d567f20, 4 rules in force (not persisted: the driver loads its stored policy at the next start)\n"
     ), "{out}");
     assert!(out.starts_with("rule 0 \"agent-no-tamper\" (enforce, create and duplicate): "));
 
     let (code, out, _) = run_with(&device, &["apply", EXAMPLE, "--persist"]);
     assert_eq!(code, 0);
     assert!(out.ends_with(
-        "applied: policy id 0x07a6ac16, 4 rules in force, persisted (in force from boot)\n"
+        "applied: policy id 0x6d567f20, 4 rules in force, persisted (in force from boot)\n"
     ));
     assert_eq!(
         device.0.borrow().driver.state.borrow().persisted.as_deref(),
@@ -230,7 +230,7 @@ fn status_is_readable_and_its_json_has_every_field() {
         "procguard driver 0.1.0 (protocol 1)
   object callbacks        registered (altitude 385201)
   process notify          registered
-  policy                  0x07a6ac16, 4 rules
+  policy                  0x6d567f20, 4 rules
   tracked processes       87
   audit ring              4096 records
   last error              none
@@ -264,7 +264,7 @@ fn status_is_readable_and_its_json_has_every_field() {
             "CallbacksRegistered": true,
             "ProcessNotifyRegistered": true,
             "Altitude": "385201",
-            "PolicyId": "0x07a6ac16",
+            "PolicyId": "0x6d567f20",
             "RuleCount": 4,
             "TrackedProcesses": 87,
             "LastError": "STATUS_INVALID_PARAMETER (0xc000000d)",
@@ -283,7 +283,7 @@ fn policy_show_prints_toml_that_parses_back_to_the_active_policy() {
     let (code, out, err) = run_with(&device, &["policy", "show"]);
     assert_eq!((code, err.as_str()), (0, ""));
     assert!(out.starts_with(
-        "# Policy in force: id 0x07a6ac16, 4 rules, 440 bytes (procguardctl policy show)\n[settings]\n"
+        "# Policy in force: id 0x6d567f20, 4 rules, 440 bytes (procguardctl policy show)\n[settings]\n"
     ), "{out}");
     assert_eq!(parse_policy(&out), Ok(example_policy()));
 
@@ -346,7 +346,7 @@ fn policy_show_rejects_a_header_that_does_not_match_the_blob() {
     assert_eq!((code, out.as_str()), (1, ""));
     assert_eq!(
         err,
-        "error: get policy: the header says policy id 0x07a6ace9, the blob is 0x07a6ac16\n"
+        "error: get policy: the header says policy id 0x6d567fdf, the blob is 0x6d567f20\n"
     );
 }
 
@@ -370,10 +370,10 @@ fn simulate_traffic(device: &Shared<FakeDevice>) {
         timestamp: T0,
     };
     // Task Manager asks for everything: rules 0 and 1 strip.
-    let sets = |name| procguard_policy::rights::set_by_name(name).unwrap().process;
+    let rules = example_policy().rules;
     assert_eq!(
         fake.driver.simulate(&base),
-        0x1F_FFFF & !(sets("no-tamper") | sets("no-debug"))
+        0x1F_FFFF & !(rules[0].strip_process | rules[1].strip_process)
     );
     // Notepad queries the agent: only the audit rule 3 would strip.
     assert_eq!(
@@ -450,7 +450,7 @@ fn events_are_drained_in_order_as_json_lines_with_every_field() {
         serde_json::json!({
             "UtcTime": "2026-03-14 15:09:26.535", "SourceProcessId": 1000, "SourceThreadId": 1004,
             "TargetProcessId": 2000, "ThreadId": 0, "Object": "process",
-            "GrantedAccess": "0x13d484", "OriginalDesiredAccess": "0x1fffff",
+            "GrantedAccess": "0x1ff494", "OriginalDesiredAccess": "0x1fffff",
             "Rule": "agent-no-tamper", "RuleId": 0, "Mode": "enforce", "Duplication": false,
             "DuplicateSourceProcessId": 0, "DuplicateTargetProcessId": 0, "Sequence": 0
         }),
@@ -506,7 +506,7 @@ fn events_without_json_are_a_table() {
     assert_eq!(
         out,
         "SEQUENCE  UTC TIME                 MODE     OBJECT   OP    SOURCE PID:TID   TARGET PID  REQUESTED   GRANTED     RULE
-0         2026-03-14 15:09:26.535  enforce  process  open  1000:1004        2000        0x1fffff    0x13d484    agent-no-tamper (#0)
+0         2026-03-14 15:09:26.535  enforce  process  open  1000:1004        2000        0x1fffff    0x1ff494    agent-no-tamper (#0)
 1         2026-03-14 15:09:26.536  audit    process  open  4444:4448        2000        0x400       0x400       watch-agent-queries (#3)
 2         2026-03-14 15:09:26.537  audit    thread   dup   1000:1004        3000/3004   0x1         0x1         watch-updater-tamper (#2) (duplicated from 3000 into 1000)
 "
@@ -729,7 +729,7 @@ fn counters_name_each_rule_and_reset_clears_them() {
   unclassified lookups    0
   audit records pending   3
   audit records dropped   0
-rules of policy 0x07a6ac16
+rules of policy 0x6d567f20
   RULE  HITS        STRIPS      NAME
   0     1           1           agent-no-tamper
   1     0           0           agent-no-debug
