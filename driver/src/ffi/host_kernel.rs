@@ -79,8 +79,6 @@ pub struct HostKernel {
     /// Processes that have exited (PsGetProcessExitStatus is not
     /// STATUS_PENDING) but are still listed and found by id.
     pub exited: std::collections::BTreeSet<u32>,
-    /// SeLocateProcessImageName calls.
-    pub image_name_lookups: u64,
     /// References taken by PsLookupProcessByProcessId and not yet dropped.
     pub process_references: i64,
     pub current_thread_id: u32,
