@@ -47,7 +47,7 @@ from kernel_harness import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_CASES = 16
+DEFAULT_CASES = 10
 REQUESTS_PER_CASE = 60
 SHRINK_SECONDS = 60
 
