@@ -536,6 +536,26 @@ fn an_unknown_process_gets_the_unknown_record_without_io_and_is_classified_at_th
 }
 
 #[test]
+fn an_unknown_process_that_exits_before_the_next_notification_is_not_tracked() {
+    let (loaded, _) = Loaded::with(Some(blob(POLICY)), &[(ATTACKER, "tool.exe")]);
+    with_host(|host| host.processes.insert(5000, (5, image("agent.exe"))));
+    assert_eq!(
+        loaded.open_process(ATTACKER, 5000, PROCESS_TERMINATE),
+        PROCESS_TERMINATE
+    );
+    // Its exit notification comes first (the object may still be looked up).
+    // SAFETY: as the kernel calls it for an exit.
+    unsafe { process_notify(fake_process(5000), 5000usize as _, core::ptr::null_mut()) };
+    let generation = loaded.state().active.read().expect("published");
+    assert_eq!(
+        generation.table.len(),
+        1,
+        "only ATTACKER: 5000 was not tracked"
+    );
+    assert!(loaded.state().pending.is_empty());
+}
+
+#[test]
 fn the_requester_is_the_threads_own_process_even_while_attached_to_another() {
     const UPDATER: u32 = 4000;
     let policy = blob(

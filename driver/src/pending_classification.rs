@@ -46,6 +46,17 @@ impl PendingClassification {
         })
     }
 
+    /// Removes `pid` if noted (its process exited: tracking it now would
+    /// leave an entry no exit notification removes).
+    pub fn forget(&self, pid: u32) {
+        if pid == EMPTY {
+            return;
+        }
+        for slot in &self.pids {
+            let _ = slot.compare_exchange(pid, EMPTY, Ordering::Relaxed, Ordering::Relaxed);
+        }
+    }
+
     /// Empties the set, passing each noted id to `each` once (a race may
     /// note an id twice; classifying it twice is harmless).
     pub fn take(&self, mut each: impl FnMut(u32)) {
@@ -86,6 +97,16 @@ mod tests {
         assert_eq!(taken(&set), [1200, 1300]);
         assert!(set.is_empty());
         assert_eq!(taken(&set), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn a_forgotten_id_is_not_taken() {
+        let set = PendingClassification::default();
+        assert!(set.note(1200));
+        assert!(set.note(1300));
+        set.forget(1200);
+        set.forget(0);
+        assert_eq!(taken(&set), [1300]);
     }
 
     #[test]

@@ -77,6 +77,9 @@ unsafe fn on_notification(
     // SAFETY: the kernel passes the process being created or exiting.
     let creation_key = unsafe { process_identity::creation_key(process) };
     if create_info.is_null() {
+        // A process a callback met unknown and that exits before the next
+        // notification is not tracked after its exit.
+        state.pending.forget(pid);
         let writer = state.writer();
         if let Some(generation) = state.active.writer_view(&writer) {
             generation.untrack(pid, creation_key);
