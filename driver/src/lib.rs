@@ -36,7 +36,6 @@ pub mod kernel_sync;
 pub mod object_callbacks;
 pub mod parameters;
 pub mod policy_state;
-#[cfg(not(feature = "wdk"))]
 pub mod pool;
 pub mod process_identity;
 pub mod process_table;
@@ -47,11 +46,9 @@ pub mod wide_string;
 #[cfg(all(not(test), feature = "wdk"))]
 extern crate wdk_panic;
 
-#[cfg(all(not(test), feature = "wdk"))]
-#[global_allocator]
-static GLOBAL_ALLOCATOR: wdk_alloc::WdkAllocator = wdk_alloc::WdkAllocator;
-
-#[cfg(all(not(test), target_os = "windows", not(feature = "wdk")))]
+/// Both Windows builds: `wdk_alloc::WdkAllocator` imports `ExAllocatePool2`,
+/// which Windows 10 1903/1909 lack (see `pool`).
+#[cfg(all(not(test), target_os = "windows"))]
 #[global_allocator]
 static GLOBAL_ALLOCATOR: pool::PoolAllocator = pool::PoolAllocator;
 
