@@ -190,9 +190,8 @@ impl DriverState {
             return Ok(0);
         };
         let mut blob = Vec::new();
-        blob.try_reserve_exact(current.blob.len())
+        procguard_policy::fallible::try_extend_from_slice(&mut blob, &current.blob)
             .map_err(|_| BuildError::OutOfMemory)?;
-        blob.extend_from_slice(&current.blob);
         let policy = if blob.is_empty() {
             CompiledPolicy::empty()
         } else {
