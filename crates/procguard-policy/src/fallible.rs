@@ -135,11 +135,21 @@ fn sift_down<T>(v: &mut [T], mut root: usize, compare: &mut impl FnMut(&T, &T) -
     }
 }
 
-/// Sorts `v` by `compare` (unstable, O(n log n), no allocation): a heapsort
+/// Sorts `v` by `compare` (unstable, O(n log n), O(n) when already sorted,
+/// no allocation): a heapsort
 /// with no panic path, for the kernel build in place of `sort_unstable_by`
 /// (whose Ord-violation check keeps a panic in the image). An inconsistent
 /// `compare` leaves some order; it never panics.
 pub fn sort_unstable_by<T>(v: &mut [T], mut compare: impl FnMut(&T, &T) -> Ordering) {
+    // Policies usually arrive in order (canonical blobs, generated rule
+    // lists): one pass settles them, as the standard sort's run detection did.
+    let sorted = v.windows(2).all(|pair| match pair {
+        [first, second] => compare(first, second) != Ordering::Greater,
+        _ => true,
+    });
+    if sorted {
+        return;
+    }
     let len = v.len();
     for start in (0..len / 2).rev() {
         sift_down(v, start, &mut compare);
