@@ -58,7 +58,7 @@ impl Altitude {
             .iter()
             .rposition(|&unit| unit != 0)
             .map_or(0, |last| last + 1);
-        let units = &units[..end];
+        let units = units.get(..end).unwrap_or_default();
         if units.is_empty() {
             return Err(AltitudeError::Empty);
         }

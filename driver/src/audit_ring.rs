@@ -90,14 +90,12 @@ impl AuditRing {
         let records = records
             .clamp(MIN_RECORDS, MAX_RECORDS)
             .checked_next_power_of_two()?;
-        let mut cells = Vec::new();
-        cells.try_reserve_exact(records).ok()?;
-        for position in 0..records {
-            cells.push(Cell {
-                sequence: AtomicU64::new(position as u64),
-                words: core::array::from_fn(|_| AtomicU64::new(0)),
-            });
-        }
+        // No push after the reservation: it would keep a regrow (panic) path.
+        let cells = procguard_policy::fallible::try_vec_from_fn(records, |position| Cell {
+            sequence: AtomicU64::new(position as u64),
+            words: core::array::from_fn(|_| AtomicU64::new(0)),
+        })
+        .ok()?;
         Some(Self {
             cells,
             mask: records as u64 - 1,

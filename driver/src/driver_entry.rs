@@ -75,6 +75,9 @@ pub unsafe extern "system" fn driver_entry(
     driver: PDRIVER_OBJECT,
     registry_path: PCUNICODE_STRING,
 ) -> NTSTATUS {
+    // First, at PASSIVE_LEVEL: pick the pool routine before the first allocation.
+    let pool_routine = crate::pool::resolve_allocator();
+    trace::info(format_args!("pool allocations use {pool_routine:?}"));
     // SAFETY: the registry path DriverEntry received.
     let settings = unsafe { read_settings(registry_path) };
 

@@ -14,8 +14,8 @@ use crate::ffi::types::{
     NTSTATUS, PDRIVER_OBJECT, PDRIVER_UNLOAD, PUNICODE_STRING, PVOID, STATUS_INVALID_PARAMETER,
     STATUS_NAME_TOO_LONG, ULONG, UNICODE_STRING,
 };
-use crate::ffi::wdf::table::{WdfDriverGlobals, WdfFunctions_01033};
-use crate::ffi::wdf::{_WDFFUNCENUM, WDF_BIND_INFO, WDF_VERSION};
+use crate::ffi::wdf::table::{WdfDriverGlobals, WdfFunctions_01029};
+use crate::ffi::wdf::{_WDFFUNCENUM, KMDF_BIND_MAJOR, KMDF_BIND_MINOR, WDF_BIND_INFO, WDF_VERSION};
 use crate::trace;
 
 #[link(name = "WDFLDR.SYS", kind = "raw-dylib", modifiers = "+verbatim")]
@@ -36,16 +36,28 @@ extern "C" {
 /// `L"KmdfLibrary"`, NUL-terminated.
 static mut COMPONENT: [u16; 12] = crate::wide_string::utf16("KmdfLibrary");
 
+/// The bind of the floor's framework, KMDF 1.29 (Windows 10 1903), in the
+/// plain 48-byte form: `{1, 29, 0}` with 1.29's 454 functions, both from
+/// `windows-support.toml` `[bind]` (through `build.rs`).
+///
+/// Why this form: the library's register-client path (open-source
+/// `FxLibraryCommonRegisterClient`, fxlibrarycommon.cpp) refuses a
+/// `FuncCount` above its own and accepts, below 1.31's count, only counts of
+/// released versions — 454 is 1.29's — so one image binds 1903's 1.29, 2004's
+/// 1.31 and Windows 11's 1.33. The 1.33 bind this replaced (458 functions) is
+/// refused by 1903/1909 (458 > 454). The v2 "minimum version" bind info is
+/// interpreted by `WDFLDR.SYS`'s closed `WdfBindClientHelper`, which no source
+/// here shows; the WDK build uses it through `WdfDriverEntry.lib`.
 static mut BIND_INFO: WDF_BIND_INFO = WDF_BIND_INFO {
     Size: core::mem::size_of::<WDF_BIND_INFO>() as ULONG,
     Component: addr_of_mut!(COMPONENT).cast(),
     Version: WDF_VERSION {
-        Major: 1,
-        Minor: 33,
+        Major: KMDF_BIND_MAJOR,
+        Minor: KMDF_BIND_MINOR,
         Build: 0,
     },
     FuncCount: _WDFFUNCENUM::WdfFunctionTableNumEntries as ULONG,
-    FuncTable: addr_of_mut!(WdfFunctions_01033),
+    FuncTable: addr_of_mut!(WdfFunctions_01029),
     Module: ptr::null_mut(),
 };
 

@@ -37,7 +37,6 @@ pub mod object_callbacks;
 pub mod parameters;
 pub mod pending_classification;
 pub mod policy_state;
-#[cfg(not(feature = "wdk"))]
 pub mod pool;
 pub mod process_identity;
 pub mod process_table;
@@ -48,11 +47,9 @@ pub mod wide_string;
 #[cfg(all(not(test), feature = "wdk"))]
 extern crate wdk_panic;
 
-#[cfg(all(not(test), feature = "wdk"))]
-#[global_allocator]
-static GLOBAL_ALLOCATOR: wdk_alloc::WdkAllocator = wdk_alloc::WdkAllocator;
-
-#[cfg(all(not(test), target_os = "windows", not(feature = "wdk")))]
+/// Both Windows builds: `wdk_alloc::WdkAllocator` imports `ExAllocatePool2`,
+/// which Windows 10 1903/1909 lack (see `pool`).
+#[cfg(all(not(test), target_os = "windows"))]
 #[global_allocator]
 static GLOBAL_ALLOCATOR: pool::PoolAllocator = pool::PoolAllocator;
 

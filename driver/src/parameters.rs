@@ -192,15 +192,16 @@ impl Key {
             return Err(STATUS_INVALID_PARAMETER);
         }
         let mut data = Vec::new();
-        data.try_reserve_exact(data_len)
-            .map_err(|_| STATUS_INSUFFICIENT_RESOURCES)?;
-        data.extend(
+        // Counted, within a fallible reservation: no regrow (panic) path.
+        procguard_policy::fallible::try_extend_counted(
+            &mut data,
+            data_len,
             words
                 .iter()
                 .flat_map(|word| word.to_le_bytes())
-                .skip(PARTIAL_INFO_HEADER)
-                .take(data_len),
-        );
+                .skip(PARTIAL_INFO_HEADER),
+        )
+        .map_err(|_| STATUS_INSUFFICIENT_RESOURCES)?;
         Ok((value_type, data))
     }
 }

@@ -75,13 +75,10 @@ impl Generation {
         processes: usize,
     ) -> Result<Self, BuildError> {
         let table = ProcessTable::with_capacity(processes).ok_or(BuildError::OutOfMemory)?;
-        let mut rule_stats = Vec::new();
-        rule_stats
-            .try_reserve_exact(policy.rule_count())
-            .map_err(|_| BuildError::OutOfMemory)?;
-        for _ in 0..policy.rule_count() {
-            rule_stats.push(RuleStats::default());
-        }
+        let rule_stats = procguard_policy::fallible::try_vec_from_fn(policy.rule_count(), |_| {
+            RuleStats::default()
+        })
+        .map_err(|_| BuildError::OutOfMemory)?;
         Ok(Self {
             policy,
             blob,

@@ -286,11 +286,9 @@ impl ProcessTable {
         if slots_len > MAX_SLOTS {
             return None;
         }
-        let mut slots = Vec::new();
-        slots.try_reserve_exact(slots_len).ok()?;
-        for _ in 0..slots_len {
-            slots.push(Slot::empty());
-        }
+        // No push after the reservation: it would keep a regrow (panic) path.
+        let slots =
+            procguard_policy::fallible::try_vec_from_fn(slots_len, |_| Slot::empty()).ok()?;
         Some(Self {
             slots,
             mask: slots_len - 1,

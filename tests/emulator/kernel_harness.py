@@ -20,6 +20,7 @@ import os
 import struct
 import subprocess
 import time
+import tomllib
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,6 +92,47 @@ DRIVER_OBJECT_DRIVER_UNLOAD = 0x68
 WDF_DRIVER_GLOBALS_DISPLACE_DRIVER_UNLOAD = 48
 WDF_DRIVER_GLOBALS_SIZE = 56
 WDF_FUNCTION_COUNT_1_33 = 458
+# The supported-Windows table (driver/windows-support.toml): the floor, the
+# KMDF version each release ships, each version's function count, and the
+# version the driver must bind. The emulated WDFLDR refuses any other bind.
+SUPPORT_TABLE_PATH = Path(__file__).resolve().parents[2] / "driver" / "windows-support.toml"
+SUPPORT_TABLE = tomllib.loads(SUPPORT_TABLE_PATH.read_text(encoding="utf-8"))
+
+
+def _kmdf_key(version: str) -> tuple[int, int]:
+    major, minor = version.split(".")
+    return int(major), int(minor)
+
+
+def _windows_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
+
+
+def floor_kmdf_version(table: dict = SUPPORT_TABLE) -> tuple[int, int]:
+    """The KMDF version the floor ships: that of the newest listed release
+    not newer than the floor."""
+    floor = _windows_key(table["floor"]["windows"])
+    shipped = [row for row in table["kmdf"] if _windows_key(row["windows"]) <= floor]
+    newest = max(shipped, key=lambda row: _windows_key(row["windows"]))
+    return _kmdf_key(newest["version"])
+
+
+KMDF_FUNCTION_COUNTS = {_kmdf_key(version): count for version, count in SUPPORT_TABLE["kmdf_function_count"].items()}
+KMDF_BIND_VERSION = _kmdf_key(SUPPORT_TABLE["bind"]["kmdf"])
+KMDF_BIND_FUNCTION_COUNT = KMDF_FUNCTION_COUNTS[KMDF_BIND_VERSION]
+WDF_BIND_INFO_SIZE = 48
+# Names of the slots past Speakeasy's 422-slot table, up to 1.33's 458
+# (WDFFUNCENUM in Windows-Driver-Frameworks publicinc/wdf/kmdf/1.33/wdffuncenum.h):
+# 454 and later exist only from KMDF 1.31 on.
+WDF_FUNCTION_NAMES_PAST_SPEAKEASY = {
+    453: "WdfPdoInitRemovePowerDependencyOnParent",
+    454: "WdfCxDeviceInitAllocateContext",
+    455: "WdfCxDeviceInitGetTypedContextWorker",
+    456: "WdfCxDeviceInitSetPowerPolicyEventCallbacks",
+    457: "WdfDeviceSetDeviceInterfaceStateEx",
+}
+# POOL_TYPE NonPagedPoolNx (wdm.h): the fallback allocation's pool type.
+NON_PAGED_POOL_NX = 512
 # WDF_IO_QUEUE_CONFIG (x64, KMDF 1.33; TOOLCHAIN.md). Speakeasy's definition
 # puts the EvtIo* callbacks 16 bytes off: never read the config with it.
 WDF_IO_QUEUE_CONFIG_SIZE = 96
@@ -460,7 +502,17 @@ class KernelHarness(IrqlVerifier):
         # Set while a pre-operation callback runs: no image path may be read
         # there (SeLocateProcessImageName may do file-system I/O).
         self.in_pre_operation = False
-        self.fail_allocations: set[int] = set()  # 0-based ExAllocatePool2 call numbers
+        self.fail_allocations: set[int] = set()  # 0-based pool allocation numbers (either routine)
+        # MmGetSystemRoutineAddress finds ExAllocatePool2 (Windows 10 2004+)
+        # unless this is False (Windows 10 1903/1909): the driver must then
+        # allocate with ExAllocatePoolWithTag(NonPagedPoolNx) and zero the block.
+        self.ex_allocate_pool2_exported = True
+        # (name, IRQL) per MmGetSystemRoutineAddress call.
+        self.routine_lookups: list[tuple[str, int]] = []
+        # Fallback blocks: address -> set of offsets the driver wrote a zero to.
+        self.fallback_blocks: dict[int, int] = {}
+        self.fallback_zeroed: dict[int, set[int]] = {}
+        self._zero_write_hooked: set[int] = set()  # arena chunks with a write hook
         # ZwOpenKey of the Parameters key fails with this status when set.
         self.parameters_open_status: Optional[int] = None
 
@@ -679,7 +731,11 @@ class KernelHarness(IrqlVerifier):
         hook("ntoskrnl", "PsGetCurrentProcessId", 0, self._ps_get_current_process_id)
         hook("ntoskrnl", "PsGetProcessId", 1, self._ps_get_process_id)
         hook("ntoskrnl", "PsGetThreadProcessId", 1, self._ps_get_thread_process_id)
+        # Not imported (Windows 10 2004+ only): reached through the address
+        # MmGetSystemRoutineAddress returns.
         hook("ntoskrnl", "ExAllocatePool2", 3, self._ex_allocate_pool2)
+        hook("ntoskrnl", "ExAllocatePoolWithTag", 3, self._ex_allocate_pool_with_tag)
+        hook("ntoskrnl", "MmGetSystemRoutineAddress", 1, self._mm_get_system_routine_address)
         hook("ntoskrnl", "ExFreePoolWithTag", 2, self._ex_free_pool_with_tag)
         hook("ntoskrnl", "ZwOpenKey", 3, self._zw_open_key)
         hook("ntoskrnl", "ZwQueryValueKey", 6, self._zw_query_value_key)
@@ -1279,6 +1335,64 @@ class KernelHarness(IrqlVerifier):
         self.pool[address] = PoolBlock(address, size, tag, flags)
         return address
 
+    def _mm_get_system_routine_address(self, argv, _original):
+        name = self._read_unicode_string(argv[0])
+        self.routine_lookups.append((name, self.irql))
+        self.events.append(("MmGetSystemRoutineAddress", 0))
+        if self.irql != PASSIVE_LEVEL:
+            raise KernelFault(f"MmGetSystemRoutineAddress({name!r}) at IRQL {self.irql} (PASSIVE_LEVEL only)")
+        if name == "ExAllocatePool2" and self.ex_allocate_pool2_exported:
+            return self.emu.add_callback("ntoskrnl", "ExAllocatePool2")
+        return 0
+
+    def _ex_allocate_pool_with_tag(self, argv, _original):
+        pool_type, size, tag = argv[0] & 0xFFFFFFFF, argv[1], argv[2] & 0xFFFFFFFF
+        number = self.allocation_count
+        self.allocation_count += 1
+        self.events.append(("ExAllocatePoolWithTag", size))
+        if self.irql > DISPATCH_LEVEL:
+            raise KernelFault(f"ExAllocatePoolWithTag at IRQL {self.irql}")
+        if pool_type != NON_PAGED_POOL_NX:
+            raise KernelFault(f"ExAllocatePoolWithTag(PoolType {pool_type}): the driver must use NonPagedPoolNx")
+        if number in self.fail_allocations or size == 0:
+            return 0
+        address = self._arena_alloc("pool", size)
+        # The kernel does not initialise these blocks: garbage, so a driver
+        # that forgets to zero them is seen (the write hook records zeroing).
+        self.write(address, b"\xCC" * size)
+        self.pool[address] = PoolBlock(address, size, tag, pool_type)
+        self.fallback_blocks[address] = size
+        self.fallback_zeroed[address] = set()
+        # Watch writes to the arena chunk holding the block (one hook per chunk).
+        state = self._arenas.get("pool")
+        if state is not None and state[1] - (16 << 20) <= address < state[1]:
+            begin, end = state[1] - (16 << 20), state[1] - 1
+        else:
+            begin, end = address, address + size - 1
+        if begin not in self._zero_write_hooked:
+            self._zero_write_hooked.add(begin)
+            self.se.add_mem_write_hook(self._record_zero_writes, begin=begin, end=end)
+        return address
+
+    def _record_zero_writes(self, _emu, _access, address, size, value, _ctx):
+        """Records, per fallback block, which bytes the driver wrote a zero to
+        (a write hook is installed only once a fallback block exists)."""
+        if value != 0:
+            return True
+        for block, block_size in self.fallback_blocks.items():
+            if block <= address < block + block_size:
+                self.fallback_zeroed[block].update(range(address - block, min(address - block + size, block_size)))
+        return True
+
+    def unzeroed_fallback_blocks(self) -> dict[int, int]:
+        """Fallback blocks (address -> size) not every byte of which the driver
+        zeroed: ExAllocatePool2 returns zeroed memory, so the fallback must too."""
+        return {
+            address: size
+            for address, size in self.fallback_blocks.items()
+            if len(self.fallback_zeroed[address]) != size
+        }
+
     def _ex_free_pool_with_tag(self, argv, _original):
         address, tag = argv[0], argv[1] & 0xFFFFFFFF
         self.frees.append((address, tag))
@@ -1597,43 +1711,62 @@ class KernelHarness(IrqlVerifier):
 
     def _wdf_version_bind(self, argv, original):
         driver_object, registry_path, bind_info, globals_out = argv[:4]
-        raw = self.read(bind_info, 48)
-        self.wdf_binds.append(
-            WdfBind(
-                size=_u32(raw, 0),
-                component=self._read_wide_c_string(_u64(raw, 8)),
-                version=struct.unpack_from("<III", raw, 16),
-                func_count=_u32(raw, 28),
-                func_table_slot=_u64(raw, 32),
-                module=_u64(raw, 40),
-            )
+        raw = self.read(bind_info, WDF_BIND_INFO_SIZE)
+        bind = WdfBind(
+            size=_u32(raw, 0),
+            component=self._read_wide_c_string(_u64(raw, 8)),
+            version=struct.unpack_from("<III", raw, 16),
+            func_count=_u32(raw, 28),
+            func_table_slot=_u64(raw, 32),
+            module=_u64(raw, 40),
         )
+        self.wdf_binds.append(bind)
+        check_kmdf_bind(bind)
         status = original(argv)
         if status != STATUS_SUCCESS:
             return status
-        # Speakeasy's table has 422 slots, most of them NULL; KMDF 1.33 has
-        # 458. Build a full table: Speakeasy's entry where it has one, else a
-        # trap that reports the function by name when called.
-        table_slot = _u64(raw, 32)
+        # The table of the bound version: Speakeasy's entry where it has one
+        # (its table has 422 slots, most NULL), else a trap that reports the
+        # function by name when called. Slots past the bound version's count
+        # (up to 1.33's 458) trap too: the real loader hands out only `count`
+        # entries, so a call through one is a wild jump on Windows.
+        count = bind.func_count
+        table_slot = bind.func_table_slot
         speakeasy_table = self._read_u64(table_slot)
         names = speakeasy_wdf_function_names()
-        count = WDF_FUNCTION_COUNT_1_33
         existing = self.read(speakeasy_table, 8 * len(names))
         slots = []
-        for index in range(count):
+        major, minor, _build = bind.version
+        for index in range(max(count, WDF_FUNCTION_COUNT_1_33)):
+            name = wdf_function_name(index)
+            if index >= count:
+                trap = f"BeyondKmdf{major}_{minor}_{name}"
+                self._hook("wdfldr", trap, 1, self._beyond_bound_table(name, index, count, bind.version))
+                slots.append(self.emu.add_callback("wdfldr", trap))
+                continue
             pointer = _u64(existing, index * 8) if index < len(names) else 0
             if not pointer:
-                name = names[index] if index < len(names) and names[index] else f"WdfFunctionIndex{index}"
                 pointer = self.emu.add_callback("wdfldr", name)
             slots.append(pointer)
-        table = self.se.mem_alloc(8 * count, tag="harness.WdfFunctions_01033")
-        self.write(table, struct.pack(f"<{count}Q", *slots))
+        table = self.se.mem_alloc(8 * len(slots), tag=f"harness.WdfFunctions_{major:02}0{minor:02}")
+        self.write(table, struct.pack(f"<{len(slots)}Q", *slots))
         self._write_u64(table_slot, table)
         self.wdf_function_table = table
         # Speakeasy's globals block is 0x100 zero bytes: big enough for
         # WDF_DRIVER_GLOBALS (56), whose DisplaceDriverUnload WdfDriverCreate sets.
         self.wdf_driver_globals = self._read_u64(globals_out)
         return STATUS_SUCCESS
+
+    @staticmethod
+    def _beyond_bound_table(name: str, index: int, count: int, version: tuple[int, int, int]):
+        def handler(_argv, _original):
+            raise KernelFault(
+                f"{name} (table index {index}) called through the function table, but the bound "
+                f"KMDF {version[0]}.{version[1]} has only {count} functions: on Windows this "
+                "reads past the loader's table"
+            )
+
+        return handler
 
     def _wdf_version_unbind(self, argv, _original):
         self.wdf_unbinds.append(tuple(argv[:3]))
@@ -1850,6 +1983,41 @@ def symbolize(image: str, addresses: list[int]) -> str:
 
 
 _WDF_NAMES: Optional[list[Optional[str]]] = None
+
+
+def wdf_function_name(index: int) -> str:
+    """The KMDF function at table slot ``index``."""
+    names = speakeasy_wdf_function_names()
+    if index < len(names) and names[index]:
+        return names[index]
+    return WDF_FUNCTION_NAMES_PAST_SPEAKEASY.get(index, f"WdfFunctionIndex{index}")
+
+
+def check_kmdf_bind(bind: "WdfBind", table: dict = SUPPORT_TABLE) -> None:
+    """What the floor's WDFLDR would accept (driver/windows-support.toml):
+    the plain 48-byte bind info for "KmdfLibrary", a KMDF version the floor
+    ships, with exactly that version's function count, and the version the
+    table says the driver binds. Raises KernelFault otherwise."""
+    problems = []
+    major, minor, _build = bind.version
+    version = (major, minor)
+    floor = floor_kmdf_version(table)
+    counts = {_kmdf_key(v): c for v, c in table["kmdf_function_count"].items()}
+    floor_name = table["floor"]["name"]
+    if bind.size != WDF_BIND_INFO_SIZE:
+        problems.append(f"WDF_BIND_INFO.Size {bind.size}, expected {WDF_BIND_INFO_SIZE}")
+    if bind.component != "KmdfLibrary":
+        problems.append(f"component {bind.component!r}, expected 'KmdfLibrary'")
+    if version > floor:
+        problems.append(f"binds KMDF {major}.{minor}, which {floor_name} does not ship (it has KMDF {floor[0]}.{floor[1]})")
+    if version not in counts:
+        problems.append(f"binds KMDF {major}.{minor}, whose function count windows-support.toml does not list")
+    elif bind.func_count != counts[version]:
+        problems.append(f"FuncCount {bind.func_count}, but KMDF {major}.{minor} has {counts[version]} functions")
+    if version != _kmdf_key(table["bind"]["kmdf"]):
+        problems.append(f"binds KMDF {major}.{minor}, windows-support.toml [bind] says {table['bind']['kmdf']}")
+    if problems:
+        raise KernelFault("WdfVersionBind refused: " + "; ".join(problems))
 
 
 def speakeasy_wdf_function_names() -> list[Optional[str]]:

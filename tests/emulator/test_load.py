@@ -17,7 +17,7 @@ from kernel_harness import (
     STATUS_ACCESS_DENIED,
     STATUS_FLT_INSTANCE_ALTITUDE_COLLISION,
     STATUS_SUCCESS,
-    WDF_FUNCTION_COUNT_1_33,
+    KMDF_BIND_FUNCTION_COUNT,
     image_path,
     reg_binary,
     reg_dword,
@@ -99,14 +99,16 @@ def test_load_with_defaults_registers_once_for_process_and_thread_handles(kernel
     assert "policy of 0 rule(s) in force" in kernel.trace_text()
 
 
-def test_entry_stub_binds_to_kmdf_1_33_with_the_full_function_table(kernel):
+def test_entry_stub_binds_the_floor_kmdf_1_29_with_its_function_table(kernel):
     kernel.load()
     assert len(kernel.wdf_binds) == 1
     bind = kernel.wdf_binds[0]
     assert bind.size == 48
     assert bind.component == "KmdfLibrary"
-    assert bind.version == (1, 33, 0)
-    assert bind.func_count == WDF_FUNCTION_COUNT_1_33 == 458
+    # Windows 10 1903's framework (driver/windows-support.toml [bind]); the
+    # harness' WdfVersionBind refuses anything the floor does not ship.
+    assert bind.version == (1, 29, 0)
+    assert bind.func_count == KMDF_BIND_FUNCTION_COUNT == 454
     assert kernel.in_image(bind.func_table_slot), "FuncTable must point at the driver's table variable"
     assert bind.module == 0
     # The loader wrote the table through FuncTable and the driver used it:

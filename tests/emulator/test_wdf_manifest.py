@@ -17,7 +17,7 @@ import pytest
 import speakeasy.winenv.defs.wdf as speakeasy_wdf
 
 from kernel_harness import (
-    WDF_FUNCTION_COUNT_1_33,
+    KMDF_BIND_FUNCTION_COUNT,
     WDF_IO_QUEUE_CONFIG_OFFSETS,
     WDF_IO_QUEUE_CONFIG_SIZE,
     speakeasy_wdf_function_names,
@@ -85,8 +85,8 @@ def speakeasy_layout(name: str):
     return ctypes.sizeof(ctype), ctypes.alignment(ctype), fields
 
 
-def test_manifest_function_count_is_the_kmdf_1_33_table_size(wdf_layout):
-    assert wdf_layout["function_count"] == WDF_FUNCTION_COUNT_1_33 == 458
+def test_manifest_function_count_is_the_bound_kmdf_1_29_table_size(wdf_layout):
+    assert wdf_layout["function_count"] == KMDF_BIND_FUNCTION_COUNT == 454
     # Speakeasy's table is shorter (it stops at 422); every index the driver
     # uses must still fall inside both.
     assert len(speakeasy_wdf_function_names()) == 422

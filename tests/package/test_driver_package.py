@@ -9,6 +9,7 @@ import os
 import shutil
 import struct
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -166,7 +167,10 @@ def test_inf_is_stamped_and_primitive():
     assert "manufacturer" not in sections, "a primitive driver has no Manufacturer section"
     assert "defaultinstall.ntamd64" in sections and "defaultinstall.ntamd64.services" in sections
     assert "defaultinstall" not in sections, "DefaultInstall must be architecture-decorated"
-    assert "KmdfLibraryVersion = 1.33" in inf
+    # The version the driver binds, the floor's (driver/windows-support.toml [bind]).
+    table = tomllib.loads((Path(__file__).resolve().parents[2] / "driver" / "windows-support.toml").read_text())
+    assert f"KmdfLibraryVersion = {table['bind']['kmdf']}" in inf
+    assert table["bind"]["kmdf"] == "1.29"
     assert "ServiceType    = 1" in inf
     assert "procguard.sys" in inf and "CatalogFile = procguard.cat" in inf
 

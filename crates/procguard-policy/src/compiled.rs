@@ -27,13 +27,13 @@
 use alloc::vec::Vec;
 
 use crate::blob::DecodeError;
-use crate::glob;
 use crate::identity::{self, ProcessIdentity};
 use crate::model::{
     Mode, ObjectKind, Operation, Policy, PolicyFault, Settings, MAX_REQUESTER_ENTRIES,
 };
 use crate::rights::AccessMask;
 use crate::view::{try_push, u32s, BlobView, RuleView, SelView};
+use crate::{fallible, glob};
 
 /// Rule id sentinel inside records and tables.
 pub(crate) const NO_RULE: u16 = 0xFFFF;
@@ -437,7 +437,9 @@ impl Builder<'_, '_> {
         };
         for c in glob::fold_chars(s) {
             // Capacity reserved above: never grows.
-            self.chars.push(c);
+            if fallible::push_within_capacity(&mut self.chars, c).is_err() {
+                return Err(DecodeError::OutOfMemory);
+            }
         }
         if let Some(slot) = self.interned.get_mut(index as usize) {
             *slot = Some(span);
@@ -490,8 +492,7 @@ fn group<K: Copy>(
 /// Appends `items` to `dst` (fallibly) and returns where they went.
 fn append<T: Copy>(dst: &mut Vec<T>, items: &[T]) -> Result<Run, DecodeError> {
     let first = len32(dst.len())?;
-    dst.try_reserve(items.len()).map_err(oom)?;
-    dst.extend_from_slice(items);
+    fallible::try_extend_from_slice(dst, items).map_err(oom)?;
     Ok(Run {
         first,
         count: len32(items.len())?,
@@ -563,7 +564,7 @@ impl CompiledPolicy {
             interned: Vec::new(),
         };
         reserve_exact(&mut b.interned, string_count)?;
-        b.interned.resize(string_count, None);
+        fallible::try_resize(&mut b.interned, string_count, None).map_err(oom)?;
         // Room for every string folded (rule names are counted but never stored):
         // interning then never grows the pool, so the peak is one copy, not two.
         let total_chars = view
@@ -632,7 +633,9 @@ impl CompiledPolicy {
                 .saturating_add(pid_pairs.len())
                 .saturating_add(glob_pairs.len()),
         )?;
-        name_pairs.sort_unstable_by(|x, y| b.text(x.0).cmp(b.text(y.0)).then(x.1.cmp(&y.1)));
+        fallible::sort_unstable_by(&mut name_pairs, |x, y| {
+            b.text(x.0).cmp(b.text(y.0)).then(x.1.cmp(&y.1))
+        });
         reserve_exact(&mut out.names, name_pairs.len())?;
         group(
             &name_pairs,
@@ -641,12 +644,14 @@ impl CompiledPolicy {
             &mut out.lists,
         )?;
         drop(name_pairs);
-        pid_pairs.sort_unstable();
+        fallible::sort_unstable(&mut pid_pairs);
         reserve_exact(&mut out.pids, pid_pairs.len())?;
         group(&pid_pairs, |x, y| x == y, &mut out.pids, &mut out.lists)?;
         drop(pid_pairs);
         // One span per blob string, so equal starts are the same pattern.
-        glob_pairs.sort_unstable_by_key(|(s, r)| (s.start, *r));
+        fallible::sort_unstable_by(&mut glob_pairs, |(s, r), (t, q)| {
+            (s.start, *r).cmp(&(t.start, *q))
+        });
         reserve_exact(&mut out.globs, glob_pairs.len())?;
         group(
             &glob_pairs,
@@ -660,7 +665,8 @@ impl CompiledPolicy {
         // Per-entry, per-slot summaries, then the byte tables.
         let mut entry_sums: Vec<[SlotSummary; 4]> = Vec::new();
         reserve_exact(&mut entry_sums, out.entries.len())?;
-        entry_sums.resize(out.entries.len(), [SlotSummary::EMPTY; 4]);
+        fallible::try_resize(&mut entry_sums, out.entries.len(), [SlotSummary::EMPTY; 4])
+            .map_err(oom)?;
         for (i, r) in out.rules.iter().enumerate() {
             if let Some(e) = r.entry {
                 if let Some(sums) = entry_sums.get_mut(usize::from(e)) {
@@ -674,7 +680,7 @@ impl CompiledPolicy {
         let chunks = out.entries.len().div_ceil(8);
         let size = chunks.saturating_mul(4 * 256);
         reserve_exact(&mut out.dep_table, size)?;
-        out.dep_table.resize(size, SlotSummary::EMPTY);
+        fallible::try_resize(&mut out.dep_table, size, SlotSummary::EMPTY).map_err(oom)?;
         for c in 0..chunks {
             for s in 0..4 {
                 let base = (c * 4 + s) * 256;
@@ -713,14 +719,14 @@ impl CompiledPolicy {
             let span = b.intern(n)?;
             try_push(&mut names, span)?;
         }
-        names.sort_unstable_by(|x, y| b.text(*x).cmp(b.text(*y)));
+        fallible::sort_unstable_by(&mut names, |x, y| b.text(*x).cmp(b.text(*y)));
         names.dedup_by(|x, y| b.text(*x) == b.text(*y));
         let mut paths: Vec<u32> = Vec::new();
         reserve_exact(&mut paths, s.paths.len() / 4)?;
         for p in s.path_indexes() {
             try_push(&mut paths, p)?;
         }
-        paths.sort_unstable();
+        fallible::sort_unstable(&mut paths);
         paths.dedup();
         let mut globs: Vec<Span> = Vec::new();
         reserve_exact(&mut globs, paths.len())?;
@@ -733,7 +739,7 @@ impl CompiledPolicy {
         for p in u32s(s.pids) {
             try_push(&mut pids, p)?;
         }
-        pids.sort_unstable();
+        fallible::sort_unstable(&mut pids);
         pids.dedup();
         Ok(RequesterEntry {
             except,

@@ -47,11 +47,21 @@ pub(crate) fn fold_chars(s: &str) -> FoldChars<'_> {
     s.chars().map(fold_char as fn(char) -> char)
 }
 
-/// The `\`-separated components of a path, each folded lazily.
-pub(crate) fn str_components(
-    s: &str,
-) -> core::iter::Map<core::str::Split<'_, char>, fn(&str) -> FoldChars<'_>> {
-    s.split('\\').map(fold_chars as fn(&str) -> FoldChars<'_>)
+/// Whether `c` is the path separator `\`.
+pub(crate) fn is_backslash(c: char) -> bool {
+    c == '\\'
+}
+
+/// The components of a path split at `\` by a predicate.
+pub(crate) type StrComponents<'a> =
+    core::iter::Map<core::str::Split<'a, fn(char) -> bool>, fn(&str) -> FoldChars<'_>>;
+
+/// The `\`-separated components of a path, each folded lazily. (A predicate,
+/// not the `char` pattern: that one searches with `memchr`, whose slicing
+/// keeps a panic path in the kernel image.)
+pub(crate) fn str_components(s: &str) -> StrComponents<'_> {
+    s.split(is_backslash as fn(char) -> bool)
+        .map(fold_chars as fn(&str) -> FoldChars<'_>)
 }
 
 type CharComponent<'a> = core::iter::Copied<core::slice::Iter<'a, char>>;

@@ -34,7 +34,10 @@ pub const CRITICAL_IMAGE_NAMES: &[&str] = &[
 /// Returns the last path component (the image file name).
 #[must_use]
 pub fn file_name(path: &str) -> &str {
-    path.rsplit('\\').next().unwrap_or(path)
+    // A predicate, not the `char` pattern (memrchr keeps a panic path).
+    path.rsplit(crate::glob::is_backslash)
+        .next()
+        .unwrap_or(path)
 }
 
 pub(crate) fn eq_fold(a: &str, b: &str) -> bool {

@@ -65,6 +65,7 @@ pub mod blob;
 pub mod compiled;
 pub mod decide;
 pub mod explain;
+pub mod fallible;
 #[doc = include_str!("../FORMAT.md")]
 pub mod format {}
 pub mod glob;

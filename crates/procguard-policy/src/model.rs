@@ -209,6 +209,8 @@ pub enum RuleError {
     StripsFromCriticalProcess(Arc<str>),
 }
 
+// Names are quoted by hand, not with `{:?}`: `str`'s Debug escaping keeps a
+// panic path in the kernel image (the driver prints these errors).
 impl fmt::Display for RuleError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -217,9 +219,9 @@ impl fmt::Display for RuleError {
             Self::EmptyRequester => f.write_str("the requester selector selects no process (give name, path or pid)"),
             Self::BadImageName(n) => write!(
                 f,
-                "image name {n:?} must be a plain file name without '\\', '*' or '?' (use 'path' for patterns)"
+                "image name \"{n}\" must be a plain file name without '\\', '*' or '?' (use 'path' for patterns)"
             ),
-            Self::BadGlob(p, e) => write!(f, "path pattern {p:?} can never match: {e}"),
+            Self::BadGlob(p, e) => write!(f, "path pattern \"{p}\" can never match: {e}"),
             Self::NoObjects => f.write_str("the rule covers no object kind (process, thread)"),
             Self::NoOperations => f.write_str("the rule covers no operation (create, duplicate)"),
             Self::StripsNothing => f.write_str("the strip mask removes nothing from the objects the rule covers"),
@@ -232,7 +234,7 @@ impl fmt::Display for RuleError {
             Self::UnknownBits(k, m) => write!(f, "bits {m:#x} are not {} access rights", kind_word(*k)),
             Self::StripsFromCriticalProcess(what) => write!(
                 f,
-                "the requester selector includes the critical system process {what:?}, which is exempt as a \
+                "the requester selector includes the critical system process \"{what}\", which is exempt as a \
                  requester (settings.exempt_critical_requesters): the rule would strip rights from it"
             ),
         }
@@ -277,7 +279,7 @@ impl fmt::Display for PolicyError {
         match self {
             Self::TooManyRules(n) => write!(f, "{n} rules; at most {MAX_RULES} are allowed"),
             Self::DuplicateRuleName { name, first, second } => {
-                write!(f, "rules {first} and {second} are both named {name:?}; rule names must be unique")
+                write!(f, "rules {first} and {second} are both named \"{name}\"; rule names must be unique")
             }
             Self::TooManyRequesterEntries(n) => write!(
                 f,

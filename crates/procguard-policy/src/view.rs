@@ -18,11 +18,10 @@ use crate::model::{
 };
 use crate::rights::AccessMask;
 
-/// `Vec::push` after a fallible reservation: never panics on allocation failure.
+/// `Vec::push` after a fallible reservation: never panics on allocation
+/// failure, and keeps no regrow path in the image (see `fallible`).
 pub(crate) fn try_push<T>(v: &mut Vec<T>, x: T) -> Result<(), DecodeError> {
-    v.try_reserve(1).map_err(|_| DecodeError::OutOfMemory)?;
-    v.push(x);
-    Ok(())
+    crate::fallible::try_push(v, x).map_err(|_| DecodeError::OutOfMemory)
 }
 
 pub(crate) struct Reader<'a> {
@@ -512,7 +511,9 @@ impl<'a> BlobView<'a> {
         for (i, rule) in (0u32..).zip(self.rules()) {
             try_push(&mut names, (rule?.name, i))?;
         }
-        names.sort_unstable_by(|a, b| self.string(a.0).cmp(self.string(b.0)).then(a.1.cmp(&b.1)));
+        crate::fallible::sort_unstable_by(&mut names, |a, b| {
+            self.string(a.0).cmp(self.string(b.0)).then(a.1.cmp(&b.1))
+        });
         for w in names.windows(2) {
             if let [(a, i), (b, j)] = w {
                 if self.string(*a) == self.string(*b) {
@@ -593,7 +594,7 @@ impl<'a> BlobView<'a> {
         for i in 0..next {
             try_push(&mut order, i)?;
         }
-        order.sort_unstable_by(|a, b| self.string(*a).cmp(self.string(*b)));
+        crate::fallible::sort_unstable_by(&mut order, |a, b| self.string(*a).cmp(self.string(*b)));
         if order
             .windows(2)
             .any(|w| matches!(w, [a, b] if self.string(*a) == self.string(*b)))

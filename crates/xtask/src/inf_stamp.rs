@@ -2,11 +2,15 @@
 //! WDK build: architecture, `DriverVer` (date and version) and the KMDF
 //! library version.
 
-/// KMDF version the driver binds to (fx_entry.rs) and the INF requests.
-pub const KMDF_VERSION: &str = "1.33";
-
-/// Stamps the template. `date` is `MM/DD/YYYY`; `version` is `a.b.c` or `a.b.c.d`.
-pub fn stamp(template: &str, date: &str, version: &str) -> Result<String, String> {
+/// Stamps the template. `date` is `MM/DD/YYYY`; `version` is `a.b.c` or
+/// `a.b.c.d`; `kmdf_version` is the version the driver binds
+/// (`windows-support.toml` `[bind] kmdf`, the source fx_entry.rs is built from).
+pub fn stamp(
+    template: &str,
+    date: &str,
+    version: &str,
+    kmdf_version: &str,
+) -> Result<String, String> {
     let mut parts: Vec<&str> = version.split('.').collect();
     if parts.len() == 3 {
         parts.push("0");
@@ -27,7 +31,7 @@ pub fn stamp(template: &str, date: &str, version: &str) -> Result<String, String
             stamped.push_str(
                 &line
                     .replace("$ARCH$", "amd64")
-                    .replace("$KMDFVERSION$", KMDF_VERSION),
+                    .replace("$KMDFVERSION$", kmdf_version),
             );
         }
         stamped.push_str("\r\n");
@@ -89,10 +93,10 @@ mod tests {
 
     #[test]
     fn placeholders_and_driver_ver_are_stamped() {
-        let inf = stamp(TEMPLATE, "11/27/2026", "0.1.0").unwrap();
+        let inf = stamp(TEMPLATE, "11/27/2026", "0.1.0", "1.29").unwrap();
         assert!(inf.contains("DriverVer   = 11/27/2026,0.1.0.0\r\n"));
         assert!(inf.contains("[DefaultInstall.NTamd64]"));
-        assert!(inf.contains("KmdfLibraryVersion = 1.33"));
+        assert!(inf.contains("KmdfLibraryVersion = 1.29"));
         assert!(
             inf.contains("$WINDOWS NT$"),
             "the signature string is not a placeholder"
@@ -101,10 +105,16 @@ mod tests {
 
     #[test]
     fn bad_versions_and_leftover_placeholders_are_errors() {
-        assert!(stamp(TEMPLATE, "11/27/2026", "1.2").is_err());
-        assert!(stamp(TEMPLATE, "11/27/2026", "1.2.70000").is_err());
-        assert!(stamp(&format!("{TEMPLATE}X = $OTHER$\n"), "11/27/2026", "0.1.0").is_err());
-        assert!(stamp("[Version]\n", "11/27/2026", "0.1.0").is_err());
+        assert!(stamp(TEMPLATE, "11/27/2026", "1.2", "1.29").is_err());
+        assert!(stamp(TEMPLATE, "11/27/2026", "1.2.70000", "1.29").is_err());
+        assert!(stamp(
+            &format!("{TEMPLATE}X = $OTHER$\n"),
+            "11/27/2026",
+            "0.1.0",
+            "1.29"
+        )
+        .is_err());
+        assert!(stamp("[Version]\n", "11/27/2026", "0.1.0", "1.29").is_err());
     }
 
     #[test]

@@ -26,6 +26,7 @@ mod pe_check;
 mod signing;
 mod test_suite;
 mod wdk_typecheck;
+mod windows_support;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -39,7 +40,7 @@ fn repo_root() -> PathBuf {
 }
 
 const USAGE: &str =
-    "usage: cargo xtask <package | test | wdk-typecheck | check-pe [--signed] FILE | compile-policy POLICY.toml OUT.bin | catalog OUT.cat FILE...>";
+    "usage: cargo xtask <package | test | wdk-typecheck | check-pe [--signed] FILE (structure; unsigned: also the supported-Windows matrix) | compile-policy POLICY.toml OUT.bin | catalog OUT.cat FILE...>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -56,7 +57,18 @@ fn main() -> ExitCode {
             wdk_typecheck::metadata_lists_wdk_build(&root).and_then(|()| wdk_typecheck::run(&root))
         }
         ["check-pe", file] => {
-            pe_check::check_file(Path::new(file), false).map(|report| println!("{report}"))
+            let structure =
+                pe_check::check_file(Path::new(file), false).map(|report| println!("{report}"));
+            let matrix = windows_support::check_image_file(&root, Path::new(file));
+            let errors: Vec<String> = [structure, matrix]
+                .into_iter()
+                .filter_map(Result::err)
+                .collect();
+            if errors.is_empty() {
+                Ok(())
+            } else {
+                Err(errors.join("\n"))
+            }
         }
         ["check-pe", "--signed", file] => {
             pe_check::check_file(Path::new(file), true).map(|report| println!("{report}"))

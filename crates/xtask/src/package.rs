@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::{cross_build, host_tools, inf_stamp, pe_check, signing};
+use crate::{cross_build, host_tools, inf_stamp, pe_check, signing, windows_support};
 
 /// Where the package is written.
 pub fn package_dir(root: &Path) -> PathBuf {
@@ -18,6 +18,9 @@ pub fn run(root: &Path) -> Result<PathBuf, String> {
 
     // The unsigned image must already be a well-formed driver.
     let unsigned = pe_check::check_file(&image, false)?;
+    // Every import and the bound KMDF exist on the floor (windows-support.toml).
+    windows_support::check_image_file(root, &image)?;
+    let support = windows_support::SupportTable::load(root)?;
     let out = package_dir(root);
     std::fs::create_dir_all(&out).map_err(|error| format!("{}: {error}", out.display()))?;
 
@@ -65,7 +68,12 @@ pub fn run(root: &Path) -> Result<PathBuf, String> {
     let template_path = root.join("inf").join("procguard.inx");
     let template = std::fs::read_to_string(&template_path)
         .map_err(|error| format!("{}: {error}", template_path.display()))?;
-    let inf = inf_stamp::stamp(&template, &inf_stamp::today(), env!("CARGO_PKG_VERSION"))?;
+    let inf = inf_stamp::stamp(
+        &template,
+        &inf_stamp::today(),
+        env!("CARGO_PKG_VERSION"),
+        &support.bind.to_string(),
+    )?;
     std::fs::write(out.join("procguard.inf"), inf)
         .map_err(|error| format!("write procguard.inf: {error}"))?;
 
@@ -85,9 +93,6 @@ pub fn run(root: &Path) -> Result<PathBuf, String> {
         unsigned.size,
         signed.size
     );
-    if signed.has_panic_path() {
-        println!("xtask: note: the image imports KeBugCheckEx: a panic path survived optimisation");
-    }
     Ok(sys)
 }
 

@@ -4,7 +4,8 @@
 //! The package step fails unless the image is PE32+ AMD64, subsystem NATIVE,
 //! has FORCE_INTEGRITY (without it `ObRegisterCallbacks` returns
 //! STATUS_ACCESS_DENIED), NX_COMPAT and DYNAMIC_BASE, imports only from
-//! kernel modules, keeps every section that code can touch non-pageable (the
+//! kernel modules, has no panic path (no `KeBugCheckEx` import: only the
+//! panic handler calls it), keeps every section that code can touch non-pageable (the
 //! callbacks run at APC level), and — once signed — carries a signature and a
 //! valid PE checksum.
 
@@ -69,6 +70,19 @@ impl fmt::Display for PeReport {
             )
         }
     }
+}
+
+/// A kernel driver must not panic: the panic handler is the only caller of
+/// `KeBugCheckEx`, so importing it means a panic path survived optimisation.
+pub fn panic_path_problem(imports: &[(String, Vec<String>)]) -> Option<String> {
+    imports
+        .iter()
+        .any(|(_, functions)| functions.iter().any(|name| name == "KeBugCheckEx"))
+        .then(|| {
+            "imports KeBugCheckEx: a panic path survived optimisation (find its callers \
+             with the link map or llvm-objdump and make that code fallible)"
+                .to_string()
+        })
 }
 
 /// The PE checksum as the loader computes it (checksum field taken as 0).
@@ -184,6 +198,9 @@ pub fn check(data: &[u8], require_signature: bool) -> PeReport {
             .problems
             .push(format!("unreadable import table: {error}")),
     }
+    if let Some(problem) = panic_path_problem(&report.imports) {
+        report.problems.push(problem);
+    }
     for (module, _) in &report.imports {
         if !KERNEL_MODULES.contains(&module.to_ascii_lowercase().as_str()) {
             report
@@ -276,6 +293,22 @@ mod tests {
         assert_eq!(pe_checksum(&[0x34, 0x12, 0xFF, 0xFF], 2), 0x1234 + 4);
         // An odd trailing byte is a low byte.
         assert_eq!(pe_checksum(&[0x01, 0x00, 0x05], usize::MAX), 1 + 5 + 3);
+    }
+
+    #[test]
+    fn importing_ke_bug_check_ex_is_a_problem() {
+        let imports = |names: &[&str]| {
+            vec![(
+                "ntoskrnl.exe".to_string(),
+                names
+                    .iter()
+                    .map(|name| name.to_string())
+                    .collect::<Vec<_>>(),
+            )]
+        };
+        assert!(panic_path_problem(&imports(&["ExFreePoolWithTag"])).is_none());
+        let problem = panic_path_problem(&imports(&["ExFreePoolWithTag", "KeBugCheckEx"]));
+        assert!(problem.unwrap().starts_with("imports KeBugCheckEx"));
     }
 
     #[test]

@@ -73,6 +73,12 @@ pub struct HostKernel {
     /// Live pool allocations: address -> (size, tag).
     pub pool: BTreeMap<usize, (usize, u32)>,
     pub fail_allocations: bool,
+    /// Which allocation routine served each allocation, in order.
+    pub pool_routine_calls: Vec<String>,
+    /// Names the driver looked up with MmGetSystemRoutineAddress, in order.
+    pub routine_lookups: Vec<String>,
+    /// Routines MmGetSystemRoutineAddress does not find (an older Windows).
+    pub missing_routines: Vec<String>,
     pub trace: Vec<String>,
     /// Running processes: pid -> (creation time, NT image path).
     pub processes: BTreeMap<u32, (i64, String)>,
@@ -235,6 +241,7 @@ pub unsafe extern "C" fn ExAllocatePool2(
         Flags, POOL_FLAG_NON_PAGED,
         "the driver only allocates non-paged pool"
     );
+    with_host(|host| host.pool_routine_calls.push("ExAllocatePool2".into()));
     if with_host(|host| host.fail_allocations) || NumberOfBytes == 0 {
         return core::ptr::null_mut();
     }
@@ -244,6 +251,55 @@ pub unsafe extern "C" fn ExAllocatePool2(
     let pointer = unsafe { System.alloc_zeroed(layout) };
     with_host(|host| host.pool.insert(pointer as usize, (size, Tag)));
     pointer.cast()
+}
+
+/// Like the kernel's: the block's contents are not initialised (filled with
+/// 0xCC here, so a caller that relies on zeroes fails its test).
+pub unsafe extern "C" fn ExAllocatePoolWithTag(
+    PoolType: POOL_TYPE,
+    NumberOfBytes: SIZE_T,
+    Tag: ULONG,
+) -> PVOID {
+    assert_eq!(
+        PoolType,
+        _POOL_TYPE::NonPagedPoolNx,
+        "the driver only allocates non-paged, no-execute pool"
+    );
+    with_host(|host| host.pool_routine_calls.push("ExAllocatePoolWithTag".into()));
+    if with_host(|host| host.fail_allocations) || NumberOfBytes == 0 {
+        return core::ptr::null_mut();
+    }
+    let size = usize::try_from(NumberOfBytes).expect("size fits");
+    let layout = Layout::from_size_align(size, POOL_ALIGN).expect("layout");
+    // SAFETY: non-zero size.
+    let pointer = unsafe { System.alloc(layout) };
+    // SAFETY: `size` bytes were just allocated.
+    unsafe { core::ptr::write_bytes(pointer, 0xCC, size) };
+    with_host(|host| host.pool.insert(pointer as usize, (size, Tag)));
+    pointer.cast()
+}
+
+/// Finds `ExAllocatePool2` (the host double above) unless the test lists it
+/// in `missing_routines`; nothing else.
+pub unsafe extern "C" fn MmGetSystemRoutineAddress(SystemRoutineName: PUNICODE_STRING) -> PVOID {
+    // SAFETY: the caller passes a valid UNICODE_STRING.
+    let name = unsafe { &*SystemRoutineName };
+    // SAFETY: `Length` bytes of UTF-16 at `Buffer`.
+    let units = unsafe { core::slice::from_raw_parts(name.Buffer, usize::from(name.Length / 2)) };
+    let name = String::from_utf16_lossy(units);
+    assert_eq!(
+        with_host(|host| host.irql),
+        0,
+        "MmGetSystemRoutineAddress above PASSIVE_LEVEL"
+    );
+    let missing = with_host(|host| {
+        host.routine_lookups.push(name.clone());
+        host.missing_routines.contains(&name)
+    });
+    match name.as_str() {
+        "ExAllocatePool2" if !missing => ExAllocatePool2 as *const () as PVOID,
+        _ => core::ptr::null_mut(),
+    }
 }
 
 pub unsafe extern "C" fn ExFreePoolWithTag(P: PVOID, Tag: ULONG) {

@@ -18,7 +18,9 @@ extern "C" {
     pub fn PsGetCurrentProcessId() -> HANDLE;
     pub fn PsGetProcessId(Process: PEPROCESS) -> HANDLE;
     pub fn PsGetThreadProcessId(Thread: PETHREAD) -> HANDLE;
-    pub fn ExAllocatePool2(Flags: POOL_FLAGS, NumberOfBytes: SIZE_T, Tag: ULONG) -> PVOID;
+    // Not ExAllocatePool2 (Windows 10 2004+): pool.rs resolves it at run time.
+    pub fn ExAllocatePoolWithTag(PoolType: POOL_TYPE, NumberOfBytes: SIZE_T, Tag: ULONG) -> PVOID;
+    pub fn MmGetSystemRoutineAddress(SystemRoutineName: PUNICODE_STRING) -> PVOID;
     pub fn ExFreePoolWithTag(P: PVOID, Tag: ULONG);
     pub fn ZwOpenKey(
         KeyHandle: PHANDLE,

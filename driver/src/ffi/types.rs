@@ -575,6 +575,16 @@ pub const OB_OPERATION_HANDLE_DUPLICATE: u32 = 2;
 
 pub const POOL_FLAG_NON_PAGED: POOL_FLAGS = 0x0000_0000_0000_0040;
 
+/// `POOL_TYPE` (wdm.h), a C enum: a module of constants as wdk-sys emits it.
+pub mod _POOL_TYPE {
+    /// The enum's integer type.
+    pub type Type = i32;
+    /// Non-paged, no-execute pool (Windows 8 and later).
+    pub const NonPagedPoolNx: Type = 512;
+}
+/// `POOL_TYPE` (wdm.h).
+pub type POOL_TYPE = _POOL_TYPE::Type;
+
 pub const OBJ_CASE_INSENSITIVE: u32 = 0x0000_0040;
 pub const OBJ_KERNEL_HANDLE: u32 = 0x0000_0200;
 pub const KEY_READ: u32 = 0x0002_0019;

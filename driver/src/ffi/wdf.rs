@@ -1,4 +1,4 @@
-//! KMDF 1.33 calls for the builds without the WDK.
+//! KMDF calls for the builds without the WDK.
 //!
 //! A KMDF driver does not import framework functions by name: `WdfVersionBind`
 //! (called by the entry stub, `fx_entry.rs`) hands it a table of function
@@ -7,8 +7,13 @@
 //! this module provides the same macro over the same table for the cross
 //! build, and over host test doubles for `cargo test`.
 //!
-//! The indices are `WDFFUNCENUM` of KMDF 1.33 (`wdffuncenum.h`); the emulator
+//! The indices are `WDFFUNCENUM` (`wdffuncenum.h`; the table only grows, so an
+//! index is the same in every KMDF 1.x that has the function); the emulator
 //! suite checks each one against an independent record of the table order.
+//! The driver binds the floor's KMDF ([`KMDF_BIND_MINOR`], from
+//! `windows-support.toml` through `build.rs`), so every index it calls must be
+//! below that version's function count: checked at compile time below, in
+//! the package step (`[[wdf_function]]` rows) and by the emulator.
 #![allow(non_snake_case, non_upper_case_globals, missing_docs)]
 
 #[cfg(target_os = "windows")]
@@ -17,7 +22,9 @@ use super::types::*;
 /// One slot of the framework's function table (`wdk_sys::WDFFUNC`).
 pub type WDFFUNC = Option<unsafe extern "C" fn()>;
 
-/// `_WDFFUNCENUM`: indices into the KMDF 1.33 function table.
+include!(concat!(env!("OUT_DIR"), "/kmdf_bind.rs"));
+
+/// `_WDFFUNCENUM`: indices into the KMDF function table.
 pub mod _WDFFUNCENUM {
     pub type Type = i32;
     pub const WdfControlDeviceInitAllocateTableIndex: Type = 25;
@@ -32,8 +39,32 @@ pub mod _WDFFUNCENUM {
     pub const WdfRequestCompleteWithInformationTableIndex: Type = 265;
     pub const WdfRequestRetrieveInputBufferTableIndex: Type = 269;
     pub const WdfRequestRetrieveOutputBufferTableIndex: Type = 270;
-    /// `WdfFunctionTableNumEntries` for KMDF 1.31 and later (1.33 included).
-    pub const WdfFunctionTableNumEntries: Type = 458;
+    /// `WdfFunctionTableNumEntries` of the bound version (454 for 1.29): the
+    /// `FuncCount` of the bind and the bound of every table read.
+    pub const WdfFunctionTableNumEntries: Type = super::KMDF_BIND_FUNCTION_COUNT as Type;
+
+    /// Every index the driver calls exists in the bound version's table.
+    const _: () = {
+        let used = [
+            WdfControlDeviceInitAllocateTableIndex,
+            WdfControlFinishInitializingTableIndex,
+            WdfDeviceInitFreeTableIndex,
+            WdfDeviceInitAssignNameTableIndex,
+            WdfDeviceCreateTableIndex,
+            WdfDeviceCreateSymbolicLinkTableIndex,
+            WdfDriverCreateTableIndex,
+            WdfIoQueueCreateTableIndex,
+            WdfObjectDeleteTableIndex,
+            WdfRequestCompleteWithInformationTableIndex,
+            WdfRequestRetrieveInputBufferTableIndex,
+            WdfRequestRetrieveOutputBufferTableIndex,
+        ];
+        let mut i = 0;
+        while i < used.len() {
+            assert!(used[i] >= 0 && used[i] < WdfFunctionTableNumEntries);
+            i += 1;
+        }
+    };
 }
 
 /// The table and the globals the loader hands out at bind time.
@@ -43,8 +74,9 @@ pub mod table {
     use crate::ffi::types::PWDF_DRIVER_GLOBALS;
 
     /// Pointer to the framework's function table, written by `WdfVersionBind`
-    /// through `WDF_BIND_INFO.FuncTable` (the WDK names it the same way).
-    pub static mut WdfFunctions_01033: *const WDFFUNC = core::ptr::null();
+    /// through `WDF_BIND_INFO.FuncTable` (the WDK names it the same way, after
+    /// the bound version: 1.29).
+    pub static mut WdfFunctions_01029: *const WDFFUNC = core::ptr::null();
     /// The driver's framework globals, the first argument of every call.
     pub static mut WdfDriverGlobals: PWDF_DRIVER_GLOBALS = core::ptr::null_mut();
 
@@ -58,7 +90,7 @@ pub mod table {
     pub unsafe fn function(index: _WDFFUNCENUM::Type) -> WDFFUNC {
         // SAFETY: the table pointer is written once, during bind, before any
         // framework call; reading a pointer-sized static is a plain load.
-        let table = unsafe { core::ptr::addr_of!(WdfFunctions_01033).read() };
+        let table = unsafe { core::ptr::addr_of!(WdfFunctions_01029).read() };
         let Ok(slot) = usize::try_from(index) else {
             return None;
         };
