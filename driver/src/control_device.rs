@@ -183,12 +183,13 @@ fn copy_input(request: WDFREQUEST, input_length: usize) -> Result<Vec<u8>, NTSTA
     if buffer.is_null() || length > MAX_INPUT {
         return Err(STATUS_INVALID_PARAMETER);
     }
-    input
-        .try_reserve_exact(length)
-        .map_err(|_| STATUS_INSUFFICIENT_RESOURCES)?;
     // SAFETY: the framework guarantees `length` readable bytes at `buffer`
     // until the request completes; the slice ends before we write output.
-    input.extend_from_slice(unsafe { core::slice::from_raw_parts(buffer.cast::<u8>(), length) });
+    let bytes = unsafe { core::slice::from_raw_parts(buffer.cast::<u8>(), length) };
+    // Fallible and without a regrow path (`extend_from_slice` keeps one: a
+    // panic path in the image).
+    procguard_policy::fallible::try_extend_from_slice(&mut input, bytes)
+        .map_err(|_| STATUS_INSUFFICIENT_RESOURCES)?;
     Ok(input)
 }
 

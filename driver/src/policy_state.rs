@@ -122,9 +122,8 @@ impl Generation {
     /// carried over. Tombstones stay behind. Writers only.
     pub fn rebuilt(&self, processes: usize) -> Result<Self, BuildError> {
         let mut blob = Vec::new();
-        blob.try_reserve_exact(self.blob.len())
+        procguard_policy::fallible::try_extend_from_slice(&mut blob, &self.blob)
             .map_err(|_| BuildError::OutOfMemory)?;
-        blob.extend_from_slice(&self.blob);
         let policy = if blob.is_empty() {
             CompiledPolicy::empty()
         } else {
