@@ -175,7 +175,7 @@ macro_rules! wdf_functions {
                 };
                 // SAFETY: the slot at this index holds this function (WDFFUNCENUM
                 // order, checked by the emulator suite); the prototype is the
-                // KMDF 1.33 one.
+                // KMDF one (unchanged since the function was added).
                 let function: Pfn = unsafe { core::mem::transmute::<unsafe extern "C" fn(), Pfn>(slot) };
                 // SAFETY: forwarded contract of the caller, globals from bind.
                 unsafe { function(table::globals() $(, $param)*) }
