@@ -17,7 +17,9 @@
 use core::alloc::{GlobalAlloc, Layout};
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use crate::ffi::{ntddk, _POOL_TYPE, POOL_FLAGS, POOL_FLAG_NON_PAGED, PVOID, SIZE_T, ULONG};
+use crate::ffi::{
+    deprecated_pool, ntddk, _POOL_TYPE, POOL_FLAGS, POOL_FLAG_NON_PAGED, PVOID, SIZE_T, ULONG,
+};
 use crate::wide_string::{unicode_string, utf16};
 
 /// Pool tag of every allocation the driver makes: `PGrd` in a pool dump.
@@ -127,9 +129,10 @@ fn allocate(size: usize) -> *mut u8 {
     }
     // SAFETY: non-paged pool may be requested at any IRQL up to DISPATCH_LEVEL;
     // null on failure.
-    let block =
-        unsafe { ntddk::ExAllocatePoolWithTag(_POOL_TYPE::NonPagedPoolNx, bytes, POOL_TAG) }
-            .cast::<u8>();
+    let block = unsafe {
+        deprecated_pool::ExAllocatePoolWithTag(_POOL_TYPE::NonPagedPoolNx, bytes, POOL_TAG)
+    }
+    .cast::<u8>();
     if !block.is_null() {
         // SAFETY: the block holds `size` writable bytes.
         unsafe { core::ptr::write_bytes(block, 0, size) };

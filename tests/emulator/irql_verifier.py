@@ -311,12 +311,13 @@ class IrqlVerifier:
 
     def _non_paged(self, address: int, size: int) -> bool:
         """Image sections are non-paged (the package step links them so);
-        pool blocks are non-paged if allocated with POOL_FLAG_NON_PAGED."""
+        pool blocks are non-paged if allocated with POOL_FLAG_NON_PAGED (or
+        from NonPagedPoolNx by the ExAllocatePoolWithTag fallback)."""
         if self.in_image(address) and self.in_image(address + size - 1):
             return True
         for block in self.pool.values():
             if block.address <= address and address + size <= block.address + block.size:
-                return bool(block.flags & POOL_FLAG_NON_PAGED) or getattr(block, "non_paged", False)
+                return bool(block.flags & POOL_FLAG_NON_PAGED) or block.non_paged
         return False
 
     def _resource(self, address: int, api: str) -> ResourceState:

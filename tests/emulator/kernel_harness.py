@@ -299,6 +299,9 @@ class PoolBlock:
     size: int
     tag: int
     flags: int
+    # ExAllocatePoolWithTag(NonPagedPoolNx) blocks: non-paged without the
+    # ExAllocatePool2 flag.
+    non_paged: bool = False
 
 
 @dataclass
@@ -1360,7 +1363,7 @@ class KernelHarness(IrqlVerifier):
         # The kernel does not initialise these blocks: garbage, so a driver
         # that forgets to zero them is seen (the write hook records zeroing).
         self.write(address, b"\xCC" * size)
-        self.pool[address] = PoolBlock(address, size, tag, pool_type)
+        self.pool[address] = PoolBlock(address, size, tag, pool_type, non_paged=True)
         self.fallback_blocks[address] = size
         self.fallback_zeroed[address] = set()
         # Watch writes to the arena chunk holding the block (one hook per chunk).

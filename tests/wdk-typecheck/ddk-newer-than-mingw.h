@@ -14,4 +14,12 @@ NTKERNELAPI PVOID ExAllocatePool2(POOL_FLAGS Flags, SIZE_T NumberOfBytes, ULONG 
 /* KeQuerySystemTimePrecise (Windows 8): wdm.h */
 NTKERNELAPI VOID KeQuerySystemTimePrecise(PLARGE_INTEGER CurrentTime);
 
+/* PsGetCurrentThread: wdm.h declares an NTKERNELAPI function (Learn:
+ * library NtosKrnl.lib); mingw-w64 defines it FORCEINLINE instead, which
+ * bindgen does not emit. */
+NTKERNELAPI PETHREAD PsGetCurrentThread(VOID);
+
+/* PsGetProcessExitStatus: ntddk.h (Learn: library NtosKrnl.lib). */
+NTKERNELAPI NTSTATUS PsGetProcessExitStatus(PEPROCESS Process);
+
 #endif

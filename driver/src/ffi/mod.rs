@@ -37,6 +37,30 @@ pub mod ntddk;
 #[path = "host_kernel.rs"]
 pub mod ntddk;
 
+/// `ExAllocatePoolWithTag`, the pool allocator's fallback where
+/// `ExAllocatePool2` is not exported (Windows 10 1903/1909). wdk-sys leaves
+/// it out (wdk-build 0.6.0 blocklists it as deprecated), so the WDK build
+/// declares it here; ntoskrnl exports it on every supported Windows.
+#[cfg(feature = "wdk")]
+pub mod deprecated_pool {
+    use super::{POOL_TYPE, PVOID, SIZE_T, ULONG};
+    extern "C" {
+        /// Allocates `NumberOfBytes` of `PoolType` pool tagged `Tag`; the
+        /// block is not zeroed. IRQL <= DISPATCH_LEVEL for non-paged pool.
+        pub fn ExAllocatePoolWithTag(
+            PoolType: POOL_TYPE,
+            NumberOfBytes: SIZE_T,
+            Tag: ULONG,
+        ) -> PVOID;
+    }
+}
+
+/// `ExAllocatePoolWithTag` where the binding layer already declares it.
+#[cfg(not(feature = "wdk"))]
+pub mod deprecated_pool {
+    pub use super::ntddk::ExAllocatePoolWithTag;
+}
+
 /// `ZwQuerySystemInformation` and its process list (not in the WDK headers).
 pub mod system_information;
 

@@ -76,6 +76,10 @@ fn wdk_default() -> Builder {
         "_KERNEL_MODE",
         "KMDF_VERSION_MAJOR=1",
         "KMDF_VERSION_MINOR=33",
+        // mingw-w64 defines PsGetCurrentThread FORCEINLINE (bindgen emits no
+        // inline functions); the WDK's wdm.h declares the ntoskrnl export.
+        // Skip mingw's definition: ddk-newer-than-mingw.h declares it.
+        "_PSGETCURRENTTHREAD_",
     ] {
         builder = builder.clang_arg(format!("--define-macro={definition}"));
     }
