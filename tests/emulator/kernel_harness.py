@@ -212,6 +212,28 @@ def image_path(name: str, directory: str = "\\Device\\HarddiskVolume3\\Program F
     return f"{directory}\\{name}"
 
 
+def cargo_build_binary(package: str, repo_root: Path) -> tuple[Optional[str], subprocess.CompletedProcess]:
+    """`cargo build --package PACKAGE` (host, debug): the path of the binary
+    of that name it built (None if none), and the build's result."""
+    build = subprocess.run(
+        ["cargo", "build", "--quiet", "--package", package, "--message-format=json"],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+    )
+    executable = None
+    for line in build.stdout.splitlines():
+        try:
+            message = json.loads(line)
+        except ValueError:
+            continue
+        if message.get("reason") == "compiler-artifact" and message.get("executable") and (
+            message.get("target", {}).get("name") == package
+        ):
+            executable = message["executable"]
+    return executable, build
+
+
 class PolicyCompileError(AssertionError):
     """`cargo xtask compile-policy` rejected a test policy."""
 
@@ -229,22 +251,7 @@ class PolicyCompiler:
 
     def _xtask(self) -> list[str]:
         if self.command is None:
-            build = subprocess.run(
-                ["cargo", "build", "--quiet", "--package", "xtask", "--message-format=json"],
-                cwd=self.repo_root,
-                capture_output=True,
-                text=True,
-            )
-            executable = None
-            for line in build.stdout.splitlines():
-                try:
-                    message = json.loads(line)
-                except ValueError:
-                    continue
-                if message.get("reason") == "compiler-artifact" and message.get("executable") and (
-                    message.get("target", {}).get("name") == "xtask"
-                ):
-                    executable = message["executable"]
+            executable, build = cargo_build_binary("xtask", self.repo_root)
             self.command = [executable] if build.returncode == 0 and executable else [
                 "cargo", "xtask"
             ]

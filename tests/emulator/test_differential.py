@@ -43,6 +43,7 @@ from kernel_harness import (
     PASSIVE_LEVEL,
     KernelHarness,
     PolicyCompileError,
+    cargo_build_binary,
     reg_binary,
 )
 
@@ -311,21 +312,8 @@ class ControlTool:
 
     def __init__(self, directory: Path):
         self.directory = directory
-        build = subprocess.run(
-            ["cargo", "build", "--quiet", "--package", "procguardctl", "--message-format=json"],
-            cwd=REPO_ROOT, capture_output=True, text=True,
-        )
+        self.executable, build = cargo_build_binary("procguardctl", REPO_ROOT)
         assert build.returncode == 0, build.stderr
-        self.executable = None
-        for line in build.stdout.splitlines():
-            try:
-                message = json.loads(line)
-            except ValueError:
-                continue
-            if message.get("reason") == "compiler-artifact" and message.get("executable") and (
-                message.get("target", {}).get("name") == "procguardctl"
-            ):
-                self.executable = message["executable"]
         assert self.executable, "cargo built no procguardctl executable"
         self.files: dict[str, Path] = {}
 

@@ -62,6 +62,22 @@ def non_paged_block(kernel, size: int = 0x200) -> int:
     return address
 
 
+def held_guarded_mutex(kernel) -> tuple[int, Snippet]:
+    """A guarded mutex in non-paged pool, initialised and acquired."""
+    mutex = non_paged_block(kernel)
+    return mutex, Snippet(kernel).call("KeInitializeGuardedMutex", mutex).call("KeAcquireGuardedMutex", mutex)
+
+
+def held_eresource(kernel, in_critical_region: bool = True) -> tuple[int, Snippet]:
+    """An ERESOURCE in non-paged pool, initialised and acquired exclusive,
+    inside a critical region (as documented) unless told otherwise."""
+    resource = non_paged_block(kernel)
+    snippet = Snippet(kernel).call("ExInitializeResourceLite", resource)
+    if in_critical_region:
+        snippet.call("KeEnterCriticalRegion")
+    return resource, snippet.call("ExAcquireResourceExclusiveLite", resource, 1)
+
+
 def expect_violation(kernel, snippet: Snippet, pattern: str, what: str = "self-check snippet") -> None:
     with pytest.raises(KernelFault, match=pattern):
         snippet.run(what)
@@ -69,12 +85,9 @@ def expect_violation(kernel, snippet: Snippet, pattern: str, what: str = "self-c
 
 
 def test_a_passive_only_call_under_a_guarded_mutex_fails(kernel):
-    mutex = non_paged_block(kernel)
-    snippet = (
-        Snippet(kernel)
-        .call("KeInitializeGuardedMutex", mutex)
-        .call("KeAcquireGuardedMutex", mutex)
-        .call("KeGetCurrentIrql")
+    mutex, snippet = held_guarded_mutex(kernel)
+    (
+        snippet.call("KeGetCurrentIrql")
         .call("PsSetCreateProcessNotifyRoutineEx", 0x1234, 1)
         .call("KeReleaseGuardedMutex", mutex)
         .call("KeGetCurrentIrql")
@@ -128,18 +141,15 @@ def test_returning_at_a_raised_irql_fails(kernel):
 
 
 def test_returning_holding_a_guarded_mutex_fails(kernel):
-    mutex = non_paged_block(kernel)
-    snippet = Snippet(kernel).call("KeInitializeGuardedMutex", mutex).call("KeAcquireGuardedMutex", mutex)
+    _, snippet = held_guarded_mutex(kernel)
     expect_violation(kernel, snippet, r"returned at IRQL 1, entered at 0[\s\S]*holding guarded mutex")
 
 
 def test_a_guarded_mutex_released_at_another_irql_fails(kernel):
-    mutex, lock = non_paged_block(kernel), non_paged_block(kernel)
-    snippet = (
-        Snippet(kernel)
-        .call("KeInitializeGuardedMutex", mutex)
-        .call("KeAcquireGuardedMutex", mutex)
-        .call("KeAcquireSpinLockRaiseToDpc", lock)
+    mutex, snippet = held_guarded_mutex(kernel)
+    lock = non_paged_block(kernel)
+    (
+        snippet.call("KeAcquireSpinLockRaiseToDpc", lock)
         .call("KeReleaseGuardedMutex", mutex)
         .call("KeReleaseSpinLock", lock, APC_LEVEL)
     )
@@ -164,25 +174,15 @@ def test_leaving_a_critical_region_never_entered_fails(kernel):
 
 
 def test_an_eresource_acquired_outside_a_critical_region_fails(kernel):
-    resource = non_paged_block(kernel)
-    snippet = (
-        Snippet(kernel)
-        .call("ExInitializeResourceLite", resource)
-        .call("ExAcquireResourceExclusiveLite", resource, 1)
-        .call("ExReleaseResourceLite", resource)
-        .call("ExDeleteResourceLite", resource)
-    )
+    resource, snippet = held_eresource(kernel, in_critical_region=False)
+    snippet.call("ExReleaseResourceLite", resource).call("ExDeleteResourceLite", resource)
     expect_violation(kernel, snippet, r"ExAcquireResourceExclusiveLite\(0x[0-9a-f]+\) with normal kernel APCs enabled")
 
 
 def test_an_eresource_used_as_documented_passes_and_keeps_passive_level(kernel):
-    resource = non_paged_block(kernel)
-    snippet = (
-        Snippet(kernel)
-        .call("ExInitializeResourceLite", resource)
-        .call("KeEnterCriticalRegion")
-        .call("ExAcquireResourceExclusiveLite", resource, 1)
-        .call("KeGetCurrentIrql")
+    resource, snippet = held_eresource(kernel)
+    (
+        snippet.call("KeGetCurrentIrql")
         .call("ZwQuerySystemInformation", 0xFFFF, 0, 0, 0)  # PASSIVE-only: legal here
         .call("ExReleaseResourceLite", resource)
         .call("KeLeaveCriticalRegion")
@@ -194,28 +194,14 @@ def test_an_eresource_used_as_documented_passes_and_keeps_passive_level(kernel):
 
 
 def test_leaving_the_critical_region_while_holding_an_eresource_fails(kernel):
-    resource = non_paged_block(kernel)
-    snippet = (
-        Snippet(kernel)
-        .call("ExInitializeResourceLite", resource)
-        .call("KeEnterCriticalRegion")
-        .call("ExAcquireResourceExclusiveLite", resource, 1)
-        .call("KeLeaveCriticalRegion")
-        .call("ExReleaseResourceLite", resource)
-        .call("ExDeleteResourceLite", resource)
-    )
+    resource, snippet = held_eresource(kernel)
+    snippet.call("KeLeaveCriticalRegion").call("ExReleaseResourceLite", resource).call("ExDeleteResourceLite", resource)
     expect_violation(kernel, snippet, r"KeLeaveCriticalRegion while holding ERESOURCE")
 
 
 def test_returning_holding_an_eresource_fails(kernel):
-    resource = non_paged_block(kernel)
-    snippet = (
-        Snippet(kernel)
-        .call("ExInitializeResourceLite", resource)
-        .call("KeEnterCriticalRegion")
-        .call("ExAcquireResourceExclusiveLite", resource, 1)
-        .call("KeLeaveCriticalRegion")
-    )
+    _, snippet = held_eresource(kernel)
+    snippet.call("KeLeaveCriticalRegion")
     expect_violation(kernel, snippet, r"returned holding ERESOURCE")
 
 

@@ -7,26 +7,16 @@ from __future__ import annotations
 import pytest
 
 from kernel_harness import (
-    OB_OPERATION_HANDLE_CREATE as CREATE,
     STATUS_SUCCESS,
     image_path,
     reg_binary,
 )
 from test_control_plane import set_policy, status
+from test_process_tracking import AGENT, ATTACKER, POLICY, PROCESS_TERMINATE, terminate
 
-PROCESS_TERMINATE = 0x0001
-AGENT = 1000
-ATTACKER = 2000
 # driver_state.rs INITIAL_PROCESS_CAPACITY: the first table has room for
 # this many processes at a load factor of one half.
 INITIAL_PROCESS_CAPACITY = 1024
-POLICY = """
-[[rule]]
-name = "agent-no-kill"
-target = { name = "agent.exe" }
-objects = "process"
-strip = ["PROCESS_TERMINATE"]
-"""
 OTHER_POLICY = """
 [[rule]]
 name = "tool-no-kill"
@@ -34,16 +24,6 @@ target = { name = "tool.exe" }
 objects = "process"
 strip = ["PROCESS_TERMINATE"]
 """
-
-
-def terminate(kernel, target_pid: int, requester: int = ATTACKER) -> int:
-    return kernel.pre_operation(
-        operation=CREATE,
-        object_kind="process",
-        target=kernel.eprocess(target_pid),
-        desired_access=PROCESS_TERMINATE,
-        current_pid=requester,
-    ).desired_access
 
 
 def test_a_tombstoned_table_is_rebuilt_on_the_creating_thread_without_enumerating(kernel, compile_policy):

@@ -179,6 +179,18 @@ const TASKMGR: &str = r"\Device\HarddiskVolume3\Windows\System32\Taskmgr.exe";
 const AGENT: &str = r"\Device\HarddiskVolume3\Program Files\Contoso\Agent\contoso-agent.exe";
 const UPDATER: &str = r"\Device\HarddiskVolume3\Program Files\Contoso\Agent\contoso-updater.exe";
 const CSRSS: &str = r"\Device\HarddiskVolume3\Windows\System32\csrss.exe";
+/// Taskmgr opening the agent (pid 4242) under tests/policies/warnings.toml,
+/// whose rule removes a right outside the documented list (SYNCHRONIZE).
+const UNDOCUMENTED_RIGHT_REQUEST: [&str; 8] = [
+    "--policy",
+    "tests/policies/warnings.toml",
+    "--requester",
+    TASKMGR,
+    "--target",
+    AGENT,
+    "--target-pid",
+    "4242",
+];
 
 #[test]
 fn explain_shows_task_manager_losing_the_right_to_kill_the_agent() {
@@ -286,20 +298,14 @@ fn explain_json_gives_the_decision_as_one_object_with_the_text_s_answer() {
     assert_eq!(json["exemption"], "kernel_handle");
     assert_eq!(json["access"], 0x1011);
     // A removed right outside the documented list (SYNCHRONIZE, pid 4242).
-    let (_, stdout, _) = procguardctl(&[
-        "explain",
-        "--json",
-        "--policy",
-        "tests/policies/warnings.toml",
-        "--requester",
-        TASKMGR,
-        "--target",
-        AGENT,
-        "--target-pid",
-        "4242",
-        "--access",
-        "PROCESS_TERMINATE|SYNCHRONIZE",
-    ]);
+    let (_, stdout, _) = procguardctl(
+        &[
+            &["explain", "--json"][..],
+            &UNDOCUMENTED_RIGHT_REQUEST,
+            &["--access", "PROCESS_TERMINATE|SYNCHRONIZE"],
+        ]
+        .concat(),
+    );
     let json: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
     assert_eq!(json["access"], 0);
     assert_eq!(json["undocumented_removed"], 0x0010_0000);
@@ -310,18 +316,14 @@ fn explain_notes_a_removed_right_outside_the_documented_list() {
     check_snapshot(
         "explain-undocumented-right",
         &[
-            "explain",
-            "--policy",
-            "tests/policies/warnings.toml",
-            "--requester",
-            TASKMGR,
-            "--target",
-            AGENT,
-            "--target-pid",
-            "4242",
-            "--access",
-            "PROCESS_TERMINATE|SYNCHRONIZE|PROCESS_QUERY_LIMITED_INFORMATION",
-        ],
+            &["explain"][..],
+            &UNDOCUMENTED_RIGHT_REQUEST,
+            &[
+                "--access",
+                "PROCESS_TERMINATE|SYNCHRONIZE|PROCESS_QUERY_LIMITED_INFORMATION",
+            ],
+        ]
+        .concat(),
         0,
     );
 }

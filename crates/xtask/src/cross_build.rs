@@ -24,6 +24,38 @@ const LINK_ARGS: &[&str] = &[
     "/SECTION:.pdata,RP",
 ];
 
+/// The `-Z` flags that build core and alloc for the target (no prebuilt
+/// standard library for it in Debian's rustc-web).
+pub const BUILD_STD: &[&str] = &[
+    "-Zbuild-std=core,alloc,compiler_builtins",
+    "-Zbuild-std-features=compiler-builtins-mem",
+];
+
+/// Debian's `cargo` (rustc-web) run in `root`, with nightly features allowed
+/// and nothing of the rustup toolchain that runs xtask: `CARGO`, `RUSTC`,
+/// wrappers, target directory and flags must not leak into the Debian one.
+/// The cross build and the WDK type-check both run the driver through it.
+pub fn debian_cargo(root: &Path) -> Command {
+    let mut command = Command::new("/usr/bin/cargo");
+    for variable in [
+        "CARGO",
+        "RUSTC",
+        "RUSTDOC",
+        "RUSTUP_TOOLCHAIN",
+        "RUSTC_WRAPPER",
+        "CARGO_TARGET_DIR",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTFLAGS",
+    ] {
+        command.env_remove(variable);
+    }
+    command
+        .current_dir(root)
+        .env("RUSTC", "/usr/bin/rustc")
+        .env("RUSTC_BOOTSTRAP", "1");
+    command
+}
+
 /// Builds the driver; returns the linked image (not yet signed).
 pub fn build(root: &Path) -> Result<PathBuf, String> {
     let mut rustflags = vec![
@@ -39,23 +71,8 @@ pub fn build(root: &Path) -> Result<PathBuf, String> {
         rustflags.push(format!("link-arg={arg}"));
     }
     let target_dir = root.join("target").join("cross");
-    let mut command = Command::new("/usr/bin/cargo");
-    // The rustup toolchain that runs xtask must not leak into the Debian one.
-    for variable in [
-        "CARGO",
-        "RUSTC",
-        "RUSTDOC",
-        "RUSTUP_TOOLCHAIN",
-        "RUSTC_WRAPPER",
-        "CARGO_TARGET_DIR",
-        "CARGO_ENCODED_RUSTFLAGS",
-    ] {
-        command.env_remove(variable);
-    }
+    let mut command = debian_cargo(root);
     command
-        .current_dir(root)
-        .env("RUSTC", "/usr/bin/rustc")
-        .env("RUSTC_BOOTSTRAP", "1")
         .env("RUSTFLAGS", rustflags.join(" "))
         .args([
             "build",
@@ -65,10 +82,7 @@ pub fn build(root: &Path) -> Result<PathBuf, String> {
             "--target",
             TARGET,
         ])
-        .args([
-            "-Zbuild-std=core,alloc,compiler_builtins",
-            "-Zbuild-std-features=compiler-builtins-mem",
-        ])
+        .args(BUILD_STD)
         .arg("--target-dir")
         .arg(&target_dir);
     println!("xtask: cross-building procguard.sys ({TARGET}, rustc-web, lld-link-16)");

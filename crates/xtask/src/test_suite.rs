@@ -44,6 +44,18 @@ fn status_of(mut command: Command, what: &str) -> Result<(), String> {
     }
 }
 
+/// `python -m pytest PATHS -q -p no:cacheprovider` in the test virtualenv,
+/// run from the repository root.
+fn pytest_command(root: &Path, paths: &[&str]) -> Result<Command, String> {
+    let mut pytest = Command::new(python_env(root)?);
+    pytest
+        .current_dir(root)
+        .args(["-m", "pytest"])
+        .args(paths)
+        .args(["-q", "-p", "no:cacheprovider"]);
+    Ok(pytest)
+}
+
 fn python_env(root: &Path) -> Result<std::path::PathBuf, String> {
     let venv = root.join(".venv");
     let python = venv.join("bin").join("python");
@@ -205,17 +217,7 @@ pub fn run(root: &Path) -> Result<(), String> {
     step(
         "package checks and emulator suite (pytest, Speakeasy)",
         &mut || {
-            let python = python_env(root)?;
-            let mut pytest = Command::new(python);
-            pytest.current_dir(root).args([
-                "-m",
-                "pytest",
-                "tests/package",
-                "tests/emulator",
-                "-q",
-                "-p",
-                "no:cacheprovider",
-            ]);
+            let mut pytest = pytest_command(root, &["tests/package", "tests/emulator"])?;
             pytest.env("PROCGUARD_LAYOUT_JSON", &layout_json);
             if let Some(path) = &sys {
                 pytest.env("PROCGUARD_SYS", path);
@@ -225,19 +227,7 @@ pub fn run(root: &Path) -> Result<(), String> {
     );
     step(
         "Windows programs under Wine (pytest tests/wine)",
-        &mut || {
-            let python = python_env(root)?;
-            let mut pytest = Command::new(python);
-            pytest.current_dir(root).args([
-                "-m",
-                "pytest",
-                "tests/wine",
-                "-q",
-                "-p",
-                "no:cacheprovider",
-            ]);
-            status_of(pytest, "pytest tests/wine")
-        },
+        &mut || status_of(pytest_command(root, &["tests/wine"])?, "pytest tests/wine"),
     );
 
     println!("\n==== summary");

@@ -15,7 +15,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::cross_build::TARGET;
+use crate::cross_build::{debian_cargo, BUILD_STD, TARGET};
 
 /// The stand-ins, by crate name (directory names under tests/wdk-typecheck).
 const STAND_INS: &[&str] = &["wdk", "wdk-sys", "wdk-alloc", "wdk-panic", "wdk-build"];
@@ -62,23 +62,8 @@ pub fn run(root: &Path) -> Result<(), String> {
     forget_wdk_macros_cache(&work)?;
 
     let stand_ins = root.join("tests").join("wdk-typecheck");
-    let mut command = Command::new("/usr/bin/cargo");
-    for variable in [
-        "CARGO",
-        "RUSTC",
-        "RUSTDOC",
-        "RUSTUP_TOOLCHAIN",
-        "RUSTC_WRAPPER",
-        "CARGO_TARGET_DIR",
-        "CARGO_ENCODED_RUSTFLAGS",
-        "RUSTFLAGS",
-    ] {
-        command.env_remove(variable);
-    }
+    let mut command = debian_cargo(root);
     command
-        .current_dir(root)
-        .env("RUSTC", "/usr/bin/rustc")
-        .env("RUSTC_BOOTSTRAP", "1")
         .args([
             "check",
             "--package",
@@ -89,11 +74,9 @@ pub fn run(root: &Path) -> Result<(), String> {
             TARGET,
             "--message-format",
             "short",
-            "-Zbuild-std=core,alloc,compiler_builtins",
-            "-Zbuild-std-features=compiler-builtins-mem",
-            "-Zlockfile-path",
-            "--config",
         ])
+        .args(BUILD_STD)
+        .args(["-Zlockfile-path", "--config"])
         .arg(format!("resolver.lockfile-path={}", toml_string(&lock)))
         .arg("--target-dir")
         .arg(&work);
