@@ -24,17 +24,17 @@ use alloc::vec::Vec;
 
 use procguard_policy::CompiledPolicy;
 
-use crate::control_device::ControlDevice;
+use crate::callbacks::object_callbacks::Registration;
+use crate::callbacks::process_tracking;
+use crate::control::control_device::ControlDevice;
+use crate::control::parameters::read_settings;
 use crate::driver_state::DriverState;
 use crate::ffi::{
     call_unsafe_wdf_function_binding, _WDF_DRIVER_INIT_FLAGS, NTSTATUS, PCUNICODE_STRING,
     PDRIVER_OBJECT, STATUS_INSUFFICIENT_RESOURCES, STATUS_SUCCESS, ULONG, WDFDRIVER,
     WDF_DRIVER_CONFIG, WDF_NO_OBJECT_ATTRIBUTES,
 };
-use crate::object_callbacks::Registration;
-use crate::parameters::read_settings;
-use crate::process_tracking;
-use crate::trace;
+use crate::platform::trace;
 
 /// Compiles the registry's policy; a corrupt one becomes the empty policy.
 fn compile_policy(blob: Vec<u8>) -> (CompiledPolicy, Vec<u8>) {
@@ -76,7 +76,7 @@ pub unsafe extern "system" fn driver_entry(
     registry_path: PCUNICODE_STRING,
 ) -> NTSTATUS {
     // First, at PASSIVE_LEVEL: pick the pool routine before the first allocation.
-    let pool_routine = crate::pool::resolve_allocator();
+    let pool_routine = crate::platform::pool::resolve_allocator();
     trace::info(format_args!("pool allocations use {pool_routine:?}"));
     // SAFETY: the registry path DriverEntry received.
     let settings = unsafe { read_settings(registry_path) };

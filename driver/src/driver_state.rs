@@ -13,12 +13,12 @@ use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
 use procguard_policy::CompiledPolicy;
 
-use crate::altitude::Altitude;
-use crate::audit_ring::AuditRing;
-use crate::kernel_sync::{PassiveLock, PassiveLockGuard};
-use crate::object_callbacks::Registration;
-use crate::policy_state::{ActivePolicy, BuildError, Generation, Writer};
-use crate::trace;
+use crate::callbacks::object_callbacks::Registration;
+use crate::control::altitude::Altitude;
+use crate::platform::kernel_sync::{PassiveLock, PassiveLockGuard};
+use crate::platform::trace;
+use crate::state::audit_ring::AuditRing;
+use crate::state::policy_state::{ActivePolicy, BuildError, Generation, Writer};
 
 /// Tracked processes a fresh table has room for, at least.
 pub const INITIAL_PROCESS_CAPACITY: usize = 1024;
@@ -53,7 +53,7 @@ pub struct LoadInfo {
     /// The altitude in use.
     pub altitude: Option<Altitude>,
     /// The control device (`\\Device\\ProcGuard`), deleted first at unload.
-    pub control_device: Option<crate::control_device::ControlDevice>,
+    pub control_device: Option<crate::control::control_device::ControlDevice>,
 }
 
 /// The driver's state.
@@ -74,7 +74,7 @@ pub struct DriverState {
     /// Last failure status (0: none), for status reporting.
     pub last_error: core::sync::atomic::AtomicI32,
     /// Processes the callbacks met unclassified, for the next notification.
-    pub pending: crate::pending_classification::PendingClassification,
+    pub pending: crate::tracking::pending_classification::PendingClassification,
 }
 
 /// The loaded driver's state, for routines the kernel calls without a
@@ -119,7 +119,7 @@ impl DriverState {
             load_info: PassiveLock::new(LoadInfo::default()),
             service_key_path: path,
             last_error: core::sync::atomic::AtomicI32::new(0),
-            pending: crate::pending_classification::PendingClassification::default(),
+            pending: crate::tracking::pending_classification::PendingClassification::default(),
         })?;
         // SAFETY: boxed, so the address is final; called once each, before any lock.
         unsafe { state.writer.init() };

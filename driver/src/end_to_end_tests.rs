@@ -11,6 +11,8 @@ use std::vec::Vec;
 
 use procguard_protocol::{AuditMode, AuditObject, AuditRecord};
 
+use crate::callbacks::object_callbacks::{process_pre_operation, thread_pre_operation};
+use crate::callbacks::process_tracking::process_notify;
 use crate::driver_entry::{driver_entry, evt_driver_unload};
 use crate::driver_state::DriverState;
 use crate::ffi::ntddk::{
@@ -24,8 +26,6 @@ use crate::ffi::{
     OB_PRE_OPERATION_INFORMATION, OB_PRE_OPERATION_PARAMETERS, POBJECT_TYPE, PS_CREATE_NOTIFY_INFO,
     PVOID, REG_BINARY, STATUS_SUCCESS, UNICODE_STRING,
 };
-use crate::object_callbacks::{process_pre_operation, thread_pre_operation};
-use crate::process_tracking::process_notify;
 
 static TURN: Mutex<()> = Mutex::new(());
 
@@ -627,7 +627,7 @@ fn a_new_policy_applies_to_the_next_request_and_the_old_generation_is_freed() {
 
 mod control_plane {
     use super::*;
-    use crate::control_device::evt_io_device_control;
+    use crate::control::control_device::evt_io_device_control;
     use crate::ffi::ntddk::{FakeRequest, FAKE_REQUEST};
     use procguard_protocol::dispatch::{
         STATUS_BUFFER_TOO_SMALL, STATUS_INVALID_DEVICE_REQUEST, STATUS_INVALID_PARAMETER,

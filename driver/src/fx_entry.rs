@@ -16,7 +16,7 @@ use crate::ffi::types::{
 };
 use crate::ffi::wdf::table::{WdfDriverGlobals, WdfFunctions_01029};
 use crate::ffi::wdf::{_WDFFUNCENUM, KMDF_BIND_MAJOR, KMDF_BIND_MINOR, WDF_BIND_INFO, WDF_VERSION};
-use crate::trace;
+use crate::platform::trace;
 
 #[link(name = "WDFLDR.SYS", kind = "raw-dylib", modifiers = "+verbatim")]
 extern "C" {
@@ -34,7 +34,7 @@ extern "C" {
 }
 
 /// `L"KmdfLibrary"`, NUL-terminated.
-static mut COMPONENT: [u16; 12] = crate::wide_string::utf16("KmdfLibrary");
+static mut COMPONENT: [u16; 12] = crate::platform::wide_string::utf16("KmdfLibrary");
 
 /// The bind of the floor's framework, KMDF 1.29 (Windows 10 1903), in the
 /// plain 48-byte form: `{1, 29, 0}` with 1.29's 454 functions, both from

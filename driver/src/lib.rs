@@ -4,13 +4,21 @@
 //! for process and thread handles and strips the access rights a policy
 //! forbids from every handle being created or duplicated.
 //!
-//! Follow a handle request: [`object_callbacks`] (reads the kernel's request)
-//! → [`handle_decision`] (process records, decision, audit) → the policy
-//! engine (`procguard_policy::CompiledPolicy::decide`).
+//! Follow a handle request: [`callbacks::object_callbacks`] (reads the
+//! kernel's request) → [`callbacks::handle_decision`] (process records,
+//! decision, audit) → the policy engine
+//! (`procguard_policy::CompiledPolicy::decide`).
 //!
-//! Around it: [`process_tracking`] keeps the [`process_table`] current,
-//! [`policy_state`] publishes policy generations that callbacks read without
-//! locks ([`grace_period`]), and [`audit_ring`] queues audit records.
+//! The modules, by concern: [`callbacks`] (the kernel's callbacks: handle
+//! requests and process notifications), [`tracking`] (processes and their
+//! records), [`state`] (policy generations and audit records that readers
+//! see without locks), [`control`] (the control device, its IOCTLs, the
+//! registry), [`platform`] (locks, pool, tracing, strings), and at the top
+//! [`driver_state`] (what the driver owns), [`driver_entry`], `fx_entry` (the
+//! Linux build's KMDF entry stub) and `ffi` (the binding layer). Imports go
+//! one way between the groups: `callbacks` → `control` → `state` →
+//! `tracking` → `platform`; only the top (`driver_state`, which every
+//! callback receives as its context) is used from every level.
 //!
 //! One source, three builds (see `ffi`): Windows with the WDK (`--features
 //! wdk`), the Linux cross build of the real `.sys`, and host unit tests with
@@ -19,10 +27,8 @@
 
 extern crate alloc;
 
-pub mod altitude;
-pub mod audit_ring;
-pub mod control_device;
-pub mod control_target;
+pub mod callbacks;
+pub mod control;
 pub mod driver_entry;
 pub mod driver_state;
 #[cfg(test)]
@@ -30,19 +36,9 @@ mod end_to_end_tests;
 pub mod ffi;
 #[cfg(all(target_os = "windows", not(feature = "wdk")))]
 pub mod fx_entry;
-pub mod grace_period;
-pub mod handle_decision;
-pub mod kernel_sync;
-pub mod object_callbacks;
-pub mod parameters;
-pub mod pending_classification;
-pub mod policy_state;
-pub mod pool;
-pub mod process_identity;
-pub mod process_table;
-pub mod process_tracking;
-pub mod trace;
-pub mod wide_string;
+pub mod platform;
+pub mod state;
+pub mod tracking;
 
 #[cfg(all(not(test), feature = "wdk"))]
 extern crate wdk_panic;
@@ -51,7 +47,7 @@ extern crate wdk_panic;
 /// which Windows 10 1903/1909 lack (see `pool`).
 #[cfg(all(not(test), target_os = "windows"))]
 #[global_allocator]
-static GLOBAL_ALLOCATOR: pool::PoolAllocator = pool::PoolAllocator;
+static GLOBAL_ALLOCATOR: platform::pool::PoolAllocator = platform::pool::PoolAllocator;
 
 /// Required by the MSVC toolchain when floating point may appear; the driver
 /// uses none (wdk-sys defines it in the Windows build).

@@ -460,7 +460,7 @@ class AuditRecord:
 
 NO_RULE = 0xFFFFFFFF
 AUDIT_RECORD_WORDS = 8
-# A ring cell (driver/src/audit_ring.rs `Cell`): an AtomicU64 sequence and
+# A ring cell (driver/src/state/audit_ring.rs `Cell`): an AtomicU64 sequence and
 # the eight record words, 72 bytes: the size of the ring's pool block is
 # capacity x 72 (test_unload finds that allocation by it). The records
 # themselves are read with IOCTL_READ_EVENTS (`KernelHarness.drain_audit_records`).

@@ -13,6 +13,7 @@
 //! which build it is in.
 
 // Also brings in wdk-sys's `#[macro_export]` `call_unsafe_wdf_function_binding!`.
+
 #[cfg(feature = "wdk")]
 pub use wdk_sys::*;
 

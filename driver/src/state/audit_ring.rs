@@ -31,7 +31,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use loom::sync::atomic::{AtomicU64, Ordering};
 
 #[cfg(not(loom))]
-use crate::kernel_sync::without_preemption;
+use crate::platform::kernel_sync::without_preemption;
 
 /// Loom models the protocol, not IRQLs: every interleaving is explored, as
 /// if any thread could be preempted anywhere.
@@ -347,18 +347,18 @@ mod tests {
         let irql = std::cell::Cell::new(0u8);
         for _ in 0..6 {
             ring.append(|sequence| {
-                irql.set(crate::kernel_sync::current_irql());
+                irql.set(crate::platform::kernel_sync::current_irql());
                 record(sequence)
             });
             assert_eq!(irql.get(), crate::ffi::DISPATCH_LEVEL as u8);
-            assert_eq!(crate::kernel_sync::current_irql(), 0, "restored");
+            assert_eq!(crate::platform::kernel_sync::current_irql(), 0, "restored");
         }
         let scopes = with_host(|host| host.dispatch_scopes);
         assert_eq!(scopes, 6, "one scope per append, discarding included");
         assert_eq!(drain_all(&ring), [2, 3, 4, 5]);
         // One scope per record taken, and one for the take that found none.
         assert_eq!(with_host(|host| host.dispatch_scopes), scopes + 5);
-        assert_eq!(crate::kernel_sync::current_irql(), 0);
+        assert_eq!(crate::platform::kernel_sync::current_irql(), 0);
     }
 
     /// Producers on several threads append while a consumer drains: every

@@ -22,8 +22,8 @@ use crate::ffi::{
     WDFDEVICE, WDFDRIVER, WDFQUEUE, WDFREQUEST, WDF_IO_QUEUE_CONFIG, WDF_NO_OBJECT_ATTRIBUTES,
     WDF_OBJECT_ATTRIBUTES,
 };
-use crate::trace;
-use crate::wide_string::{unicode_string, utf16};
+use crate::platform::trace;
+use crate::platform::wide_string::{unicode_string, utf16};
 
 const DEVICE_NAME: [u16; 17] = utf16("\\Device\\ProcGuard");
 const SYMBOLIC_LINK: [u16; 21] = utf16("\\DosDevices\\ProcGuard");

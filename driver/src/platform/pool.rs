@@ -20,7 +20,7 @@ use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use crate::ffi::{
     deprecated_pool, ntddk, _POOL_TYPE, POOL_FLAGS, POOL_FLAG_NON_PAGED, PVOID, SIZE_T, ULONG,
 };
-use crate::wide_string::{unicode_string, utf16};
+use crate::platform::wide_string::{unicode_string, utf16};
 
 /// Pool tag of every allocation the driver makes: `PGrd` in a pool dump.
 pub const POOL_TAG: u32 = u32::from_le_bytes(*b"PGrd");

@@ -16,7 +16,8 @@
 use core::ptr;
 use core::sync::atomic::Ordering;
 
-use crate::altitude::{register_with_retries, Altitude, RetryOutcome};
+use crate::callbacks::handle_decision::{self, ObservedRequest, Requester};
+use crate::control::altitude::{register_with_retries, Altitude, RetryOutcome};
 use crate::driver_state::DriverState;
 use crate::ffi::_OB_PREOP_CALLBACK_STATUS::OB_PREOP_SUCCESS;
 use crate::ffi::{
@@ -25,11 +26,10 @@ use crate::ffi::{
     OB_PREOP_CALLBACK_STATUS, OB_PRE_OPERATION_INFORMATION, PEPROCESS,
     POB_PRE_OPERATION_INFORMATION, PVOID, STATUS_FLT_INSTANCE_ALTITUDE_COLLISION,
 };
-use crate::handle_decision::{self, ObservedRequest, Requester};
-use crate::policy_state::Generation;
-use crate::process_identity;
-use crate::process_table::{Protection, TrackedSlot};
-use crate::wide_string::unicode_string;
+use crate::platform::wide_string::unicode_string;
+use crate::state::policy_state::Generation;
+use crate::tracking::process_identity;
+use crate::tracking::process_table::{Protection, TrackedSlot};
 use procguard_policy::{ObjectKind, Operation};
 
 /// A live registration: unregistered exactly once, by [`Registration::unregister`].

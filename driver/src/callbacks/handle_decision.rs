@@ -34,10 +34,10 @@ use procguard_protocol::{audit_record, AuditMode, AuditObject, AuditRecord};
 
 use crate::driver_state::DriverState;
 use crate::ffi::{ntddk, PEPROCESS, PVOID};
-use crate::kernel_sync;
-use crate::policy_state::Generation;
-use crate::process_identity;
-use crate::process_table::TrackedSlot;
+use crate::platform::kernel_sync;
+use crate::state::policy_state::Generation;
+use crate::tracking::process_identity;
+use crate::tracking::process_table::TrackedSlot;
 
 /// Who gains the access (resolved only when a rule could apply): the
 /// process that receives a duplicated handle, or — null — the current

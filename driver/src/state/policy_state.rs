@@ -20,10 +20,10 @@ use procguard_policy::{
     TargetPart,
 };
 
-use crate::grace_period::{GracePeriod, ReadSection};
-use crate::kernel_sync;
-use crate::process_identity::{self, Identity};
-use crate::process_table::{Entry, InsertError, ProcessTable, TrackedSlot};
+use crate::platform::kernel_sync;
+use crate::state::grace_period::{GracePeriod, ReadSection};
+use crate::tracking::process_identity::{self, Identity};
+use crate::tracking::process_table::{Entry, InsertError, ProcessTable, TrackedSlot};
 
 /// Hit and strip counts of one rule.
 #[derive(Debug, Default)]

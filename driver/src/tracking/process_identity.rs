@@ -175,9 +175,9 @@ pub unsafe fn image_path_for_policy(process: PEPROCESS) -> Option<String> {
     match unsafe { image_path(process) } {
         Ok(path) => Some(path),
         Err(STATUS_INSUFFICIENT_RESOURCES) => {
-            crate::trace::error(format_args!(
+            crate::platform::trace::error(format_args!(
                 "no memory for a process image path ({}); the process is classified at a later notification",
-                crate::trace::Status(STATUS_INSUFFICIENT_RESOURCES)
+                crate::platform::trace::Status(STATUS_INSUFFICIENT_RESOURCES)
             ));
             None
         }

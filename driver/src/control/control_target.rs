@@ -13,10 +13,10 @@ use procguard_protocol::ioctl::{
 };
 use procguard_protocol::AUDIT_RECORD_BYTES;
 
+use crate::control::parameters;
 use crate::driver_state::DriverState;
 use crate::ffi::STATUS_INSUFFICIENT_RESOURCES;
-use crate::parameters;
-use crate::trace;
+use crate::platform::trace;
 
 /// `major << 16 | minor << 8 | patch` of this crate's version.
 const fn driver_version() -> u32 {

@@ -13,9 +13,9 @@
 
 use crate::driver_state::DriverState;
 use crate::ffi::{ntddk, HANDLE, NTSTATUS, PEPROCESS, PPS_CREATE_NOTIFY_INFO};
-use crate::process_identity::{self, Identity};
-use crate::process_table::InsertError;
-use crate::trace;
+use crate::platform::trace;
+use crate::tracking::process_identity::{self, Identity};
+use crate::tracking::process_table::InsertError;
 
 /// Registers the notify routine.
 ///

@@ -10,7 +10,7 @@
 use alloc::vec::Vec;
 use core::ptr;
 
-use crate::altitude::{Altitude, AltitudeError, DEFAULT_RETRIES, MAX_RETRIES};
+use crate::control::altitude::{Altitude, AltitudeError, DEFAULT_RETRIES, MAX_RETRIES};
 use crate::ffi::{
     ntddk, _KEY_VALUE_INFORMATION_CLASS, HANDLE, KEY_READ, KEY_WRITE, NTSTATUS, OBJECT_ATTRIBUTES,
     OBJ_CASE_INSENSITIVE, OBJ_KERNEL_HANDLE, PCUNICODE_STRING, REG_BINARY, REG_DWORD,
@@ -18,8 +18,8 @@ use crate::ffi::{
     STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_PARAMETER, STATUS_OBJECT_NAME_NOT_FOUND,
     UNICODE_STRING,
 };
-use crate::trace;
-use crate::wide_string::{unicode_string, utf16};
+use crate::platform::trace;
+use crate::platform::wide_string::{unicode_string, utf16};
 
 /// Largest registry value the driver reads (the policy blob is the big one).
 pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
@@ -267,14 +267,14 @@ fn parse_altitude(value: Option<(u32, Vec<u8>)>) -> Result<Option<Altitude>, Val
     if data.len() % 2 != 0 {
         return Err(ValueProblem::BadSize(data.len()));
     }
-    let mut units = [0u16; crate::altitude::MAX_LEN + 2];
+    let mut units = [0u16; crate::control::altitude::MAX_LEN + 2];
     let count = data.len() / 2;
     // Trailing NULs do not count toward the length limit.
     let meaningful = data
         .chunks_exact(2)
         .rposition(|pair| pair != [0, 0])
         .map_or(0, |last| last + 1);
-    if meaningful > crate::altitude::MAX_LEN {
+    if meaningful > crate::control::altitude::MAX_LEN {
         return Err(ValueProblem::Altitude(AltitudeError::TooLong));
     }
     for (unit, pair) in units
@@ -320,8 +320,8 @@ fn parse_policy(value: Option<(u32, Vec<u8>)>) -> Result<Option<Vec<u8>>, ValueP
 
 /// Ring size: clamped to what the ring accepts (`audit_ring.rs`).
 fn parse_audit_records(value: Option<(u32, Vec<u8>)>) -> Result<Option<u32>, ValueProblem> {
-    let max = u32::try_from(crate::audit_ring::MAX_RECORDS).unwrap_or(u32::MAX);
-    let min = u32::try_from(crate::audit_ring::MIN_RECORDS).unwrap_or(2);
+    let max = u32::try_from(crate::state::audit_ring::MAX_RECORDS).unwrap_or(u32::MAX);
+    let min = u32::try_from(crate::state::audit_ring::MIN_RECORDS).unwrap_or(2);
     parse_dword(value).map(|records| records.map(|records| records.clamp(min, max)))
 }
 
@@ -477,7 +477,7 @@ mod tests {
         let settings = unsafe { read_settings(&raw const path) };
         assert_eq!(
             settings.altitude.to_string(),
-            crate::altitude::DEFAULT_ALTITUDE
+            crate::control::altitude::DEFAULT_ALTITUDE
         );
         assert_eq!(settings.altitude_retries, DEFAULT_RETRIES);
         assert!(settings.policy_blob.is_empty());
@@ -515,7 +515,7 @@ mod tests {
         ]);
         assert_eq!(
             settings.altitude.to_string(),
-            crate::altitude::DEFAULT_ALTITUDE
+            crate::control::altitude::DEFAULT_ALTITUDE
         );
         assert_eq!(settings.altitude_retries, DEFAULT_RETRIES);
         assert!(settings.policy_blob.is_empty());
@@ -578,9 +578,12 @@ mod tests {
         assert_eq!(settings.altitude_retries, MAX_RETRIES);
         assert_eq!(
             settings.audit_records as usize,
-            crate::audit_ring::MAX_RECORDS
+            crate::state::audit_ring::MAX_RECORDS
         );
         let small = with_values(&[("AuditRecords", REG_DWORD, dword(0))]);
-        assert_eq!(small.audit_records as usize, crate::audit_ring::MIN_RECORDS);
+        assert_eq!(
+            small.audit_records as usize,
+            crate::state::audit_ring::MIN_RECORDS
+        );
     }
 }

@@ -1,0 +1,11 @@
+//! The control plane: `\Device\ProcGuard`, its IOCTLs and the registry.
+//!
+//! [`control_device`] creates the device and its queue; [`control_target`]
+//! carries out what the IOCTLs ask; [`parameters`] reads and writes the
+//! service's `Parameters` key; [`altitude`] validates the configured
+//! altitude and chooses the retries after a collision.
+
+pub mod altitude;
+pub mod control_device;
+pub mod control_target;
+pub mod parameters;
