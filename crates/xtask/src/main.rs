@@ -21,6 +21,8 @@ mod compile_policy;
 mod cross_build;
 mod host_tools;
 mod inf_stamp;
+#[cfg(test)]
+mod module_layers;
 mod package;
 mod pe_check;
 mod signing;
