@@ -75,6 +75,10 @@ pub struct DriverState {
     pub last_error: core::sync::atomic::AtomicI32,
     /// Processes the callbacks met unclassified, for the next notification.
     pub pending: crate::tracking::pending_classification::PendingClassification,
+    /// The ask path: the handler connection and the requests it decides.
+    pub ask: crate::ask::AskBroker,
+    /// Readers waiting for audit records (`IOCTL_WAIT_EVENTS`).
+    pub events_wait: crate::control::events_wait::EventsWait,
 }
 
 /// The loaded driver's state, for routines the kernel calls without a
@@ -120,6 +124,8 @@ impl DriverState {
             service_key_path: path,
             last_error: core::sync::atomic::AtomicI32::new(0),
             pending: crate::tracking::pending_classification::PendingClassification::default(),
+            ask: crate::ask::AskBroker::new()?,
+            events_wait: crate::control::events_wait::EventsWait::default(),
         })?;
         // SAFETY: boxed, so the address is final; called once each, before any lock.
         unsafe { state.writer.init() };

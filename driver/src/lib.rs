@@ -27,6 +27,7 @@
 
 extern crate alloc;
 
+pub mod ask;
 pub mod callbacks;
 pub mod control;
 pub mod driver_entry;

@@ -38,6 +38,50 @@ pub enum Exemption {
     CriticalRequester,
 }
 
+/// What the ask rules that apply want for a request. The driver asks the
+/// connected handler when [`rights`](Self::rights) is non-zero (and the
+/// request is askable), and otherwise, or when no answer comes in time,
+/// removes [`fallback_strip`](Self::fallback_strip).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AskPlan {
+    /// Bits of [`Decision::access`] the applicable ask rules are about; 0:
+    /// nothing to ask.
+    pub rights: AccessMask,
+    /// Bits of [`Decision::access`] to remove when no answer comes: the
+    /// `strip` sets of the applicable ask rules whose `on_timeout` is
+    /// `"strip"` (a subset of `rights`).
+    pub fallback_strip: AccessMask,
+    /// The lowest-numbered applicable ask rule.
+    pub rule: Option<RuleId>,
+    /// False when the request must never wait for a handler whatever the
+    /// driver's state (a kernel handle, or a critical system process as
+    /// requester, whose exemption is off): the fallback applies at once.
+    pub askable: bool,
+}
+
+impl AskPlan {
+    /// Nothing to ask.
+    pub const NONE: Self = Self {
+        rights: 0,
+        fallback_strip: 0,
+        rule: None,
+        askable: false,
+    };
+
+    /// Whether an ask rule applies to the request.
+    #[must_use]
+    pub const fn is_needed(&self) -> bool {
+        self.rights != 0
+    }
+
+    /// The access a request whose enforce-rule result is `access` gets
+    /// when no answer comes.
+    #[must_use]
+    pub const fn fallback_access(&self, access: AccessMask) -> AccessMask {
+        access & !self.fallback_strip
+    }
+}
+
 /// The outcome of a handle request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Decision {
@@ -56,6 +100,8 @@ pub struct Decision {
     pub would_strip: AccessMask,
     /// The exemption that applied, if any (only reported when rules matched).
     pub exemption: Option<Exemption>,
+    /// What the ask rules want ([`AskPlan::NONE`] when none applies).
+    pub ask: AskPlan,
 }
 
 impl Decision {
@@ -68,6 +114,7 @@ impl Decision {
             audit: false,
             would_strip: 0,
             exemption: None,
+            ask: AskPlan::NONE,
         }
     }
 
@@ -173,6 +220,7 @@ impl CompiledPolicy {
                 audit: false,
                 would_strip: 0,
                 exemption,
+                ask: AskPlan::NONE,
             };
         }
         Decision {
@@ -181,6 +229,7 @@ impl CompiledPolicy {
             audit: true,
             would_strip,
             exemption: None,
+            ask: AskPlan::NONE,
         }
     }
 

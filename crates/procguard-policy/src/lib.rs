@@ -80,7 +80,7 @@ mod view;
 
 pub use blob::{decode, encode, policy_id, DecodeError};
 pub use compiled::{CompiledPolicy, ProcessRecord, RequesterPart, TargetPart, RECORD_WORDS};
-pub use decide::{Decision, Exemption, HandleRequest};
+pub use decide::{AskPlan, Decision, Exemption, HandleRequest};
 pub use explain::{explain, Explanation};
 pub use identity::{is_critical_system_process, ProcessIdentity};
 pub use lint::{lint, LintKind, LintWarning};

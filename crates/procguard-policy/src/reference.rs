@@ -163,6 +163,7 @@ pub fn evaluate(
                 audit: false,
                 would_strip: 0,
                 exemption,
+                ask: crate::decide::AskPlan::NONE,
             }
         } else {
             Decision {
@@ -171,6 +172,7 @@ pub fn evaluate(
                 audit: true,
                 would_strip,
                 exemption: None,
+                ask: crate::decide::AskPlan::NONE,
             }
         }
     };

@@ -16,7 +16,10 @@
 //! | 4 | `source_process_id` | `target_process_id` |
 //! | 5 | `original_desired_access` | `desired_access` |
 //! | 6 | `result_code` | `rule_id` (`u32::MAX`: none) |
-//! | 7 | bits 0–7 object (1 process, 2 thread), bit 8 duplication, bits 16–23 mode (1 enforce, 2 audit) | reserved, 0 |
+//! | 7 | bits 0–7 object (1 process, 2 thread), bit 8 duplication, bits 16–23 mode (1 enforce, 2 audit, 3 ask) | bits 0–7 ask outcome (0 not asked, else [`AskOutcome::code`]), bits 8–31 ask wait in microseconds (saturating at 2²⁴−1) |
+//!
+//! For an asked request (mode 3) `result_code` is the handler's `result_code`
+//! (0 unless it answered with one) and `rule_id` the ask rule.
 
 /// Words of one record.
 pub const AUDIT_RECORD_WORDS: usize = 8;
@@ -37,6 +40,11 @@ pub enum AuditObject {
     Thread,
 }
 
+use crate::ask::AskOutcome;
+
+/// Largest ask wait a record holds, in microseconds (24 bits).
+pub const MAX_ASK_WAIT_US: u32 = (1 << 24) - 1;
+
 /// Whether the rights were removed or only reported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AuditMode {
@@ -44,6 +52,9 @@ pub enum AuditMode {
     Enforce,
     /// Audit-mode rule: the rights would have been removed; nothing was.
     Audit,
+    /// An ask rule matched: the handler (or the fallback) decided; see
+    /// [`AuditRecord::ask_outcome`].
+    Ask,
 }
 
 /// One audit record.
@@ -78,8 +89,13 @@ pub struct AuditRecord {
     pub result_code: i32,
     /// The rule responsible, or [`NO_RULE`].
     pub rule_id: u32,
-    /// Enforced or audit-only.
+    /// Enforced, audit-only or asked.
     pub mode: AuditMode,
+    /// For an asked request, what happened; `None` otherwise.
+    pub ask_outcome: Option<AskOutcome>,
+    /// For an asked request, how long the callback waited for the answer
+    /// (microseconds, at most [`MAX_ASK_WAIT_US`]); 0 otherwise.
+    pub ask_wait_us: u32,
 }
 
 fn pair(low: u32, high: u32) -> u64 {
@@ -101,8 +117,10 @@ pub enum AuditRecordError {
     Length(usize),
     /// An object code other than 1 or 2.
     Object(u8),
-    /// A mode code other than 1 or 2.
+    /// A mode code other than 1, 2 or 3.
     Mode(u8),
+    /// An ask outcome code other than 0..=6.
+    AskOutcome(u8),
     /// Reserved bits set.
     Reserved,
 }
@@ -116,6 +134,9 @@ impl core::fmt::Display for AuditRecordError {
             ),
             Self::Object(code) => write!(f, "unknown object code {code} in an audit record"),
             Self::Mode(code) => write!(f, "unknown mode code {code} in an audit record"),
+            Self::AskOutcome(code) => {
+                write!(f, "unknown ask outcome code {code} in an audit record")
+            }
             Self::Reserved => f.write_str("reserved bits set in an audit record"),
         }
     }
@@ -132,7 +153,10 @@ impl AuditRecord {
         let mode = match self.mode {
             AuditMode::Enforce => 1u64,
             AuditMode::Audit => 2,
+            AuditMode::Ask => 3,
         };
+        let outcome = self.ask_outcome.map_or(0, AskOutcome::code);
+        let wait = self.ask_wait_us.min(MAX_ASK_WAIT_US);
         [
             self.sequence,
             self.timestamp.cast_unsigned(),
@@ -141,7 +165,11 @@ impl AuditRecord {
             pair(self.source_process_id, self.target_process_id),
             pair(self.original_desired_access, self.desired_access),
             pair(self.result_code.cast_unsigned(), self.rule_id),
-            object | (u64::from(self.duplication) << 8) | (mode << 16),
+            object
+                | (u64::from(self.duplication) << 8)
+                | (mode << 16)
+                | (u64::from(outcome) << 32)
+                | (u64::from(wait) << 40),
         ]
     }
 
@@ -151,7 +179,7 @@ impl AuditRecord {
     /// [`AuditRecordError`] for unknown codes or reserved bits.
     pub fn from_words(words: &[u64; AUDIT_RECORD_WORDS]) -> Result<Self, AuditRecordError> {
         let flags = words[7];
-        if flags & !0x00FF_01FF != 0 {
+        if flags & !0xFFFF_FFFF_00FF_01FF != 0 {
             return Err(AuditRecordError::Reserved);
         }
         let object = match (flags & 0xFF) as u8 {
@@ -162,7 +190,12 @@ impl AuditRecord {
         let mode = match ((flags >> 16) & 0xFF) as u8 {
             1 => AuditMode::Enforce,
             2 => AuditMode::Audit,
+            3 => AuditMode::Ask,
             code => return Err(AuditRecordError::Mode(code)),
+        };
+        let ask_outcome = match ((flags >> 32) & 0xFF) as u8 {
+            0 => None,
+            code => Some(AskOutcome::from_code(code).ok_or(AuditRecordError::AskOutcome(code))?),
         };
         Ok(Self {
             sequence: words[0],
@@ -180,6 +213,8 @@ impl AuditRecord {
             result_code: low(words[6]).cast_signed(),
             rule_id: high(words[6]),
             mode,
+            ask_outcome,
+            ask_wait_us: (flags >> 40) as u32,
         })
     }
 
@@ -232,6 +267,8 @@ mod tests {
             result_code: -1_073_741_790,
             rule_id: 7,
             mode: AuditMode::Audit,
+            ask_outcome: None,
+            ask_wait_us: 0,
         }
     }
 
@@ -278,6 +315,31 @@ mod tests {
     }
 
     #[test]
+    fn ask_records_carry_their_outcome_and_wait() {
+        let record = AuditRecord {
+            mode: AuditMode::Ask,
+            ask_outcome: Some(AskOutcome::TimedOut),
+            ask_wait_us: 250_000,
+            result_code: 5,
+            ..sample()
+        };
+        let bytes = record.to_bytes();
+        assert_eq!(bytes[58], 3, "ask mode");
+        assert_eq!(bytes[60], 2, "timed out");
+        assert_eq!(&bytes[61..64], &250_000u32.to_le_bytes()[..3]);
+        assert_eq!(AuditRecord::from_bytes(&bytes), Ok(record));
+        let long = AuditRecord {
+            ask_wait_us: u32::MAX,
+            ..record
+        };
+        assert_eq!(
+            AuditRecord::from_bytes(&long.to_bytes()).map(|r| r.ask_wait_us),
+            Ok(MAX_ASK_WAIT_US),
+            "a longer wait saturates"
+        );
+    }
+
+    #[test]
     fn malformed_records_are_rejected() {
         let good = sample().to_words();
         assert_eq!(
@@ -296,8 +358,14 @@ mod tests {
             AuditRecord::from_words(&mode),
             Err(AuditRecordError::Mode(0))
         );
+        let mut outcome = good;
+        outcome[7] |= 9 << 32;
+        assert_eq!(
+            AuditRecord::from_words(&outcome),
+            Err(AuditRecordError::AskOutcome(9))
+        );
         let mut reserved = good;
-        reserved[7] |= 1 << 40;
+        reserved[7] |= 1 << 12;
         assert_eq!(
             AuditRecord::from_words(&reserved),
             Err(AuditRecordError::Reserved)

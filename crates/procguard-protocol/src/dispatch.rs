@@ -209,6 +209,8 @@ mod tests {
             result_code: 0,
             rule_id: 0,
             mode: AuditMode::Enforce,
+            ask_outcome: None,
+            ask_wait_us: 0,
         }
     }
 
@@ -221,7 +223,7 @@ mod tests {
     #[test]
     fn status_needs_an_empty_input_and_a_full_size_output() {
         let target = MemoryTarget::default();
-        let mut out = [0u8; 300];
+        let mut out = [0u8; 400];
         assert_eq!(
             dispatch(&target, IOCTL_GET_STATUS, &[], &mut out),
             Completion::success(Status::SIZE)
@@ -231,7 +233,7 @@ mod tests {
             target.status()
         );
         assert_eq!(
-            dispatch(&target, IOCTL_GET_STATUS, &[], &mut out[..255]).status,
+            dispatch(&target, IOCTL_GET_STATUS, &[], &mut out[..Status::SIZE - 1]).status,
             STATUS_BUFFER_TOO_SMALL
         );
         assert_eq!(

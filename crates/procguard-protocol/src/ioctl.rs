@@ -48,18 +48,26 @@ pub const IOCTL_RESET_COUNTERS: u32 =
 pub const IOCTL_GET_RULE_COUNTERS: u32 =
     ctl_code(DEVICE_TYPE, 0x805, METHOD_BUFFERED, FILE_READ_ACCESS);
 
-/// Every IOCTL, with whether it changes anything.
-pub const ALL_IOCTLS: [(u32, &str, bool); 6] = [
+/// Every IOCTL, with whether it changes anything (the ask and wait IOCTLs
+/// are in [`crate::ask`]).
+pub const ALL_IOCTLS: [(u32, &str, bool); 11] = [
     (IOCTL_GET_STATUS, "get status", false),
     (IOCTL_SET_POLICY, "set policy", true),
     (IOCTL_GET_POLICY, "get policy", false),
     (IOCTL_READ_EVENTS, "read events", true),
     (IOCTL_RESET_COUNTERS, "reset counters", true),
     (IOCTL_GET_RULE_COUNTERS, "get rule counters", false),
+    (crate::ask::IOCTL_ASK_CONNECT, "ask: connect", true),
+    (crate::ask::IOCTL_ASK_GET_REQUEST, "ask: get request", true),
+    (crate::ask::IOCTL_ASK_REPLY, "ask: reply", true),
+    (crate::ask::IOCTL_ASK_DISCONNECT, "ask: disconnect", true),
+    (crate::ask::IOCTL_WAIT_EVENTS, "wait for events", false),
 ];
 
 /// Version of this protocol; [`Status::protocol_version`] reports the driver's.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// 2: ask rules (the ask IOCTLs, a 320-byte [`Status`], ask outcomes in
+/// audit records).
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Why bytes are not a valid structure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -234,13 +242,13 @@ impl PolicyHeader {
     }
 }
 
-/// `IOCTL_GET_STATUS` output: 256 bytes.
+/// `IOCTL_GET_STATUS` output: 320 bytes.
 ///
 /// | offset | size | field |
 /// |---|---|---|
 /// | 0 | 4 | `protocol_version` |
 /// | 4 | 4 | driver version: major << 16 \| minor << 8 \| patch |
-/// | 8 | 4 | flags: 1 callbacks registered, 2 process notify registered |
+/// | 8 | 4 | flags: 1 callbacks registered, 2 process notify registered, 4 a handler is connected |
 /// | 12 | 4 | `policy_id` |
 /// | 16 | 4 | `rule_count` |
 /// | 20 | 4 | `tracked_processes` |
@@ -249,7 +257,14 @@ impl PolicyHeader {
 /// | 32 | 8×9 | counters: seen, modified, audited, skipped_kernel, skipped_self, exempt, unclassified, events_dropped, events_pending |
 /// | 104 | 2 | altitude length in UTF-16 units (at most 40) |
 /// | 106 | 80 | altitude, UTF-16LE, zero-padded |
-/// | 186 | 70 | reserved, zero |
+/// | 186 | 2 | reserved, zero |
+/// | 188 | 4 | ask: `handler_pid` (0: none connected) |
+/// | 192 | 8×8 | ask counters: asked, answered, timed_out, no_handler, pool_full, unaskable, cancelled, late_replies |
+/// | 256 | 4 | ask: `timeout_ms` of the policy in force |
+/// | 260 | 4 | ask: `slots` (pool size) |
+/// | 264 | 4 | ask: `in_flight` (requests waiting for an answer) |
+/// | 268 | 4 | ask: `workers_waiting` (pended get-request IOCTLs) |
+/// | 272 | 48 | reserved, zero |
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Status {
     /// [`PROTOCOL_VERSION`] of the driver.
@@ -276,6 +291,8 @@ pub struct Status {
     pub altitude: [u16; 40],
     /// Units of `altitude` in use.
     pub altitude_len: u16,
+    /// The ask path: handler connection and counters.
+    pub ask: crate::ask::AskStatus,
 }
 
 /// Request totals reported by [`Status`].
@@ -316,19 +333,22 @@ impl Default for Status {
             counters: Counters::default(),
             altitude: [0; 40],
             altitude_len: 0,
+            ask: crate::ask::AskStatus::default(),
         }
     }
 }
 
 impl Status {
     /// Encoded size.
-    pub const SIZE: usize = 256;
+    pub const SIZE: usize = 320;
 
     /// Encodes.
     #[must_use]
     pub fn to_bytes(&self) -> [u8; Self::SIZE] {
         let mut out = [0u8; Self::SIZE];
-        let flags = u32::from(self.callbacks_registered) | (u32::from(self.notify_registered) << 1);
+        let flags = u32::from(self.callbacks_registered)
+            | (u32::from(self.notify_registered) << 1)
+            | (u32::from(self.ask.handler_pid != 0) << 2);
         for (at, value) in [
             (0, self.protocol_version),
             (4, self.driver_version),
@@ -362,6 +382,20 @@ impl Status {
         for (index, unit) in self.altitude.iter().take(usize::from(length)).enumerate() {
             let at = 106 + index * 2;
             out[at..at + 2].copy_from_slice(&unit.to_le_bytes());
+        }
+        let ask = &self.ask;
+        out[188..192].copy_from_slice(&ask.handler_pid.to_le_bytes());
+        for (index, value) in ask.counters.to_array().iter().enumerate() {
+            let at = 192 + index * 8;
+            out[at..at + 8].copy_from_slice(&value.to_le_bytes());
+        }
+        for (at, value) in [
+            (256, ask.timeout_ms),
+            (260, ask.slots),
+            (264, ask.in_flight),
+            (268, ask.workers_waiting),
+        ] {
+            out[at..at + 4].copy_from_slice(&value.to_le_bytes());
         }
         out
     }
@@ -417,6 +451,16 @@ impl Status {
             },
             altitude,
             altitude_len,
+            ask: crate::ask::AskStatus {
+                handler_pid: word(188),
+                timeout_ms: word(256),
+                slots: word(260),
+                in_flight: word(264),
+                workers_waiting: word(268),
+                counters: crate::ask::AskCounters::from_array(core::array::from_fn(|index| {
+                    u64_at(bytes, 192 + index * 8).unwrap_or(0)
+                })),
+            },
         })
     }
 }
@@ -576,7 +620,7 @@ mod tests {
                 assert_eq!(access, FILE_READ_ACCESS, "{name}");
             }
         }
-        let mut codes: [u32; 6] = ALL_IOCTLS.map(|(code, _, _)| code);
+        let mut codes: [u32; 11] = ALL_IOCTLS.map(|(code, _, _)| code);
         codes.sort_unstable();
         assert!(
             codes.windows(2).all(|pair| pair[0] != pair[1]),
@@ -666,14 +710,28 @@ mod tests {
             },
             altitude,
             altitude_len: 8,
+            ask: crate::ask::AskStatus {
+                handler_pid: 1234,
+                timeout_ms: 250,
+                slots: 64,
+                in_flight: 3,
+                workers_waiting: 4,
+                counters: crate::ask::AskCounters::from_array([11, 12, 13, 14, 15, 16, 17, 18]),
+            },
         };
         let bytes = status.to_bytes();
         assert_eq!(Status::from_bytes(&bytes), Ok(status));
+        assert_eq!(bytes[8], 7, "callbacks, notify, handler connected");
+        assert_eq!(&bytes[188..192], &1234u32.to_le_bytes());
+        assert_eq!(&bytes[192..200], &11u64.to_le_bytes());
+        assert_eq!(&bytes[248..256], &18u64.to_le_bytes());
+        assert_eq!(&bytes[268..272], &4u32.to_le_bytes());
+        assert!(bytes[272..].iter().all(|&b| b == 0), "reserved");
         assert_eq!(
-            Status::from_bytes(&bytes[..255]),
+            Status::from_bytes(&bytes[..319]),
             Err(ProtocolError::TooShort {
-                needed: 256,
-                actual: 255
+                needed: 320,
+                actual: 319
             })
         );
         let mut bad = bytes;

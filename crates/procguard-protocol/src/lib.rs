@@ -7,6 +7,7 @@
 #![no_std]
 #![forbid(unsafe_code)]
 
+pub mod ask;
 pub mod audit_record;
 pub mod dispatch;
 pub mod ioctl;

@@ -118,6 +118,7 @@ const fn mode_word(mode: AuditMode) -> &'static str {
     match mode {
         AuditMode::Enforce => "enforce",
         AuditMode::Audit => "audit",
+        AuditMode::Ask => "ask",
     }
 }
 

@@ -199,6 +199,8 @@ impl FakeDriver {
                     } else {
                         AuditMode::Audit
                     },
+                    ask_outcome: None,
+                    ask_wait_us: 0,
                 }
             });
             (decision, record)

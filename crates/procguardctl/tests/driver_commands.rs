@@ -227,7 +227,7 @@ fn status_is_readable_and_its_json_has_every_field() {
     assert_eq!((code, err.as_str()), (0, ""));
     assert_eq!(
         out,
-        "procguard driver 0.1.0 (protocol 1)
+        "procguard driver 0.1.0 (protocol 2)
   object callbacks        registered (altitude 385201)
   process notify          registered
   policy                  0x6d567f20, 4 rules
@@ -259,7 +259,7 @@ fn status_is_readable_and_its_json_has_every_field() {
     assert_eq!(
         json,
         serde_json::json!({
-            "ProtocolVersion": 1,
+            "ProtocolVersion": 2,
             "DriverVersion": "0.1.0",
             "CallbacksRegistered": true,
             "ProcessNotifyRegistered": true,
@@ -437,6 +437,8 @@ fn events_are_drained_in_order_as_json_lines_with_every_field() {
                 result_code: 0,
                 rule_id,
                 mode: AuditMode::Enforce,
+                ask_outcome: None,
+                ask_wait_us: 0,
             });
         }
     }
@@ -560,6 +562,8 @@ fn events_drain_in_several_reads_when_more_are_waiting() {
                 result_code: 0,
                 rule_id: 0,
                 mode: AuditMode::Enforce,
+                ask_outcome: None,
+                ask_wait_us: 0,
             });
         }
     }
@@ -608,6 +612,8 @@ impl Device for Trickle {
                 result_code: 0,
                 rule_id: 0,
                 mode: AuditMode::Enforce,
+                ask_outcome: None,
+                ask_wait_us: 0,
             });
             self.next += 1;
         }
@@ -707,7 +713,7 @@ fn an_answer_longer_than_its_buffer_is_rejected() {
     assert_eq!(code, 1);
     assert_eq!(
         err,
-        "error: get status: the driver's response is malformed: 257 bytes returned into a buffer of 256\n"
+        "error: get status: the driver's response is malformed: 321 bytes returned into a buffer of 320\n"
     );
 }
 

@@ -11,7 +11,14 @@
 use std::path::Path;
 
 /// The layers, highest first.
-pub const LAYERS: &[&str] = &["callbacks", "control", "state", "tracking", "platform"];
+pub const LAYERS: &[&str] = &[
+    "callbacks",
+    "control",
+    "ask",
+    "state",
+    "tracking",
+    "platform",
+];
 
 /// Every `crate::<group>` reference in `text` (a file of group `from`) that
 /// points to a group above `from`, as "file: from -> to".

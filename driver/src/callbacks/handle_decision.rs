@@ -264,6 +264,8 @@ fn append_audit_record(
         } else {
             AuditMode::Audit
         },
+        ask_outcome: None,
+        ask_wait_us: 0,
     }
     .to_words();
     state.ring.append(|sequence| {

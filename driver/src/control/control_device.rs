@@ -11,6 +11,10 @@
 use alloc::vec::Vec;
 use core::ptr;
 
+use procguard_protocol::ask::{
+    IOCTL_ASK_CONNECT, IOCTL_ASK_DISCONNECT, IOCTL_ASK_GET_REQUEST, IOCTL_ASK_REPLY,
+    IOCTL_WAIT_EVENTS,
+};
 use procguard_protocol::dispatch::dispatch;
 use procguard_protocol::ioctl::{SetPolicyRequest, MAX_POLICY_BYTES};
 
@@ -212,6 +216,20 @@ pub(crate) unsafe extern "C" fn evt_io_device_control(
             return;
         }
     };
+    // The IOCTLs that may pend: their owners complete (or queue) the request.
+    match code {
+        IOCTL_ASK_CONNECT | IOCTL_ASK_GET_REQUEST | IOCTL_ASK_REPLY | IOCTL_ASK_DISCONNECT => {
+            state.ask.handle_ioctl(request, code, &input, output_length);
+            return;
+        }
+        IOCTL_WAIT_EVENTS => {
+            state
+                .events_wait
+                .handle_ioctl(request, &input, output_length);
+            return;
+        }
+        _ => {}
+    }
     let mut buffer: PVOID = ptr::null_mut();
     let mut length: usize = 0;
     if output_length > 0 {

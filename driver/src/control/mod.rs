@@ -8,4 +8,5 @@
 pub mod altitude;
 pub mod control_device;
 pub mod control_target;
+pub mod events_wait;
 pub mod parameters;
