@@ -197,8 +197,8 @@ fn write_text(
         if d.ask.askable {
             writeln!(
                 out,
-                "Ask: the handler decides about {} (rule {rule} \"{name}\"); it can only remove \
-                 them. Without an answer within {} ms (no handler, timeout, pool full) the request \
+                "Ask: the handler decides about {} (rule {rule} \"{name}\"); it can only remove rights, \
+                 never add them. Without an answer within {} ms (no handler, timeout, pool full) the request \
                  gets {}.",
                 MaskNames(req.object, d.ask.rights),
                 policy.settings.ask_timeout_ms,

@@ -766,7 +766,7 @@ fn explain_shows_the_ask_rule_the_rights_asked_about_and_the_fallback() {
     let t = &e.text;
     assert!(t.contains("Rule 1 \"ask-kill\" (ask, on timeout strip) protects the target: it applies and asks the handler about PROCESS_TERMINATE."), "{t}");
     assert!(t.contains("Rule 2 \"ask-read\" (ask, on timeout allow) protects the target: it applies and asks the handler about PROCESS_VM_READ."), "{t}");
-    assert!(t.contains("Ask: the handler decides about PROCESS_TERMINATE|PROCESS_VM_READ (rule 1 \"ask-kill\"); it can only remove them. Without an answer within 100 ms (no handler, timeout, pool full) the request gets PROCESS_VM_READ."), "{t}");
+    assert!(t.contains("Ask: the handler decides about PROCESS_TERMINATE|PROCESS_VM_READ (rule 1 \"ask-kill\"); it can only remove rights, never add them. Without an answer within 100 ms (no handler, timeout, pool full) the request gets PROCESS_VM_READ."), "{t}");
     assert!(
         t.contains(
             "Result: granted at most PROCESS_TERMINATE|PROCESS_VM_READ; removed PROCESS_VM_WRITE"
