@@ -15,7 +15,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Ask rules of both on_timeouts (mode bytes 2 and 3) and a non-default timeout.
     let mut ask = example.clone();
     ask.settings.ask_timeout_ms = 40;
-    for (rule, on_timeout) in ask.rules.iter_mut().zip([OnTimeout::Strip, OnTimeout::Allow]) {
+    for (rule, on_timeout) in ask
+        .rules
+        .iter_mut()
+        .zip([OnTimeout::Strip, OnTimeout::Allow])
+    {
         rule.mode = Mode::Ask { on_timeout };
     }
     for (name, p) in [
