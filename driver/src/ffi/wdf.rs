@@ -168,12 +168,9 @@ impl MissingWdfFunction for WDFFILEOBJECT {
         core::ptr::null_mut()
     }
 }
-#[cfg(target_os = "windows")]
-impl MissingWdfFunction for WDF_IO_QUEUE_STATE {
-    fn missing() -> Self {
-        0
-    }
-}
+// WDF_IO_QUEUE_STATE is an i32 like NTSTATUS: a missing WdfIoQueueGetState
+// returns STATUS_NOT_IMPLEMENTED as its state; callers read only the counts,
+// which they initialise.
 #[cfg(target_os = "windows")]
 impl MissingWdfFunction for PWDFDEVICE_INIT {
     fn missing() -> Self {
