@@ -20,7 +20,8 @@ use crate::ffi::{
 /// A manual queue of the control device; empty (no queue) until created.
 #[derive(Debug, Default)]
 pub struct ManualQueue {
-    queue: AtomicPtr<crate::ffi::WDFQUEUE__>,
+    /// The WDFQUEUE (an opaque handle; kept untyped so both builds agree).
+    queue: AtomicPtr<core::ffi::c_void>,
 }
 
 impl ManualQueue {
@@ -54,7 +55,7 @@ impl ManualQueue {
         if status < 0 {
             return Err(status);
         }
-        self.queue.store(queue, Ordering::Release);
+        self.queue.store(queue.cast(), Ordering::Release);
         Ok(())
     }
 
@@ -65,7 +66,7 @@ impl ManualQueue {
 
     fn handle(&self) -> Option<WDFQUEUE> {
         let queue = self.queue.load(Ordering::Acquire);
-        (!queue.is_null()).then_some(queue)
+        (!queue.is_null()).then_some(queue.cast())
     }
 
     /// Puts `request` (presented by the device's default queue, not yet
@@ -125,8 +126,9 @@ impl ManualQueue {
         };
         let mut queued: ULONG = 0;
         let mut driver: ULONG = 0;
-        // SAFETY: our live queue and local out pointers.
-        unsafe {
+        // SAFETY: our live queue and local out pointers. The state flags are
+        // not needed, only the count.
+        let _state = unsafe {
             call_unsafe_wdf_function_binding!(
                 WdfIoQueueGetState,
                 queue,
