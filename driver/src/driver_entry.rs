@@ -209,7 +209,11 @@ pub unsafe extern "C" fn evt_driver_unload(_driver: WDFDRIVER) {
             core::mem::take(&mut load_info.notify_registered),
         )
     };
-    // No more IOCTLs, then no more callbacks, then no more notifications.
+    // Waiters released and pended IOCTLs completed (new asks get their
+    // fallback from here on), then no more IOCTLs, then no more callbacks,
+    // then no more notifications.
+    state.ask.shutdown();
+    state.events_wait.shutdown();
     if let Some(device) = device {
         device.delete();
     }

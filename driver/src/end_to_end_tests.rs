@@ -701,6 +701,24 @@ mod control_plane {
     }
 
     #[test]
+    fn the_control_device_cleans_up_handles_and_has_the_pended_ioctl_queues() {
+        let (_loaded, status) = Loaded::with(Some(blob(POLICY)), &[]);
+        assert_eq!(status, STATUS_SUCCESS);
+        let (config, queues) =
+            with_host(|host| (host.file_object_config, host.manual_queues.len()));
+        let config = config.expect("a file-object configuration");
+        assert!(
+            config.EvtFileCleanup.is_some(),
+            "handle close ends a handler"
+        );
+        assert_eq!(
+            config.Size as usize,
+            core::mem::size_of::<crate::ffi::WDF_FILEOBJECT_CONFIG>()
+        );
+        assert_eq!(queues, 2, "get-request and wait-events manual queues");
+    }
+
+    #[test]
     fn status_reports_the_registration_the_policy_and_the_processes() {
         let (_loaded, _) = Loaded::with(
             Some(blob(POLICY)),

@@ -43,6 +43,19 @@ TOOLCHAIN_FACTS = {
             "ContextTypeInfo": 48,
         },
     },
+    # wdfdevice.h (KMDF 1.0 and later, unchanged): the control device's
+    # file-object configuration (EvtFileCleanup of the ask path).
+    "WDF_FILEOBJECT_CONFIG": {
+        "size": 40,
+        "fields": {
+            "Size": 0,
+            "EvtDeviceFileCreate": 8,
+            "EvtFileClose": 16,
+            "EvtFileCleanup": 24,
+            "AutoForwardCleanupClose": 32,
+            "FileObjectClass": 36,
+        },
+    },
     # Speakeasy 1.5.11 defines this one, but wrongly (next comment): the
     # reference is the KMDF 1.33 headers' layout from TOOLCHAIN.md.
     "WDF_IO_QUEUE_CONFIG": {

@@ -16,6 +16,7 @@ DECLARE_HANDLE(WDFDRIVER);
 DECLARE_HANDLE(WDFDEVICE);
 DECLARE_HANDLE(WDFQUEUE);
 DECLARE_HANDLE(WDFREQUEST);
+DECLARE_HANDLE(WDFFILEOBJECT);
 typedef struct WDFDEVICE_INIT *PWDFDEVICE_INIT;
 
 typedef enum _WDF_TRI_STATE {
@@ -53,6 +54,12 @@ typedef enum _WDFFUNCENUM {
     WdfRequestCompleteWithInformationTableIndex = 265,
     WdfRequestRetrieveInputBufferTableIndex = 269,
     WdfRequestRetrieveOutputBufferTableIndex = 270,
+    WdfDeviceInitSetFileObjectConfigTableIndex = 71,
+    WdfIoQueueGetStateTableIndex = 153,
+    WdfIoQueueRetrieveNextRequestTableIndex = 158,
+    WdfIoQueueRetrieveRequestByFileObjectTableIndex = 159,
+    WdfRequestGetFileObjectTableIndex = 277,
+    WdfRequestForwardToIoQueueTableIndex = 281,
     WdfFunctionTableNumEntries = 458,
 } WDFFUNCENUM;
 extern ULONG WdfFunctionCount;
@@ -199,7 +206,59 @@ typedef NTSTATUS (NTAPI *PFN_WDFIOQUEUECREATE)(
     PWDF_DRIVER_GLOBALS DriverGlobals, WDFDEVICE Device, PWDF_IO_QUEUE_CONFIG Config,
     PWDF_OBJECT_ATTRIBUTES QueueAttributes, WDFQUEUE *Queue);
 
+typedef enum _WDF_IO_QUEUE_STATE {
+    WdfIoQueueAcceptRequests = 0x01,
+    WdfIoQueueDispatchRequests = 0x02,
+    WdfIoQueueNoRequests = 0x04,
+    WdfIoQueueDriverNoRequests = 0x08,
+    WdfIoQueuePnpHeld = 0x10,
+} WDF_IO_QUEUE_STATE;
+
+typedef WDF_IO_QUEUE_STATE (NTAPI *PFN_WDFIOQUEUEGETSTATE)(
+    PWDF_DRIVER_GLOBALS DriverGlobals, WDFQUEUE Queue, PULONG QueueRequests,
+    PULONG DriverRequests);
+typedef NTSTATUS (NTAPI *PFN_WDFIOQUEUERETRIEVENEXTREQUEST)(
+    PWDF_DRIVER_GLOBALS DriverGlobals, WDFQUEUE Queue, WDFREQUEST *OutRequest);
+typedef NTSTATUS (NTAPI *PFN_WDFIOQUEUERETRIEVEREQUESTBYFILEOBJECT)(
+    PWDF_DRIVER_GLOBALS DriverGlobals, WDFQUEUE Queue, WDFFILEOBJECT FileObject,
+    WDFREQUEST *OutRequest);
+
+/* wdfdevice.h: file objects */
+typedef VOID EVT_WDF_DEVICE_FILE_CREATE(WDFDEVICE Device, WDFREQUEST Request,
+    WDFFILEOBJECT FileObject);
+typedef EVT_WDF_DEVICE_FILE_CREATE *PFN_WDF_DEVICE_FILE_CREATE;
+typedef VOID EVT_WDF_FILE_CLOSE(WDFFILEOBJECT FileObject);
+typedef EVT_WDF_FILE_CLOSE *PFN_WDF_FILE_CLOSE;
+typedef VOID EVT_WDF_FILE_CLEANUP(WDFFILEOBJECT FileObject);
+typedef EVT_WDF_FILE_CLEANUP *PFN_WDF_FILE_CLEANUP;
+
+typedef enum _WDF_FILEOBJECT_CLASS {
+    WdfFileObjectInvalid = 0,
+    WdfFileObjectNotRequired = 1,
+    WdfFileObjectWdfCanUseFsContext = 2,
+    WdfFileObjectWdfCanUseFsContext2 = 3,
+    WdfFileObjectWdfCannotUseFsContexts = 4,
+    WdfFileObjectCanBeOptional = 0x80000000,
+} WDF_FILEOBJECT_CLASS, *PWDF_FILEOBJECT_CLASS;
+
+typedef struct _WDF_FILEOBJECT_CONFIG {
+    ULONG Size;
+    PFN_WDF_DEVICE_FILE_CREATE EvtDeviceFileCreate;
+    PFN_WDF_FILE_CLOSE EvtFileClose;
+    PFN_WDF_FILE_CLEANUP EvtFileCleanup;
+    WDF_TRI_STATE AutoForwardCleanupClose;
+    WDF_FILEOBJECT_CLASS FileObjectClass;
+} WDF_FILEOBJECT_CONFIG, *PWDF_FILEOBJECT_CONFIG;
+
+typedef VOID (NTAPI *PFN_WDFDEVICEINITSETFILEOBJECTCONFIG)(
+    PWDF_DRIVER_GLOBALS DriverGlobals, PWDFDEVICE_INIT DeviceInit,
+    PWDF_FILEOBJECT_CONFIG FileObjectConfig, PWDF_OBJECT_ATTRIBUTES FileObjectAttributes);
+
 /* wdfrequest.h */
+typedef WDFFILEOBJECT (NTAPI *PFN_WDFREQUESTGETFILEOBJECT)(
+    PWDF_DRIVER_GLOBALS DriverGlobals, WDFREQUEST Request);
+typedef NTSTATUS (NTAPI *PFN_WDFREQUESTFORWARDTOIOQUEUE)(
+    PWDF_DRIVER_GLOBALS DriverGlobals, WDFREQUEST Request, WDFQUEUE DestinationQueue);
 typedef NTSTATUS (NTAPI *PFN_WDFREQUESTRETRIEVEINPUTBUFFER)(
     PWDF_DRIVER_GLOBALS DriverGlobals, WDFREQUEST Request, size_t MinimumRequiredLength,
     PVOID *Buffer, size_t *Length);

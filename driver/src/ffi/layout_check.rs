@@ -142,6 +142,8 @@ fn kernel_layouts() -> Vec<StructLayout> {
                 SpinLock
             }
         ),
+        layout!("KEVENT", KEVENT { Header }),
+        layout!("LARGE_INTEGER", LARGE_INTEGER { QuadPart }),
         layout!(
             "OB_CALLBACK_REGISTRATION",
             OB_CALLBACK_REGISTRATION {
@@ -252,6 +254,17 @@ fn wdf_layouts() -> Vec<StructLayout> {
                 Driver
             }
         ),
+        layout!(
+            "WDF_FILEOBJECT_CONFIG",
+            WDF_FILEOBJECT_CONFIG {
+                Size,
+                EvtDeviceFileCreate,
+                EvtFileClose,
+                EvtFileCleanup,
+                AutoForwardCleanupClose,
+                FileObjectClass
+            }
+        ),
     ]
 }
 
@@ -273,6 +286,22 @@ fn kernel_constants() -> Vec<(&'static str, i64)> {
             STATUS_INSUFFICIENT_RESOURCES.into(),
         ),
         ("STATUS_NAME_TOO_LONG", STATUS_NAME_TOO_LONG.into()),
+        ("STATUS_TIMEOUT", STATUS_TIMEOUT.into()),
+        ("STATUS_NO_MORE_ENTRIES", STATUS_NO_MORE_ENTRIES.into()),
+        ("STATUS_CANCELLED", STATUS_CANCELLED.into()),
+        ("STATUS_NOT_FOUND", STATUS_NOT_FOUND.into()),
+        (
+            "STATUS_INVALID_DEVICE_STATE",
+            STATUS_INVALID_DEVICE_STATE.into(),
+        ),
+        ("STATUS_SHARING_VIOLATION", STATUS_SHARING_VIOLATION.into()),
+        ("NotificationEvent", _EVENT_TYPE::NotificationEvent.into()),
+        (
+            "SynchronizationEvent",
+            _EVENT_TYPE::SynchronizationEvent.into(),
+        ),
+        ("Executive", _KWAIT_REASON::Executive.into()),
+        ("KernelMode", _MODE::KernelMode.into()),
         ("STATUS_BUFFER_OVERFLOW", STATUS_BUFFER_OVERFLOW.into()),
         (
             "STATUS_FLT_INSTANCE_ALTITUDE_COLLISION",
@@ -529,6 +558,27 @@ fn wdf_indices() -> Vec<(&'static str, i32)> {
             "WdfRequestRetrieveOutputBuffer",
             E::WdfRequestRetrieveOutputBufferTableIndex,
         ),
+        (
+            "WdfDeviceInitSetFileObjectConfig",
+            E::WdfDeviceInitSetFileObjectConfigTableIndex,
+        ),
+        ("WdfIoQueueGetState", E::WdfIoQueueGetStateTableIndex),
+        (
+            "WdfIoQueueRetrieveNextRequest",
+            E::WdfIoQueueRetrieveNextRequestTableIndex,
+        ),
+        (
+            "WdfIoQueueRetrieveRequestByFileObject",
+            E::WdfIoQueueRetrieveRequestByFileObjectTableIndex,
+        ),
+        (
+            "WdfRequestGetFileObject",
+            E::WdfRequestGetFileObjectTableIndex,
+        ),
+        (
+            "WdfRequestForwardToIoQueue",
+            E::WdfRequestForwardToIoQueueTableIndex,
+        ),
     ]
 }
 
@@ -551,6 +601,8 @@ fn wdf_layouts_and_indices_are_written_for_the_emulator_suite() {
     assert_eq!(size_of::<WDF_OBJECT_ATTRIBUTES>(), 56);
     assert_eq!(offset_of!(WDF_DRIVER_GLOBALS, DisplaceDriverUnload), 48);
     assert_eq!(size_of::<WDF_BIND_INFO>(), 48);
+    assert_eq!(size_of::<WDF_FILEOBJECT_CONFIG>(), 40);
+    assert_eq!(offset_of!(WDF_FILEOBJECT_CONFIG, FileObjectClass), 36);
     if let Some(path) = std::env::var_os("PROCGUARD_LAYOUT_JSON") {
         std::fs::write(path, json).expect("write layout manifest");
     }
