@@ -181,13 +181,13 @@ pub fn decide(state: &DriverState, generation: &Generation, request: &ObservedRe
         return decide_asked(
             state,
             generation,
-            request,
+            *request,
             Keys {
                 requester_pid,
                 requester: requester_key,
                 target: target_key,
             },
-            &decision,
+            decision,
         );
     }
     settle(state, generation, request, requester_pid, &decision)
@@ -278,10 +278,15 @@ fn without_ask(decision: &Decision, desired: u32) -> Decision {
 fn decide_asked(
     state: &DriverState,
     generation: &Generation,
-    request: &ObservedRequest,
+    request: ObservedRequest,
     keys: Keys,
-    decision: &Decision,
+    decision: Decision,
 ) -> u32 {
+    // By value, not by reference: a reference would make the callback
+    // keep both in memory on the common path too (measured: 25
+    // instructions on a stripped request).
+    let request = &request;
+    let decision = &decision;
     let desired = request.desired_access;
     #[cfg(test)]
     let handler = test_broker::handler_pid(state);
