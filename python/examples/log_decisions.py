@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -65,7 +64,8 @@ def main(policy: Path) -> None:
         guard.start()
         log.info(json.dumps({"connected": guard.connection.handler_pid,
                              "timeout_ms": guard.connection.timeout_ms}))
-        threading.Event().wait()
+        while True:  # time.sleep, unlike Event.wait, lets Ctrl+C through on Windows
+            time.sleep(1)
 
 
 if __name__ == "__main__":

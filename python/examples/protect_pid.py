@@ -1,6 +1,6 @@
 """Remove PROCESS_TERMINATE from every handle to one process (apply protect_pid.toml first)."""
 import sys
-import threading
+import time
 
 from procguard import PROCESS_TERMINATE, ProcGuard
 
@@ -16,4 +16,5 @@ if __name__ == "__main__":  # python protect_pid.py PID   (as Administrator; Ctr
     with ProcGuard() as guard:
         guard.on_process_handle_operation = on_process_handle_operation
         guard.start()
-        threading.Event().wait()
+        while True:  # time.sleep, unlike Event.wait, lets Ctrl+C through on Windows
+            time.sleep(1)
