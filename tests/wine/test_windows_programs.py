@@ -294,6 +294,11 @@ DRIVER_COMMANDS = [
     ["policy", "show"],
     ["events"],
     ["events", "--json", "--follow"],
+    # The waiting --follow (IOCTL_WAIT_EVENTS, Ctrl-C handler) starts only
+    # once the device is open: without a driver it must say so, like the rest.
+    ["events", "--follow"],
+    ["events", "--follow", "--max", "3"],
+    ["events", "--follow", "--interval-ms", "1"],
     ["counters"],
     ["counters", "--reset"],
     ["apply", EXAMPLE],

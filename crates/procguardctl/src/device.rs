@@ -5,6 +5,10 @@
 
 use std::fmt;
 
+use procguard_protocol::ask::{
+    EventsWaiting, IOCTL_WAIT_EVENTS, STATUS_CANCELLED, STATUS_INVALID_DEVICE_STATE,
+    STATUS_NOT_FOUND, STATUS_SHARING_VIOLATION,
+};
 use procguard_protocol::dispatch::{
     STATUS_BUFFER_OVERFLOW, STATUS_BUFFER_TOO_SMALL, STATUS_INVALID_DEVICE_REQUEST,
     STATUS_INVALID_PARAMETER,
@@ -23,6 +27,17 @@ pub trait Device {
     /// # Errors
     /// [`DeviceError`]: the driver failed the request, or it never got there.
     fn ioctl(&mut self, code: u32, input: &[u8], output: &mut [u8]) -> Result<usize, DeviceError>;
+
+    /// From now on Ctrl-C (Ctrl-Break, closing the console) cancels this
+    /// device's requests in flight (a blocked [`wait_events`] fails with
+    /// `STATUS_CANCELLED`) and sets [`Device::interrupted`], instead of
+    /// ending the process. Devices without a console do nothing.
+    fn cancel_on_ctrl_c(&mut self) {}
+
+    /// Whether Ctrl-C was pressed since [`Device::cancel_on_ctrl_c`].
+    fn interrupted(&self) -> bool {
+        false
+    }
 }
 
 /// Why talking to the driver failed.
@@ -81,6 +96,10 @@ pub fn ntstatus_name(status: i32) -> Option<&'static str> {
         STATUS_INVALID_IMAGE_FORMAT => "STATUS_INVALID_IMAGE_FORMAT",
         STATUS_DATA_ERROR => "STATUS_DATA_ERROR",
         STATUS_FLT_INSTANCE_ALTITUDE_COLLISION => "STATUS_FLT_INSTANCE_ALTITUDE_COLLISION",
+        STATUS_CANCELLED => "STATUS_CANCELLED",
+        STATUS_NOT_FOUND => "STATUS_NOT_FOUND",
+        STATUS_SHARING_VIOLATION => "STATUS_SHARING_VIOLATION",
+        STATUS_INVALID_DEVICE_STATE => "STATUS_INVALID_DEVICE_STATE",
         _ => return None,
     })
 }
@@ -373,6 +392,31 @@ pub fn read_events(device: &mut dyn Device, capacity: usize) -> Result<EventBatc
         remaining: header.remaining,
         dropped: header.dropped,
     })
+}
+
+/// `IOCTL_WAIT_EVENTS`: blocks until the driver holds at least one audit
+/// record (returns at once when one is already waiting); returns how many
+/// are waiting. A driver older than protocol 2 fails it with
+/// `STATUS_INVALID_DEVICE_REQUEST`; a cancelled wait (Ctrl-C through
+/// [`Device::cancel_on_ctrl_c`], the driver stopping) fails with
+/// `STATUS_CANCELLED`.
+///
+/// # Errors
+/// [`RequestError`], also when the answer is not one [`EventsWaiting`] or
+/// says nothing is waiting (a driver answering that at once would make the
+/// reader spin).
+pub fn wait_events(device: &mut dyn Device) -> Result<u64, RequestError> {
+    let mut out = [0u8; EventsWaiting::SIZE];
+    let returned = call(device, IOCTL_WAIT_EVENTS, &[], &mut out)?;
+    let waiting =
+        EventsWaiting::parse(&out[..returned]).map_err(|e| protocol(IOCTL_WAIT_EVENTS, e))?;
+    if waiting.pending == 0 {
+        return Err(bad(
+            IOCTL_WAIT_EVENTS,
+            "the wait ended with no record waiting",
+        ));
+    }
+    Ok(waiting.pending)
 }
 
 /// `IOCTL_RESET_COUNTERS`.

@@ -126,6 +126,8 @@ const fn mode_word(mode: AuditMode) -> &'static str {
 ///
 /// `Rule` is the rule's name in `names`, else its id as a string (`null` when
 /// the record names no rule); `RuleId` is the number (or `null`).
+/// `AskOutcome` is `null` unless an ask rule applied; `AskWaitMicroseconds`
+/// and `ResultCode` (the handler's, a signed 32-bit number) are 0 then.
 #[must_use]
 pub fn json_line(record: &AuditRecord, names: &RuleNames) -> String {
     let mut out = String::with_capacity(512);
@@ -171,6 +173,15 @@ pub fn json_line(record: &AuditRecord, names: &RuleNames) -> String {
     }
     key(&mut out, "Mode");
     json_string(&mut out, mode_word(record.mode));
+    key(&mut out, "AskOutcome");
+    match record.ask_outcome {
+        Some(outcome) => json_string(&mut out, outcome.name()),
+        None => out.push_str("null"),
+    }
+    key(&mut out, "AskWaitMicroseconds");
+    let _ = write!(out, "{}", record.ask_wait_us);
+    key(&mut out, "ResultCode");
+    let _ = write!(out, "{}", record.result_code);
     key(&mut out, "Duplication");
     out.push_str(if record.duplication { "true" } else { "false" });
     for (name, value) in [
@@ -226,6 +237,18 @@ pub fn table_row(record: &AuditRecord, names: &RuleNames) -> String {
             " (duplicated from {} into {})",
             record.source_process_id, record.target_process_id
         );
+    }
+    if let Some(outcome) = record.ask_outcome {
+        let _ = write!(
+            row,
+            " (ask: {} after {} us",
+            outcome.name(),
+            record.ask_wait_us
+        );
+        if record.result_code != 0 {
+            let _ = write!(row, ", result {:#010x}", record.result_code.cast_unsigned());
+        }
+        row.push(')');
     }
     row
 }

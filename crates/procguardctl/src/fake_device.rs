@@ -5,6 +5,16 @@
 //! does) over a [`FakeDriver`] that validates blobs completely with the policy
 //! engine, keeps counters and a queue of audit records, and can decide
 //! simulated handle requests with the compiled policy, like the callback.
+//!
+//! `IOCTL_WAIT_EVENTS` pends in the driver until a record arrives; the fake
+//! is single-threaded, so a wait that would pend instead takes the next
+//! batch of [`FakeState::arrivals`] (records the callback appended while the
+//! request pended) and completes with it. With no batch left, the reader's
+//! Ctrl-C is what ends the wait: the fake marks the device interrupted and
+//! fails the wait with `STATUS_CANCELLED`, as `CancelIoEx` makes the driver
+//! do. A fake of an older driver ([`FakeState::wait_events_supported`]
+//! false) refuses the wait as unknown, and delivers a batch when a read
+//! finds the queue empty instead (what a poller sees).
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -12,11 +22,14 @@ use std::collections::VecDeque;
 use procguard_policy::{
     CompiledPolicy, DecodeError, HandleRequest, ObjectKind, Operation, ProcessIdentity,
 };
+use procguard_protocol::ask::{AskStatus, EventsWaiting, IOCTL_WAIT_EVENTS, STATUS_CANCELLED};
 use procguard_protocol::dispatch::{
     dispatch, Completion, ControlTarget, STATUS_BUFFER_OVERFLOW, STATUS_BUFFER_TOO_SMALL,
-    STATUS_INVALID_PARAMETER, STATUS_SUCCESS,
+    STATUS_INVALID_DEVICE_REQUEST, STATUS_INVALID_PARAMETER, STATUS_SUCCESS,
 };
-use procguard_protocol::ioctl::{Counters, PolicyHeader, RuleCountersResponse, Status};
+use procguard_protocol::ioctl::{
+    Counters, EventsHeader, PolicyHeader, RuleCountersResponse, Status, IOCTL_READ_EVENTS,
+};
 use procguard_protocol::{AuditMode, AuditObject, AuditRecord, AUDIT_RECORD_BYTES};
 
 use crate::device::{Device, DeviceError};
@@ -50,6 +63,17 @@ pub struct FakeState {
     /// Requests that reached the dispatcher, in order (code, input length,
     /// output length).
     pub requests: Vec<(u32, usize, usize)>,
+    /// Whether the driver knows `IOCTL_WAIT_EVENTS` (protocol 2); false:
+    /// an older driver, which fails it with `STATUS_INVALID_DEVICE_REQUEST`.
+    pub wait_events_supported: bool,
+    /// Batches of records that arrive, one batch each time a reader would
+    /// wait for records (see the module documentation).
+    pub arrivals: VecDeque<Vec<AuditRecord>>,
+    /// Ctrl-C was pressed (the reader ran out of arrivals).
+    pub interrupted: bool,
+    /// The reader asked for Ctrl-C to cancel its requests
+    /// ([`Device::cancel_on_ctrl_c`]).
+    pub cancel_on_ctrl_c: bool,
 }
 
 /// A fake procguard.sys (the driver side of [`ControlTarget`]).
@@ -75,6 +99,11 @@ impl Default for FakeDriver {
                     audit_capacity: 4096,
                     altitude,
                     altitude_len: 6,
+                    ask: AskStatus {
+                        timeout_ms: 250,
+                        slots: 64,
+                        ..AskStatus::default()
+                    },
                     ..Status::default()
                 },
                 blob: Vec::new(),
@@ -86,6 +115,10 @@ impl Default for FakeDriver {
                 next_sequence: 0,
                 rule_counters: Vec::new(),
                 requests: Vec::new(),
+                wait_events_supported: true,
+                arrivals: VecDeque::new(),
+                interrupted: false,
+                cancel_on_ctrl_c: false,
             }),
         }
     }
@@ -115,6 +148,45 @@ pub struct SimulatedRequest<'a> {
 }
 
 impl FakeDriver {
+    /// The next batch of [`FakeState::arrivals`] into the queue; false (and
+    /// Ctrl-C pressed) when none is left.
+    fn arrive(&self) -> bool {
+        let batch = self.state.borrow_mut().arrivals.pop_front();
+        match batch {
+            Some(batch) => {
+                for record in batch {
+                    self.push_event(record);
+                }
+                true
+            }
+            None => {
+                self.state.borrow_mut().interrupted = true;
+                false
+            }
+        }
+    }
+
+    /// `IOCTL_WAIT_EVENTS` (routed outside the dispatcher, as in the driver,
+    /// where it pends): completes with the number of records waiting once
+    /// there is one.
+    fn wait_events(&self, input: &[u8], output: &mut [u8]) -> Completion {
+        if !self.state.borrow().wait_events_supported {
+            return completion(STATUS_INVALID_DEVICE_REQUEST, 0);
+        }
+        if !input.is_empty() {
+            return completion(STATUS_INVALID_PARAMETER, 0);
+        }
+        let Some(out) = output.get_mut(..EventsWaiting::SIZE) else {
+            return completion(STATUS_BUFFER_TOO_SMALL, 0);
+        };
+        if self.state.borrow().events.is_empty() && !self.arrive() {
+            return completion(STATUS_CANCELLED, 0);
+        }
+        let pending = self.state.borrow().events.len() as u64;
+        out.copy_from_slice(&EventsWaiting { pending }.to_bytes());
+        completion(STATUS_SUCCESS, EventsWaiting::SIZE)
+    }
+
     /// Queues a record as the audit ring would (dropping the oldest when full).
     pub fn push_event(&self, record: AuditRecord) {
         let mut state = self.state.borrow_mut();
@@ -315,6 +387,13 @@ impl ControlTarget for FakeDriver {
     }
 }
 
+const fn completion(status: i32, information: usize) -> Completion {
+    Completion {
+        status,
+        information,
+    }
+}
+
 /// The fake control device: [`Device`] over the driver's dispatcher and a
 /// [`FakeDriver`]. Completion statuses become [`DeviceError`]s the way
 /// `DeviceIoControl` reports them.
@@ -347,7 +426,20 @@ impl Device for FakeDevice {
         let Completion {
             status,
             information,
-        } = dispatch(&self.driver, code, input, output);
+        } = if code == IOCTL_WAIT_EVENTS {
+            self.driver.wait_events(input, output)
+        } else {
+            dispatch(&self.driver, code, input, output)
+        };
+        // An older driver's reader polls: a read that finds nothing is when
+        // the next batch arrives.
+        let polled_empty = code == IOCTL_READ_EVENTS
+            && status == STATUS_SUCCESS
+            && information == EventsHeader::SIZE
+            && !self.driver.state.borrow().wait_events_supported;
+        if polled_empty {
+            self.driver.arrive();
+        }
         match status {
             STATUS_SUCCESS => Ok(information),
             STATUS_BUFFER_OVERFLOW => Err(DeviceError::MoreData {
@@ -356,5 +448,13 @@ impl Device for FakeDevice {
             STATUS_BUFFER_TOO_SMALL => Err(DeviceError::BufferTooSmall),
             failure => Err(DeviceError::Driver(failure)),
         }
+    }
+
+    fn cancel_on_ctrl_c(&mut self) {
+        self.driver.state.borrow_mut().cancel_on_ctrl_c = true;
+    }
+
+    fn interrupted(&self) -> bool {
+        self.driver.state.borrow().interrupted
     }
 }

@@ -99,7 +99,8 @@ pub enum Command {
     /// Read the audit records the driver queued: every stripped (or, for
     /// audit rules, would-be stripped) request (Windows).
     Events {
-        /// Keep polling for new records until Ctrl-C.
+        /// Keep waiting for new records (the driver wakes procguardctl when
+        /// they arrive) until Ctrl-C.
         #[arg(long)]
         follow: bool,
         /// One JSON object per line, with Sysmon ProcessAccess field names.
@@ -108,7 +109,8 @@ pub enum Command {
         /// Stop after this many records (records beyond it stay queued).
         #[arg(long)]
         max: Option<u64>,
-        /// Milliseconds between polls with --follow.
+        /// Milliseconds between polls with --follow, only against a driver
+        /// too old to wake readers (no IOCTL_WAIT_EVENTS).
         #[arg(long, default_value_t = 500, hide = true)]
         interval_ms: u64,
     },

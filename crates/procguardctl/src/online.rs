@@ -4,9 +4,11 @@
 use std::io::Write;
 use std::time::Duration;
 
+use procguard_policy::model::{Mode, Policy};
 use procguard_policy::toml::render_policy;
 use procguard_policy::{decode, policy_id as blob_policy_id};
-use procguard_protocol::dispatch::STATUS_INVALID_PARAMETER;
+use procguard_protocol::ask::STATUS_CANCELLED;
+use procguard_protocol::dispatch::{STATUS_INVALID_DEVICE_REQUEST, STATUS_INVALID_PARAMETER};
 use procguard_protocol::ioctl::{Status, PROTOCOL_VERSION};
 
 use crate::device::{self, Device, DeviceError, RequestError};
@@ -83,6 +85,8 @@ fn altitude(status: &Status) -> String {
 
 fn status_json(status: &Status) -> String {
     let c = &status.counters;
+    let ask = &status.ask;
+    let a = &ask.counters;
     let last_error = if status.last_error == 0 {
         "null".to_owned()
     } else {
@@ -93,7 +97,11 @@ fn status_json(status: &Status) -> String {
          \"ProcessNotifyRegistered\":{},\"Altitude\":\"{}\",\"PolicyId\":\"{:#010x}\",\"RuleCount\":{},\
          \"TrackedProcesses\":{},\"LastError\":{last_error},\"AuditCapacity\":{},\"Counters\":{{\
          \"Seen\":{},\"Modified\":{},\"Audited\":{},\"SkippedKernel\":{},\"SkippedSelf\":{},\
-         \"Exempt\":{},\"Unclassified\":{},\"EventsDropped\":{},\"EventsPending\":{}}}}}",
+         \"Exempt\":{},\"Unclassified\":{},\"EventsDropped\":{},\"EventsPending\":{}}},\
+         \"Ask\":{{\"HandlerConnected\":{},\"HandlerProcessId\":{},\"TimeoutMs\":{},\"Slots\":{},\
+         \"InFlight\":{},\"WorkersWaiting\":{},\"Counters\":{{\"Asked\":{},\"Answered\":{},\
+         \"TimedOut\":{},\"NoHandler\":{},\"PoolFull\":{},\"Unaskable\":{},\"Cancelled\":{},\
+         \"LateReplies\":{}}}}}}}",
         status.protocol_version,
         version(status.driver_version),
         status.callbacks_registered,
@@ -112,11 +120,26 @@ fn status_json(status: &Status) -> String {
         c.unclassified,
         c.events_dropped,
         c.events_pending,
+        ask.handler_pid != 0,
+        ask.handler_pid,
+        ask.timeout_ms,
+        ask.slots,
+        ask.in_flight,
+        ask.workers_waiting,
+        a.asked,
+        a.answered,
+        a.timed_out,
+        a.no_handler,
+        a.pool_full,
+        a.unaskable,
+        a.cancelled,
+        a.late_replies,
     )
 }
 
 fn write_counters(status: &Status, out: &mut dyn Write) -> std::io::Result<()> {
     let c = &status.counters;
+    let a = &status.ask.counters;
     for (label, value) in [
         ("requests seen", c.seen),
         ("access reduced", c.modified),
@@ -127,6 +150,14 @@ fn write_counters(status: &Status, out: &mut dyn Write) -> std::io::Result<()> {
         ("unclassified lookups", c.unclassified),
         ("audit records pending", c.events_pending),
         ("audit records dropped", c.events_dropped),
+        ("asked", a.asked),
+        ("ask answered", a.answered),
+        ("ask timed out", a.timed_out),
+        ("ask without handler", a.no_handler),
+        ("ask pool full", a.pool_full),
+        ("ask unaskable", a.unaskable),
+        ("ask cancelled", a.cancelled),
+        ("ask late replies", a.late_replies),
     ] {
         writeln!(out, "  {label:<24}{value}")?;
     }
@@ -201,32 +232,90 @@ pub fn status(device: &mut dyn Device, json: bool, output: &mut Output<'_>) -> R
             device::describe_ntstatus(status.last_error)
         }
     )?;
+    write_ask(&status, out)?;
     write_counters(&status, out)?;
     Ok(())
 }
 
-/// The rule names of the policy in force, and its id; empty names (and a
-/// note on `err`) when the blob does not decode.
-fn active_rule_names(
+/// The ask path's state: the handler connection and the slot pool.
+fn write_ask(status: &Status, out: &mut dyn Write) -> std::io::Result<()> {
+    let ask = &status.ask;
+    if ask.handler_pid == 0 {
+        writeln!(
+            out,
+            "  ask handler             not connected (asked requests get their fallback)"
+        )?;
+    } else {
+        writeln!(
+            out,
+            "  ask handler             connected (pid {}), {} idle {}",
+            ask.handler_pid,
+            ask.workers_waiting,
+            if ask.workers_waiting == 1 {
+                "worker"
+            } else {
+                "workers"
+            }
+        )?;
+    }
+    writeln!(
+        out,
+        "  ask slots               {} in flight of {}, timeout {} ms",
+        ask.in_flight, ask.slots, ask.timeout_ms
+    )
+}
+
+/// The policy in force and its id; `None` (and a note on `err`) when the
+/// blob does not decode, or no policy is in force.
+fn active_policy(
     device: &mut dyn Device,
     err: &mut dyn Write,
-) -> Result<(u32, RuleNames), Failure> {
+) -> Result<(u32, Option<Policy>), Failure> {
     let (id, blob) = device::get_policy(device)?;
     if blob.is_empty() {
-        return Ok((id, RuleNames::default()));
+        return Ok((id, None));
     }
     match decode(&blob) {
-        Ok(policy) => Ok((
-            id,
-            RuleNames(policy.rules.iter().map(|r| r.name.to_string()).collect()),
-        )),
+        Ok(policy) => Ok((id, Some(policy))),
         Err(error) => {
             writeln!(
                 err,
                 "warning: the driver's policy blob does not decode ({error}): rules are shown by id"
             )?;
-            Ok((id, RuleNames::default()))
+            Ok((id, None))
         }
+    }
+}
+
+/// The rule names of the policy in force, and its id; empty names when the
+/// blob does not decode.
+fn active_rule_names(
+    device: &mut dyn Device,
+    err: &mut dyn Write,
+) -> Result<(u32, RuleNames), Failure> {
+    let (id, policy) = active_policy(device, err)?;
+    Ok((id, rule_names(policy.as_ref())))
+}
+
+fn rule_names(policy: Option<&Policy>) -> RuleNames {
+    RuleNames(policy.map_or_else(Vec::new, |policy| {
+        policy.rules.iter().map(|r| r.name.to_string()).collect()
+    }))
+}
+
+/// A rule's mode as `counters` shows it.
+///
+/// SEAM (issue 12): the engine branch adds the ask mode (with its
+/// `on_timeout`) to [`Mode`]; every mode but enforce and audit is shown as
+/// "ask", so this compiles before and after it lands. Once it has, show the
+/// fallback too ("ask, on timeout strip").
+fn rule_mode_word(mode: Mode) -> &'static str {
+    if matches!(mode, Mode::Enforce) {
+        "enforce"
+    } else if matches!(mode, Mode::Audit) {
+        "audit"
+    } else {
+        "ask"
     }
 }
 
@@ -281,18 +370,86 @@ fn records(count: u64) -> String {
 /// How `events` runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EventOptions {
-    /// Keep polling.
+    /// Keep reading new records until Ctrl-C.
     pub follow: bool,
     /// JSON lines.
     pub json: bool,
     /// Stop after this many records.
     pub max: Option<u64>,
-    /// Pause between polls when nothing is waiting (with `follow`).
+    /// With `follow`, against a driver without `IOCTL_WAIT_EVENTS` (older
+    /// than protocol 2) only: the pause between polls.
     pub interval: Duration,
 }
 
+/// How `--follow` waits for the next records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Waiting {
+    /// `IOCTL_WAIT_EVENTS`: the driver completes it when records arrive.
+    Driver,
+    /// The driver refused the wait (an older one): poll.
+    Poll,
+}
+
+/// Why `--follow` stopped waiting.
+enum Woken {
+    /// Records may be waiting.
+    Records,
+    /// Ctrl-C.
+    Interrupted,
+}
+
+/// Waits for records the way `waiting` says; switches to polling (with a
+/// note) when the driver does not know the wait.
+fn wait_for_records(
+    device: &mut dyn Device,
+    waiting: &mut Waiting,
+    interval: Duration,
+    err: &mut dyn Write,
+) -> Result<Woken, Failure> {
+    if device.interrupted() {
+        return Ok(Woken::Interrupted);
+    }
+    if *waiting == Waiting::Driver {
+        match device::wait_events(device) {
+            Ok(_) => return Ok(Woken::Records),
+            Err(RequestError::Device {
+                error: DeviceError::Driver(STATUS_INVALID_DEVICE_REQUEST),
+                ..
+            }) => {
+                writeln!(
+                    err,
+                    "note: the driver does not know IOCTL_WAIT_EVENTS (it is older than procguardctl): \
+                     polling every {} ms",
+                    interval.as_millis()
+                )?;
+                *waiting = Waiting::Poll;
+            }
+            Err(RequestError::Device {
+                error: DeviceError::Driver(STATUS_CANCELLED),
+                ..
+            }) if device.interrupted() => return Ok(Woken::Interrupted),
+            Err(RequestError::Device {
+                error: DeviceError::Driver(STATUS_CANCELLED),
+                ..
+            }) => {
+                return Err(Failure::error(
+                    "wait for events: the driver cancelled the wait (is it stopping?)",
+                ))
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+    std::thread::sleep(interval);
+    Ok(if device.interrupted() {
+        Woken::Interrupted
+    } else {
+        Woken::Records
+    })
+}
+
 /// `events`: drains the driver's audit records, oldest first, and prints
-/// them; with `follow`, polls until interrupted (or `max` records).
+/// them; with `follow`, waits for new ones (`IOCTL_WAIT_EVENTS`; polling
+/// only when an older driver refuses it) until Ctrl-C (or `max` records).
 ///
 /// # Errors
 /// [`Failure`], also when a response is malformed.
@@ -302,6 +459,10 @@ pub fn events(
     output: &mut Output<'_>,
 ) -> Result<(), Failure> {
     let (mut policy_id, mut names) = active_rule_names(device, output.err)?;
+    let mut waiting = Waiting::Driver;
+    if options.follow {
+        device.cancel_on_ctrl_c();
+    }
     let mut printed: u64 = 0;
     let mut dropped_seen: Option<u64> = None;
     let mut header_written = false;
@@ -348,7 +509,10 @@ pub fn events(
         if !options.follow {
             break;
         }
-        std::thread::sleep(options.interval);
+        match wait_for_records(device, &mut waiting, options.interval, output.err)? {
+            Woken::Records => {}
+            Woken::Interrupted => break,
+        }
         // A new policy renames the rules of the records that follow.
         let status = device::get_status(device)?;
         if status.policy_id != policy_id {
@@ -372,12 +536,10 @@ pub fn counters(
 ) -> Result<(), Failure> {
     let status = device::get_status(device)?;
     let (rules_id, rules) = device::get_rule_counters(device, status.rule_count as usize)?;
-    let (names_id, names) = active_rule_names(device, output.err)?;
-    let names = if names_id == rules_id {
-        names
-    } else {
-        RuleNames::default()
-    };
+    let (policy_id, policy) = active_policy(device, output.err)?;
+    // Names and modes only when the counters are the policy's.
+    let policy = policy.filter(|_| policy_id == rules_id);
+    let names = rule_names(policy.as_ref());
     writeln!(output.out, "requests")?;
     write_counters(&status, output.out)?;
     if rules.is_empty() {
@@ -386,15 +548,22 @@ pub fn counters(
         writeln!(output.out, "rules of policy {rules_id:#010x}")?;
         writeln!(
             output.out,
-            "  {:<6}{:<12}{:<12}NAME",
-            "RULE", "HITS", "STRIPS"
+            "  {:<6}{:<9}{:<12}{:<12}NAME",
+            "RULE", "MODE", "HITS", "STRIPS"
         )?;
         for (index, (hits, strips)) in rules.iter().enumerate() {
             let name = u32::try_from(index)
                 .ok()
                 .and_then(|id| names.get(id))
                 .unwrap_or("?");
-            writeln!(output.out, "  {index:<6}{hits:<12}{strips:<12}{name}")?;
+            let mode = policy
+                .as_ref()
+                .and_then(|policy| policy.rules.get(index))
+                .map_or("?", |rule| rule_mode_word(rule.mode));
+            writeln!(
+                output.out,
+                "  {index:<6}{mode:<9}{hits:<12}{strips:<12}{name}"
+            )?;
         }
     }
     if reset {

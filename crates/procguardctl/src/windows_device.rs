@@ -4,17 +4,33 @@
 //! When the device cannot be opened because it does not exist, the service
 //! control manager tells apart "not installed" (no procguard service) from
 //! "not running" (the service exists, the driver is stopped).
+//!
+//! Ctrl-C during `events --follow`: the main thread blocks in a synchronous
+//! `DeviceIoControl(IOCTL_WAIT_EVENTS)`. Rather than moving that call to a
+//! worker thread (two threads sharing the device, and a main thread that
+//! must still be woken somehow), a console control handler marks the tool
+//! interrupted and cancels the device's I/O with `CancelIoEx` (which also
+//! cancels synchronous requests of other threads of the process): the wait
+//! fails with `ERROR_OPERATION_ABORTED`, the loop sees the mark and ends
+//! normally (exit code 0, output flushed). If the tool has not ended 2 s
+//! later, the default handler ends the process, which cancels the wait too.
 
+use std::ffi::c_void;
 use std::ptr;
+use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+use std::time::Duration;
 
 use windows_sys::Win32::Foundation::{
     CloseHandle, GetLastError, ERROR_ACCESS_DENIED, ERROR_FILE_NOT_FOUND,
     ERROR_INSUFFICIENT_BUFFER, ERROR_INVALID_FUNCTION, ERROR_INVALID_PARAMETER, ERROR_MORE_DATA,
-    ERROR_PATH_NOT_FOUND, ERROR_SERVICE_DOES_NOT_EXIST, GENERIC_READ, GENERIC_WRITE, HANDLE,
-    INVALID_HANDLE_VALUE,
+    ERROR_OPERATION_ABORTED, ERROR_PATH_NOT_FOUND, ERROR_SERVICE_DOES_NOT_EXIST, FALSE,
+    GENERIC_READ, GENERIC_WRITE, HANDLE, INVALID_HANDLE_VALUE, TRUE,
 };
 use windows_sys::Win32::Storage::FileSystem::{
     CreateFileW, FILE_ATTRIBUTE_NORMAL, FILE_SHARE_READ, FILE_SHARE_WRITE, OPEN_EXISTING,
+};
+use windows_sys::Win32::System::Console::{
+    SetConsoleCtrlHandler, CTRL_BREAK_EVENT, CTRL_CLOSE_EVENT, CTRL_C_EVENT,
 };
 use windows_sys::Win32::System::Diagnostics::Debug::{
     FormatMessageW, FORMAT_MESSAGE_FROM_SYSTEM, FORMAT_MESSAGE_IGNORE_INSERTS,
@@ -24,8 +40,9 @@ use windows_sys::Win32::System::Services::{
     SERVICE_CONTINUE_PENDING, SERVICE_PAUSED, SERVICE_PAUSE_PENDING, SERVICE_QUERY_STATUS,
     SERVICE_RUNNING, SERVICE_START_PENDING, SERVICE_STATUS, SERVICE_STOPPED, SERVICE_STOP_PENDING,
 };
-use windows_sys::Win32::System::IO::DeviceIoControl;
+use windows_sys::Win32::System::IO::{CancelIoEx, DeviceIoControl};
 
+use procguard_protocol::ask::STATUS_CANCELLED;
 use procguard_protocol::dispatch::{STATUS_INVALID_DEVICE_REQUEST, STATUS_INVALID_PARAMETER};
 use procguard_protocol::ioctl::USER_MODE_PATH;
 
@@ -126,6 +143,36 @@ fn missing_device() -> DeviceError {
     DeviceError::NotRunning { state }
 }
 
+/// The device handle Ctrl-C cancels the I/O of (null: none).
+static CTRL_C_DEVICE: AtomicPtr<c_void> = AtomicPtr::new(ptr::null_mut());
+/// Set by the console handler.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// The console control handler (runs on a thread the system creates).
+unsafe extern "system" fn on_console_event(event: u32) -> windows_sys::core::BOOL {
+    if !matches!(event, CTRL_C_EVENT | CTRL_BREAK_EVENT | CTRL_CLOSE_EVENT) {
+        return FALSE;
+    }
+    INTERRUPTED.store(true, Ordering::SeqCst);
+    // The main thread may be between its look at INTERRUPTED and its next
+    // wait, where one cancel would find nothing: cancel again until the
+    // process ends (this thread ends with it), for at most 2 s.
+    for _ in 0..40 {
+        let handle = CTRL_C_DEVICE.load(Ordering::SeqCst);
+        if handle.is_null() {
+            break;
+        }
+        // SAFETY: `handle` is the open device handle (the device clears
+        // CTRL_C_DEVICE before closing it; a close racing this load makes
+        // the call fail with ERROR_INVALID_HANDLE); a null OVERLAPPED cancels
+        // every request of the process on it and frees nothing.
+        unsafe { CancelIoEx(handle, ptr::null()) };
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Not handled: the next handler (the default one) ends the process.
+    FALSE
+}
+
 /// `\\.\ProcGuard`, open for reading and writing.
 #[derive(Debug)]
 pub struct WindowsDevice {
@@ -168,6 +215,13 @@ impl WindowsDevice {
 
 impl Drop for WindowsDevice {
     fn drop(&mut self) {
+        // Ctrl-C must not cancel I/O on a closed (or reused) handle.
+        let _ = CTRL_C_DEVICE.compare_exchange(
+            self.handle,
+            ptr::null_mut(),
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
         // SAFETY: `handle` came from a successful CreateFileW and is closed
         // only here.
         unsafe { CloseHandle(self.handle) };
@@ -224,7 +278,24 @@ impl Device for WindowsDevice {
             // what the driver said.
             ERROR_INVALID_PARAMETER => DeviceError::Driver(STATUS_INVALID_PARAMETER),
             ERROR_INVALID_FUNCTION => DeviceError::Driver(STATUS_INVALID_DEVICE_REQUEST),
+            ERROR_OPERATION_ABORTED => DeviceError::Driver(STATUS_CANCELLED),
             other => win32(other),
         })
+    }
+
+    fn cancel_on_ctrl_c(&mut self) {
+        CTRL_C_DEVICE.store(self.handle, Ordering::SeqCst);
+        // SAFETY: registers a function that lives as long as the process;
+        // it touches only atomics and the device handle.
+        let added = unsafe { SetConsoleCtrlHandler(Some(on_console_event), TRUE) };
+        if added == 0 {
+            // No handler: Ctrl-C ends the process as before (the end of the
+            // process cancels the wait).
+            CTRL_C_DEVICE.store(ptr::null_mut(), Ordering::SeqCst);
+        }
+    }
+
+    fn interrupted(&self) -> bool {
+        INTERRUPTED.load(Ordering::SeqCst)
     }
 }

@@ -3,10 +3,14 @@
 //! devices that fail or lie, through the same entry point as the binary.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::rc::Rc;
 
 use procguard_policy::toml::parse_policy;
 use procguard_policy::{encode, ObjectKind, Operation, ProcessIdentity};
+use procguard_protocol::ask::{
+    AskCounters, AskOutcome, AskStatus, IOCTL_WAIT_EVENTS, STATUS_CANCELLED,
+};
 use procguard_protocol::audit_record::NO_RULE;
 use procguard_protocol::dispatch::{STATUS_INVALID_DEVICE_REQUEST, STATUS_INVALID_PARAMETER};
 use procguard_protocol::ioctl::{
@@ -41,6 +45,14 @@ impl<D> Clone for Shared<D> {
 impl<D: Device> Device for Shared<D> {
     fn ioctl(&mut self, code: u32, input: &[u8], output: &mut [u8]) -> Result<usize, DeviceError> {
         self.0.borrow_mut().ioctl(code, input, output)
+    }
+
+    fn cancel_on_ctrl_c(&mut self) {
+        self.0.borrow_mut().cancel_on_ctrl_c();
+    }
+
+    fn interrupted(&self) -> bool {
+        self.0.borrow().interrupted()
     }
 }
 
@@ -234,6 +246,8 @@ fn status_is_readable_and_its_json_has_every_field() {
   tracked processes       87
   audit ring              4096 records
   last error              none
+  ask handler             not connected (asked requests get their fallback)
+  ask slots               0 in flight of 64, timeout 250 ms
   requests seen           0
   access reduced          0
   audited                 0
@@ -243,6 +257,14 @@ fn status_is_readable_and_its_json_has_every_field() {
   unclassified lookups    0
   audit records pending   0
   audit records dropped   0
+  asked                   0
+  ask answered            0
+  ask timed out           0
+  ask without handler     0
+  ask pool full           0
+  ask unaskable           0
+  ask cancelled           0
+  ask late replies        0
 "
     );
     {
@@ -251,6 +273,7 @@ fn status_is_readable_and_its_json_has_every_field() {
         state.status.last_error = STATUS_INVALID_PARAMETER;
         state.status.counters.seen = 12;
         state.status.counters.skipped_self = 3;
+        state.status.ask = connected_handler();
     }
     let (code, out, _) = run_with(&device, &["status", "--json"]);
     assert_eq!(code, 0);
@@ -272,8 +295,59 @@ fn status_is_readable_and_its_json_has_every_field() {
             "Counters": {
                 "Seen": 12, "Modified": 0, "Audited": 0, "SkippedKernel": 0, "SkippedSelf": 3,
                 "Exempt": 0, "Unclassified": 0, "EventsDropped": 0, "EventsPending": 0
+            },
+            "Ask": {
+                "HandlerConnected": true, "HandlerProcessId": 4242, "TimeoutMs": 300,
+                "Slots": 64, "InFlight": 2, "WorkersWaiting": 6,
+                "Counters": {
+                    "Asked": 11, "Answered": 12, "TimedOut": 13, "NoHandler": 14,
+                    "PoolFull": 15, "Unaskable": 16, "Cancelled": 17, "LateReplies": 18
+                }
             }
         })
+    );
+}
+
+/// A handler with six idle workers, two requests waiting for it, and a
+/// distinct value in every counter.
+fn connected_handler() -> AskStatus {
+    AskStatus {
+        handler_pid: 4242,
+        timeout_ms: 300,
+        slots: 64,
+        in_flight: 2,
+        workers_waiting: 6,
+        counters: AskCounters::from_array([11, 12, 13, 14, 15, 16, 17, 18]),
+    }
+}
+
+#[test]
+fn status_shows_the_connected_handler_and_the_ask_counters() {
+    let device = fake_with_example();
+    device.0.borrow().driver.state.borrow_mut().status.ask = connected_handler();
+    let (code, out, err) = run_with(&device, &["status"]);
+    assert_eq!((code, err.as_str()), (0, ""));
+    assert!(
+        out.contains(
+            "  ask handler             connected (pid 4242), 6 idle workers
+  ask slots               2 in flight of 64, timeout 300 ms
+"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.ends_with(
+            "  asked                   11
+  ask answered            12
+  ask timed out           13
+  ask without handler     14
+  ask pool full           15
+  ask unaskable           16
+  ask cancelled           17
+  ask late replies        18
+"
+        ),
+        "{out}"
     );
 }
 
@@ -453,35 +527,35 @@ fn events_are_drained_in_order_as_json_lines_with_every_field() {
             "UtcTime": "2026-03-14 15:09:26.535", "SourceProcessId": 1000, "SourceThreadId": 1004,
             "TargetProcessId": 2000, "ThreadId": 0, "Object": "process",
             "GrantedAccess": "0x1ff494", "OriginalDesiredAccess": "0x1fffff",
-            "Rule": "agent-no-tamper", "RuleId": 0, "Mode": "enforce", "Duplication": false,
+            "Rule": "agent-no-tamper", "RuleId": 0, "Mode": "enforce", "AskOutcome": null, "AskWaitMicroseconds": 0, "ResultCode": 0, "Duplication": false,
             "DuplicateSourceProcessId": 0, "DuplicateTargetProcessId": 0, "Sequence": 0
         }),
         serde_json::json!({
             "UtcTime": "2026-03-14 15:09:26.536", "SourceProcessId": 4444, "SourceThreadId": 4448,
             "TargetProcessId": 2000, "ThreadId": 0, "Object": "process",
             "GrantedAccess": "0x400", "OriginalDesiredAccess": "0x400",
-            "Rule": "watch-agent-queries", "RuleId": 3, "Mode": "audit", "Duplication": false,
+            "Rule": "watch-agent-queries", "RuleId": 3, "Mode": "audit", "AskOutcome": null, "AskWaitMicroseconds": 0, "ResultCode": 0, "Duplication": false,
             "DuplicateSourceProcessId": 0, "DuplicateTargetProcessId": 0, "Sequence": 1
         }),
         serde_json::json!({
             "UtcTime": "2026-03-14 15:09:26.537", "SourceProcessId": 1000, "SourceThreadId": 1004,
             "TargetProcessId": 3000, "ThreadId": 3004, "Object": "thread",
             "GrantedAccess": "0x1", "OriginalDesiredAccess": "0x1",
-            "Rule": "watch-updater-tamper", "RuleId": 2, "Mode": "audit", "Duplication": true,
+            "Rule": "watch-updater-tamper", "RuleId": 2, "Mode": "audit", "AskOutcome": null, "AskWaitMicroseconds": 0, "ResultCode": 0, "Duplication": true,
             "DuplicateSourceProcessId": 3000, "DuplicateTargetProcessId": 1000, "Sequence": 2
         }),
         serde_json::json!({
             "UtcTime": "2026-03-14 15:09:26.539", "SourceProcessId": 5000, "SourceThreadId": 5004,
             "TargetProcessId": 2000, "ThreadId": 0, "Object": "process",
             "GrantedAccess": "0x0", "OriginalDesiredAccess": "0x1",
-            "Rule": null, "RuleId": null, "Mode": "enforce", "Duplication": false,
+            "Rule": null, "RuleId": null, "Mode": "enforce", "AskOutcome": null, "AskWaitMicroseconds": 0, "ResultCode": 0, "Duplication": false,
             "DuplicateSourceProcessId": 0, "DuplicateTargetProcessId": 0, "Sequence": 3
         }),
         serde_json::json!({
             "UtcTime": "2026-03-14 15:09:26.539", "SourceProcessId": 5000, "SourceThreadId": 5004,
             "TargetProcessId": 2000, "ThreadId": 0, "Object": "process",
             "GrantedAccess": "0x0", "OriginalDesiredAccess": "0x1",
-            "Rule": "77", "RuleId": 77, "Mode": "enforce", "Duplication": false,
+            "Rule": "77", "RuleId": 77, "Mode": "enforce", "AskOutcome": null, "AskWaitMicroseconds": 0, "ResultCode": 0, "Duplication": false,
             "DuplicateSourceProcessId": 0, "DuplicateTargetProcessId": 0, "Sequence": 4
         }),
     ];
@@ -585,70 +659,304 @@ fn events_drain_in_several_reads_when_more_are_waiting() {
     assert_eq!(reads, 3, "256 + 256 + 88");
 }
 
-/// The fake, plus a new record each time the queue is polled empty: what
-/// `--follow` sees when requests keep coming.
-struct Trickle {
-    device: FakeDevice,
-    next: u64,
-}
-
-impl Device for Trickle {
-    fn ioctl(&mut self, code: u32, input: &[u8], output: &mut [u8]) -> Result<usize, DeviceError> {
-        let returned = self.device.ioctl(code, input, output)?;
-        if code == IOCTL_READ_EVENTS && returned == EventsHeader::SIZE {
-            self.device.driver.push_event(AuditRecord {
-                sequence: self.next,
-                timestamp: T0,
-                object: AuditObject::Process,
-                duplication: false,
-                process_id: 2000,
-                thread_id: 0,
-                originator_process_id: 1000,
-                originator_thread_id: 1004,
-                source_process_id: 0,
-                target_process_id: 0,
-                original_desired_access: 1,
-                desired_access: 0,
-                result_code: 0,
-                rule_id: 0,
-                mode: AuditMode::Enforce,
-                ask_outcome: None,
-                ask_wait_us: 0,
-            });
-            self.next += 1;
-        }
-        Ok(returned)
+/// An enforce record of rule 0 (Task Manager opened the agent).
+fn record(sequence: u64) -> AuditRecord {
+    AuditRecord {
+        sequence,
+        timestamp: T0,
+        object: AuditObject::Process,
+        duplication: false,
+        process_id: 2000,
+        thread_id: 0,
+        originator_process_id: 1000,
+        originator_thread_id: 1004,
+        source_process_id: 0,
+        target_process_id: 0,
+        original_desired_access: 1,
+        desired_access: 0,
+        result_code: 0,
+        rule_id: 0,
+        mode: AuditMode::Enforce,
+        ask_outcome: None,
+        ask_wait_us: 0,
     }
 }
 
-#[test]
-fn events_follow_keeps_polling_for_new_records() {
-    let device = Shared(Rc::new(RefCell::new(Trickle {
-        device: FakeDevice::with_policy(&encode(&example_policy())),
-        next: 0,
-    })));
-    let (code, out, err) = run_with(
-        &device,
-        &[
-            "events",
-            "--follow",
-            "--json",
-            "--max",
-            "3",
-            "--interval-ms",
-            "1",
-        ],
-    );
-    assert_eq!((code, err.as_str()), (0, ""));
-    let sequences: Vec<u64> = out
+fn sequences(json_lines: &str) -> Vec<u64> {
+    json_lines
         .lines()
         .map(|line| {
             serde_json::from_str::<serde_json::Value>(line).unwrap()["Sequence"]
                 .as_u64()
                 .unwrap()
         })
+        .collect()
+}
+
+/// A device that fails the test after `left` more requests: a reader that
+/// polls or spins instead of waiting runs out quickly (`--interval-ms 1`).
+struct Budget {
+    device: Shared<FakeDevice>,
+    left: usize,
+}
+
+impl Device for Budget {
+    fn ioctl(&mut self, code: u32, input: &[u8], output: &mut [u8]) -> Result<usize, DeviceError> {
+        assert!(self.left > 0, "busy loop: too many requests while waiting");
+        self.left -= 1;
+        self.device.ioctl(code, input, output)
+    }
+
+    fn cancel_on_ctrl_c(&mut self) {
+        self.device.cancel_on_ctrl_c();
+    }
+
+    fn interrupted(&self) -> bool {
+        self.device.interrupted()
+    }
+}
+
+#[test]
+fn events_follow_waits_on_the_driver_and_wakes_only_when_records_arrive() {
+    let device = fake_with_example();
+    {
+        let fake = device.0.borrow();
+        fake.driver.push_event(record(0));
+        fake.driver.state.borrow_mut().arrivals =
+            VecDeque::from([vec![record(1)], vec![record(2), record(3)], vec![record(4)]]);
+    }
+    let budget = Shared(Rc::new(RefCell::new(Budget {
+        device: device.clone(),
+        left: 100,
+    })));
+    let (code, out, err) = run_with(
+        &budget,
+        &["events", "--follow", "--json", "--interval-ms", "1"],
+    );
+    assert_eq!(
+        (code, err.as_str()),
+        (0, ""),
+        "Ctrl-C ends --follow normally"
+    );
+    assert_eq!(sequences(&out), [0, 1, 2, 3, 4]);
+    // One wait per arrival and one read per wake: no request is sent while
+    // nothing arrives (the last wait is the one Ctrl-C cancelled).
+    let wake = [IOCTL_WAIT_EVENTS, IOCTL_GET_STATUS, IOCTL_READ_EVENTS];
+    let mut expected = vec![IOCTL_GET_POLICY, IOCTL_READ_EVENTS];
+    for _ in 0..3 {
+        expected.extend(wake);
+    }
+    expected.push(IOCTL_WAIT_EVENTS);
+    assert_eq!(requests_of(&device), expected);
+    let fake = device.0.borrow();
+    let state = fake.driver.state.borrow();
+    assert!(
+        state.cancel_on_ctrl_c,
+        "--follow hands Ctrl-C to the device"
+    );
+    assert!(state.interrupted);
+}
+
+#[test]
+fn events_follow_with_max_stops_without_waiting_again() {
+    let device = fake_with_example();
+    device.0.borrow().driver.state.borrow_mut().arrivals =
+        VecDeque::from([vec![record(0), record(1)], vec![record(2), record(3)]]);
+    let (code, out, err) = run_with(&device, &["events", "--follow", "--json", "--max", "3"]);
+    assert_eq!((code, err.as_str()), (0, ""));
+    assert_eq!(sequences(&out), [0, 1, 2]);
+    assert_eq!(
+        requests_of(&device),
+        [
+            IOCTL_GET_POLICY,
+            IOCTL_READ_EVENTS,
+            IOCTL_WAIT_EVENTS,
+            IOCTL_GET_STATUS,
+            IOCTL_READ_EVENTS,
+            IOCTL_WAIT_EVENTS,
+            IOCTL_GET_STATUS,
+            IOCTL_READ_EVENTS,
+        ]
+    );
+    assert_eq!(device.0.borrow().driver.state.borrow().events.len(), 1);
+}
+
+#[test]
+fn events_without_follow_leave_ctrl_c_alone_and_never_wait() {
+    let device = fake_with_example();
+    device.0.borrow().driver.push_event(record(0));
+    let (code, _, _) = run_with(&device, &["events", "--json"]);
+    assert_eq!(code, 0);
+    assert!(!requests_of(&device).contains(&IOCTL_WAIT_EVENTS));
+    assert!(!device.0.borrow().driver.state.borrow().cancel_on_ctrl_c);
+}
+
+#[test]
+fn events_follow_polls_a_driver_too_old_to_wait() {
+    let device = fake_with_example();
+    {
+        let fake = device.0.borrow();
+        let mut state = fake.driver.state.borrow_mut();
+        state.wait_events_supported = false;
+        state.arrivals = VecDeque::from([vec![record(0)], vec![record(1)]]);
+    }
+    let (code, out, err) = run_with(
+        &device,
+        &["events", "--follow", "--json", "--interval-ms", "1"],
+    );
+    assert_eq!(
+        (code, err.as_str()),
+        (
+            0,
+            "note: the driver does not know IOCTL_WAIT_EVENTS (it is older than procguardctl): \
+             polling every 1 ms\n"
+        )
+    );
+    assert_eq!(sequences(&out), [0, 1]);
+    // Asked once, then only polls.
+    assert_eq!(
+        requests_of(&device),
+        [
+            IOCTL_GET_POLICY,
+            IOCTL_READ_EVENTS,
+            IOCTL_WAIT_EVENTS,
+            IOCTL_GET_STATUS,
+            IOCTL_READ_EVENTS,
+            IOCTL_GET_STATUS,
+            IOCTL_READ_EVENTS,
+            IOCTL_GET_STATUS,
+            IOCTL_READ_EVENTS,
+            IOCTL_GET_STATUS,
+            IOCTL_READ_EVENTS,
+        ]
+    );
+}
+
+/// The fake, whose waits end the way `wait` says.
+struct WaitsEndingWith {
+    device: FakeDevice,
+    wait: fn(&mut [u8]) -> Result<usize, DeviceError>,
+}
+
+impl Device for WaitsEndingWith {
+    fn ioctl(&mut self, code: u32, input: &[u8], output: &mut [u8]) -> Result<usize, DeviceError> {
+        if code == IOCTL_WAIT_EVENTS {
+            return (self.wait)(output);
+        }
+        self.device.ioctl(code, input, output)
+    }
+}
+
+#[test]
+fn a_wait_the_driver_cancels_without_ctrl_c_is_an_error() {
+    let device = Shared(Rc::new(RefCell::new(WaitsEndingWith {
+        device: FakeDevice::with_policy(&encode(&example_policy())),
+        wait: |_| Err(DeviceError::Driver(STATUS_CANCELLED)),
+    })));
+    device.0.borrow().device.driver.push_event(record(0));
+    let (code, out, err) = run_with(&device, &["events", "--follow", "--json"]);
+    assert_eq!(sequences(&out), [0], "what was read is printed first");
+    assert_eq!(
+        (code, err.as_str()),
+        (
+            1,
+            "error: wait for events: the driver cancelled the wait (is it stopping?)\n"
+        )
+    );
+}
+
+#[test]
+fn a_wait_that_ends_with_nothing_waiting_is_rejected_rather_than_spun_on() {
+    let device = Shared(Rc::new(RefCell::new(WaitsEndingWith {
+        device: FakeDevice::with_policy(&encode(&example_policy())),
+        wait: |output| {
+            output[..8].fill(0);
+            Ok(8)
+        },
+    })));
+    let (code, _, err) = run_with(&device, &["events", "--follow"]);
+    assert_eq!(
+        (code, err.as_str()),
+        (
+            1,
+            "error: wait for events: the driver's response is malformed: the wait ended with no \
+             record waiting\n"
+        )
+    );
+}
+
+/// Three asked requests: answered with a result code, timed out, no handler.
+fn push_ask_records(fake: &FakeDevice) {
+    for (sequence, outcome, wait, result_code, granted) in [
+        (0_u64, AskOutcome::Answered, 312, 0x2000_0001, 0x1F_FFFE),
+        (1, AskOutcome::TimedOut, 250_046, 0, 0x1F_F494),
+        (2, AskOutcome::NoHandler, 0, -1_073_741_790, 0x1F_FFFF),
+    ] {
+        fake.driver.push_event(AuditRecord {
+            mode: AuditMode::Ask,
+            original_desired_access: 0x1F_FFFF,
+            desired_access: granted,
+            ask_outcome: Some(outcome),
+            ask_wait_us: wait,
+            result_code,
+            timestamp: T0 + 10_000 * sequence.cast_signed(),
+            ..record(sequence)
+        });
+    }
+}
+
+#[test]
+fn events_show_the_ask_outcome_the_wait_and_the_handlers_result_code() {
+    let device = fake_with_example();
+    push_ask_records(&device.0.borrow());
+    let (code, out, err) = run_with(&device, &["events", "--json"]);
+    assert_eq!((code, err.as_str()), (0, ""));
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
         .collect();
-    assert_eq!(sequences, [0, 1, 2]);
+    let fields = |line: &serde_json::Value| {
+        (
+            line["Mode"].clone(),
+            line["AskOutcome"].clone(),
+            line["AskWaitMicroseconds"].clone(),
+            line["ResultCode"].clone(),
+            line["GrantedAccess"].clone(),
+        )
+    };
+    assert_eq!(
+        lines.iter().map(fields).collect::<Vec<_>>(),
+        [
+            ("ask", "answered", 312, 0x2000_0001, "0x1ffffe"),
+            ("ask", "timed-out", 250_046, 0, "0x1ff494"),
+            ("ask", "no-handler", 0, -1_073_741_790, "0x1fffff"),
+        ]
+        .map(|(mode, outcome, wait, result, granted)| {
+            (
+                serde_json::json!(mode),
+                serde_json::json!(outcome),
+                serde_json::json!(wait),
+                serde_json::json!(result),
+                serde_json::json!(granted),
+            )
+        })
+    );
+    assert!(
+        out.contains("\"Mode\":\"ask\",\"AskOutcome\":\"answered\",\"AskWaitMicroseconds\":312,\"ResultCode\":536870913,"),
+        "{out}"
+    );
+
+    push_ask_records(&device.0.borrow());
+    let (code, out, err) = run_with(&device, &["events"]);
+    assert_eq!((code, err.as_str()), (0, ""));
+    assert_eq!(
+        out,
+        "SEQUENCE  UTC TIME                 MODE     OBJECT   OP    SOURCE PID:TID   TARGET PID  REQUESTED   GRANTED     RULE
+0         2026-03-14 15:09:26.535  ask      process  open  1000:1004        2000        0x1fffff    0x1ffffe    agent-no-tamper (#0) (ask: answered after 312 us, result 0x20000001)
+1         2026-03-14 15:09:26.536  ask      process  open  1000:1004        2000        0x1fffff    0x1ff494    agent-no-tamper (#0) (ask: timed-out after 250046 us)
+2         2026-03-14 15:09:26.537  ask      process  open  1000:1004        2000        0x1fffff    0x1fffff    agent-no-tamper (#0) (ask: no-handler after 0 us, result 0xc0000022)
+"
+    );
 }
 
 #[test]
@@ -735,12 +1043,20 @@ fn counters_name_each_rule_and_reset_clears_them() {
   unclassified lookups    0
   audit records pending   3
   audit records dropped   0
+  asked                   0
+  ask answered            0
+  ask timed out           0
+  ask without handler     0
+  ask pool full           0
+  ask unaskable           0
+  ask cancelled           0
+  ask late replies        0
 rules of policy 0xba8cd4bc
-  RULE  HITS        STRIPS      NAME
-  0     1           1           agent-no-tamper
-  1     0           0           agent-no-debug
-  2     1           0           watch-updater-tamper
-  3     1           0           watch-agent-queries
+  RULE  MODE     HITS        STRIPS      NAME
+  0     enforce  1           1           agent-no-tamper
+  1     enforce  0           0           agent-no-debug
+  2     audit    1           0           watch-updater-tamper
+  3     audit    1           0           watch-agent-queries
 counters reset
 "
     );
@@ -784,4 +1100,17 @@ fn the_fake_device_refuses_what_the_driver_refuses() {
         Err(DeviceError::MoreData { returned: 8 })
     );
     assert_eq!(u32::from_le_bytes(small[0..4].try_into().unwrap()), 440);
+    // The wait takes no input and needs room for its 8-byte answer.
+    device.driver.push_event(record(0));
+    assert_eq!(
+        device.ioctl(IOCTL_WAIT_EVENTS, &[0], &mut [0; 8]),
+        Err(DeviceError::Driver(STATUS_INVALID_PARAMETER))
+    );
+    assert_eq!(
+        device.ioctl(IOCTL_WAIT_EVENTS, &[], &mut [0; 7]),
+        Err(DeviceError::BufferTooSmall)
+    );
+    let mut waiting = [0u8; 8];
+    assert_eq!(device.ioctl(IOCTL_WAIT_EVENTS, &[], &mut waiting), Ok(8));
+    assert_eq!(u64::from_le_bytes(waiting), 1);
 }
