@@ -1472,20 +1472,56 @@ class KernelHarness(IrqlVerifier, KernelThreads):
         ``object_kind`` picks the registration entry whose callback is called;
         ObjectType is that kind's OBJECT_TYPE unless ``object_type`` overrides it.
         """
+        if current_pid is not None:
+            self.current_pid = current_pid
+        step = self._pre_operation_step(
+            operation=operation, object_kind=object_kind, target=target, desired_access=desired_access,
+            original_desired_access=original_desired_access, kernel_handle=kernel_handle,
+            source_process=source_process, target_process=target_process, flags=flags,
+            object_type=object_type, info=self._scratch, pid=self.current_pid, tid=self.current_tid,
+        )
+        # Callbacks run at PASSIVE or APC level.
+        assert irql in (PASSIVE_LEVEL, APC_LEVEL)
+        saved_irql, self.irql = self.irql, irql
+        self.in_pre_operation = True
+        try:
+            status = self._run(step.routine, step.args, "pre-operation callback")
+        finally:
+            self.irql = saved_irql
+            self.in_pre_operation = False
+        step.result = step.finish()
+        step.result.status = status & 0xFFFFFFFF
+        self._resume_blocked_threads()
+        return step.result
+
+    def thread_pre_operation(self, *, pid: int, tid: Optional[int] = None, after=None, **request) -> ThreadStep:
+        """From a wait handler: another thread (of process ``pid``) makes a
+        handle request while the first one waits; ``after(result)`` gets its
+        PreOperationResult."""
+        info = self._arena_alloc("OB_PRE_OPERATION_INFORMATION", 0x200)
+        step = self._pre_operation_step(info=info, pid=pid, tid=tid if tid is not None else self._next_tid + 4,
+                                        **request)
+        self._next_tid += 4
+        step.in_pre_operation = True
+        step.after = after
+        self.thread_step(step)
+        return step
+
+    def _pre_operation_step(
+        self, *, operation, object_kind, target, desired_access, original_desired_access=None,
+        kernel_handle=False, source_process=0, target_process=0, flags=None, object_type=None,
+        info: int, pid: int, tid: int,
+    ) -> ThreadStep:
         registration = self.registration
         if object_type is None:
             object_type = {"process": self.process_object_type, "thread": self.thread_object_type}[object_kind]
         entry_variable = {"process": self.ps_process_type_variable, "thread": self.ps_thread_type_variable}[object_kind]
         entry = next(e for e in registration.entries if e.object_type == entry_variable)
-        if current_pid is not None:
-            self.current_pid = current_pid
         if original_desired_access is None:
             original_desired_access = desired_access
         if flags is None:
             flags = 1 if kernel_handle else 0
-
-        info = self._scratch
-        parameters = self._scratch + 0x100
+        parameters = info + 0x100
         self.write(
             parameters,
             struct.pack("<IIQQ", desired_access, original_desired_access, source_process, target_process)
@@ -1497,23 +1533,21 @@ class KernelHarness(IrqlVerifier, KernelThreads):
             info,
             struct.pack("<IIQQQQ", operation, flags, target, object_type, 0x5A5A5A5A5A5A5A5A, parameters),
         )
-        # Callbacks run at PASSIVE or APC level.
-        assert irql in (PASSIVE_LEVEL, APC_LEVEL)
-        saved_irql, self.irql = self.irql, irql
-        self.in_pre_operation = True
-        try:
-            status = self._run(entry.pre_operation, [registration.context, info], "pre-operation callback")
-        finally:
-            self.irql = saved_irql
-            self.in_pre_operation = False
-        after_info = self.read(info, OB_PRE_OPERATION_INFORMATION_SIZE)
-        after_parameters = self.read(parameters, OB_PRE_OPERATION_PARAMETERS_SIZE)
-        return PreOperationResult(
-            status=status & 0xFFFFFFFF,
-            desired_access=_u32(after_parameters, 0),
-            original_desired_access=_u32(after_parameters, 4),
-            information=after_info,
-            parameters=after_parameters,
+
+        def finish() -> PreOperationResult:
+            after_info = self.read(info, OB_PRE_OPERATION_INFORMATION_SIZE)
+            after_parameters = self.read(parameters, OB_PRE_OPERATION_PARAMETERS_SIZE)
+            return PreOperationResult(
+                status=(self.emu.reg_read(se_arch.AMD64_REG_RAX) if self.switched else 0) & 0xFFFFFFFF,
+                desired_access=_u32(after_parameters, 0),
+                original_desired_access=_u32(after_parameters, 4),
+                information=after_info,
+                parameters=after_parameters,
+            )
+
+        return ThreadStep(
+            what=f"pre-operation callback ({object_kind})", routine=entry.pre_operation,
+            args=[registration.context, info], pid=pid, tid=tid, finish=finish,
         )
 
     # ------------------------------------------------------------- reporting

@@ -106,6 +106,7 @@ class ThreadStep:
     finish: Callable[[], object] = None  # Python after returning (checks, result)
     after: Optional[Callable[[object], None]] = None
     result: object = None
+    in_pre_operation: bool = False  # an object callback (no image-path lookups there)
 
 
 @dataclass
@@ -143,7 +144,10 @@ class KernelThreads:
         # `thread_call` (it runs on the handler thread before the wait ends).
         self.wait_handler: Optional[Callable[[object, WaitRecord], None]] = None
         self.all_apcs_disabled = False  # scripted: a guarded region
-        self._switch: Optional[_Switch] = None
+        # Waiting threads, innermost last: a wait inside switched work
+        # switches again (another handler thread, on the next stack).
+        self._switches: list[_Switch] = []
+        self.max_switch_depth = 80
         self._in_wait_handler = False
         # API name -> callable(harness) that queues handler-thread steps: the
         # next call of that API switches to the handler thread after its hook
@@ -151,9 +155,9 @@ class KernelThreads:
         self.switch_after_call: dict[str, Callable[[object], None]] = {}
         self.interrupt_time = 0
         self._pending_steps: collections.deque = collections.deque()
-        self.thread_stack_region = self.se.mem_alloc(THREAD_STACK_SIZE + 0x1000, tag="harness.handler_thread_stack")
-        self.thread_stack_top = self.thread_stack_region + THREAD_STACK_SIZE
+        self._thread_stacks: list[int] = []  # one region per switch depth
         self.thread_stack_max_used = 0
+        self.max_switch_depth_reached = 0
         self.switches = 0
         self._thread_return = self.emu.add_callback("harness", "ThreadReturn")
         self.irql_limits.setdefault("ThreadReturn", DISPATCH_LEVEL)
@@ -248,7 +252,7 @@ class KernelThreads:
             self.irql_violation(f"KeWaitForSingleObject at IRQL {self.irql} (the ask path waits at PASSIVE only)")
         if self.spin_locks:
             self.irql_violation("KeWaitForSingleObject while holding a spin lock")
-        if event.signaled or interval == 0 or self._switch is not None or self.wait_handler is None:
+        if event.signaled or interval == 0 or self.wait_handler is None or len(self._switches) >= self.max_switch_depth:
             return self._finish_wait(wait)
         self._in_wait_handler = True
         try:
@@ -271,9 +275,25 @@ class KernelThreads:
         self.switches += 1
         switch = _Switch(waiter=self._save_thread(), resume=resume, steps=self._pending_steps)
         self._pending_steps = collections.deque()
-        self._switch = switch
-        self.write(self.thread_stack_region, b"\0" * (THREAD_STACK_SIZE + 0x1000))
+        self._switches.append(switch)
+        self.max_switch_depth_reached = max(self.max_switch_depth_reached, len(self._switches))
+        if len(self._thread_stacks) < len(self._switches):
+            self._thread_stacks.append(
+                self.se.mem_alloc(THREAD_STACK_SIZE + 0x1000, tag=f"harness.handler_thread_stack{len(self._switches)}")
+            )
+        self.write(self._thread_region(), b"\0" * (THREAD_STACK_SIZE + 0x1000))
         self._start_next_step(from_sentinel=from_sentinel)
+
+    @property
+    def _switch(self) -> Optional[_Switch]:
+        return self._switches[-1] if self._switches else None
+
+    def _thread_region(self) -> int:
+        return self._thread_stacks[len(self._switches) - 1]
+
+    @property
+    def thread_stack_top(self) -> int:
+        return self._thread_region() + THREAD_STACK_SIZE
 
     def _finish_wait(self, wait: WaitRecord) -> int:
         event = self.kernel_events[wait.event]
@@ -298,7 +318,12 @@ class KernelThreads:
         return self._switch is not None or self._in_wait_handler
 
     def thread_step(self, step: ThreadStep) -> None:
-        (self._switch.steps if self._switch is not None else self._pending_steps).append(step)
+        # From a wait handler: work for the thread about to be switched to;
+        # from a step's follow-up: more work for the running handler thread.
+        if self._in_wait_handler or self._switch is None:
+            self._pending_steps.append(step)
+        else:
+            self._switch.steps.append(step)
 
     def thread_call(self, routine: int, args: list, what: str, *, pid: int, tid: int,
                     after: Optional[Callable[[object], None]] = None) -> ThreadStep:
@@ -307,6 +332,10 @@ class KernelThreads:
         step = ThreadStep(what=what, routine=routine, args=list(args), pid=pid, tid=tid, after=after)
         self.thread_step(step)
         return step
+
+    def _resume_blocked_threads(self) -> None:
+        """Threads blocked until the run ended (an unload waiting for the
+        object callbacks in progress) go on now."""
 
     def _save_thread(self) -> _Saved:
         uc = self.emu.emu_eng.emu
@@ -351,7 +380,7 @@ class KernelThreads:
         self.critical_regions = 0
         self.current_pid, self.current_tid = step.pid, step.tid
         self.attached_pid = None
-        self.in_pre_operation = False
+        self.in_pre_operation = step.in_pre_operation
         self.stack_top = self.thread_stack_top
         if step.start is not None:
             step.start()
@@ -378,9 +407,10 @@ class KernelThreads:
             emu.reg_write(se_arch.AMD64_REG_RIP, step.routine)
 
     def _thread_stack_used(self) -> int:
-        raw = self.read(self.thread_stack_region, THREAD_STACK_SIZE)
+        region = self._thread_region()
+        raw = self.read(region, THREAD_STACK_SIZE)
         stripped = raw.lstrip(b"\0")
-        return len(stripped) and self.thread_stack_top - (self.thread_stack_region + len(raw) - len(stripped))
+        return len(stripped) and self.thread_stack_top - (region + len(raw) - len(stripped))
 
     def _thread_return_hook(self, emu, api_name, _original, _argv):
         """The sentinel: a step's routine returned (see the module doc)."""
@@ -391,9 +421,8 @@ class KernelThreads:
 
             self.hook_failures.append(f"{api_name}: {traceback.format_exc()}")
             # Give the CPU back to the waiter so the run can end.
-            switch, self._switch = self._switch, None
-            if switch is not None:
-                self._restore_thread(switch.waiter)
+            if self._switches:
+                self._restore_thread(self._switches.pop().waiter)
             return STATUS_TIMEOUT
 
     def _thread_returned(self):
@@ -425,7 +454,7 @@ class KernelThreads:
             return None
         # Back to the waiting thread: exactly as it was; Speakeasy then pops
         # its return address and sets RAX.
-        self._switch = None
+        self.write(self._thread_region(), b"\0" * (THREAD_STACK_SIZE + 0x1000))
+        self._switches.pop()
         self._restore_thread(switch.waiter)
-        self.write(self.thread_stack_region, b"\0" * (THREAD_STACK_SIZE + 0x1000))
         return switch.resume()
