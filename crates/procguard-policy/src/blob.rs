@@ -10,13 +10,19 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
 
-use crate::model::{Mode, Policy, PolicyError, PolicyFault, Requester, Rule, Selector};
+use crate::model::{
+    Mode, OnTimeout, Policy, PolicyError, PolicyFault, Requester, Rule, Selector,
+    DEFAULT_ASK_TIMEOUT_MS,
+};
 use crate::view::{BlobView, SelView};
 
 /// `b"PGPB"`.
 pub const MAGIC: [u8; 4] = *b"PGPB";
-/// The only format version this crate reads and writes.
-pub const VERSION: u16 = 1;
+/// The only format version this crate reads and writes (2: ask rules and the ask
+/// timeout; version 1 blobs are refused with [`DecodeError::UnsupportedVersion`]).
+pub const VERSION: u16 = 2;
+/// Offset of the header's `ask_timeout_ms` word (reserved in version 1).
+pub const ASK_TIMEOUT_OFFSET: usize = 32;
 /// Size of the fixed header.
 pub const HEADER_SIZE: usize = 40;
 /// Largest blob accepted (16 MiB): keeps every offset far from `u32` overflow.
@@ -26,6 +32,41 @@ pub(crate) const SETTING_SELF: u32 = 1;
 pub(crate) const SETTING_KERNEL: u32 = 2;
 pub(crate) const SETTING_CRITICAL: u32 = 4;
 pub(crate) const SETTINGS_ALL: u32 = SETTING_SELF | SETTING_KERNEL | SETTING_CRITICAL;
+/// Rule mode bytes.
+pub(crate) const MODE_ENFORCE: u8 = 0;
+pub(crate) const MODE_AUDIT: u8 = 1;
+pub(crate) const MODE_ASK_STRIP: u8 = 2;
+pub(crate) const MODE_ASK_ALLOW: u8 = 3;
+
+/// The mode byte of a rule.
+pub(crate) const fn mode_byte(mode: Mode) -> u8 {
+    match mode {
+        Mode::Enforce => MODE_ENFORCE,
+        Mode::Audit => MODE_AUDIT,
+        Mode::Ask {
+            on_timeout: OnTimeout::Strip,
+        } => MODE_ASK_STRIP,
+        Mode::Ask {
+            on_timeout: OnTimeout::Allow,
+        } => MODE_ASK_ALLOW,
+    }
+}
+
+/// The mode of a mode byte, `None` for an undefined value.
+pub(crate) const fn mode_of_byte(b: u8) -> Option<Mode> {
+    match b {
+        MODE_ENFORCE => Some(Mode::Enforce),
+        MODE_AUDIT => Some(Mode::Audit),
+        MODE_ASK_STRIP => Some(Mode::Ask {
+            on_timeout: OnTimeout::Strip,
+        }),
+        MODE_ASK_ALLOW => Some(Mode::Ask {
+            on_timeout: OnTimeout::Allow,
+        }),
+        _ => None,
+    }
+}
+
 /// Smallest encoded rule: 16 fixed bytes + a 12-byte target selector header.
 pub(crate) const MIN_RULE_SIZE: usize = 28;
 
@@ -253,6 +294,12 @@ const EMPTY_BLOB: [u8; HEADER_SIZE] = {
     b[6] = HEADER_SIZE as u8;
     b[8] = HEADER_SIZE as u8;
     b[16] = SETTINGS_ALL as u8;
+    let ms = DEFAULT_ASK_TIMEOUT_MS.to_le_bytes();
+    let mut k = 0;
+    while k < 4 {
+        b[ASK_TIMEOUT_OFFSET + k] = ms[k];
+        k += 1;
+    }
     b
 };
 
@@ -357,7 +404,7 @@ pub fn encode(policy: &Policy) -> Vec<u8> {
     put_u32(&mut out, len_u32(st.list.len()));
     put_u32(&mut out, len_u32(policy.rules.len()));
     put_u32(&mut out, len_u32(data_len));
-    put_u32(&mut out, 0);
+    put_u32(&mut out, s.ask_timeout_ms);
     put_u32(&mut out, 0);
     let mut offset = 0usize;
     for s in &st.list {
@@ -378,10 +425,7 @@ pub fn encode(policy: &Policy) -> Vec<u8> {
         );
         out.push(u8::from(r.objects.process) | u8::from(r.objects.thread) << 1);
         out.push(u8::from(r.operations.create) | u8::from(r.operations.duplicate) << 1);
-        out.push(match r.mode {
-            Mode::Enforce => 0,
-            Mode::Audit => 1,
-        });
+        out.push(mode_byte(r.mode));
         out.push(match r.requester {
             Requester::Any => 0,
             Requester::Only(_) => 1,

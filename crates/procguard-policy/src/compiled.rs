@@ -8,28 +8,34 @@
 //!   only on the target. Phase 1 folds every such rule that matches the process into
 //!   the target part of its [`ProcessRecord`]: per slot (object kind x operation) the
 //!   union of enforce strip bits, of audit bits, and the lowest responsible rule id.
-//! - **requester-dependent** rules (`only` / `any except`): deduplicated by
-//!   (target selector, requester selector) into at most
-//!   [`MAX_REQUESTER_ENTRIES`] = 63 *entries*.
+//! - **requester-dependent** rules (`only` / `any except`, and every `ask` rule):
+//!   deduplicated by (target selector, requester selector) into at most
+//!   [`MAX_REQUESTER_ENTRIES`] = 63 *entries*. An ask rule whose requester is
+//!   "any" becomes an entry whose requester condition holds for every process
+//!   (an "any except" of nothing): ask rules live only in entries, so the
+//!   [`ProcessRecord`] layout knows nothing of them, and a request no ask rule
+//!   can touch never reads the ask part of a table. Ask rules count toward the cap.
 //!   Phase 1 sets bit `e` of the record's target mask when the process matches entry
 //!   `e`'s target selector, and bit `e` of its requester mask when the process is
 //!   restricted by entry `e`'s requester condition (selected for `only`, not selected
 //!   for `any except`). The entries that apply to a request are exactly
 //!   `target_mask & requester_mask`. For each byte of that 64-bit mask the compiled
 //!   policy holds, per slot, a 256-entry table of the precomputed union of those
-//!   entries' strips, audits and lowest rule ids.
+//!   entries' strips, audits, ask rights, ask fallback strips and lowest rule
+//!   ids (enforce, audit, ask).
 //!
 //! Phase 2 is then: one slot read from the target record, one AND of two words and,
 //! only when requester-dependent rules apply, at most 8 table reads (one per non-zero
 //! byte). This bound does not depend on the number of rules or processes; it is the
-//! reason for the 63-entry cap. Tables: 8 x 4 x 256 x 12 bytes = 96 KiB at most.
+//! reason for the 63-entry cap. Tables: 8 x 4 x 256 x 24 bytes = 192 KiB at most
+//! (one chunk of 8 entries: 24 KiB).
 
 use alloc::vec::Vec;
 
 use crate::blob::DecodeError;
 use crate::identity::{self, ProcessIdentity};
 use crate::model::{
-    Mode, ObjectKind, Operation, Policy, PolicyFault, Settings, MAX_REQUESTER_ENTRIES,
+    Mode, ObjectKind, OnTimeout, Operation, Policy, PolicyFault, Settings, MAX_REQUESTER_ENTRIES,
 };
 use crate::rights::AccessMask;
 use crate::view::{try_push, u32s, BlobView, RuleView, SelView};
@@ -77,6 +83,8 @@ impl SlotSummary {
         }
     }
 
+    /// Folds in one requester-independent rule (never an ask rule: those are
+    /// always entries, see [`DepSummary::add_rule`]).
     fn add_rule(&mut self, id: u16, mode: Mode, strip: AccessMask) {
         if strip == 0 {
             return;
@@ -94,8 +102,76 @@ impl SlotSummary {
                 rule: NO_RULE,
                 audit_rule: id,
             },
+            Mode::Ask { .. } => return,
         };
         *self = self.merge(one);
+    }
+}
+
+/// A slot summary of the requester-dependent tables: a [`SlotSummary`] plus what
+/// the ask rules among the entries want.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct DepSummary {
+    pub(crate) base: SlotSummary,
+    /// Union of the ask rules' strip sets (the rights to ask about).
+    pub(crate) ask: AccessMask,
+    /// Union of the strip sets of the ask rules whose `on_timeout` is strip.
+    pub(crate) ask_fallback: AccessMask,
+    /// Lowest ask rule id, [`NO_RULE`] for none.
+    pub(crate) ask_rule: u16,
+}
+
+impl DepSummary {
+    pub(crate) const EMPTY: Self = Self {
+        base: SlotSummary::EMPTY,
+        ask: 0,
+        ask_fallback: 0,
+        ask_rule: NO_RULE,
+    };
+
+    #[inline]
+    pub(crate) fn merge(self, o: Self) -> Self {
+        Self {
+            base: self.base.merge(o.base),
+            ask: self.ask | o.ask,
+            ask_fallback: self.ask_fallback | o.ask_fallback,
+            ask_rule: if o.ask_rule < self.ask_rule {
+                o.ask_rule
+            } else {
+                self.ask_rule
+            },
+        }
+    }
+
+    /// The summary of a target's record slot: no ask rule.
+    #[inline(always)]
+    pub(crate) const fn from_slot(base: SlotSummary) -> Self {
+        Self {
+            base,
+            ask: 0,
+            ask_fallback: 0,
+            ask_rule: NO_RULE,
+        }
+    }
+
+    fn add_rule(&mut self, id: u16, mode: Mode, strip: AccessMask) {
+        if strip == 0 {
+            return;
+        }
+        match mode {
+            Mode::Enforce | Mode::Audit => self.base.add_rule(id, mode, strip),
+            Mode::Ask { on_timeout } => {
+                *self = self.merge(Self {
+                    base: SlotSummary::EMPTY,
+                    ask: strip,
+                    ask_fallback: match on_timeout {
+                        OnTimeout::Strip => strip,
+                        OnTimeout::Allow => 0,
+                    },
+                    ask_rule: id,
+                });
+            }
+        }
     }
 }
 
@@ -391,7 +467,7 @@ pub struct CompiledPolicy {
     sel_globs: Vec<Span>,
     sel_pids: Vec<u32>,
     /// `[chunk][slot][byte]` unions of entry summaries.
-    pub(crate) dep_table: Vec<SlotSummary>,
+    pub(crate) dep_table: Vec<DepSummary>,
 }
 
 fn run<T>(v: &[T], r: Run) -> &[T] {
@@ -534,11 +610,7 @@ impl CompiledPolicy {
     #[must_use]
     pub const fn empty() -> Self {
         Self {
-            settings: Settings {
-                exempt_self: true,
-                exempt_kernel_handles: true,
-                exempt_critical_requesters: true,
-            },
+            settings: Settings::DEFAULT,
             id: crate::blob::EMPTY_POLICY_ID,
             rules: Vec::new(),
             chars: Vec::new(),
@@ -587,7 +659,7 @@ impl CompiledPolicy {
             let r = r?;
             // validate() bounds the rule count below u16::MAX.
             let rid = u16::try_from(i).unwrap_or(NO_RULE);
-            let entry = if r.kind == 0 {
+            let entry = if !r.is_requester_entry() {
                 None
             } else if let Some(e) = keys.iter().position(|k| k.same_entry_as(&r)) {
                 u8::try_from(e).ok()
@@ -598,7 +670,8 @@ impl CompiledPolicy {
                         keys.len().saturating_add(1),
                     )));
                 }
-                let e = Self::requester_entry(&mut b, &mut out, &r.requester, r.kind == 2)?;
+                // Kind 0 (an ask rule for "any"): "any except" an empty selector.
+                let e = Self::requester_entry(&mut b, &mut out, &r.requester, r.kind != 1)?;
                 try_push(&mut out.entries, e)?;
                 try_push(&mut keys, r)?;
                 u8::try_from(keys.len().saturating_sub(1)).ok()
@@ -663,9 +736,9 @@ impl CompiledPolicy {
         out.chars = b.chars;
 
         // Per-entry, per-slot summaries, then the byte tables.
-        let mut entry_sums: Vec<[SlotSummary; 4]> = Vec::new();
+        let mut entry_sums: Vec<[DepSummary; 4]> = Vec::new();
         reserve_exact(&mut entry_sums, out.entries.len())?;
-        fallible::try_resize(&mut entry_sums, out.entries.len(), [SlotSummary::EMPTY; 4])
+        fallible::try_resize(&mut entry_sums, out.entries.len(), [DepSummary::EMPTY; 4])
             .map_err(oom)?;
         for (i, r) in out.rules.iter().enumerate() {
             if let Some(e) = r.entry {
@@ -680,7 +753,7 @@ impl CompiledPolicy {
         let chunks = out.entries.len().div_ceil(8);
         let size = chunks.saturating_mul(4 * 256);
         reserve_exact(&mut out.dep_table, size)?;
-        fallible::try_resize(&mut out.dep_table, size, SlotSummary::EMPTY).map_err(oom)?;
+        fallible::try_resize(&mut out.dep_table, size, DepSummary::EMPTY).map_err(oom)?;
         for c in 0..chunks {
             for s in 0..4 {
                 let base = (c * 4 + s) * 256;
@@ -690,12 +763,12 @@ impl CompiledPolicy {
                         .dep_table
                         .get(base + (v & (v - 1)))
                         .copied()
-                        .unwrap_or(SlotSummary::EMPTY);
+                        .unwrap_or(DepSummary::EMPTY);
                     let add = entry_sums
                         .get(c * 8 + low)
                         .and_then(|sums| sums.get(s))
                         .copied()
-                        .unwrap_or(SlotSummary::EMPTY);
+                        .unwrap_or(DepSummary::EMPTY);
                     if let Some(slot) = out.dep_table.get_mut(base + v) {
                         *slot = prev.merge(add);
                     }

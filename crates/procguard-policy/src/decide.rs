@@ -4,8 +4,8 @@
 //! one AND, at most 8 table reads (see [`crate::compiled`]), a few bit operations.
 
 use crate::compiled::{
-    slot_index, CompiledPolicy, ProcessRecord, RequesterPart, SlotSummary, TargetPart,
-    CRITICAL_BIT, ENTRY_BITS, NO_RULE,
+    slot_index, CompiledPolicy, DepSummary, ProcessRecord, RequesterPart, SlotSummary,
+    TargetPart, CRITICAL_BIT, ENTRY_BITS, NO_RULE,
 };
 use crate::model::{ObjectKind, Operation, RuleId};
 use crate::rights::AccessMask;
@@ -89,18 +89,24 @@ pub struct Decision {
     pub access: AccessMask,
     /// The responsible rule: if bits were removed, the lowest-numbered matching
     /// enforce rule for this (object, operation); else, if audit rules would have
-    /// removed bits, the lowest-numbered matching audit rule; else, when an exemption
-    /// applied, the rule that would have applied. `None` when nothing matched.
+    /// removed bits, the lowest-numbered matching audit rule; else, if ask rules
+    /// apply to rights the request still has, the lowest-numbered applicable ask
+    /// rule. Reported also when an exemption applied (the rule that would have
+    /// applied). `None` when nothing matched.
     pub rule: Option<RuleId>,
-    /// Whether to emit an audit record: bits were removed, or audit rules would have
-    /// removed some. Exempted requests are not audited.
+    /// Whether to emit an audit record: bits were removed, audit rules would have
+    /// removed some, or an ask rule applies (`ask.rights != 0`). Exempted requests
+    /// are not audited.
     pub audit: bool,
     /// Bits of the desired access that audit-mode rules would have removed (and that
     /// enforce rules did not).
     pub would_strip: AccessMask,
     /// The exemption that applied, if any (only reported when rules matched).
     pub exemption: Option<Exemption>,
-    /// What the ask rules want ([`AskPlan::NONE`] when none applies).
+    /// What the ask rules want ([`AskPlan::NONE`] when none applies, or when an
+    /// exemption applied). Computed after the enforce rules: `ask.rights` is a
+    /// subset of `access`. `access` is the answer-independent part: the final
+    /// access is `access & answer` (or `ask.fallback_access(access)`).
     pub ask: AskPlan,
 }
 
@@ -186,29 +192,42 @@ impl CompiledPolicy {
         requester_entries: u64,
         req: &HandleRequest,
     ) -> Decision {
-        let slot = slot_index(req.object, req.operation);
-        let mut sum = summary;
         let dep = target_entries & requester_entries & ENTRY_BITS;
-        if dep != 0 {
-            sum = self.merge_dependent(sum, dep, slot);
+        if dep == 0 {
+            // Ask rules are always entries: none applies, and with the ask part
+            // constant the tail compiles to what it was before ask rules.
+            return self.finish(DepSummary::from_slot(summary), requester_entries, req);
         }
+        let slot = slot_index(req.object, req.operation);
+        let sum = self.merge_dependent(DepSummary::from_slot(summary), dep, slot);
+        self.finish(sum, requester_entries, req)
+    }
+
+    /// The decision from the merged summary (see [`decide_summary`](Self::decide_summary)).
+    #[inline(always)]
+    fn finish(&self, sum: DepSummary, requester_entries: u64, req: &HandleRequest) -> Decision {
         let desired = req.desired_access;
-        let removed = desired & sum.strip;
-        let would_strip = desired & sum.audit & !removed;
-        if removed == 0 && would_strip == 0 {
+        let removed = desired & sum.base.strip;
+        let would_strip = desired & sum.base.audit & !removed;
+        let access = desired & !removed;
+        let ask_rights = access & sum.ask;
+        if removed == 0 && would_strip == 0 && ask_rights == 0 {
             return Decision::unchanged(desired);
         }
         let rule = if removed != 0 {
-            rule_of(sum.rule)
+            rule_of(sum.base.rule)
+        } else if would_strip != 0 {
+            rule_of(sum.base.audit_rule)
         } else {
-            rule_of(sum.audit_rule)
+            rule_of(sum.ask_rule)
         };
         let s = &self.settings;
+        let critical = requester_entries & CRITICAL_BIT != 0;
         let exemption = if req.kernel_handle && s.exempt_kernel_handles {
             Some(Exemption::KernelHandle)
         } else if req.same_process && s.exempt_self {
             Some(Exemption::SelfAccess)
-        } else if requester_entries & CRITICAL_BIT != 0 && s.exempt_critical_requesters {
+        } else if critical && s.exempt_critical_requesters {
             Some(Exemption::CriticalRequester)
         } else {
             None
@@ -223,18 +242,28 @@ impl CompiledPolicy {
                 ask: AskPlan::NONE,
             };
         }
+        let ask = if ask_rights == 0 {
+            AskPlan::NONE
+        } else {
+            AskPlan {
+                rights: ask_rights,
+                fallback_strip: access & sum.ask_fallback,
+                rule: rule_of(sum.ask_rule),
+                askable: !req.kernel_handle && !critical,
+            }
+        };
         Decision {
-            access: desired & !removed,
+            access,
             rule,
             audit: true,
             would_strip,
             exemption: None,
-            ask: AskPlan::NONE,
+            ask,
         }
     }
 
     #[inline]
-    fn merge_dependent(&self, mut sum: SlotSummary, dep: u64, slot: usize) -> SlotSummary {
+    fn merge_dependent(&self, mut sum: DepSummary, dep: u64, slot: usize) -> DepSummary {
         for (chunk, byte) in dep.to_le_bytes().into_iter().enumerate() {
             if byte != 0 {
                 let at = (chunk * 4 + slot) * 256 + usize::from(byte);

@@ -5,7 +5,7 @@ use core::fmt::{self, Write as _};
 
 use crate::decide::{Exemption, HandleRequest};
 use crate::identity::ProcessIdentity;
-use crate::model::{kind_word, Mode, Operation, Policy};
+use crate::model::{kind_word, Mode, OnTimeout, Operation, Policy};
 use crate::reference::{evaluate, Evaluation, RuleOutcome};
 use crate::rights::{undocumented_removal, AccessMask, MaskNames};
 
@@ -97,6 +97,12 @@ fn write_text(
         let mode = match m.mode {
             Mode::Enforce => "enforce",
             Mode::Audit => "audit",
+            Mode::Ask {
+                on_timeout: OnTimeout::Strip,
+            } => "ask, on timeout strip",
+            Mode::Ask {
+                on_timeout: OnTimeout::Allow,
+            } => "ask, on timeout allow",
         };
         write!(
             out,
@@ -114,6 +120,23 @@ fn write_text(
                 out,
                 "it applies, but the request asks for none of its rights."
             )?,
+            RuleOutcome::Applies(bits) if m.mode.is_ask() => {
+                // Asked about only what the enforce rules left.
+                let left = bits & !ev.decision.removed(req.desired_access);
+                if left == 0 {
+                    writeln!(
+                        out,
+                        "it applies, but enforce rules already remove {}.",
+                        MaskNames(req.object, bits)
+                    )?;
+                } else {
+                    writeln!(
+                        out,
+                        "it applies and asks the handler about {}.",
+                        MaskNames(req.object, left)
+                    )?;
+                }
+            }
             RuleOutcome::Applies(bits) => {
                 let verb = if m.mode == Mode::Enforce {
                     "removes"
@@ -167,7 +190,37 @@ fn write_text(
             },
         )?;
     }
-    write!(out, "Result: granted {}", MaskNames(req.object, d.access))?;
+    if d.ask.is_needed() {
+        let rule = d.ask.rule.map_or(0, usize::from);
+        let name = policy.rules.get(rule).map_or("?", |r| &*r.name);
+        let fallback = d.ask.fallback_access(d.access);
+        if d.ask.askable {
+            writeln!(
+                out,
+                "Ask: the handler decides about {} (rule {rule} \"{name}\"); it can only remove \
+                 them. Without an answer within {} ms (no handler, timeout, pool full) the request \
+                 gets {}.",
+                MaskNames(req.object, d.ask.rights),
+                policy.settings.ask_timeout_ms,
+                MaskNames(req.object, fallback),
+            )?;
+        } else {
+            writeln!(
+                out,
+                "Ask: rule {rule} \"{name}\" applies to {}, but the request is never asked \
+                 about (a kernel handle or a critical system process as requester): the \
+                 fallback applies at once, {}.",
+                MaskNames(req.object, d.ask.rights),
+                MaskNames(req.object, fallback),
+            )?;
+        }
+    }
+    let granted = if d.ask.is_needed() {
+        "granted at most"
+    } else {
+        "granted"
+    };
+    write!(out, "Result: {granted} {}", MaskNames(req.object, d.access))?;
     if removed != 0 {
         write!(out, "; removed {}", MaskNames(req.object, removed))?;
     }

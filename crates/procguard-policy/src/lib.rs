@@ -38,6 +38,11 @@
 //! - Every matching enforce rule contributes its strip bits (union); audit rules
 //!   contribute [`Decision::would_strip`] only. [`Decision::rule`] names the
 //!   lowest-numbered responsible rule.
+//! - **Ask** rules ([`Mode::Ask`]) apply after the enforce rules: the rights they
+//!   name that the request still has are [`AskPlan::rights`], which the driver asks
+//!   the connected handler about (it can only remove them); without an answer the
+//!   rights of the ask rules with `on_timeout = strip` ([`AskPlan::fallback_strip`])
+//!   are removed. Ask rules are never applied under an exemption.
 //! - Exemptions ([`Settings`], all on by default, each documented there): kernel
 //!   handles, a process opening itself, critical system processes as requesters
 //!   (recognised by PID 4/0 or by image path in the system directory, see
@@ -85,7 +90,8 @@ pub use explain::{explain, Explanation};
 pub use identity::{is_critical_system_process, ProcessIdentity};
 pub use lint::{lint, LintKind, LintWarning};
 pub use model::{
-    Mode, ObjectKind, Objects, Operation, Operations, Policy, PolicyError, PolicyFault, Requester,
-    Rule, RuleError, RuleFault, RuleId, Selector, Settings,
+    Mode, ObjectKind, Objects, OnTimeout, Operation, Operations, Policy, PolicyError, PolicyFault,
+    Requester, Rule, RuleError, RuleFault, RuleId, Selector, Settings, DEFAULT_ASK_TIMEOUT_MS,
+    MAX_ASK_TIMEOUT_MS, MIN_ASK_TIMEOUT_MS,
 };
 pub use rights::AccessMask;

@@ -15,8 +15,19 @@ pub type RuleId = u16;
 pub const MAX_RULES: usize = 0xFFFE;
 
 /// Most distinct requester-dependent entries (see [`crate::compiled`]): rules whose
-/// requester is not "any", deduplicated by (target selector, requester selector).
+/// requester is not "any", and every ask rule, deduplicated by (target selector,
+/// requester selector).
 pub const MAX_REQUESTER_ENTRIES: usize = 63;
+
+/// Default of [`Settings::ask_timeout_ms`]: long enough for a handler that answers
+/// in well under a millisecond on a loaded machine (a few timer ticks of ~15.6 ms),
+/// short enough that a stuck handler costs the requester a quarter second at most.
+pub const DEFAULT_ASK_TIMEOUT_MS: u32 = 250;
+/// Smallest valid [`Settings::ask_timeout_ms`].
+pub const MIN_ASK_TIMEOUT_MS: u32 = 1;
+/// Largest valid [`Settings::ask_timeout_ms`]: a requester (possibly a system
+/// component) never waits more than 5 s for a handler.
+pub const MAX_ASK_TIMEOUT_MS: u32 = 5000;
 
 /// Kind of object a handle is for. A thread handle is judged by the rules of the
 /// process that owns the thread.
@@ -38,13 +49,60 @@ pub enum Operation {
     Duplicate,
 }
 
-/// Enforce or only audit.
+/// What an ask rule does with its rights when no answer comes in time (no
+/// handler, timeout, pool full, unaskable request, disconnect).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum OnTimeout {
+    /// Remove the rule's `strip` set (fail closed): the default.
+    #[default]
+    Strip,
+    /// Leave the request as the other rules left it (fail open).
+    Allow,
+}
+
+impl OnTimeout {
+    /// The TOML spelling: `"strip"` or `"allow"`.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Strip => "strip",
+            Self::Allow => "allow",
+        }
+    }
+}
+
+/// What a rule does with the rights it names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Mode {
     /// Remove the rights.
     Enforce,
     /// Remove nothing; report what would have been removed.
     Audit,
+    /// Ask the connected handler which of the rights to remove (it can only
+    /// remove, never add); without an answer, `on_timeout` decides. Enforce rules
+    /// apply first: the handler is asked only about what they left.
+    Ask {
+        /// What happens without an answer.
+        on_timeout: OnTimeout,
+    },
+}
+
+impl Mode {
+    /// Whether this is an ask rule.
+    #[must_use]
+    pub const fn is_ask(self) -> bool {
+        matches!(self, Self::Ask { .. })
+    }
+
+    /// The TOML spelling of the mode: `"enforce"`, `"audit"` or `"ask"`.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Enforce => "enforce",
+            Self::Audit => "audit",
+            Self::Ask { .. } => "ask",
+        }
+    }
 }
 
 /// Which object kinds a rule covers.
@@ -160,15 +218,26 @@ pub struct Settings {
     /// control, lsass for authentication, smss/wininit for session setup) and a
     /// failure there can hang or bugcheck Windows.
     pub exempt_critical_requesters: bool,
+    /// How long a request an ask rule applies to waits for the handler's answer,
+    /// in milliseconds ([`MIN_ASK_TIMEOUT_MS`]..=[`MAX_ASK_TIMEOUT_MS`], default
+    /// [`DEFAULT_ASK_TIMEOUT_MS`]). Past it the rules' `on_timeout` applies. The
+    /// effective granularity on Windows is the timer tick (about 15.6 ms).
+    pub ask_timeout_ms: u32,
+}
+
+impl Settings {
+    /// The defaults: every exemption on, [`DEFAULT_ASK_TIMEOUT_MS`].
+    pub const DEFAULT: Self = Self {
+        exempt_self: true,
+        exempt_kernel_handles: true,
+        exempt_critical_requesters: true,
+        ask_timeout_ms: DEFAULT_ASK_TIMEOUT_MS,
+    };
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Self {
-            exempt_self: true,
-            exempt_kernel_handles: true,
-            exempt_critical_requesters: true,
-        }
+        Self::DEFAULT
     }
 }
 
@@ -251,6 +320,9 @@ pub(crate) fn kind_word(k: ObjectKind) -> &'static str {
 /// Why a policy is invalid.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PolicyError {
+    /// [`Settings::ask_timeout_ms`] is outside
+    /// [`MIN_ASK_TIMEOUT_MS`]..=[`MAX_ASK_TIMEOUT_MS`].
+    AskTimeoutOutOfRange(u32),
     /// More than [`MAX_RULES`] rules.
     TooManyRules(usize),
     /// Two rules share a name.
@@ -277,6 +349,11 @@ pub enum PolicyError {
 impl fmt::Display for PolicyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Self::AskTimeoutOutOfRange(ms) => write!(
+                f,
+                "settings.ask_timeout_ms = {ms} is out of range: give {MIN_ASK_TIMEOUT_MS}..={MAX_ASK_TIMEOUT_MS} \
+                 milliseconds"
+            ),
             Self::TooManyRules(n) => write!(f, "{n} rules; at most {MAX_RULES} are allowed"),
             Self::DuplicateRuleName { name, first, second } => {
                 write!(f, "rules {first} and {second} are both named \"{name}\"; rule names must be unique")
@@ -289,6 +366,12 @@ impl fmt::Display for PolicyError {
             Self::Rule { index, error } => write!(f, "rule {index}: {error}"),
         }
     }
+}
+
+/// Whether an ask timeout is in [`MIN_ASK_TIMEOUT_MS`]..=[`MAX_ASK_TIMEOUT_MS`].
+#[must_use]
+pub const fn ask_timeout_ok(ms: u32) -> bool {
+    ms >= MIN_ASK_TIMEOUT_MS && ms <= MAX_ASK_TIMEOUT_MS
 }
 
 /// Checks an image name selector entry.
@@ -607,6 +690,8 @@ impl RuleError {
 /// A [`PolicyError`] without its strings (see [`RuleFault`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PolicyFault {
+    /// [`PolicyError::AskTimeoutOutOfRange`].
+    AskTimeoutOutOfRange(u32),
     /// [`PolicyError::TooManyRules`].
     TooManyRules(usize),
     /// [`PolicyError::DuplicateRuleName`].
@@ -630,6 +715,7 @@ pub enum PolicyFault {
 impl fmt::Display for PolicyFault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Self::AskTimeoutOutOfRange(ms) => PolicyError::AskTimeoutOutOfRange(*ms).fmt(f),
             Self::TooManyRules(n) => PolicyError::TooManyRules(*n).fmt(f),
             Self::DuplicateRuleName { first, second } => write!(
                 f,
@@ -646,6 +732,7 @@ impl PolicyError {
     #[must_use]
     pub fn fault(&self) -> PolicyFault {
         match self {
+            Self::AskTimeoutOutOfRange(ms) => PolicyFault::AskTimeoutOutOfRange(*ms),
             Self::TooManyRules(n) => PolicyFault::TooManyRules(*n),
             Self::DuplicateRuleName { first, second, .. } => PolicyFault::DuplicateRuleName {
                 first: *first,
@@ -660,12 +747,20 @@ impl PolicyError {
     }
 }
 
+/// Whether a rule becomes a requester-dependent entry of the compiled form: its
+/// requester is not "any", or it is an ask rule (ask rules live only in entries,
+/// so a process record never carries them).
+#[must_use]
+pub fn is_requester_entry(rule: &Rule) -> bool {
+    rule.requester != Requester::Any || rule.mode.is_ask()
+}
+
 /// Number of distinct requester-dependent entries the compiled form needs.
 #[must_use]
 pub fn requester_entry_count(policy: &Policy) -> usize {
     let mut keys: Vec<(&Selector, &Requester)> = Vec::new();
     for r in &policy.rules {
-        if r.requester != Requester::Any
+        if is_requester_entry(r)
             && !keys
                 .iter()
                 .any(|(t, q)| *t == &r.target && *q == &r.requester)
@@ -685,6 +780,10 @@ impl Policy {
     /// # Errors
     /// The first problem found.
     pub fn validate(&self) -> Result<(), PolicyError> {
+        let ms = self.settings.ask_timeout_ms;
+        if !ask_timeout_ok(ms) {
+            return Err(PolicyError::AskTimeoutOutOfRange(ms));
+        }
         if self.rules.len() > MAX_RULES {
             return Err(PolicyError::TooManyRules(self.rules.len()));
         }

@@ -5,10 +5,10 @@
 
 use alloc::vec::Vec;
 
-use crate::decide::{Decision, Exemption, HandleRequest};
+use crate::decide::{AskPlan, Decision, Exemption, HandleRequest};
 use crate::glob::fold;
 use crate::identity::{file_name, is_critical_system_process, ProcessIdentity};
-use crate::model::{Mode, Policy, Requester, RuleId, Selector};
+use crate::model::{Mode, OnTimeout, Policy, Requester, RuleId, Selector};
 use crate::rights::AccessMask;
 
 /// Backtracking glob matcher over folded characters (independent of
@@ -68,7 +68,8 @@ pub fn requester_restricted(r: &Requester, id: &ProcessIdentity<'_>) -> bool {
 /// Why a rule whose target matched did or did not contribute.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RuleOutcome {
-    /// It applies; these bits of the request would be removed (audit rules: reported).
+    /// It applies; these bits of the request would be removed (audit rules:
+    /// reported; ask rules: asked about, unless enforce rules removed them).
     Applies(AccessMask),
     /// The requester is not restricted by it.
     RequesterNotRestricted,
@@ -107,8 +108,8 @@ pub fn evaluate(
     req: &HandleRequest,
 ) -> Evaluation {
     let mut matches = Vec::new();
-    let (mut strip, mut audit) = (0u32, 0u32);
-    let (mut rule, mut audit_rule) = (None, None);
+    let (mut strip, mut audit, mut ask, mut ask_fallback) = (0u32, 0u32, 0u32, 0u32);
+    let (mut rule, mut audit_rule, mut ask_rule) = (None, None, None);
     for (i, r) in policy.rules.iter().enumerate() {
         if !selector_matches(&r.target, target) {
             continue;
@@ -129,6 +130,13 @@ pub fn evaluate(
                     audit |= s;
                     audit_rule = audit_rule.or(Some(id));
                 }
+                Mode::Ask { on_timeout } => {
+                    ask |= s;
+                    if on_timeout == OnTimeout::Strip {
+                        ask_fallback |= s;
+                    }
+                    ask_rule = ask_rule.or(Some(id));
+                }
             }
             RuleOutcome::Applies(s & req.desired_access)
         };
@@ -140,12 +148,21 @@ pub fn evaluate(
     }
     let requester_critical = is_critical_system_process(requester);
     let desired = req.desired_access;
+    // 1. enforce rules first; 2. audit rules report; 3. ask rules on what is left.
     let removed = desired & strip;
     let would_strip = desired & audit & !removed;
-    let decision = if removed == 0 && would_strip == 0 {
+    let access = desired & !removed;
+    let ask_rights = access & ask;
+    let decision = if removed == 0 && would_strip == 0 && ask_rights == 0 {
         Decision::unchanged(desired)
     } else {
-        let rule = if removed != 0 { rule } else { audit_rule };
+        let rule = if removed != 0 {
+            rule
+        } else if would_strip != 0 {
+            audit_rule
+        } else {
+            ask_rule
+        };
         let st = &policy.settings;
         let exemption = if req.kernel_handle && st.exempt_kernel_handles {
             Some(Exemption::KernelHandle)
@@ -163,16 +180,25 @@ pub fn evaluate(
                 audit: false,
                 would_strip: 0,
                 exemption,
-                ask: crate::decide::AskPlan::NONE,
+                ask: AskPlan::NONE,
             }
         } else {
             Decision {
-                access: desired & !removed,
+                access,
                 rule,
                 audit: true,
                 would_strip,
                 exemption: None,
-                ask: crate::decide::AskPlan::NONE,
+                ask: if ask_rights == 0 {
+                    AskPlan::NONE
+                } else {
+                    AskPlan {
+                        rights: ask_rights,
+                        fallback_strip: access & ask_fallback,
+                        rule: ask_rule,
+                        askable: !req.kernel_handle && !requester_critical,
+                    }
+                },
             }
         }
     };

@@ -5,6 +5,7 @@
 //! exempt_self = true
 //! exempt_kernel_handles = true
 //! exempt_critical_requesters = true
+//! ask_timeout_ms = 250            # how long ask rules wait for the handler, 1..=5000
 //!
 //! [[rule]]
 //! name = "agent-no-kill"          # required, unique
@@ -15,7 +16,10 @@
 //! objects = "both"                # "process" | "thread" | "both" | ["process", "thread"]
 //! operations = "both"             # "create" | "duplicate" | "both" | [...]
 //! strip = ["no-kill", "PROCESS_VM_WRITE", 0x20]   # rights, named sets, numbers
-//! mode = "enforce"                # default; or "audit"
+//! mode = "enforce"                # default; or "audit", or "ask" (the handler decides
+//!                                 # which of the strip rights to remove)
+//! on_timeout = "strip"            # ask rules only: without an answer remove the strip
+//!                                 # rights ("strip", the default) or not ("allow")
 //! ```
 //!
 //! [`render_policy`] writes a [`Policy`] back in this syntax (the control
@@ -41,8 +45,8 @@ use ::toml::Spanned;
 
 use crate::glob;
 use crate::model::{
-    self, Mode, ObjectKind, Objects, Operations, Policy, PolicyError, Requester, Rule, RuleError,
-    Selector, Settings,
+    self, Mode, ObjectKind, Objects, OnTimeout, Operations, Policy, PolicyError, Requester, Rule,
+    RuleError, Selector, Settings,
 };
 use crate::rights::{self, RightKind, VALID_PROCESS_BITS, VALID_THREAD_BITS};
 
@@ -469,6 +473,7 @@ impl Ctx<'_> {
             "operations",
             "strip",
             "mode",
+            "on_timeout",
         ];
         self.check_keys(t, &key, &valid);
         let get = |name: &str| t.iter().find(|(k, _)| k.get_ref() == name).map(|(_, v)| v);
@@ -524,18 +529,34 @@ impl Ctx<'_> {
             Some(mv) => match self.string_value(mv, &format!("{key}.mode")) {
                 Some("enforce") => Some(Mode::Enforce),
                 Some("audit") => Some(Mode::Audit),
+                Some("ask") => Some(Mode::Ask {
+                    on_timeout: OnTimeout::default(),
+                }),
                 Some(other) => {
                     self.err(
                         &mv.span(),
                         &format!("{key}.mode"),
                         format!("unknown mode {other:?}"),
-                        strings(&["enforce", "audit"]),
+                        strings(&["enforce", "audit", "ask"]),
                     );
                     None
                 }
                 None => None,
             },
             None => Some(Mode::Enforce),
+        };
+        let mode = match (get("on_timeout"), mode) {
+            (Some(tv), Some(Mode::Ask { .. })) => self.on_timeout(tv, &format!("{key}.on_timeout")),
+            (Some(tv), Some(_)) => {
+                self.err(
+                    &tv.span(),
+                    &format!("{key}.on_timeout"),
+                    "on_timeout applies only to ask rules (mode = \"ask\")",
+                    Vec::new(),
+                );
+                None
+            }
+            (_, mode) => mode,
         };
         let strip = match (get("strip"), objects) {
             (Some(sv), Some(o)) => self.strip(sv, &format!("{key}.strip"), o),
@@ -561,6 +582,23 @@ impl Ctx<'_> {
         })
     }
 
+    fn on_timeout(&mut self, v: &Val<'_>, key: &str) -> Option<Mode> {
+        let on_timeout = match self.string_value(v, key)? {
+            "strip" => OnTimeout::Strip,
+            "allow" => OnTimeout::Allow,
+            other => {
+                self.err(
+                    &v.span(),
+                    key,
+                    format!("unknown on_timeout {other:?}"),
+                    strings(&["strip", "allow"]),
+                );
+                return None;
+            }
+        };
+        Some(Mode::Ask { on_timeout })
+    }
+
     fn settings(&mut self, v: &Val<'_>) -> Settings {
         let mut s = Settings::default();
         let DeValue::Table(t) = v.get_ref() else {
@@ -576,10 +614,29 @@ impl Ctx<'_> {
             "exempt_self",
             "exempt_kernel_handles",
             "exempt_critical_requesters",
+            "ask_timeout_ms",
         ];
         self.check_keys(t, "settings", &valid);
         for (k, val) in t.iter() {
             let key = format!("settings.{}", k.get_ref());
+            if k.get_ref() == "ask_timeout_ms" {
+                if let Some(ms) = self.integer_value(val, &key) {
+                    match u32::try_from(ms) {
+                        Ok(ms) if model::ask_timeout_ok(ms) => s.ask_timeout_ms = ms,
+                        _ => self.err(
+                            &val.span(),
+                            &key,
+                            format!(
+                                "{ms} is out of range: the ask timeout is {}..={} milliseconds",
+                                model::MIN_ASK_TIMEOUT_MS,
+                                model::MAX_ASK_TIMEOUT_MS
+                            ),
+                            Vec::new(),
+                        ),
+                    }
+                }
+                continue;
+            }
             let slot = match k.get_ref().as_ref() {
                 "exempt_self" => &mut s.exempt_self,
                 "exempt_kernel_handles" => &mut s.exempt_kernel_handles,

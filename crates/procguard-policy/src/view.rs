@@ -9,11 +9,11 @@ use alloc::vec::Vec;
 use core::cmp::Ordering;
 
 use crate::blob::{
-    blob_checksum, DecodeError, HEADER_SIZE, MAGIC, MAX_BLOB_SIZE, MIN_RULE_SIZE, SETTINGS_ALL,
+    blob_checksum, mode_of_byte, DecodeError, HEADER_SIZE, MAGIC, MAX_BLOB_SIZE, MIN_RULE_SIZE, SETTINGS_ALL,
     SETTING_CRITICAL, SETTING_KERNEL, SETTING_SELF, VERSION,
 };
 use crate::model::{
-    check_rule, Mode, Objects, Operations, PolicyFault, RuleLike, SelectorLike, Settings,
+    ask_timeout_ok, check_rule, Mode, Objects, Operations, PolicyFault, RuleLike, SelectorLike, Settings,
     MAX_REQUESTER_ENTRIES, MAX_RULES,
 };
 use crate::rights::AccessMask;
@@ -153,6 +153,12 @@ pub(crate) struct RuleView<'a> {
 }
 
 impl RuleView<'_> {
+    /// Whether the rule becomes a requester-dependent entry (as
+    /// [`crate::model::is_requester_entry`]).
+    pub(crate) const fn is_requester_entry(&self) -> bool {
+        self.kind != 0 || self.mode.is_ask()
+    }
+
     /// Same (target, requester) key as another rule (requester-dependent entries).
     pub(crate) fn same_entry_as(&self, o: &RuleView<'_>) -> bool {
         self.kind == o.kind
@@ -293,16 +299,12 @@ fn read_rule<'a>(r: &mut Reader<'a>, strings: &'a [&'a str]) -> Result<RuleView<
             offset: at.saturating_add(1),
         });
     }
-    let mode = match mode {
-        0 => Mode::Enforce,
-        1 => Mode::Audit,
-        value => {
-            return Err(DecodeError::BadEnum {
-                field: "mode",
-                offset: at.saturating_add(2),
-                value,
-            })
-        }
+    let Some(mode) = mode_of_byte(mode) else {
+        return Err(DecodeError::BadEnum {
+            field: "mode",
+            offset: at.saturating_add(2),
+            value: mode,
+        });
     };
     if kind > 2 {
         return Err(DecodeError::BadEnum {
@@ -385,22 +387,23 @@ impl<'a> BlobView<'a> {
                 offset: 16,
             });
         }
+        let string_count = r.u32()?;
+        let rule_count = r.u32()?;
+        let data_len = r.u32()?;
+        // Checked against its bounds with the policy (validate), like any setting.
+        let ask_timeout_ms = r.u32()?;
+        if r.u32()? != 0 {
+            return Err(DecodeError::ReservedBits {
+                field: "reserved header word",
+                offset: 36,
+            });
+        }
         let settings = Settings {
             exempt_self: flags & SETTING_SELF != 0,
             exempt_kernel_handles: flags & SETTING_KERNEL != 0,
             exempt_critical_requesters: flags & SETTING_CRITICAL != 0,
+            ask_timeout_ms,
         };
-        let string_count = r.u32()?;
-        let rule_count = r.u32()?;
-        let data_len = r.u32()?;
-        for offset in [32, 36] {
-            if r.u32()? != 0 {
-                return Err(DecodeError::ReservedBits {
-                    field: "reserved header word",
-                    offset,
-                });
-            }
-        }
         // Directory: 8 bytes per string, then the data.
         let dir_bytes = (string_count as usize)
             .checked_mul(8)
@@ -499,6 +502,10 @@ impl<'a> BlobView<'a> {
     /// the error and without infallible allocation (same results: property-tested).
     pub(crate) fn validate(&self) -> Result<(), DecodeError> {
         let invalid = |f: PolicyFault| Err(DecodeError::Invalid(f));
+        let ms = self.settings.ask_timeout_ms;
+        if !ask_timeout_ok(ms) {
+            return invalid(PolicyFault::AskTimeoutOutOfRange(ms));
+        }
         let n = self.rule_count as usize;
         if n > MAX_RULES {
             return invalid(PolicyFault::TooManyRules(n));
@@ -545,7 +552,7 @@ impl<'a> BlobView<'a> {
             .map_err(|_| DecodeError::OutOfMemory)?;
         for rule in self.rules() {
             let rule = rule?;
-            if rule.kind != 0 && !keys.iter().any(|k| k.same_entry_as(&rule)) {
+            if rule.is_requester_entry() && !keys.iter().any(|k| k.same_entry_as(&rule)) {
                 try_push(&mut keys, rule)?;
                 if keys.len() > MAX_REQUESTER_ENTRIES {
                     break;

@@ -55,12 +55,17 @@ fn header_errors() {
     let mut m = b.clone();
     m[0] = b'X';
     assert_eq!(decode(&m), Err(DecodeError::BadMagic));
-    let mut m = b.clone();
-    m[4] = 2;
-    assert_eq!(
-        decode(&m),
-        Err(DecodeError::UnsupportedVersion { version: 2 })
-    );
+    // Version 1 (before ask rules) and anything newer are refused.
+    for version in [0u8, 1, 3] {
+        let mut m = b.clone();
+        m[4] = version;
+        assert_eq!(
+            decode(&m),
+            Err(DecodeError::UnsupportedVersion {
+                version: version.into()
+            })
+        );
+    }
     let mut m = b.clone();
     m[6] = 41;
     assert_eq!(decode(&m), Err(DecodeError::BadHeaderSize { size: 41 }));
@@ -103,12 +108,12 @@ fn reserved_bits_are_rejected() {
         })
     );
     let mut m = b.clone();
-    put(&mut m, 32, 1);
+    put(&mut m, 36, 1);
     assert_eq!(
         decode(&reseal(m)),
         Err(DecodeError::ReservedBits {
             field: "reserved header word",
-            offset: 32
+            offset: 36
         })
     );
     let mut m = b.clone();
@@ -127,16 +132,18 @@ fn reserved_bits_are_rejected() {
 fn bad_enums_are_rejected() {
     let b = encode(&example());
     let r = rules_offset(&b);
-    let mut m = b.clone();
-    m[r + 6] = 2;
-    assert_eq!(
-        decode(&reseal(m)),
-        Err(DecodeError::BadEnum {
-            field: "mode",
-            offset: r + 6,
-            value: 2
-        })
-    );
+    for value in [4u8, 0xFF] {
+        let mut m = b.clone();
+        m[r + 6] = value;
+        assert_eq!(
+            decode(&reseal(m)),
+            Err(DecodeError::BadEnum {
+                field: "mode",
+                offset: r + 6,
+                value
+            })
+        );
+    }
     let mut m = b.clone();
     m[r + 7] = 3;
     assert_eq!(
@@ -147,6 +154,52 @@ fn bad_enums_are_rejected() {
             value: 3
         })
     );
+}
+
+#[test]
+fn ask_timeout_is_the_header_word_at_32_and_bounded() {
+    use procguard_policy::blob::ASK_TIMEOUT_OFFSET;
+    use procguard_policy::{CompiledPolicy, PolicyFault};
+    assert_eq!(ASK_TIMEOUT_OFFSET, 32);
+    let mut p = example();
+    let b = encode(&p);
+    assert_eq!(b[32..36], 250u32.to_le_bytes(), "the default is always written");
+    p.settings.ask_timeout_ms = 4321;
+    let b = encode(&p);
+    assert_eq!(b[32..36], 4321u32.to_le_bytes());
+    assert_eq!(decode(&b).unwrap().settings.ask_timeout_ms, 4321);
+    for ms in [1u32, 5000] {
+        let mut m = b.clone();
+        put(&mut m, 32, ms);
+        assert_eq!(decode(&reseal(m)).unwrap().settings.ask_timeout_ms, ms);
+    }
+    for ms in [0u32, 5001, u32::MAX] {
+        let mut m = b.clone();
+        put(&mut m, 32, ms);
+        let m = reseal(m);
+        assert_eq!(
+            decode(&m),
+            Err(DecodeError::InvalidPolicy(PolicyError::AskTimeoutOutOfRange(ms)))
+        );
+        assert_eq!(
+            CompiledPolicy::from_blob(&m).err(),
+            Some(DecodeError::Invalid(PolicyFault::AskTimeoutOutOfRange(ms)))
+        );
+    }
+}
+
+#[test]
+fn ask_modes_are_bytes_2_and_3() {
+    use procguard_policy::{Mode, OnTimeout};
+    let b = encode(&example());
+    let r = rules_offset(&b);
+    for (byte, on_timeout) in [(2u8, OnTimeout::Strip), (3, OnTimeout::Allow)] {
+        let mut m = b.clone();
+        m[r + 6] = byte;
+        let p = decode(&reseal(m)).unwrap();
+        assert_eq!(p.rules[0].mode, Mode::Ask { on_timeout });
+        assert_eq!(encode(&p)[r + 6], byte);
+    }
 }
 
 #[test]
@@ -331,6 +384,55 @@ print(encode(7, rules).hex())
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), hex);
+}
+
+#[test]
+fn python_encoder_writes_ask_rules_and_the_timeout() {
+    let src = r#"
+[settings]
+ask_timeout_ms = 40
+
+[[rule]]
+name = "ask-kill"
+target = { name = "agent.exe" }
+strip = ["PROCESS_TERMINATE", "THREAD_TERMINATE"]
+mode = "ask"
+
+[[rule]]
+name = "ask-read"
+target = { name = "agent.exe" }
+requester = { name = "tool.exe" }
+objects = "process"
+strip = ["PROCESS_VM_READ"]
+mode = "ask"
+on_timeout = "allow"
+"#;
+    let p = parse_policy(src).unwrap();
+    let doc = include_str!("../FORMAT.md");
+    let start = doc.find("```python\n").unwrap() + "```python\n".len();
+    let code = &doc[start..start + doc[start..].find("```").unwrap()];
+    let script = format!(
+        r#"{code}
+rules = [
+  dict(name="ask-kill", objects=3, operations=3, mode=2, kind=0, strip_p=1, strip_t=1,
+       target=(["agent.exe"], [], []), requester=None),
+  dict(name="ask-read", objects=1, operations=3, mode=3, kind=1, strip_p=0x10, strip_t=0,
+       target=(["agent.exe"], [], []), requester=(["tool.exe"], [], [])),
+]
+print(encode(7, rules, ask_timeout_ms=40).hex())
+"#
+    );
+    let Ok(out) = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(&script)
+        .output()
+    else {
+        eprintln!("python3 not available; skipping");
+        return;
+    };
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let hex: String = encode(&p).iter().map(|b| format!("{b:02x}")).collect();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), hex);
 }
 

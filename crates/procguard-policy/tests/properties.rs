@@ -1,6 +1,8 @@
 //! Property tests. Case counts are fixed here (not taken from PROPTEST_CASES) so the
 //! report can state them:
 //! - `compiled_decision_equals_reference`: 1,500 policies x 8 processes x 8 requests
+//!   (ask rules of both `on_timeout`s among the generated rules; every decision is
+//!   also checked against the ask invariants of [`ask_invariants`])
 //! - `many_requester_entries_use_every_table_chunk`: 100 policies of 50-63 requester-dependent rules x 10 processes x 8 requests
 //! - `decode_inverts_encode`: 1,000 policies
 //! - `decode_of_arbitrary_bytes_errs_or_reencodes_identically`: 20,000 byte strings
@@ -35,6 +37,82 @@ fn same_outcome(b: &[u8]) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// The ask invariants, computed from the rules directly (not through the
+/// reference evaluator's accumulation):
+/// - an ask never adds a bit: for any answer `a`, `access & a` is within the
+///   desired access, and so is the fallback;
+/// - `ask.rights` = what the enforce rules left & the union of the applicable ask
+///   rules' strips; `ask.fallback_strip` = the same for the `on_timeout = strip`
+///   ones (so the fallback is exactly `access & !fallback_strip`); `ask.rule` the
+///   lowest applicable ask rule; `askable` = not a kernel handle, not a critical
+///   requester;
+/// - under an exemption no ask rule applies.
+fn ask_invariants(
+    p: &procguard_policy::Policy,
+    t: &Ident,
+    r: &Ident,
+    q: &procguard_policy::HandleRequest,
+    got: &procguard_policy::Decision,
+    answers: &[u32],
+) -> Result<(), TestCaseError> {
+    use procguard_policy::reference::{requester_restricted, selector_matches};
+    use procguard_policy::{is_critical_system_process, AskPlan, OnTimeout};
+    let desired = q.desired_access;
+    for a in answers.iter().chain(&[0, u32::MAX, got.ask.rights, !got.ask.rights]) {
+        prop_assert_eq!(got.access & a & !desired, 0, "an answer added bits");
+    }
+    prop_assert_eq!(got.ask.fallback_access(got.access) & !desired, 0);
+    let st = &p.settings;
+    let critical = is_critical_system_process(&r.id());
+    let exempt = (q.kernel_handle && st.exempt_kernel_handles)
+        || (q.same_process && st.exempt_self)
+        || (critical && st.exempt_critical_requesters);
+    if exempt {
+        prop_assert_eq!(got.ask, AskPlan::NONE, "an ask rule applied under an exemption");
+        prop_assert_eq!(got.access, desired);
+        return Ok(());
+    }
+    let (mut enforce, mut ask, mut fallback, mut rule) = (0u32, 0u32, 0u32, None);
+    for (i, rl) in p.rules.iter().enumerate() {
+        let strip = rl.strip_for(q.object, q.operation);
+        if strip == 0
+            || !selector_matches(&rl.target, &t.id())
+            || !requester_restricted(&rl.requester, &r.id())
+        {
+            continue;
+        }
+        match rl.mode {
+            Mode::Enforce => enforce |= strip,
+            Mode::Audit => {}
+            Mode::Ask { on_timeout } => {
+                ask |= strip;
+                if on_timeout == OnTimeout::Strip {
+                    fallback |= strip;
+                }
+                rule = rule.or(Some(i as u16));
+            }
+        }
+    }
+    let access = desired & !enforce;
+    prop_assert_eq!(got.access, access);
+    if access & ask == 0 {
+        prop_assert_eq!(got.ask, AskPlan::NONE);
+    } else {
+        prop_assert_eq!(
+            got.ask,
+            AskPlan {
+                rights: access & ask,
+                fallback_strip: access & fallback,
+                rule,
+                askable: !q.kernel_handle && !critical,
+            }
+        );
+        prop_assert!(got.audit, "an asked request is audited");
+        prop_assert_eq!(got.ask.fallback_access(got.access), access & !(access & fallback));
+    }
+    Ok(())
+}
+
 fn check_all(
     p: &procguard_policy::Policy,
     idents: &[Ident],
@@ -48,6 +126,7 @@ fn check_all(
                 let got = c.decide(&records[ti], &records[ri], q);
                 prop_assert_eq!(got.access & !q.desired_access, 0, "decision added bits");
                 let want = evaluate(p, &t.id(), &r.id(), q).decision;
+                ask_invariants(p, t, r, q, &got, &[q.desired_access ^ 0x11, 0x1])?;
                 prop_assert_eq!(
                     got,
                     want,
@@ -106,7 +185,7 @@ proptest! {
             // Give random bytes a valid magic, version, size, length and checksum so
             // the decoder's later checks are exercised too.
             b[..4].copy_from_slice(b"PGPB");
-            b[4..6].copy_from_slice(&1u16.to_le_bytes());
+            b[4..6].copy_from_slice(&procguard_policy::blob::VERSION.to_le_bytes());
             b[6..8].copy_from_slice(&40u16.to_le_bytes());
             let len = b.len() as u32;
             b[8..12].copy_from_slice(&len.to_le_bytes());
@@ -144,6 +223,11 @@ proptest! {
 /// Breaks a valid policy in one of many ways (or not at all).
 fn break_policy(p: &mut procguard_policy::Policy, rule: usize, how: u8, other: usize) {
     let n = p.rules.len();
+    match how {
+        20 => p.settings.ask_timeout_ms = 0,
+        21 => p.settings.ask_timeout_ms = 5001,
+        _ => {}
+    }
     if how == 1 {
         let name = p.rules[other % n].name.clone();
         p.rules[rule % n].name = name;
@@ -196,6 +280,12 @@ fn break_policy(p: &mut procguard_policy::Policy, rule: usize, how: u8, other: u
         }
         15 => r.target = procguard_policy::Selector::default(),
         16 => r.mode = Mode::Audit,
+        19 => {
+            r.mode = Mode::Ask {
+                on_timeout: procguard_policy::OnTimeout::Allow,
+            }
+        }
+
         17 => r.target.names.push(s("")),
         18 => r.target.paths.push(s("\\a\\*.exe\\")),
         _ => {}
@@ -207,7 +297,7 @@ proptest! {
     #[test]
     fn from_blob_fails_like_decode_on_invalid_policies(
         mut p in policy(1, 8),
-        breaks in prop::collection::vec((any::<usize>(), 0u8..22, any::<usize>()), 0..3),
+        breaks in prop::collection::vec((any::<usize>(), 0u8..25, any::<usize>()), 0..3),
         settings in settings(),
     ) {
         p.settings = settings;

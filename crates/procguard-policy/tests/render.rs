@@ -13,7 +13,9 @@ use proptest::prelude::*;
 
 use procguard_policy::rights::{self, STANDARD_RIGHTS};
 use procguard_policy::toml::{parse_policy, render_policy, RenderError};
-use procguard_policy::{Mode, Objects, Operations, Policy, Requester, Rule, Selector, Settings};
+use procguard_policy::{
+    Mode, Objects, OnTimeout, Operations, Policy, Requester, Rule, Selector, Settings,
+};
 
 const STANDARD: u32 = STANDARD_RIGHTS | rights::ACCESS_SYSTEM_SECURITY;
 
@@ -42,6 +44,7 @@ fn the_example_policy_renders_with_sets_and_names() {
 exempt_self = true
 exempt_kernel_handles = true
 exempt_critical_requesters = true
+ask_timeout_ms = 250
 
 [[rule]]
 name = "agent-no-tamper"
@@ -154,10 +157,15 @@ fn awkward_strings_pids_settings_and_every_choice_round_trip() {
             } else {
                 0
             },
-            mode: if i % 2 == 0 {
-                Mode::Audit
-            } else {
-                Mode::Enforce
+            mode: match i % 4 {
+                0 => Mode::Audit,
+                1 => Mode::Enforce,
+                2 => Mode::Ask {
+                    on_timeout: OnTimeout::Strip,
+                },
+                _ => Mode::Ask {
+                    on_timeout: OnTimeout::Allow,
+                },
             },
             ..rule(&format!("rule-{i}"))
         });
@@ -167,6 +175,7 @@ fn awkward_strings_pids_settings_and_every_choice_round_trip() {
             exempt_self: false,
             exempt_kernel_handles: false,
             exempt_critical_requesters: true,
+            ask_timeout_ms: 40,
         },
         rules,
     };

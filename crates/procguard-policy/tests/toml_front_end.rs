@@ -2,7 +2,7 @@
 
 use procguard_policy::rights::*;
 use procguard_policy::toml::{parse_policy, TomlError};
-use procguard_policy::{Mode, Requester};
+use procguard_policy::{Mode, OnTimeout, Requester};
 
 fn errors(src: &str) -> Vec<TomlError> {
     match parse_policy(src) {
@@ -244,7 +244,7 @@ fn unknown_keys_list_valid_keys() {
 #[test]
 fn bad_enum_values_list_choices() {
     let e = one_error(&format!("{BASE}strip = 1\nmode = \"warn\"\n"));
-    assert_eq!(e.valid, vec!["enforce".to_string(), "audit".to_string()]);
+    assert_eq!(e.valid, vec!["enforce", "audit", "ask"]);
     let e = one_error(&format!(
         "{BASE}strip = 1\nobjects = [\"process\", \"file\"]\n"
     ));
@@ -292,6 +292,74 @@ fn display_has_line_column_key_and_choices() {
     let e = one_error(&format!("{BASE}strip = 1\nmode = \"warn\"\n"));
     assert_eq!(
         e.to_string(),
-        "line 5, column 8: rule[0].mode: unknown mode \"warn\" (valid choices: enforce, audit)"
+        "line 5, column 8: rule[0].mode: unknown mode \"warn\" (valid choices: enforce, audit, ask)"
     );
+}
+
+#[test]
+fn ask_rules_default_to_on_timeout_strip() {
+    let p = parse_policy(&format!("{BASE}strip = \"no-kill\"\nmode = \"ask\"\n")).unwrap();
+    assert_eq!(
+        p.rules[0].mode,
+        Mode::Ask {
+            on_timeout: OnTimeout::Strip
+        }
+    );
+    assert_eq!(p.settings.ask_timeout_ms, 250);
+    for (word, on_timeout) in [("strip", OnTimeout::Strip), ("allow", OnTimeout::Allow)] {
+        let p = parse_policy(&format!(
+            "{BASE}strip = 1\nmode = \"ask\"\non_timeout = \"{word}\"\n"
+        ))
+        .unwrap();
+        assert_eq!(p.rules[0].mode, Mode::Ask { on_timeout });
+    }
+}
+
+#[test]
+fn on_timeout_outside_ask_rules_is_located() {
+    for mode in ["", "mode = \"enforce\"\n", "mode = \"audit\"\n"] {
+        let e = one_error(&format!("{BASE}strip = 1\n{mode}on_timeout = \"allow\"\n"));
+        let line = if mode.is_empty() { 5 } else { 6 };
+        assert_eq!((e.line, e.column), (line, 14), "{e}");
+        assert_eq!(e.key.as_deref(), Some("rule[0].on_timeout"));
+        assert!(e.message.contains("only to ask rules"), "{e}");
+    }
+}
+
+#[test]
+fn bad_on_timeout_lists_choices() {
+    let e = one_error(&format!(
+        "{BASE}strip = 1\nmode = \"ask\"\non_timeout = \"deny\"\n"
+    ));
+    assert_eq!(
+        e.to_string(),
+        "line 6, column 14: rule[0].on_timeout: unknown on_timeout \"deny\" (valid choices: strip, allow)"
+    );
+    let e = one_error(&format!(
+        "{BASE}strip = 1\nmode = \"ask\"\non_timeout = true\n"
+    ));
+    assert_eq!((e.line, e.column), (6, 14));
+}
+
+#[test]
+fn ask_timeout_is_bounded_with_its_location() {
+    for (value, ok) in [("1", true), ("5000", true), ("250", true), ("0", false), ("5001", false), ("-3", false), ("99999999999", false)] {
+        let src = format!("[settings]\nask_timeout_ms = {value}\n{BASE}strip = 1\n");
+        match parse_policy(&src) {
+            Ok(p) => {
+                assert!(ok, "{value} accepted");
+                assert_eq!(p.settings.ask_timeout_ms.to_string(), value);
+            }
+            Err(e) => {
+                assert!(!ok, "{value} refused: {e}");
+                assert_eq!(e.0.len(), 1, "{e}");
+                let e = &e.0[0];
+                assert_eq!((e.line, e.column), (2, 18), "{e}");
+                assert_eq!(e.key.as_deref(), Some("settings.ask_timeout_ms"));
+                assert!(e.message.contains("1..=5000"), "{e}");
+            }
+        }
+    }
+    let e = one_error("[settings]\nask_timeout_ms = \"fast\"\n");
+    assert_eq!((e.line, e.column), (2, 18));
 }

@@ -54,8 +54,9 @@ pub fn render_policy(policy: &Policy) -> Result<String, RenderError> {
     policy.validate().map_err(RenderError::Invalid)?;
     let s = &policy.settings;
     let mut out = format!(
-        "[settings]\nexempt_self = {}\nexempt_kernel_handles = {}\nexempt_critical_requesters = {}\n",
-        s.exempt_self, s.exempt_kernel_handles, s.exempt_critical_requesters
+        "[settings]\nexempt_self = {}\nexempt_kernel_handles = {}\nexempt_critical_requesters = {}\n\
+         ask_timeout_ms = {}\n",
+        s.exempt_self, s.exempt_kernel_handles, s.exempt_critical_requesters, s.ask_timeout_ms
     );
     for (index, rule) in policy.rules.iter().enumerate() {
         let strip = strip_items(rule).ok_or_else(|| RenderError::StandardRightsDiffer {
@@ -91,11 +92,11 @@ fn write_rule(out: &mut String, rule: &Rule, strip: &[String]) -> fmt::Result {
     };
     writeln!(out, "operations = \"{operations}\"")?;
     writeln!(out, "strip = [{}]", strip.join(", "))?;
-    let mode = match rule.mode {
-        Mode::Enforce => "enforce",
-        Mode::Audit => "audit",
-    };
-    writeln!(out, "mode = \"{mode}\"")
+    writeln!(out, "mode = \"{}\"", rule.mode.name())?;
+    if let Mode::Ask { on_timeout } = rule.mode {
+        writeln!(out, "on_timeout = \"{}\"", on_timeout.name())?;
+    }
+    Ok(())
 }
 
 /// The `strip` array items: the named sets wholly inside the masks (largest

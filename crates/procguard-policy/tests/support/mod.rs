@@ -7,8 +7,8 @@ use proptest::prelude::*;
 
 use procguard_policy::rights::{VALID_PROCESS_BITS, VALID_THREAD_BITS};
 use procguard_policy::{
-    HandleRequest, Mode, ObjectKind, Objects, Operation, Operations, Policy, Requester, Rule,
-    Selector, Settings,
+    HandleRequest, Mode, ObjectKind, Objects, OnTimeout, Operation, Operations, Policy, Requester,
+    Rule, Selector, Settings,
 };
 
 pub const NAMES: &[&str] = &[
@@ -149,9 +149,9 @@ fn rule_with(index: usize, requester: BoxedStrategy<Requester>) -> impl Strategy
         1u8..4,
         any::<u32>(),
         any::<u32>(),
-        any::<bool>(),
+        mode(),
     )
-        .prop_map(move |(target, requester, obj, ops, sp, st, audit)| {
+        .prop_map(move |(target, requester, obj, ops, sp, st, mode)| {
             let objects = Objects {
                 process: obj & 1 != 0,
                 thread: obj & 2 != 0,
@@ -184,17 +184,34 @@ fn rule_with(index: usize, requester: BoxedStrategy<Requester>) -> impl Strategy
                 } else {
                     strip_thread
                 },
-                mode: if audit { Mode::Audit } else { Mode::Enforce },
+                mode,
             }
         })
 }
 
+/// Every mode, ask rules of both `on_timeout`s included.
+pub fn mode() -> impl Strategy<Value = Mode> {
+    prop_oneof![
+        3 => Just(Mode::Enforce),
+        2 => Just(Mode::Audit),
+        1 => Just(Mode::Ask { on_timeout: OnTimeout::Strip }),
+        1 => Just(Mode::Ask { on_timeout: OnTimeout::Allow }),
+    ]
+}
+
 pub fn settings() -> impl Strategy<Value = Settings> {
-    (any::<bool>(), any::<bool>(), any::<bool>()).prop_map(|(a, b, c)| Settings {
-        exempt_self: a,
-        exempt_kernel_handles: b,
-        exempt_critical_requesters: c,
-    })
+    (
+        any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
+        prop_oneof![Just(250u32), Just(1), Just(5000), 1u32..=5000],
+    )
+        .prop_map(|(a, b, c, ms)| Settings {
+            exempt_self: a,
+            exempt_kernel_handles: b,
+            exempt_critical_requesters: c,
+            ask_timeout_ms: ms,
+        })
 }
 
 /// A valid random policy of `n` rules whose requesters are never "any": up to 63
