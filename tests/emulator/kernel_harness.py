@@ -1027,6 +1027,9 @@ class KernelHarness(IrqlVerifier, KernelThreads):
         routine = self.driver_unload_routine()
         assert routine, "the driver has no DriverUnload routine"
         self._run(routine, [self.driver_object], "DriverUnload")
+        self._check_unload_completed()
+
+    def _check_unload_completed(self) -> None:
         # Every pended request is completed by the end of unload (the driver
         # cannot leave an IRP behind: the I/O manager would wait forever).
         held = [hex(r.handle) for r in self.sent_requests if r.pending]
@@ -1612,6 +1615,11 @@ class KernelHarness(IrqlVerifier, KernelThreads):
             # A real kernel bugchecks on an unknown registration handle.
             raise KernelFault(f"ObUnRegisterCallbacks({handle:#x}): not a live registration")
         del self.live_registrations[handle]
+        if self.callbacks_in_progress():
+            # Windows' ObUnRegisterCallbacks waits until the callbacks in
+            # progress returned (kernel_threads.py: block_until_run_ends).
+            self.events.append(("ObUnRegisterCallbacks waits for callbacks", handle))
+            return self.block_until_run_ends(0)
         return None
 
     def _ps_get_current_process_id(self, _argv, _original):

@@ -28,11 +28,20 @@ cooperative context switch:
   event is signalled now, else STATUS_TIMEOUT (the clock advanced by the
   timeout).
 
-Limits: one waiting thread at a time (a wait inside the switched work is not
-switched again: it times out or succeeds at once); the switched work is
-driver code entered through its callbacks (EvtIoDeviceControl, EvtFileCleanup,
-EvtIoCanceledOnQueue, DriverUnload), not arbitrary user code; kernel time is
-the harness' clock, advanced by timeouts, not by instructions.
+A wait inside switched work switches again (a stack of waiting threads,
+each handler thread on a stack of its own; ``max_switch_depth``), which is
+how many callbacks wait at once (the pool-full test holds 64). An unload in
+switched work blocks in ObUnRegisterCallbacks while a callback is in
+progress, as Windows' does: the waiting callback goes on, and the unload is
+resumed in a run of its own after the callback returned.
+
+Limits: the threads are cooperative, switched only at waits (and at
+ObUnRegisterCallbacks): no preemption, so races between two callbacks in
+the middle of a lock-free update are not explored here (the loom tests do
+that); the switched work is driver code entered through its callbacks
+(EvtIoDeviceControl, EvtFileCleanup, EvtIoCanceledOnQueue, DriverUnload, the
+object callbacks), not arbitrary user code; kernel time is the harness'
+clock, advanced by timeouts, not by instructions.
 """
 
 from __future__ import annotations
@@ -131,6 +140,17 @@ class _Switch:
     steps: collections.deque = field(default_factory=collections.deque)
     current: Optional[ThreadStep] = None
     done: list = field(default_factory=list)
+    stack_region: int = 0  # the handler thread's stack
+
+
+@dataclass
+class _Blocked:
+    """A handler thread blocked until the run ends (DriverUnload in
+    ObUnRegisterCallbacks, which waits for the callbacks in progress)."""
+
+    thread: _Saved
+    switch: _Switch
+    return_value: int
 
 
 class KernelThreads:
@@ -155,7 +175,11 @@ class KernelThreads:
         self.switch_after_call: dict[str, Callable[[object], None]] = {}
         self.interrupt_time = 0
         self._pending_steps: collections.deque = collections.deque()
-        self._thread_stacks: list[int] = []  # one region per switch depth
+        self._free_stacks: list[int] = []  # handler thread stacks not in use
+        self._blocked: list[_Blocked] = []
+        self._resume_trampoline = self.emu.add_callback("harness", "ResumeThread")
+        self.irql_limits.setdefault("ResumeThread", DISPATCH_LEVEL)
+        self.se.add_api_hook(self._resume_thread_hook, "harness", "ResumeThread", argc=0)
         self.thread_stack_max_used = 0
         self.max_switch_depth_reached = 0
         self.switches = 0
@@ -275,12 +299,12 @@ class KernelThreads:
         self.switches += 1
         switch = _Switch(waiter=self._save_thread(), resume=resume, steps=self._pending_steps)
         self._pending_steps = collections.deque()
+        switch.stack_region = (
+            self._free_stacks.pop() if self._free_stacks
+            else self.se.mem_alloc(THREAD_STACK_SIZE + 0x1000, tag="harness.handler_thread_stack")
+        )
         self._switches.append(switch)
         self.max_switch_depth_reached = max(self.max_switch_depth_reached, len(self._switches))
-        if len(self._thread_stacks) < len(self._switches):
-            self._thread_stacks.append(
-                self.se.mem_alloc(THREAD_STACK_SIZE + 0x1000, tag=f"harness.handler_thread_stack{len(self._switches)}")
-            )
         self.write(self._thread_region(), b"\0" * (THREAD_STACK_SIZE + 0x1000))
         self._start_next_step(from_sentinel=from_sentinel)
 
@@ -289,7 +313,7 @@ class KernelThreads:
         return self._switches[-1] if self._switches else None
 
     def _thread_region(self) -> int:
-        return self._thread_stacks[len(self._switches) - 1]
+        return self._switches[-1].stack_region
 
     @property
     def thread_stack_top(self) -> int:
@@ -333,9 +357,60 @@ class KernelThreads:
         self.thread_step(step)
         return step
 
+    def thread_unload(self) -> None:
+        """From a wait handler: the service is stopped while the driver
+        waits: DriverUnload on a system thread. Its ObUnRegisterCallbacks
+        waits (as Windows' does) until the callbacks in progress returned:
+        the harness blocks that thread, lets the waiting callback finish,
+        then resumes the unload after the run (``_resume_blocked_threads``)."""
+        self.thread_step(ThreadStep(
+            what="DriverUnload", routine=self.driver_unload_routine(), args=[self.driver_object],
+            pid=4, tid=self._system_tid(),
+        ))
+
+    def _system_tid(self) -> int:
+        return 0x44
+
+    def callbacks_in_progress(self) -> bool:
+        """An object callback is in progress on a waiting thread."""
+        return any(switch.waiter.in_pre_operation for switch in self._switches)
+
+    def block_until_run_ends(self, return_value: int = 0) -> int:
+        """From an API hook on the running handler thread (an API Speakeasy
+        does not implement): that thread stops here and is resumed with
+        ``return_value`` after the run; the thread it switched from goes on
+        now. Returns the value the hook must return (the waiter's)."""
+        switch = self._switches.pop()
+        self._blocked.append(_Blocked(thread=self._save_thread(), switch=switch, return_value=return_value))
+        self._restore_thread(switch.waiter)
+        return switch.resume()
+
     def _resume_blocked_threads(self) -> None:
         """Threads blocked until the run ended (an unload waiting for the
-        object callbacks in progress) go on now."""
+        object callbacks in progress) go on now, each in a run of its own."""
+        while self._blocked:
+            what = self._blocked[0].switch.current.what
+            self._run(self._resume_trampoline, [], what)
+            if what == "DriverUnload":
+                self._check_unload_completed()
+
+    def _resume_thread_hook(self, emu, api_name, _original, _argv):
+        """harness!ResumeThread, the start of a resuming run: the run's own
+        frame becomes the waiter the blocked thread returns to at its end."""
+        try:
+            blocked = self._blocked.pop(0)
+            switch = blocked.switch
+            switch.waiter = self._save_thread()
+            switch.resume = lambda: STATUS_SUCCESS
+            self._switches.append(switch)
+            self._restore_thread(blocked.thread)
+            return blocked.return_value
+        except Exception:  # noqa: BLE001 - reported by assert_no_fault
+            import traceback  # noqa: PLC0415
+
+            self.hook_failures.append(f"{api_name}: {traceback.format_exc()}")
+            self.emu.stop()
+            return 0
 
     def _save_thread(self) -> _Saved:
         uc = self.emu.emu_eng.emu
@@ -455,6 +530,6 @@ class KernelThreads:
         # Back to the waiting thread: exactly as it was; Speakeasy then pops
         # its return address and sets RAX.
         self.write(self._thread_region(), b"\0" * (THREAD_STACK_SIZE + 0x1000))
-        self._switches.pop()
+        self._free_stacks.append(self._switches.pop().stack_region)
         self._restore_thread(switch.waiter)
         return switch.resume()
