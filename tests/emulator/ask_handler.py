@@ -120,20 +120,28 @@ def connect_bytes(version: int = ASK_PROTOCOL_VERSION, flags: int = 0) -> bytes:
     return struct.pack("<II", version, flags)
 
 
-def package_dispatcher(handler: Callable, thread_handler: Optional[Callable] = None, on_error=None):
-    """The Python package's own dispatch: AskRequest bytes -> AskReply
-    bytes through the user's handler (python/ on sys.path). Returns None
-    when the package is not in this tree."""
-    source = REPO_ROOT / "python" / "src"
-    for candidate in (source, REPO_ROOT / "python"):
-        if (candidate / "procguard" / "__init__.py").is_file() and str(candidate) not in sys.path:
-            sys.path.insert(0, str(candidate))
-    try:
-        import procguard  # noqa: PLC0415
-        from procguard import _dispatch  # noqa: PLC0415,F401
-    except ImportError:
+def import_package():
+    """The Python package of this tree (python/procguard), imported from
+    its source directory: the handler side of the tests is its own code."""
+    source = str(REPO_ROOT / "python")
+    if source not in sys.path:
+        sys.path.insert(0, source)
+    import procguard  # noqa: PLC0415
+
+    return procguard
+
+
+def package_decide(dispatcher, transport: "EmulatorTransport") -> Callable[[bytes], Optional[bytes]]:
+    """A ``HandlerProcess.decide`` that runs the package's
+    ``Dispatcher.serve``: it decides with the user's handler and sends the
+    reply through ``transport`` (queued on the handler thread inside a
+    wait). Returns None: the reply is already on its way."""
+
+    def decide(data: bytes) -> None:
+        transport.decisions.append(dispatcher.serve(data, transport))
         return None
-    return procguard, _dispatch
+
+    return decide
 
 
 class HandlerProcess:
@@ -240,13 +248,14 @@ class HandlerProcess:
     def _handle_inbox(self) -> None:
         inbox, self.inbox = self.inbox, []
         for data in inbox:
-            reply = (self.decide or self._default_decide)(data)
             if self.behaviour == "silent":
                 continue
             if self.behaviour == "late":
-                self.late_replies.append(reply)
+                self.late_replies.append((self.decide or self._default_decide)(data))
                 continue
-            self.send_reply(reply)
+            reply = (self.decide or self._default_decide)(data)
+            if reply is not None:  # None: the package's dispatcher sent it
+                self.send_reply(reply)
             # The worker goes back for the next request.
             self.kernel.thread_ioctl(IOCTL_ASK_GET_REQUEST, b"", ASK_REQUEST_SIZE, file=self.handle,
                                      after=lambda result: self.get_requests.append(result.request))
@@ -263,14 +272,17 @@ class HandlerProcess:
 class EmulatorTransport:
     """The Python package's ``Transport`` over the harness: ``ioctl(code,
     data, output_length) -> bytes`` on the handler's handle. Inside a
-    switched wait the IOCTL is queued on the handler thread (the driver
-    code cannot be run from a hook) and b"" returned: only replies and
-    disconnects, whose output is empty, are sent from there."""
+    switched wait the IOCTL is queued on the handler thread (driver code
+    cannot be run from a hook) and b"" returned: only replies and
+    disconnects, whose output is empty, are sent from there; their status
+    is in ``handler.replies`` afterwards. Outside, a failure raises the
+    package's ``DriverError`` with the NTSTATUS, as its Windows transport
+    would (with the Win32 error there)."""
 
-    def __init__(self, handler: HandlerProcess, error_type=RuntimeError):
+    def __init__(self, handler: HandlerProcess):
         self.handler = handler
-        self.error_type = error_type
         self.sent: list[tuple[int, bytes]] = []
+        self.decisions: list = []
 
     def ioctl(self, code: int, data: bytes, output_length: int) -> bytes:
         kernel = self.handler.kernel
@@ -281,6 +293,8 @@ class EmulatorTransport:
             kernel.thread_ioctl(code, bytes(data), 0, file=self.handler.handle, after=self.handler.replies.append)
             return b""
         result = kernel.ioctl(code, bytes(data), output_length, file=self.handler.handle)
-        if result.status >= 0xC0000000:
-            raise self.error_type(result.status)
+        if result.status >= 0x80000000 and result.status != 0x80000005:
+            procguard = import_package()
+            raise procguard.DriverError(f"IOCTL {code:#010x} failed with {result.status:#010x}",
+                                        ntstatus=result.status, ioctl=code)
         return result.output

@@ -535,6 +535,7 @@ class Measurement:
     allocations: int
     mutex_acquisitions: int
     address_counts: "collections.Counter[int]"
+    switched_instructions: int = 0
 
 
 class KernelHarness(IrqlVerifier, KernelThreads):
@@ -1422,11 +1423,18 @@ class KernelHarness(IrqlVerifier, KernelThreads):
     def measure(self, action: Callable[[], object]) -> "Measurement":
         """Runs ``action`` counting the x86 instructions executed inside the
         driver image (kernel API bodies run in Python: each counts only as
-        the driver's `call`) and the kernel functions it called."""
+        the driver's `call`) and the kernel functions it called. Instructions
+        run on a handler thread during a switched wait (kernel_threads.py)
+        are counted apart (``switched_instructions``): they are the other
+        side of the wait, not the measured call's."""
         counts: collections.Counter[int] = collections.Counter()
+        switched = collections.Counter()
 
         def on_code(_emu, address, _size, _ctx):
-            counts[address] += 1
+            if self._switches:
+                switched[address] += 1
+            else:
+                counts[address] += 1
 
         calls_before = len(self.api_calls)
         allocations_before = self.allocation_count
@@ -1443,6 +1451,7 @@ class KernelHarness(IrqlVerifier, KernelThreads):
             allocations=self.allocation_count - allocations_before,
             mutex_acquisitions=self.mutex_acquisitions - mutexes_before,
             address_counts=counts,
+            switched_instructions=sum(switched.values()),
         )
 
     # ------------------------------------------------------- the pre-op callback

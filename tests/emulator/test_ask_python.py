@@ -1,0 +1,159 @@
+"""Issue 12, "Done when": the seed's example end to end in the emulator.
+The handler side is the Python package's own code (python/procguard: its
+``Dispatcher`` calls the handler with CBProcess's parameter object and
+sends the reply through a ``Transport``, here the harness' one, which runs
+IOCTL_ASK_REPLY through the real driver's queue on the handler thread while
+the driver's callback waits). ``ProcGuard``'s status, counters and events
+read the same driver through the same transport."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+
+import pytest
+
+from ask_handler import REPO_ROOT, EmulatorTransport, HandlerProcess, import_package, package_decide
+from test_ask_path import (
+    AGENT,
+    ASK_AGENT,
+    ATTACKER,
+    HANDLER,
+    KIOSK,
+    PROCESS_SUSPEND_RESUME,
+    PROCESS_TERMINATE,
+    PROCESS_VM_READ,
+    PROCESS_VM_WRITE,
+    THREAD_SUSPEND_RESUME,
+    THREAD_TERMINATE,
+    boot,
+    open_process,
+)
+
+procguard = import_package()
+
+
+@pytest.fixture
+def driver(kernel, compile_policy):
+    return boot(kernel, compile_policy)
+
+
+def serve_with(driver, **handlers):
+    """A connected handler process whose workers run the package's dispatcher."""
+    handler = HandlerProcess(driver, HANDLER)
+    transport = EmulatorTransport(handler)
+    dispatcher = procguard.Dispatcher(**handlers)
+    handler.decide = package_decide(dispatcher, transport)
+    handler.start(workers=1)
+    return handler, transport, dispatcher
+
+
+def seed_handler(protected_pid: int):
+    """The seed's example (CBProcess.on_process_handle_operation's): remove
+    PROCESS_TERMINATE from handles to one process. python/examples/
+    protect_pid.py's handler when the example defines one."""
+    example = REPO_ROOT / "python" / "examples" / "protect_pid.py"
+    if example.is_file():
+        spec = importlib.util.spec_from_file_location("protect_pid_example", example)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)  # the example starts nothing at import (it has a main guard)
+        for name in ("make_handler", "protect"):
+            factory = getattr(module, name, None)
+            if callable(factory):
+                return factory(protected_pid)
+    from procguard import PROCESS_TERMINATE as TERMINATE  # noqa: PLC0415
+
+    def on_process_handle_operation(e):
+        if e.process_id == protected_pid:
+            e.desired_access &= ~TERMINATE
+
+    return on_process_handle_operation
+
+
+def test_the_seed_example_removes_exactly_process_terminate_from_handles_to_the_chosen_pid(driver):
+    handler, transport, dispatcher = serve_with(driver, on_process_handle_operation=seed_handler(AGENT))
+    desired = PROCESS_TERMINATE | PROCESS_SUSPEND_RESUME | PROCESS_VM_READ
+    # The chosen pid: exactly PROCESS_TERMINATE goes.
+    assert open_process(driver, AGENT, desired, ATTACKER) == PROCESS_SUSPEND_RESUME | PROCESS_VM_READ
+    # Another process the policy asks about: the handler leaves it alone.
+    assert open_process(driver, KIOSK, PROCESS_TERMINATE | PROCESS_VM_READ, ATTACKER) == (
+        PROCESS_TERMINATE | PROCESS_VM_READ)
+    assert dispatcher.decided == 2 and dispatcher.errors == 0
+    assert [decision.late for decision in transport.decisions] == [False, False]
+    assert [reply.status for reply in handler.replies] == [0, 0]
+    assert all(wait.switched and wait.status == 0 for wait in driver.waits)
+    # The package reads the same driver: events with the ask outcome, counters.
+    guard = procguard.ProcGuard(transport=transport)
+    events = [event.as_dict() for event in guard.events()]
+    assert [(e["Mode"], e["AskOutcome"], e["TargetProcessId"], e["GrantedAccess"]) for e in events] == [
+        ("ask", "answered", AGENT, hex(PROCESS_SUSPEND_RESUME | PROCESS_VM_READ)),
+        ("ask", "answered", KIOSK, hex(PROCESS_TERMINATE | PROCESS_VM_READ)),
+    ]
+    assert events[0]["Rule"] == "agent-ask" and events[0]["RuleId"] == ASK_AGENT
+    status = guard.status()
+    assert status.ask.handler_pid == HANDLER
+    assert (status.ask.counters.asked, status.ask.counters.answered) == (2, 2)
+
+
+def test_the_handler_sees_cbprocess_fields_and_cannot_add_bits(driver):
+    seen = []
+
+    def on_process_handle_operation(e):
+        seen.append((e.duplication, e.process_id, e.originator_process_id, e.original_desired_access,
+                     e.desired_access))
+        with pytest.raises(Exception):
+            e.desired_access = e.desired_access | PROCESS_VM_WRITE  # adding a bit is refused
+        e.desired_access &= ~PROCESS_TERMINATE
+        e.result_code = 0x1234
+
+    handler, _transport, _dispatcher = serve_with(driver, on_process_handle_operation=on_process_handle_operation)
+    desired = PROCESS_TERMINATE | PROCESS_VM_WRITE | PROCESS_VM_READ
+    assert open_process(driver, AGENT, desired, ATTACKER) == PROCESS_VM_READ
+    assert seen == [(False, AGENT, ATTACKER, desired, desired & ~PROCESS_VM_WRITE)]
+    (record,) = driver.drain_audit_records()
+    assert (record.ask_outcome, record.result_code) == ("answered", 0x1234)
+
+
+def test_a_thread_handler_decides_thread_handles(driver):
+    def on_thread_handle_operation(e):
+        e.desired_access &= ~THREAD_TERMINATE
+
+    serve_with(driver, on_thread_handle_operation=on_thread_handle_operation)
+    result = driver.pre_operation(operation=1, object_kind="thread", target=driver.thread[AGENT],
+                                  desired_access=THREAD_TERMINATE | THREAD_SUSPEND_RESUME, current_pid=ATTACKER)
+    assert result.desired_access == THREAD_SUSPEND_RESUME
+
+
+def test_a_handler_that_raises_gets_the_fallback_its_result_code_and_on_error(driver, caplog):
+    errors = []
+
+    def on_process_handle_operation(e):
+        raise RuntimeError("handler bug")
+
+    serve_with(driver, on_process_handle_operation=on_process_handle_operation,
+               on_error=lambda error, params: errors.append(str(error)))
+    with caplog.at_level(logging.ERROR, logger="procguard"):
+        assert open_process(driver, AGENT, PROCESS_TERMINATE | PROCESS_VM_READ, ATTACKER) == PROCESS_VM_READ
+    assert errors == ["handler bug"]
+    assert any("handler raised" in message for message in caplog.messages)
+    (record,) = driver.drain_audit_records()
+    assert (record.ask_outcome, record.result_code) == ("answered", procguard.RESULT_HANDLER_RAISED)
+    # The service goes on: the next request is answered normally.
+    assert open_process(driver, KIOSK, PROCESS_TERMINATE, ATTACKER) == 0
+
+
+def test_a_handler_slower_than_the_timeout_gets_the_fallback_and_its_late_reply_is_counted(driver, caplog):
+    """The handler's answer comes after the driver stopped waiting (its
+    worker was busy past the timeout): the request got the fallback, the
+    package's serve() sees STATUS_NOT_FOUND, logs it and reports it late."""
+    handler, transport, dispatcher = serve_with(driver, on_process_handle_operation=seed_handler(AGENT))
+    handler.behaviour = "late"
+    handler.decide = lambda data: data  # keep the request: it is served after the callback returned
+    assert open_process(driver, AGENT, PROCESS_TERMINATE | PROCESS_VM_READ, ATTACKER) == PROCESS_VM_READ
+    (request_bytes,) = handler.late_replies
+    with caplog.at_level(logging.WARNING, logger="procguard"):
+        decision = dispatcher.serve(request_bytes, transport)
+    assert decision.late and dispatcher.late_replies == 1
+    assert any("late reply" in message for message in caplog.messages)
+    counters = procguard.ProcGuard(transport=transport).counters()
+    assert (counters.ask.timed_out, counters.ask.late_replies) == (1, 1)
