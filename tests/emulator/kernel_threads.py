@@ -153,8 +153,35 @@ class _Blocked:
     return_value: int
 
 
+KUSER_SHARED_DATA = 0xFFFFF78000000000
+BOOT_INTERRUPT_TIME = 10_000_000  # the machine booted 1 s before the first system time
+PERFORMANCE_FREQUENCY = 10_000_000
+
+
 class KernelThreads:
     """Mixed into ``KernelHarness``."""
+
+    # The clock: system time (100 ns since 1601) and interrupt time (since
+    # boot) advance together, by 1 µs per KeQuerySystemTimePrecise and by a
+    # whole timeout when a wait times out; KUSER_SHARED_DATA (what the
+    # inline KeQueryInterruptTime/KeQuerySystemTime read) follows.
+    @property
+    def system_time(self) -> int:
+        return self._system_time
+
+    @system_time.setter
+    def system_time(self, value: int) -> None:
+        if getattr(self, "_first_system_time", None) is None:
+            self._first_system_time = value
+        self._system_time = value
+        interrupt = self.interrupt_time
+        for offset, time in ((0x08, interrupt), (0x14, value)):  # InterruptTime, SystemTime (KSYSTEM_TIME)
+            low, high = time & 0xFFFFFFFF, (time >> 32) & 0xFFFFFFFF
+            self.se.mem_write(KUSER_SHARED_DATA + offset, struct.pack("<III", low, high, high))
+
+    @property
+    def interrupt_time(self) -> int:
+        return self._system_time - self._first_system_time + BOOT_INTERRUPT_TIME
 
     def _install_kernel_threads(self) -> None:
         self.kernel_events: dict[int, KernelEvent] = {}
@@ -173,7 +200,6 @@ class KernelThreads:
         # next call of that API switches to the handler thread after its hook
         # ran (the self-check of the mechanism on any hooked call).
         self.switch_after_call: dict[str, Callable[[object], None]] = {}
-        self.interrupt_time = 0
         self._pending_steps: collections.deque = collections.deque()
         self._free_stacks: list[int] = []  # handler thread stacks not in use
         self._blocked: list[_Blocked] = []
@@ -195,6 +221,20 @@ class KernelThreads:
         hook("ntoskrnl", "KeWaitForSingleObject", 5, self._ke_wait_for_single_object)
         hook("ntoskrnl", "KeAreAllApcsDisabled", 0, self._ke_are_all_apcs_disabled)
         hook("ntoskrnl", "KeAreApcsDisabled", 0, self._ke_are_apcs_disabled)
+        hook("ntoskrnl", "KeQueryInterruptTimePrecise", 1, self._ke_query_interrupt_time_precise)
+        hook("ntoskrnl", "KeQueryPerformanceCounter", 1, self._ke_query_performance_counter)
+
+    def _ke_query_interrupt_time_precise(self, argv, _original):
+        self.system_time += 10
+        if argv[0]:
+            self._write_u64(argv[0], self.interrupt_time)
+        return self.interrupt_time
+
+    def _ke_query_performance_counter(self, argv, _original):
+        self.system_time += 10
+        if argv[0]:
+            self._write_u64(argv[0], PERFORMANCE_FREQUENCY)
+        return self.interrupt_time
 
     # ------------------------------------------------------------- events
 
@@ -329,7 +369,6 @@ class KernelThreads:
         else:
             # Nobody set it: the whole timeout passes.
             self.system_time += wait.timeout_100ns or 0
-            self.interrupt_time += wait.timeout_100ns or 0
             wait.status = STATUS_TIMEOUT
         return wait.status
 

@@ -458,7 +458,7 @@ def _malformed(blob: bytes) -> dict[str, bytes]:
     bad[0:4] = b"PGPX"
     cases["bad magic"] = set_policy_input(rechecksum(bad))
     bad = bytearray(blob)
-    struct.pack_into("<H", bad, 4, 2)
+    struct.pack_into("<H", bad, 4, 3)  # the format is version 2 since issue 12
     cases["wrong version"] = set_policy_input(rechecksum(bad))
     # The request header claims more blob than the buffer holds.
     cases["blob length beyond the buffer"] = set_policy_input(blob, length=len(blob) + 4096)
@@ -509,7 +509,7 @@ MALFORMED = {
     "bad checksum": "checksum mismatch",
     "flipped byte": "checksum mismatch",
     "bad magic": "bad magic",
-    "wrong version": "unsupported format version 2",
+    "wrong version": "unsupported format version 3",
     "blob length beyond the buffer": None,
     "blob length 4 GiB": None,
     "huge rule count": "rule count 4294967295 cannot fit",
