@@ -298,3 +298,123 @@ class EmulatorTransport:
             raise procguard.DriverError(f"IOCTL {code:#010x} failed with {result.status:#010x}",
                                         ntstatus=result.status, ioctl=code)
         return result.output
+
+
+class ThreadedTransport:
+    """The package's ``Transport`` for a real ``ProcGuard.start()``: its
+    worker threads call ``ioctl`` from their own threads, but the emulator
+    runs on the test's thread only. A worker's IOCTL becomes a message the
+    test thread executes — in ``pump()`` between requests, or on the handler
+    thread inside the driver's wait (kernel_threads.py) — and the worker
+    blocks until its request completes (a get-request: when the driver
+    hands it a request). Inside a wait the test thread waits, in real time
+    and at most ``budget`` seconds, for the workers' replies: a handler
+    slower than that is late (the callback times out, its reply gets
+    STATUS_NOT_FOUND when it comes)."""
+
+    def __init__(self, kernel, pid: int, *, budget: float = 5.0):
+        import queue  # noqa: PLC0415
+        import threading  # noqa: PLC0415
+
+        self.kernel = kernel
+        self.queue = queue
+        if pid not in kernel.running:
+            kernel.new_process(pid, image_path("handler.exe"))
+        self.handle = kernel.open_handle(pid=pid)
+        self.budget = budget
+        self.messages: "queue.Queue" = queue.Queue()
+        self.waiting: dict[int, "queue.Queue"] = {}  # pended request -> its worker's answer queue
+        self.main = threading.get_ident()
+        self.procguard = import_package()
+        self.executed: list[int] = []
+        kernel.on_request_completed = self._completed
+        kernel.wait_handler = self._on_wait
+
+    # -- worker side
+
+    def ioctl(self, code: int, data: bytes, output_length: int) -> bytes:
+        import threading  # noqa: PLC0415
+
+        if threading.get_ident() == self.main:
+            if self.kernel.switched:
+                raise KernelFault("the test thread called the transport inside a wait")
+            self.pump(0)  # what the workers asked first goes first
+            result = self.kernel.ioctl(code, bytes(data), output_length, file=self.handle)
+            return self._outcome(result.status, result.output, code, raise_=True)
+        answer = self.queue.Queue(maxsize=1)
+        self.messages.put((code, bytes(data), output_length, answer))
+        outcome = answer.get()
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def _outcome(self, status: int, output: bytes, code: int, raise_: bool = False):
+        if status >= 0x80000000 and status != 0x80000005:
+            error = self.procguard.DriverError(f"IOCTL {code:#010x} failed with {status:#010x}",
+                                               ntstatus=status, ioctl=code)
+            if raise_:
+                raise error
+            return error
+        return output
+
+    # -- test-thread side
+
+    def _deliver(self, answer, result) -> None:
+        if result.status == STATUS_PENDING:
+            self.waiting[result.request.handle] = answer
+        else:
+            answer.put(self._outcome(result.status, result.output, result.request.code))
+
+    def _completed(self, request: FakeRequest) -> None:
+        answer = self.waiting.pop(request.handle, None)
+        if answer is not None:
+            answer.put(self._outcome(request.status, request.output, request.code))
+
+    def pump(self, seconds: float, *, until: Optional[Callable[[], bool]] = None) -> None:
+        """Executes the workers' IOCTLs (outside a wait) for up to ``seconds``
+        of real time, or until ``until()``."""
+        import time  # noqa: PLC0415
+
+        deadline = time.monotonic() + seconds
+        while True:
+            if until is not None and until():
+                return
+            remaining = deadline - time.monotonic()
+            try:
+                code, data, length, answer = self.messages.get(timeout=max(remaining, 0)) if remaining > 0 \
+                    else self.messages.get_nowait()
+            except self.queue.Empty:
+                return
+            self.executed.append(code)
+            self._deliver(answer, self.kernel.ioctl(code, data, length, file=self.handle))
+
+    def workers_pended(self) -> int:
+        return len(self.waiting)
+
+    def _on_wait(self, kernel, wait) -> None:
+        import time  # noqa: PLC0415
+
+        deadline = time.monotonic() + self.budget
+        event = kernel.kernel_events[wait.event]
+
+        def next_message(_result=None) -> None:
+            # Inside the wait: the workers' IOCTLs run on the handler
+            # thread, one after the other, until the waiting request's event
+            # is set (its reply came) and the workers are pended again.
+            answered = event.signaled
+            timeout = 0.2 if answered else deadline - time.monotonic()
+            if timeout <= 0:
+                return
+            try:
+                code, data, length, answer = self.messages.get(timeout=timeout)
+            except self.queue.Empty:
+                return
+            self.executed.append(code)
+
+            def after(result):
+                self._deliver(answer, result)
+                next_message()
+
+            kernel.thread_ioctl(code, data, length, file=self.handle, after=after)
+
+        next_message()

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import time
 
 import pytest
 
-from ask_handler import REPO_ROOT, EmulatorTransport, HandlerProcess, import_package, package_decide
+from ask_handler import REPO_ROOT, EmulatorTransport, HandlerProcess, ThreadedTransport, import_package, package_decide
 from test_ask_path import (
     AGENT,
     ASK_AGENT,
@@ -157,3 +158,56 @@ def test_a_handler_slower_than_the_timeout_gets_the_fallback_and_its_late_reply_
     assert any("late reply" in message for message in caplog.messages)
     counters = procguard.ProcGuard(transport=transport).counters()
     assert (counters.ask.timed_out, counters.ask.late_replies) == (1, 1)
+
+
+# ------------------------------------------- ProcGuard with its worker threads
+
+
+def started_guard(driver, workers: int, budget: float = 5.0, **handlers):
+    transport = ThreadedTransport(driver, HANDLER, budget=budget)
+    guard = procguard.ProcGuard(transport=transport)
+    for name, handler in handlers.items():
+        setattr(guard, name, handler)
+    guard.start(workers=workers)
+    transport.pump(10, until=lambda: transport.workers_pended() == workers)
+    assert transport.workers_pended() == workers, "every worker's get-request pended in the driver"
+    return guard, transport
+
+
+def test_procguard_started_with_worker_threads_decides_requests_end_to_end(driver):
+    """ProcGuard.start() as an application calls it: real worker threads
+    pend get-requests, the driver hands each request to one, the package's
+    dispatcher calls the handler and replies, stop() disconnects."""
+    guard, transport = started_guard(driver, 2, on_process_handle_operation=seed_handler(AGENT))
+    try:
+        assert guard.connection.handler_pid == HANDLER and guard.connection.slots == 64
+        assert open_process(driver, AGENT, PROCESS_TERMINATE | PROCESS_VM_READ, ATTACKER) == PROCESS_VM_READ
+        assert open_process(driver, KIOSK, PROCESS_TERMINATE, ATTACKER) == PROCESS_TERMINATE
+        assert open_process(driver, AGENT, PROCESS_SUSPEND_RESUME | PROCESS_TERMINATE, ATTACKER) == (
+            PROCESS_SUSPEND_RESUME)
+        assert all(wait.switched and wait.status == 0 for wait in driver.waits) and len(driver.waits) == 3
+    finally:
+        guard.stop()
+    assert not any(worker.is_alive() for worker in guard._workers), "stop() ended the workers"
+    status = guard.status()
+    assert status.ask.handler_pid == 0
+    assert (status.ask.counters.asked, status.ask.counters.answered) == (3, 3)
+    assert driver.pended() == []
+
+
+def test_procguard_with_a_handler_slower_than_the_wait_falls_back_and_counts_the_late_reply(driver, caplog):
+    def slow(e):
+        time.sleep(0.6)
+        e.desired_access &= ~PROCESS_TERMINATE
+
+    guard, transport = started_guard(driver, 1, budget=0.2, on_process_handle_operation=slow)
+    try:
+        with caplog.at_level(logging.WARNING, logger="procguard"):
+            assert open_process(driver, AGENT, PROCESS_TERMINATE | PROCESS_VM_READ, ATTACKER) == PROCESS_VM_READ
+            # The reply comes after the driver's wait ended: STATUS_NOT_FOUND.
+            transport.pump(5, until=lambda: transport.workers_pended() == 1)
+        assert any("late reply" in message for message in caplog.messages)
+        counters = guard.counters()
+        assert (counters.ask.timed_out, counters.ask.late_replies) == (1, 1)
+    finally:
+        guard.stop()
