@@ -88,6 +88,7 @@ impl Loaded {
     ) -> (Self, i32) {
         let turn = TURN.lock().unwrap_or_else(PoisonError::into_inner);
         reset_host();
+        crate::callbacks::handle_decision::test_broker::reset();
         with_host(|host| {
             for &(pid, name) in processes {
                 host.processes
@@ -960,5 +961,569 @@ mod process_table_upkeep {
             "the enumeration tracked a process whose exit notification had run"
         );
         assert!(generation.requester_record(ATTACKER).is_some());
+    }
+}
+
+/// Issue 12: requests an ask rule applies to, from the callback to the
+/// broker and back (the broker's side is `ask/`; here a scripted stand-in,
+/// `handle_decision::test_broker`, answers as a handler or a fallback would,
+/// and records exactly what the callback handed over).
+mod ask_requests {
+    use super::*;
+    use crate::callbacks::handle_decision::test_broker::{self, Asked, Scripted};
+    use crate::ffi::_OB_PRE_OPERATION_INFORMATION__bindgen_ty_1 as Flags;
+    use procguard_protocol::ask::{AskObject, AskOutcome, ImageName};
+    use std::sync::atomic::Ordering::Relaxed;
+
+    const PROCESS_VM_OPERATION: u32 = 0x0008;
+    const THREAD_GET_CONTEXT: u32 = 0x0008;
+    const THREAD_SET_CONTEXT: u32 = 0x0010;
+
+    /// Rule 0 enforces, rule 1 asks with the fail-closed fallback, rule 2
+    /// (threads) asks with the fail-open one, rule 3 audits.
+    const ASK_POLICY: &str = r#"
+[settings]
+ask_timeout_ms = 400
+
+[[rule]]
+name = "agent-no-kill"
+target = { name = "agent.exe" }
+objects = "process"
+strip = ["PROCESS_TERMINATE"]
+
+[[rule]]
+name = "ask-memory"
+target = { name = "agent.exe" }
+objects = "process"
+mode = "ask"
+strip = ["PROCESS_VM_WRITE", "PROCESS_VM_OPERATION"]
+
+[[rule]]
+name = "ask-threads"
+target = { name = "agent.exe" }
+objects = "thread"
+mode = "ask"
+on_timeout = "allow"
+strip = ["THREAD_SUSPEND_RESUME", "THREAD_SET_CONTEXT"]
+
+[[rule]]
+name = "agent-reads-watched"
+target = { name = "agent.exe" }
+objects = "process"
+mode = "audit"
+strip = ["PROCESS_VM_READ"]
+"#;
+
+    fn loaded() -> Loaded {
+        let (loaded, status) = Loaded::with(
+            Some(blob(ASK_POLICY)),
+            &[
+                (AGENT, "agent.exe"),
+                (ATTACKER, "tool.exe"),
+                (EDITOR, "editor.exe"),
+            ],
+        );
+        assert_eq!(status, STATUS_SUCCESS);
+        loaded
+    }
+
+    fn name(text: &str) -> ImageName {
+        ImageName::from_units(&text.encode_utf16().collect::<Vec<_>>())
+    }
+
+    fn only_asked() -> Asked {
+        let asked = test_broker::take();
+        assert_eq!(asked.len(), 1, "{asked:?}");
+        asked[0]
+    }
+
+    fn rule_stats(loaded: &Loaded, rule: usize) -> (u64, u64) {
+        let generation = loaded.state().active.read().expect("published");
+        let stats = &generation.rule_stats[rule];
+        (stats.hits.load(Relaxed), stats.strips.load(Relaxed))
+    }
+
+    #[test]
+    fn an_asked_open_hands_the_broker_every_field_and_grants_the_anded_answer() {
+        let loaded = loaded();
+        with_host(|host| host.current_thread_id = 2004);
+        test_broker::script(&[Scripted::Reply {
+            access: !PROCESS_VM_WRITE,
+            result_code: 7,
+            waited_us: 120,
+        }]);
+        let requested = PROCESS_TERMINATE
+            | PROCESS_VM_WRITE
+            | PROCESS_VM_OPERATION
+            | PROCESS_QUERY_LIMITED_INFORMATION;
+        let granted = loaded.open_process(ATTACKER, AGENT, requested);
+        assert_eq!(
+            granted,
+            PROCESS_VM_OPERATION | PROCESS_QUERY_LIMITED_INFORMATION,
+            "enforce strip, then the handler's answer ANDed in"
+        );
+        let asked = only_asked();
+        let after_enforce = requested & !PROCESS_TERMINATE;
+        assert_eq!(asked.access, after_enforce);
+        assert_eq!(asked.timeout_ms, 400, "the policy's ask_timeout_ms");
+        assert_eq!(
+            (asked.plan.rights, asked.plan.rule, asked.plan.askable),
+            (PROCESS_VM_WRITE | PROCESS_VM_OPERATION, Some(1), true)
+        );
+        let request = asked.request;
+        let records = loaded.drain();
+        assert_eq!(records.len(), 1, "one record for the request: {records:?}");
+        let record = records[0];
+        assert_eq!(
+            request,
+            procguard_protocol::ask::AskRequest {
+                id: 0,
+                generation: 0,
+                timestamp: record.timestamp,
+                object: AskObject::Process,
+                duplication: false,
+                rule_id: 1,
+                process_id: AGENT,
+                thread_id: 0,
+                originator_process_id: ATTACKER,
+                originator_thread_id: 2004,
+                source_process_id: 0,
+                target_process_id: 0,
+                original_desired_access: requested,
+                desired_access: after_enforce,
+                ask_rights: PROCESS_VM_WRITE | PROCESS_VM_OPERATION,
+                fallback_access: PROCESS_QUERY_LIMITED_INFORMATION,
+                timeout_ms: 400,
+                requester_pid: ATTACKER,
+                requester_create_time: i64::from(ATTACKER) * 7,
+                target_create_time: i64::from(AGENT) * 7,
+                requester_image: name("tool.exe"),
+                target_image: name("agent.exe"),
+            }
+        );
+        assert!(request.timestamp > 0);
+        assert_eq!(record.mode, AuditMode::Ask);
+        assert_eq!(record.rule_id, 1, "the ask rule");
+        assert_eq!(record.ask_outcome, Some(AskOutcome::Answered));
+        assert_eq!((record.ask_wait_us, record.result_code), (120, 7));
+        assert_eq!(
+            (record.original_desired_access, record.desired_access),
+            (requested, granted)
+        );
+        assert_eq!(
+            (record.process_id, record.thread_id, record.object),
+            (AGENT, 0, AuditObject::Process)
+        );
+        assert_eq!(
+            (record.originator_process_id, record.originator_thread_id),
+            (ATTACKER, 2004)
+        );
+        assert!(!record.duplication);
+    }
+
+    #[test]
+    fn a_duplicated_thread_handle_is_asked_with_source_receiver_and_thread() {
+        let loaded = loaded();
+        // EDITOR duplicates a handle to one of AGENT's threads out of AGENT
+        // into ATTACKER.
+        with_host(|host| {
+            host.current_process_id = EDITOR;
+            host.current_thread_id = 3004;
+        });
+        test_broker::script(&[Scripted::Reply {
+            access: !THREAD_SET_CONTEXT,
+            result_code: 0,
+            waited_us: 5,
+        }]);
+        let requested = THREAD_SUSPEND_RESUME | THREAD_SET_CONTEXT | THREAD_GET_CONTEXT;
+        let granted = loaded.request(
+            OB_OPERATION_HANDLE_DUPLICATE,
+            FAKE_THREAD_TYPE,
+            fake_thread(AGENT).cast(),
+            duplicate(requested, AGENT, ATTACKER),
+        );
+        assert_eq!(granted, THREAD_SUSPEND_RESUME | THREAD_GET_CONTEXT);
+        let request = only_asked().request;
+        assert_eq!(request.object, AskObject::Thread);
+        assert!(request.duplication);
+        assert_eq!(request.rule_id, 2);
+        assert_eq!(
+            (request.process_id, request.thread_id),
+            (AGENT, AGENT + 1),
+            "the owning process and the thread (fake thread ids: owner + 1)"
+        );
+        assert_eq!(
+            (request.originator_process_id, request.originator_thread_id),
+            (EDITOR, 3004)
+        );
+        assert_eq!(
+            (request.source_process_id, request.target_process_id),
+            (AGENT, ATTACKER)
+        );
+        assert_eq!(
+            request.requester_pid, ATTACKER,
+            "the receiver gets the access"
+        );
+        assert_eq!(
+            (request.requester_image, request.target_image),
+            (name("tool.exe"), name("agent.exe"))
+        );
+        assert_eq!(
+            (request.requester_create_time, request.target_create_time),
+            (i64::from(ATTACKER) * 7, i64::from(AGENT) * 7)
+        );
+        assert_eq!(
+            (request.ask_rights, request.fallback_access),
+            (THREAD_SUSPEND_RESUME | THREAD_SET_CONTEXT, requested),
+            "on_timeout = allow: the fallback keeps the asked rights"
+        );
+        let record = loaded.drain()[0];
+        assert!(record.duplication);
+        assert_eq!(record.object, AuditObject::Thread);
+        assert_eq!(
+            (
+                record.thread_id,
+                record.source_process_id,
+                record.target_process_id,
+                record.originator_process_id
+            ),
+            (AGENT + 1, AGENT, ATTACKER, EDITOR)
+        );
+        assert_eq!((record.mode, record.rule_id), (AuditMode::Ask, 2));
+    }
+
+    #[test]
+    fn every_outcome_gets_one_ask_record_with_its_access_wait_and_result_code() {
+        let loaded = loaded();
+        let requested = PROCESS_VM_WRITE | PROCESS_QUERY_LIMITED_INFORMATION;
+        let fallback = PROCESS_QUERY_LIMITED_INFORMATION;
+        let cases = [
+            (
+                Scripted::Reply {
+                    access: requested,
+                    result_code: -5,
+                    waited_us: 30,
+                },
+                AskOutcome::Answered,
+                requested,
+                -5,
+                30,
+            ),
+            (
+                Scripted::Fallback(AskOutcome::TimedOut, 400_000),
+                AskOutcome::TimedOut,
+                fallback,
+                0,
+                400_000,
+            ),
+            (
+                Scripted::Fallback(AskOutcome::NoHandler, 0),
+                AskOutcome::NoHandler,
+                fallback,
+                0,
+                0,
+            ),
+            (
+                Scripted::Fallback(AskOutcome::PoolFull, 0),
+                AskOutcome::PoolFull,
+                fallback,
+                0,
+                0,
+            ),
+            (
+                Scripted::Fallback(AskOutcome::Unaskable, 0),
+                AskOutcome::Unaskable,
+                fallback,
+                0,
+                0,
+            ),
+            (
+                Scripted::Fallback(AskOutcome::Cancelled, 77),
+                AskOutcome::Cancelled,
+                fallback,
+                0,
+                77,
+            ),
+        ];
+        for (script, outcome, access, result_code, wait) in cases {
+            test_broker::script(&[script]);
+            assert_eq!(
+                loaded.open_process(ATTACKER, AGENT, requested),
+                access,
+                "{outcome:?}"
+            );
+            let records = loaded.drain();
+            assert_eq!(records.len(), 1, "{outcome:?}: {records:?}");
+            let record = records[0];
+            assert_eq!(record.mode, AuditMode::Ask, "{outcome:?}");
+            assert_eq!(record.rule_id, 1, "{outcome:?}");
+            assert_eq!(record.ask_outcome, Some(outcome));
+            assert_eq!(
+                (
+                    record.desired_access,
+                    record.result_code,
+                    record.ask_wait_us
+                ),
+                (access, result_code, wait),
+                "{outcome:?}"
+            );
+            assert_eq!(record.original_desired_access, requested);
+        }
+        assert_eq!(test_broker::take().len(), cases.len());
+    }
+
+    #[test]
+    fn without_a_script_the_broker_decides_and_with_no_handler_the_fallback_applies_at_once() {
+        let loaded = loaded();
+        let requested = PROCESS_VM_WRITE | PROCESS_QUERY_LIMITED_INFORMATION;
+        assert_eq!(
+            loaded.open_process(ATTACKER, AGENT, requested),
+            PROCESS_QUERY_LIMITED_INFORMATION,
+            "on_timeout = strip"
+        );
+        let thread_rights = THREAD_SUSPEND_RESUME | THREAD_GET_CONTEXT;
+        assert_eq!(
+            loaded.open_thread(ATTACKER, AGENT, thread_rights),
+            thread_rights,
+            "on_timeout = allow"
+        );
+        let records = loaded.drain();
+        assert_eq!(records.len(), 2);
+        for record in records {
+            assert_eq!(record.ask_outcome, Some(AskOutcome::NoHandler));
+            assert_eq!(record.ask_wait_us, 0);
+        }
+    }
+
+    #[test]
+    fn a_handler_never_adds_a_bit_even_through_a_broker_that_tries() {
+        let loaded = loaded();
+        test_broker::script(&[Scripted::Raw(crate::ask::AskAnswer {
+            outcome: AskOutcome::Answered,
+            access: u32::MAX,
+            result_code: 0,
+            waited_us: 1,
+        })]);
+        let requested = PROCESS_TERMINATE | PROCESS_VM_WRITE;
+        assert_eq!(
+            loaded.open_process(ATTACKER, AGENT, requested),
+            PROCESS_VM_WRITE,
+            "the enforce strip stays, nothing beyond the request appears"
+        );
+        assert_eq!(loaded.drain()[0].desired_access, PROCESS_VM_WRITE);
+    }
+
+    #[test]
+    fn the_handlers_own_requests_get_the_enforce_rules_only_and_no_ask_record() {
+        let loaded = loaded();
+        test_broker::set_handler_pid(Some(ATTACKER));
+        // Only the ask rule applies: untouched, not asked, not audited, not counted.
+        let asked_only = PROCESS_VM_WRITE | PROCESS_QUERY_LIMITED_INFORMATION;
+        assert_eq!(loaded.open_process(ATTACKER, AGENT, asked_only), asked_only);
+        assert!(loaded.drain().is_empty());
+        assert_eq!(rule_stats(&loaded, 1), (0, 0));
+        // The enforce rule still strips, with its own (enforce) record.
+        assert_eq!(
+            loaded.open_process(ATTACKER, AGENT, asked_only | PROCESS_TERMINATE),
+            asked_only
+        );
+        let records = loaded.drain();
+        assert_eq!(records.len(), 1);
+        assert_eq!(
+            (records[0].mode, records[0].rule_id, records[0].ask_outcome),
+            (AuditMode::Enforce, 0, None)
+        );
+        // An audit rule still reports.
+        assert_eq!(
+            loaded.open_process(ATTACKER, AGENT, PROCESS_VM_WRITE | PROCESS_VM_READ),
+            PROCESS_VM_WRITE | PROCESS_VM_READ
+        );
+        let records = loaded.drain();
+        assert_eq!(records.len(), 1);
+        assert_eq!((records[0].mode, records[0].rule_id), (AuditMode::Audit, 3));
+        assert!(
+            test_broker::take().is_empty(),
+            "the handler was never asked about itself"
+        );
+        assert_eq!(rule_stats(&loaded, 1), (0, 0));
+        // Another requester still is asked while that handler is connected.
+        assert_eq!(
+            loaded.open_process(EDITOR, AGENT, asked_only),
+            PROCESS_QUERY_LIMITED_INFORMATION
+        );
+        assert_eq!(test_broker::take().len(), 1);
+    }
+
+    #[test]
+    fn requests_outside_the_ask_rights_and_exempt_requests_are_not_asked() {
+        let loaded = loaded();
+        // Rights no ask rule is about: the common path (no ask, no record).
+        assert_eq!(
+            loaded.open_process(ATTACKER, AGENT, PROCESS_QUERY_LIMITED_INFORMATION),
+            PROCESS_QUERY_LIMITED_INFORMATION
+        );
+        // Rights an enforce rule removed already: nothing left to ask about.
+        assert_eq!(loaded.open_process(ATTACKER, AGENT, PROCESS_TERMINATE), 0);
+        // A process opening itself.
+        assert_eq!(
+            loaded.open_process(AGENT, AGENT, PROCESS_VM_WRITE),
+            PROCESS_VM_WRITE
+        );
+        // An unprotected target.
+        assert_eq!(
+            loaded.open_process(AGENT, ATTACKER, PROCESS_VM_WRITE),
+            PROCESS_VM_WRITE
+        );
+        assert!(test_broker::take().is_empty());
+        let records = loaded.drain();
+        assert_eq!(records.len(), 1, "only the enforce strip: {records:?}");
+        assert_eq!(records[0].mode, AuditMode::Enforce);
+    }
+
+    #[test]
+    fn kernel_handles_and_critical_requesters_reach_the_broker_as_unaskable_when_not_exempt() {
+        const CSRSS: u32 = 600;
+        let policy = format!(
+            "[settings]\nexempt_kernel_handles = false\nexempt_critical_requesters = false\n{}",
+            ASK_POLICY.replace("[settings]\nask_timeout_ms = 400\n", "")
+        );
+        let (loaded, _) = Loaded::with_setup(
+            Some(blob(&policy)),
+            &[(AGENT, "agent.exe"), (ATTACKER, "tool.exe")],
+            |host| {
+                host.processes.insert(
+                    CSRSS,
+                    (
+                        1,
+                        "\\Device\\HarddiskVolume3\\Windows\\System32\\csrss.exe".into(),
+                    ),
+                );
+            },
+        );
+        assert_eq!(
+            loaded.open_process(CSRSS, AGENT, PROCESS_VM_WRITE),
+            0,
+            "fallback"
+        );
+        let asked = only_asked();
+        assert!(!asked.plan.askable, "a critical requester");
+        assert_eq!(asked.timeout_ms, 250, "the default ask_timeout_ms");
+        assert_eq!(asked.request.requester_image, name("csrss.exe"));
+        with_host(|host| host.current_process_id = ATTACKER);
+        let mut parameters = create(PROCESS_VM_WRITE);
+        let mut info = OB_PRE_OPERATION_INFORMATION {
+            Operation: OB_OPERATION_HANDLE_CREATE,
+            __bindgen_anon_1: Flags { Flags: 1 },
+            Object: fake_process(AGENT).cast(),
+            ObjectType: FAKE_PROCESS_TYPE as POBJECT_TYPE,
+            CallContext: core::ptr::null_mut(),
+            Parameters: &raw mut parameters,
+        };
+        // SAFETY: as the object manager calls it for a kernel handle.
+        unsafe { process_pre_operation(loaded.context(), &raw mut info) };
+        // SAFETY: the create member is the live one.
+        let granted = unsafe { parameters.CreateHandleInformation.DesiredAccess };
+        assert_eq!(granted, 0);
+        assert!(!only_asked().plan.askable, "a kernel handle");
+        let outcomes: Vec<_> = loaded.drain().iter().map(|r| r.ask_outcome).collect();
+        assert_eq!(outcomes.len(), 2);
+    }
+
+    #[test]
+    fn names_come_only_from_a_table_entry_of_the_same_process() {
+        let loaded = loaded();
+        // A requester the table does not know (never notified): no name,
+        // and no image path read in the callback; its creation key is its own.
+        with_host(|host| host.processes.insert(5000, (55, image("stranger.exe"))));
+        let lookups = with_host(|host| host.image_name_lookups);
+        loaded.open_process(5000, AGENT, PROCESS_VM_WRITE);
+        let request = only_asked().request;
+        assert_eq!(request.requester_image, ImageName::EMPTY);
+        assert_eq!(request.requester_create_time, 55);
+        assert_eq!(request.target_image, name("agent.exe"));
+        assert_eq!(with_host(|host| host.image_name_lookups), lookups);
+        // A stale entry (ATTACKER's id reused without an exit notification):
+        // its name is not the new process's.
+        with_host(|host| {
+            host.processes
+                .insert(ATTACKER, (999_999, image("notepad.exe")))
+        });
+        loaded.open_process(ATTACKER, AGENT, PROCESS_VM_WRITE);
+        let request = only_asked().request;
+        assert_eq!(request.requester_image, ImageName::EMPTY);
+        assert_eq!(request.requester_create_time, 999_999);
+        // A long name is cut at 64 units and flagged.
+        let long = format!("{}.exe", "a".repeat(70));
+        notify_create(6000, &long, 66);
+        loaded.open_process(6000, AGENT, PROCESS_VM_WRITE);
+        let request = only_asked().request;
+        assert_eq!(
+            (
+                request.requester_image.len,
+                request.requester_image.truncated
+            ),
+            (64, true)
+        );
+        assert_eq!(request.requester_image, name(&long));
+    }
+
+    #[test]
+    fn counters_and_rule_counters_count_asked_requests() {
+        let loaded = loaded();
+        let counters = &loaded.state().counters;
+        let base = (
+            counters.modified.load(Relaxed),
+            counters.audited.load(Relaxed),
+        );
+        // Answered, keeping everything: audited, not modified; the ask rule hit.
+        test_broker::script(&[Scripted::Reply {
+            access: u32::MAX,
+            result_code: 0,
+            waited_us: 1,
+        }]);
+        loaded.open_process(ATTACKER, AGENT, PROCESS_VM_WRITE);
+        assert_eq!(
+            (
+                counters.modified.load(Relaxed),
+                counters.audited.load(Relaxed)
+            ),
+            (base.0, base.1 + 1)
+        );
+        assert_eq!(rule_stats(&loaded, 1), (1, 0));
+        assert_eq!(rule_stats(&loaded, 0), (0, 0));
+        // Timed out (fail closed): modified; the ask rule hit and stripped.
+        test_broker::script(&[Scripted::Fallback(AskOutcome::TimedOut, 400_000)]);
+        loaded.open_process(ATTACKER, AGENT, PROCESS_VM_WRITE);
+        assert_eq!(counters.modified.load(Relaxed), base.0 + 1);
+        assert_eq!(rule_stats(&loaded, 1), (2, 1));
+        // With an enforce strip too: both rules count, one record, modified once.
+        test_broker::script(&[Scripted::Reply {
+            access: u32::MAX,
+            result_code: 0,
+            waited_us: 1,
+        }]);
+        loaded.open_process(ATTACKER, AGENT, PROCESS_VM_WRITE | PROCESS_TERMINATE);
+        assert_eq!(rule_stats(&loaded, 0), (1, 1));
+        assert_eq!(rule_stats(&loaded, 1), (3, 1));
+        assert_eq!(
+            (
+                counters.modified.load(Relaxed),
+                counters.audited.load(Relaxed)
+            ),
+            (base.0 + 2, base.1 + 3)
+        );
+        assert_eq!(loaded.drain().len(), 3);
+    }
+
+    #[test]
+    fn every_ring_append_wakes_the_events_readers() {
+        let loaded = loaded();
+        test_broker::script(&[Scripted::Fallback(AskOutcome::NoHandler, 0)]);
+        loaded.open_process(ATTACKER, AGENT, PROCESS_TERMINATE); // enforce
+        loaded.open_process(ATTACKER, AGENT, PROCESS_VM_READ); // audit
+        loaded.open_process(ATTACKER, AGENT, PROCESS_VM_WRITE); // ask
+        loaded.open_process(ATTACKER, EDITOR, PROCESS_TERMINATE); // nothing
+        assert_eq!(loaded.drain().len(), 3);
+        assert_eq!(test_broker::notifies(), 3);
     }
 }

@@ -26,10 +26,17 @@
 //!    classifies it at PASSIVE_LEVEL. The `unclassified` counter says how
 //!    often this happens.
 //! 5. The engine decides; the result only ever loses bits.
+//! 6. When an ask rule applies (`Decision::ask`), the rest happens out of
+//!    line (`decide_asked`: a request no ask rule applies to pays one test
+//!    for it): the handler's own requests get the enforce rules only; any
+//!    other request is handed to the ask broker (`ask/`) with every field a
+//!    handler needs, and gets the broker's answer ANDed into what the
+//!    enforce rules left, with one audit record of mode ask.
 
 use core::sync::atomic::Ordering;
 
-use procguard_policy::{Exemption, HandleRequest, ObjectKind, Operation, ProcessRecord};
+use procguard_policy::{Decision, Exemption, HandleRequest, ObjectKind, Operation, ProcessRecord};
+use procguard_protocol::ask::{AskObject, AskRequest, ImageName};
 use procguard_protocol::{audit_record, AuditMode, AuditObject, AuditRecord};
 
 use crate::driver_state::DriverState;
@@ -170,6 +177,42 @@ pub fn decide(state: &DriverState, generation: &Generation, request: &ObservedRe
             same_process: requester_pid == request.target_pid,
         },
     );
+    if decision.ask.is_needed() {
+        return decide_asked(
+            state,
+            generation,
+            request,
+            Keys {
+                requester_pid,
+                requester: requester_key,
+                target: target_key,
+            },
+            &decision,
+        );
+    }
+    settle(state, generation, request, requester_pid, &decision)
+}
+
+/// The request's creation keys (see `process_identity::creation_key`) and
+/// the requester's id, for an asked request.
+#[derive(Debug, Clone, Copy)]
+struct Keys {
+    requester_pid: u32,
+    requester: u64,
+    target: u64,
+}
+
+/// Grants a decision no handler takes part in: counters, the rule's
+/// counters and the audit record (inlined: see [`decide`]).
+#[inline(always)]
+fn settle(
+    state: &DriverState,
+    generation: &Generation,
+    request: &ObservedRequest,
+    requester_pid: u32,
+    decision: &Decision,
+) -> u32 {
+    let desired = request.desired_access;
     let access = decision.access & desired;
     let stripped = access != desired;
     generation.count(decision.rule, stripped);
@@ -205,6 +248,192 @@ pub fn decide(state: &DriverState, generation: &Generation, request: &ObservedRe
     access
 }
 
+/// A request no handler is asked about because its requester is the
+/// handler: the enforce rules only (the plan is dropped, and with it the
+/// audit record and rule count an ask rule alone would have caused).
+#[inline(always)]
+fn without_ask(decision: &Decision, desired: u32) -> Decision {
+    let access = decision.access & desired;
+    let enforced = access != desired || decision.would_strip != 0;
+    Decision {
+        rule: if enforced { decision.rule } else { None },
+        audit: enforced,
+        ask: procguard_policy::AskPlan::NONE,
+        ..*decision
+    }
+}
+
+/// The rest of [`decide`] for a request an ask rule applies to
+/// (`decision.ask.is_needed()`): out of line, so a request no ask rule
+/// applies to pays one test for the ask path. Not for the handler's own
+/// requests (enforce rules only, [`without_ask`]); any other request goes to
+/// the broker, which asks the handler or applies the plan's fallback (no
+/// handler, not askable, above PASSIVE_LEVEL, pool full, timeout), and gets
+/// its answer ANDed into what the enforce rules left. One audit record of
+/// mode ask says what happened; the ask rule counts a hit, and a strip when
+/// the answer (or fallback) removed bits; the enforce or audit rule that
+/// also applied counts as it would without the ask rule.
+#[cold]
+#[inline(never)]
+fn decide_asked(
+    state: &DriverState,
+    generation: &Generation,
+    request: &ObservedRequest,
+    keys: Keys,
+    decision: &Decision,
+) -> u32 {
+    let desired = request.desired_access;
+    #[cfg(test)]
+    let handler = test_broker::handler_pid(state);
+    #[cfg(not(test))]
+    let handler = state.ask.handler_pid();
+    if handler != 0 && keys.requester_pid == handler {
+        let enforced = without_ask(decision, desired);
+        return settle(state, generation, request, keys.requester_pid, &enforced);
+    }
+    let plan = decision.ask;
+    let access = decision.access & desired;
+    let timeout_ms = generation.policy.settings().ask_timeout_ms;
+    let timestamp = kernel_sync::system_time();
+    let parties = Parties::of(request, keys.requester_pid);
+    // Names from the table only when its entry is this very process (the
+    // keys match), else none: the callback reads no image path itself.
+    let name_of = |pid: u32, key: u64| match generation.table.image_name(pid) {
+        Some((stored, name)) if stored == key => name,
+        _ => ImageName::EMPTY,
+    };
+    let rule_id = plan.rule.map_or(audit_record::NO_RULE, u32::from);
+    let mut ask = AskRequest {
+        id: 0,
+        generation: 0,
+        timestamp,
+        object: match request.object {
+            ObjectKind::Process => AskObject::Process,
+            ObjectKind::Thread => AskObject::Thread,
+        },
+        duplication: parties.duplication,
+        rule_id,
+        process_id: request.target_pid,
+        thread_id: parties.thread_id,
+        originator_process_id: parties.originator_pid,
+        originator_thread_id: parties.originator_tid,
+        source_process_id: parties.source_pid,
+        target_process_id: parties.receiver_pid,
+        original_desired_access: desired,
+        desired_access: access,
+        ask_rights: plan.rights & access,
+        fallback_access: plan.fallback_access(access),
+        timeout_ms,
+        requester_pid: keys.requester_pid,
+        requester_create_time: keys.requester.cast_signed(),
+        target_create_time: keys.target.cast_signed(),
+        requester_image: name_of(keys.requester_pid, keys.requester),
+        target_image: name_of(request.target_pid, keys.target),
+    };
+    #[cfg(test)]
+    let answer = test_broker::ask(state, &mut ask, access, &plan, timeout_ms);
+    #[cfg(not(test))]
+    let answer = state.ask.ask(&mut ask, access, &plan, timeout_ms);
+    // The broker never adds a bit; made certain here all the same.
+    let granted = answer.access & access;
+    let enforced = access != desired;
+    if enforced || decision.would_strip != 0 {
+        // The enforce (or audit) rule that decided the rest of the request.
+        generation.count(decision.rule, enforced);
+    }
+    generation.count(plan.rule, granted != access);
+    if granted != desired {
+        state.counters.modified.fetch_add(1, Ordering::Relaxed);
+    }
+    state.counters.audited.fetch_add(1, Ordering::Relaxed);
+    append_record(
+        state,
+        &AuditRecord {
+            sequence: 0,
+            // The request's time, as in the ask request (a handler can match
+            // the two); the wait is `ask_wait_us`.
+            timestamp,
+            object: parties.audit_object,
+            duplication: parties.duplication,
+            process_id: request.target_pid,
+            thread_id: parties.thread_id,
+            originator_process_id: parties.originator_pid,
+            originator_thread_id: parties.originator_tid,
+            source_process_id: parties.source_pid,
+            target_process_id: parties.receiver_pid,
+            original_desired_access: desired,
+            desired_access: granted,
+            result_code: answer.result_code,
+            rule_id,
+            mode: AuditMode::Ask,
+            ask_outcome: Some(answer.outcome),
+            ask_wait_us: answer.waited_us,
+        },
+    );
+    granted
+}
+
+/// Who took part in a request besides the target (the audit record's and
+/// the ask request's process and thread fields).
+#[derive(Debug, Clone, Copy)]
+struct Parties {
+    audit_object: AuditObject,
+    duplication: bool,
+    /// The thread, for a thread handle; 0 otherwise.
+    thread_id: u32,
+    originator_pid: u32,
+    originator_tid: u32,
+    /// Duplicate: the process the handle comes from; 0 otherwise.
+    source_pid: u32,
+    /// Duplicate: the process that receives the handle; 0 otherwise.
+    receiver_pid: u32,
+}
+
+impl Parties {
+    /// The ids, from the callback's objects and the current thread
+    /// (inlined: see [`decide`]).
+    #[inline(always)]
+    fn of(request: &ObservedRequest, requester_pid: u32) -> Self {
+        let duplication = request.operation == Operation::Duplicate;
+        // For a create the requester is the current process: no second query.
+        let originator_pid = if duplication {
+            // SAFETY: a plain query about the current process.
+            process_identity::id_of(unsafe { ntddk::PsGetCurrentProcessId() })
+        } else {
+            requester_pid
+        };
+        // SAFETY: a plain query about the current thread.
+        let originator_tid = process_identity::id_of(unsafe { ntddk::PsGetCurrentThreadId() });
+        let source_pid = if duplication {
+            // SAFETY: SourceProcess is a process object, valid during the callback.
+            process_identity::id_of(unsafe { ntddk::PsGetProcessId(request.source_process) })
+        } else {
+            0
+        };
+        let thread_id = match request.object {
+            ObjectKind::Thread => {
+                // SAFETY: for PsThreadType the object is a thread, valid during the callback.
+                process_identity::id_of(unsafe {
+                    ntddk::PsGetThreadId(request.object_pointer.cast())
+                })
+            }
+            ObjectKind::Process => 0,
+        };
+        Self {
+            audit_object: match request.object {
+                ObjectKind::Process => AuditObject::Process,
+                ObjectKind::Thread => AuditObject::Thread,
+            },
+            duplication,
+            thread_id,
+            originator_pid,
+            originator_tid,
+            source_pid,
+            receiver_pid: if duplication { requester_pid } else { 0 },
+        }
+    }
+}
+
 /// Appends the audit record of a decision (inlined: see [`decide`]).
 #[inline(always)]
 fn append_audit_record(
@@ -216,61 +445,178 @@ fn append_audit_record(
     stripped: bool,
 ) {
     let timestamp = kernel_sync::system_time();
-    let duplication = request.operation == Operation::Duplicate;
-    // For a create the requester is the current process: no second query.
-    let originator_pid = if duplication {
-        // SAFETY: a plain query about the current process.
-        process_identity::id_of(unsafe { ntddk::PsGetCurrentProcessId() })
-    } else {
-        requester_pid
-    };
-    // SAFETY: a plain query about the current thread.
-    let originator_tid = process_identity::id_of(unsafe { ntddk::PsGetCurrentThreadId() });
-    let source_pid = if duplication {
-        // SAFETY: SourceProcess is a process object, valid during the callback.
-        process_identity::id_of(unsafe { ntddk::PsGetProcessId(request.source_process) })
-    } else {
-        0
-    };
-    let thread_id = match request.object {
-        ObjectKind::Thread => {
-            // SAFETY: for PsThreadType the object is a thread, valid during the callback.
-            process_identity::id_of(unsafe { ntddk::PsGetThreadId(request.object_pointer.cast()) })
-        }
-        ObjectKind::Process => 0,
-    };
+    let parties = Parties::of(request, requester_pid);
+    append_record(
+        state,
+        &AuditRecord {
+            sequence: 0,
+            timestamp,
+            object: parties.audit_object,
+            duplication: parties.duplication,
+            process_id: request.target_pid,
+            thread_id: parties.thread_id,
+            originator_process_id: parties.originator_pid,
+            originator_thread_id: parties.originator_tid,
+            source_process_id: parties.source_pid,
+            target_process_id: parties.receiver_pid,
+            original_desired_access: request.desired_access,
+            desired_access: access,
+            result_code: 0,
+            rule_id: rule.map_or(audit_record::NO_RULE, u32::from),
+            mode: if stripped {
+                AuditMode::Enforce
+            } else {
+                AuditMode::Audit
+            },
+            ask_outcome: None,
+            ask_wait_us: 0,
+        },
+    );
+}
+
+/// Appends `record` to the ring and wakes the events stream's readers
+/// (`IOCTL_WAIT_EVENTS`; one atomic load when none waits).
+#[inline(always)]
+fn append_record(state: &DriverState, record: &AuditRecord) {
     // Built before a ring cell is claimed; the ring's sequence number goes
     // into its word once it is.
-    let words = AuditRecord {
-        sequence: 0,
-        timestamp,
-        object: match request.object {
-            ObjectKind::Process => AuditObject::Process,
-            ObjectKind::Thread => AuditObject::Thread,
-        },
-        duplication,
-        process_id: request.target_pid,
-        thread_id,
-        originator_process_id: originator_pid,
-        originator_thread_id: originator_tid,
-        source_process_id: source_pid,
-        target_process_id: if duplication { requester_pid } else { 0 },
-        original_desired_access: request.desired_access,
-        desired_access: access,
-        result_code: 0,
-        rule_id: rule.map_or(audit_record::NO_RULE, u32::from),
-        mode: if stripped {
-            AuditMode::Enforce
-        } else {
-            AuditMode::Audit
-        },
-        ask_outcome: None,
-        ask_wait_us: 0,
-    }
-    .to_words();
+    let words = record.to_words();
     state.ring.append(|sequence| {
         let mut words = words;
         words[audit_record::SEQUENCE_WORD] = sequence;
         words
     });
+    state.events_wait.notify();
+    #[cfg(test)]
+    test_broker::note_notify();
+}
+
+/// The host tests' stand-in between [`decide_asked`] and the broker: it
+/// records every request the callback hands over, exactly as handed over,
+/// and answers from a script when a test set one (a handler's reply, or a
+/// fallback outcome the skeleton-free broker would give), else lets the
+/// real broker answer.
+#[cfg(test)]
+pub(crate) mod test_broker {
+    use std::cell::RefCell;
+    use std::collections::VecDeque;
+    use std::vec::Vec;
+
+    use procguard_policy::AskPlan;
+    use procguard_protocol::ask::{AskOutcome, AskRequest};
+
+    use crate::ask::AskAnswer;
+    use crate::driver_state::DriverState;
+
+    /// One scripted answer.
+    #[derive(Debug, Clone, Copy)]
+    pub enum Scripted {
+        /// The handler answered with this access and result code after
+        /// this many microseconds: ANDed in, as the broker does.
+        Reply {
+            access: u32,
+            result_code: i32,
+            waited_us: u32,
+        },
+        /// No answer: the plan's fallback with this outcome and wait.
+        Fallback(AskOutcome, u32),
+        /// Exactly this answer (a broker that breaks its contract).
+        Raw(AskAnswer),
+    }
+
+    /// What the callback handed to the broker for one request.
+    #[derive(Debug, Clone, Copy)]
+    pub struct Asked {
+        pub request: AskRequest,
+        pub access: u32,
+        pub plan: AskPlan,
+        pub timeout_ms: u32,
+    }
+
+    #[derive(Default)]
+    struct Script {
+        answers: VecDeque<Scripted>,
+        asked: Vec<Asked>,
+        handler_pid: Option<u32>,
+        notifies: u64,
+    }
+
+    /// Makes `pid` the connected handler's process as the callbacks see it
+    /// (`None`: whatever the broker says).
+    pub fn set_handler_pid(pid: Option<u32>) {
+        SCRIPT.with(|script| script.borrow_mut().handler_pid = pid);
+    }
+
+    /// `EventsWait::notify` calls after ring appends, since the last reset.
+    pub fn notifies() -> u64 {
+        SCRIPT.with(|script| script.borrow().notifies)
+    }
+
+    /// Forgets everything scripted and recorded on this thread.
+    pub fn reset() {
+        SCRIPT.with(|script| *script.borrow_mut() = Script::default());
+    }
+
+    pub(super) fn note_notify() {
+        SCRIPT.with(|script| script.borrow_mut().notifies += 1);
+    }
+
+    pub(super) fn handler_pid(state: &DriverState) -> u32 {
+        SCRIPT
+            .with(|script| script.borrow().handler_pid)
+            .unwrap_or_else(|| state.ask.handler_pid())
+    }
+
+    std::thread_local! {
+        static SCRIPT: RefCell<Script> = RefCell::new(Script::default());
+    }
+
+    /// Queues answers for the next asked requests of this thread.
+    pub fn script(answers: &[Scripted]) {
+        SCRIPT.with(|script| script.borrow_mut().answers.extend(answers));
+    }
+
+    /// The requests handed over since the last call.
+    pub fn take() -> Vec<Asked> {
+        SCRIPT.with(|script| core::mem::take(&mut script.borrow_mut().asked))
+    }
+
+    pub(super) fn ask(
+        state: &DriverState,
+        request: &mut AskRequest,
+        access: u32,
+        plan: &AskPlan,
+        timeout_ms: u32,
+    ) -> AskAnswer {
+        let scripted = SCRIPT.with(|script| {
+            let mut script = script.borrow_mut();
+            script.asked.push(Asked {
+                request: *request,
+                access,
+                plan: *plan,
+                timeout_ms,
+            });
+            script.answers.pop_front()
+        });
+        match scripted {
+            None => state.ask.ask(request, access, plan, timeout_ms),
+            Some(Scripted::Reply {
+                access: reply,
+                result_code,
+                waited_us,
+            }) => AskAnswer {
+                outcome: AskOutcome::Answered,
+                access: access & reply,
+                result_code,
+                waited_us,
+            },
+            Some(Scripted::Fallback(outcome, waited_us)) => AskAnswer {
+                outcome,
+                access: plan.fallback_access(access),
+                result_code: 0,
+                waited_us,
+            },
+            Some(Scripted::Raw(answer)) => answer,
+        }
+    }
 }

@@ -104,6 +104,7 @@ impl Generation {
             creation_key: identity.creation_key,
             record: record.to_words(),
             protected: record.is_protected(),
+            image_name: process_identity::image_file_name(&identity.image_path),
         };
         // A slot write must not be preempted half-way: readers would spin.
         kernel_sync::without_preemption(|| self.table.insert(&entry))

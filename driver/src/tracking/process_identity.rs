@@ -13,6 +13,8 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::ptr;
 
+use procguard_protocol::ask::ImageName;
+
 use crate::ffi::system_information::{
     SystemProcessInformation, ZwQuerySystemInformation, SYSTEM_PROCESS_INFORMATION,
 };
@@ -53,6 +55,23 @@ pub unsafe fn creation_key(process: PEPROCESS) -> u64 {
     // SAFETY: per the caller; a plain read of the process's creation time.
     let time = unsafe { ntddk::PsGetProcessCreateTimeQuadPart(process) };
     time.cast_unsigned()
+}
+
+/// The image file name an ask request carries for a process whose image
+/// path is `path`: its last component (what a rule's `names` match), at
+/// most [`procguard_protocol::ask::IMAGE_NAME_UNITS`] UTF-16 units, cut and flagged beyond; empty for
+/// an empty path. No allocation.
+pub fn image_file_name(path: &str) -> ImageName {
+    let mut name = ImageName::EMPTY;
+    let mut units = procguard_policy::identity::file_name(path).encode_utf16();
+    let mut len = 0u16;
+    for (slot, unit) in name.units.iter_mut().zip(units.by_ref()) {
+        *slot = unit;
+        len += 1;
+    }
+    name.len = len;
+    name.truncated = units.next().is_some();
+    name
 }
 
 /// Bytes `units` take as UTF-8 (unpaired surrogates count as U+FFFD).
@@ -293,6 +312,26 @@ mod tests {
 
     fn add_process(pid: u32, time: i64, image: &str) {
         with_host(|host| host.processes.insert(pid, (time, image.into())));
+    }
+
+    #[test]
+    fn the_image_file_name_is_the_last_component_cut_at_64_units() {
+        let name = image_file_name("\\Device\\HarddiskVolume3\\Program Files\\Acme\\agent.exe");
+        assert_eq!(String::from_utf16(name.as_units()).unwrap(), "agent.exe");
+        assert!(!name.truncated);
+        assert_eq!(image_file_name(""), ImageName::EMPTY);
+        assert_eq!(image_file_name("\\Device\\dir\\"), ImageName::EMPTY);
+        // No separator: the whole path is the name (System's empty path aside).
+        assert_eq!(image_file_name("Registry").as_units().len(), 8);
+        // Exactly 64 units fit; one more is cut and flagged. A character
+        // outside the BMP counts as its two UTF-16 units.
+        let exact = "a".repeat(60) + ".exe";
+        let name = image_file_name(&format!("\\x\\{exact}"));
+        assert_eq!((name.len, name.truncated), (64, false));
+        let long = format!("\\x\\\u{1f3ae}{exact}");
+        let name = image_file_name(&long);
+        assert_eq!((name.len, name.truncated), (64, true));
+        assert_eq!(&name.as_units()[..2], &[0xD83C, 0xDFAE]);
     }
 
     #[test]

@@ -20,9 +20,19 @@
 //! entries carry the process's creation key, removal happens at process exit
 //! and only for the matching key, and lookups return the key for the caller
 //! to compare with the object's own.
+//!
+//! Each entry also keeps its process's image file name (what an ask request
+//! carries: `procguard_protocol::ask::ImageName`), in a side array indexed
+//! like the slots and written under the slot's sequence lock, so the slots
+//! the callbacks probe keep their size (88 bytes) and only an asked request
+//! reads a name ([`ProcessTable::image_name`]). Cost: 128 bytes per slot
+//! (64 UTF-16 units), plus the length and cut flag in what was the padding
+//! after the slot's sequence word.
 #![forbid(unsafe_code)]
 
 use alloc::vec::Vec;
+
+use procguard_protocol::ask::{ImageName, IMAGE_NAME_UNITS};
 
 #[cfg(not(loom))]
 use core::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -33,6 +43,8 @@ use loom::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 pub const RECORD_WORDS: usize = 8;
 /// A record as stored.
 pub type RecordWords = [u64; RECORD_WORDS];
+/// Words of a stored image name: its UTF-16 units, four to a word.
+pub const NAME_WORDS: usize = IMAGE_NAME_UNITS / 4;
 /// Attempts a reader makes on a slot being written before giving up.
 pub const READ_RETRIES: u32 = 64;
 /// Largest table: 2^20 slots (~88 MiB); far above any real process count.
@@ -55,6 +67,9 @@ pub struct Entry {
     /// Whether any rule may apply with this process as the target: the
     /// callbacks' common case reads only this (see [`ProcessTable::protection`]).
     pub protected: bool,
+    /// The image file name (last path component, cut at 64 units), for ask
+    /// requests; empty when the process has no image path.
+    pub image_name: ImageName,
 }
 
 /// Result of a whole-entry lookup (tests only: the callbacks read just the
@@ -129,8 +144,49 @@ fn pid_of(head: u64) -> u32 {
     head as u32
 }
 
+/// [`Slot::name_info`]'s bit for [`ImageName::truncated`].
+const NAME_CUT: u32 = 1 << 16;
+
+/// A stored image name's units (see [`Slot::name_info`] for its length).
+type NameSlot = [AtomicU64; NAME_WORDS];
+
+fn empty_name_slot() -> NameSlot {
+    core::array::from_fn(|_| AtomicU64::new(0))
+}
+
+/// The `name_info` word and the packed units of `name`.
+fn pack_name(name: &ImageName) -> (u32, [u64; NAME_WORDS]) {
+    let len = name.len.min(IMAGE_NAME_UNITS as u16);
+    let mut words = [0u64; NAME_WORDS];
+    for (index, unit) in name.as_units().iter().enumerate() {
+        if let Some(word) = words.get_mut(index / 4) {
+            *word |= u64::from(*unit) << (16 * (index % 4));
+        }
+    }
+    let cut = if name.truncated { NAME_CUT } else { 0 };
+    (u32::from(len) | cut, words)
+}
+
+/// The name [`pack_name`] stored (units past the length read as zero).
+fn unpack_name(info: u32, words: &[u64; NAME_WORDS]) -> ImageName {
+    let mut name = ImageName::EMPTY;
+    let len = (info & 0xFFFF).min(IMAGE_NAME_UNITS as u32) as u16;
+    for (index, unit) in name.units.iter_mut().take(usize::from(len)).enumerate() {
+        if let Some(word) = words.get(index / 4) {
+            *unit = (word >> (16 * (index % 4))) as u16;
+        }
+    }
+    name.len = len;
+    name.truncated = info & NAME_CUT != 0;
+    name
+}
+
 struct Slot {
     sequence: AtomicU32,
+    /// The stored image name's length in UTF-16 units, and [`NAME_CUT`] if
+    /// it was cut (the units are in the table's side array, same index).
+    /// Beside the sequence word, in what would otherwise be padding.
+    name_info: AtomicU32,
     /// The pid and the protected flag, in one word: the probe's one load of
     /// it gives the callbacks' fast path its answer, the pid and the flag
     /// of the same entry, without the sequence lock (see
@@ -144,6 +200,7 @@ impl Slot {
     fn empty() -> Self {
         Self {
             sequence: AtomicU32::new(0),
+            name_info: AtomicU32::new(0),
             head: AtomicU64::new(head_word(EMPTY, false)),
             creation_key: AtomicU64::new(0),
             record: core::array::from_fn(|_| AtomicU64::new(0)),
@@ -190,8 +247,9 @@ impl Slot {
         None
     }
 
-    /// A consistent copy of the slot, or `None` if it stayed busy.
-    fn read(&self) -> Option<Entry> {
+    /// A consistent copy of the slot with its name from `name` (the side
+    /// array's element of the same index), or `None` if it stayed busy.
+    fn read(&self, name: &NameSlot) -> Option<Entry> {
         self.read_with(|slot| {
             let head = slot.head.load(Ordering::Relaxed);
             let mut record = [0u64; RECORD_WORDS];
@@ -203,6 +261,10 @@ impl Slot {
                 creation_key: slot.creation_key.load(Ordering::Relaxed),
                 record,
                 protected: head & PROTECTED != 0,
+                image_name: unpack_name(
+                    slot.name_info.load(Ordering::Relaxed),
+                    &name.each_ref().map(|word| word.load(Ordering::Relaxed)),
+                ),
             }
         })
     }
@@ -228,8 +290,18 @@ impl Slot {
         (found == pid).then_some((creation_key, words))
     }
 
-    /// Writes the slot (writers are serialised by the caller).
-    fn write(&self, pid: u32, creation_key: u64, record: &RecordWords, protected: bool) {
+    /// Writes the slot, and `name` into `name_slot` (the side array's
+    /// element of the same index) under the same sequence (writers are
+    /// serialised by the caller).
+    fn write(
+        &self,
+        pid: u32,
+        creation_key: u64,
+        record: &RecordWords,
+        protected: bool,
+        name: (&ImageName, &NameSlot),
+    ) {
+        let (info, words) = pack_name(name.0);
         let sequence = self.sequence.load(Ordering::Relaxed);
         self.sequence
             .store(sequence.wrapping_add(1), Ordering::Relaxed);
@@ -240,6 +312,10 @@ impl Slot {
         for (stored, word) in self.record.iter().zip(record) {
             stored.store(*word, Ordering::Relaxed);
         }
+        self.name_info.store(info, Ordering::Relaxed);
+        for (stored, word) in name.1.iter().zip(words) {
+            stored.store(word, Ordering::Relaxed);
+        }
         self.sequence
             .store(sequence.wrapping_add(2), Ordering::Release);
     }
@@ -249,6 +325,8 @@ impl Slot {
 /// by the caller.
 pub struct ProcessTable {
     slots: Vec<Slot>,
+    /// The image names, indexed like `slots` (see the module documentation).
+    names: Vec<NameSlot>,
     /// `slots.len() - 1` (the length is a power of two), kept so a probe
     /// does not recompute it.
     mask: usize,
@@ -289,8 +367,11 @@ impl ProcessTable {
         // No push after the reservation: it would keep a regrow (panic) path.
         let slots =
             procguard_policy::fallible::try_vec_from_fn(slots_len, |_| Slot::empty()).ok()?;
+        let names =
+            procguard_policy::fallible::try_vec_from_fn(slots_len, |_| empty_name_slot()).ok()?;
         Some(Self {
             slots,
+            names,
             mask: slots_len - 1,
             shift: 64 - slots_len.trailing_zeros(),
             live: AtomicUsize::new(0),
@@ -364,14 +445,43 @@ impl ProcessTable {
         }
     }
 
+    /// The index of the slot holding `pid`, probing as [`find`](Self::find)
+    /// does (the same walk, kept apart so the callbacks' inlined probe
+    /// carries no index it does not use). For the rare reads that need the
+    /// side array: image names, tests.
+    fn find_index(&self, pid: u32) -> Option<usize> {
+        if pid == EMPTY || pid == TOMBSTONE {
+            return None;
+        }
+        let mut index = home(pid, self.shift);
+        loop {
+            let found = pid_of(self.slots.get(index)?.head.load(Ordering::Relaxed));
+            if found == pid {
+                return Some(index);
+            }
+            if found == EMPTY {
+                return None;
+            }
+            index = (index + 1) & self.mask;
+        }
+    }
+
+    /// The slot at `index` and its name slot.
+    fn slot_and_name(&self, index: usize) -> Option<(&Slot, &NameSlot)> {
+        Some((self.slots.get(index)?, self.names.get(index)?))
+    }
+
     /// Looks `pid` up: the whole entry (tests only). Lock-free; bounded by
     /// the table size and [`READ_RETRIES`].
     #[cfg(test)]
     pub fn lookup(&self, pid: u32) -> Lookup {
-        let Some((slot, _)) = self.find(pid) else {
+        let Some((slot, name)) = self
+            .find_index(pid)
+            .and_then(|index| self.slot_and_name(index))
+        else {
             return Lookup::Absent;
         };
-        match slot.read() {
+        match slot.read(name) {
             None => Lookup::Busy,
             Some(entry) if entry.pid == pid => Lookup::Found(entry),
             // Rewritten since the probe: the process exited.
@@ -391,6 +501,23 @@ impl ProcessTable {
         indices: [usize; N],
     ) -> Option<(u64, [u64; N])> {
         self.find(pid)?.0.read_words(pid, indices)
+    }
+
+    /// The creation key and image file name of `pid`, read consistently
+    /// (lock-free, no I/O: an asked request reads them at PASSIVE or APC
+    /// level). `None` as for [`read_words`](Self::read_words); the caller
+    /// compares the key with the process object's own.
+    pub fn image_name(&self, pid: u32) -> Option<(u64, ImageName)> {
+        let (slot, name) = self.slot_and_name(self.find_index(pid)?)?;
+        let (found, creation_key, info, words) = slot.read_with(|slot| {
+            (
+                pid_of(slot.head.load(Ordering::Relaxed)),
+                slot.creation_key.load(Ordering::Relaxed),
+                slot.name_info.load(Ordering::Relaxed),
+                name.each_ref().map(|word| word.load(Ordering::Relaxed)),
+            )
+        })?;
+        (found == pid).then(|| (creation_key, unpack_name(info, &words)))
     }
 
     /// Whether a request for a handle to `pid` needs the full decision: the
@@ -421,13 +548,19 @@ impl ProcessTable {
         let mut index = home(pid, self.shift);
         let mut reusable = None;
         for _ in 0..self.slots.len() {
-            let Some(slot) = self.slots.get(index) else {
+            let Some((slot, name)) = self.slot_and_name(index) else {
                 break;
             };
             // Writers are serialised, so a plain load of pid is current.
             let current = pid_of(slot.head.load(Ordering::Relaxed));
             if current == pid {
-                slot.write(pid, entry.creation_key, &entry.record, entry.protected);
+                slot.write(
+                    pid,
+                    entry.creation_key,
+                    &entry.record,
+                    entry.protected,
+                    (&entry.image_name, name),
+                );
                 return Ok(());
             }
             if current == TOMBSTONE && reusable.is_none() {
@@ -455,8 +588,14 @@ impl ProcessTable {
                 index
             }
         };
-        if let Some(slot) = self.slots.get(target) {
-            slot.write(pid, entry.creation_key, &entry.record, entry.protected);
+        if let Some((slot, name)) = self.slot_and_name(target) {
+            slot.write(
+                pid,
+                entry.creation_key,
+                &entry.record,
+                entry.protected,
+                (&entry.image_name, name),
+            );
             self.live.fetch_add(1, Ordering::Relaxed);
             Ok(())
         } else {
@@ -470,7 +609,7 @@ impl ProcessTable {
         let mask = self.mask();
         let mut index = home(pid, self.shift);
         for _ in 0..self.slots.len() {
-            let Some(slot) = self.slots.get(index) else {
+            let Some((slot, name)) = self.slot_and_name(index) else {
                 return false;
             };
             let current = pid_of(slot.head.load(Ordering::Relaxed));
@@ -481,7 +620,13 @@ impl ProcessTable {
                 if slot.creation_key.load(Ordering::Relaxed) != creation_key {
                     return false;
                 }
-                slot.write(TOMBSTONE, 0, &[0; RECORD_WORDS], false);
+                slot.write(
+                    TOMBSTONE,
+                    0,
+                    &[0; RECORD_WORDS],
+                    false,
+                    (&ImageName::EMPTY, name),
+                );
                 self.live.fetch_sub(1, Ordering::Relaxed);
                 self.tombstones.fetch_add(1, Ordering::Relaxed);
                 return true;
@@ -495,7 +640,8 @@ impl ProcessTable {
     pub fn entries(&self) -> impl Iterator<Item = Entry> + '_ {
         self.slots
             .iter()
-            .filter_map(Slot::read)
+            .zip(&self.names)
+            .filter_map(|(slot, name)| slot.read(name))
             .filter(|entry| entry.pid != EMPTY && entry.pid != TOMBSTONE)
     }
 }
@@ -506,13 +652,65 @@ mod tests {
     use std::sync::atomic::AtomicBool;
     use std::sync::Arc;
 
+    /// A name of `fill % 70` units, each `fill` (cut past 64).
+    fn name(fill: u64) -> ImageName {
+        ImageName::from_units(&vec![fill as u16; (fill % 70) as usize])
+    }
+
     fn entry(pid: u32, key: u64, fill: u64) -> Entry {
         Entry {
             pid,
             creation_key: key,
             record: [fill; RECORD_WORDS],
             protected: fill % 2 == 1,
+            image_name: name(fill),
         }
+    }
+
+    #[test]
+    fn names_pack_and_unpack_at_every_length_with_the_cut_flag() {
+        for len in [0usize, 1, 3, 4, 5, 63, 64, 65, 200] {
+            let units: Vec<u16> = (0..len as u16).map(|unit| 0xD7FF - unit).collect();
+            let original = ImageName::from_units(&units);
+            let (info, words) = pack_name(&original);
+            assert_eq!(unpack_name(info, &words), original, "{len} units");
+            assert_eq!(unpack_name(info, &words).truncated, len > 64);
+        }
+        // A corrupt length cannot read past the name.
+        assert_eq!(unpack_name(0xFFFF, &[u64::MAX; NAME_WORDS]).len, 64);
+    }
+
+    #[test]
+    fn image_names_are_kept_per_entry_and_go_with_it() {
+        let table = ProcessTable::with_capacity(8).unwrap();
+        table.insert(&entry(4, 1, 9)).unwrap();
+        table.insert(&entry(8, 2, 66)).unwrap();
+        assert_eq!(table.image_name(4), Some((1, name(9))));
+        let (key, cut) = table.image_name(8).unwrap();
+        assert_eq!((key, cut.len, cut.truncated), (2, 64, true));
+        assert_eq!(table.image_name(12), None, "absent");
+        // Replaced, then removed: the new name, then none.
+        table.insert(&entry(4, 3, 5)).unwrap();
+        assert_eq!(table.image_name(4), Some((3, name(5))));
+        assert!(table.remove(4, 3));
+        assert_eq!(table.image_name(4), None);
+        // A reused slot holds only the newcomer's name, not a longer old one's tail.
+        table.insert(&entry(4, 4, 1)).unwrap();
+        assert_eq!(table.image_name(4), Some((4, name(1))));
+        // Carried by whole-entry reads (a rebuild copies `entries()`).
+        let rebuilt = ProcessTable::with_capacity(8).unwrap();
+        for entry in table.entries() {
+            rebuilt.insert(&entry).unwrap();
+        }
+        assert_eq!(rebuilt.image_name(8), table.image_name(8));
+        assert_eq!(rebuilt.lookup(4), Lookup::Found(entry(4, 4, 1)));
+    }
+
+    /// The probed slots keep their size: the names live in the side array.
+    #[test]
+    fn names_do_not_grow_the_probed_slots() {
+        assert_eq!(core::mem::size_of::<Slot>(), 88);
+        assert_eq!(core::mem::size_of::<NameSlot>(), 128);
     }
 
     #[test]
@@ -550,6 +748,7 @@ mod tests {
                 creation_key: 77,
                 record,
                 protected: true,
+                image_name: ImageName::EMPTY,
             })
             .unwrap();
         assert_eq!(table.read_words(4, [2, 5, 6]), Some((77, [102, 105, 106])));
@@ -745,6 +944,11 @@ mod tests {
                                     entry.record.iter().all(|&word| word == entry.creation_key),
                                     "torn: {entry:?}"
                                 );
+                                assert_eq!(entry.image_name, name(entry.creation_key), "torn name");
+                                found += 1;
+                            }
+                            if let Some((key, image)) = table.image_name(pid) {
+                                assert_eq!(image, name(key), "torn name of {pid}");
                                 found += 1;
                             }
                             if let Some((key, words)) = table.read_words(pid, [0, 5, 7]) {
@@ -794,13 +998,24 @@ mod loom_tests {
     #[test]
     fn a_slot_read_is_never_torn() {
         check(|| {
-            let slot = Arc::new(Slot::empty());
-            slot.write(4, 1, &[1; RECORD_WORDS], true);
+            let slot = Arc::new((Slot::empty(), empty_name_slot()));
+            let one = ImageName::from_units(&[1]);
+            slot.0
+                .write(4, 1, &[1; RECORD_WORDS], true, (&one, &slot.1));
             let writer = {
                 let slot = slot.clone();
-                loom::thread::spawn(move || slot.write(4, 2, &[2; RECORD_WORDS], false))
+                loom::thread::spawn(move || {
+                    let two = ImageName::from_units(&[2, 2]);
+                    slot.0
+                        .write(4, 2, &[2; RECORD_WORDS], false, (&two, &slot.1))
+                })
             };
-            if let Some(entry) = slot.read() {
+            if let Some(entry) = slot.0.read(&slot.1) {
+                assert_eq!(
+                    entry.image_name.as_units(),
+                    &[entry.creation_key as u16; 2][..entry.creation_key as usize],
+                    "torn name: {entry:?}"
+                );
                 assert!(
                     entry.record.iter().all(|&word| word == entry.creation_key),
                     "torn read: {entry:?}"
@@ -821,16 +1036,18 @@ mod loom_tests {
     #[test]
     fn a_partial_read_is_never_torn_nor_of_another_pid() {
         check(|| {
-            let slot = Arc::new(Slot::empty());
-            slot.write(4, 1, &[1; RECORD_WORDS], true);
+            let slot = Arc::new((Slot::empty(), empty_name_slot()));
+            let empty = (&ImageName::EMPTY, &slot.1);
+            slot.0.write(4, 1, &[1; RECORD_WORDS], true, empty);
             let writer = {
                 let slot = slot.clone();
                 loom::thread::spawn(move || {
-                    slot.write(4, 2, &[2; RECORD_WORDS], false);
-                    slot.write(TOMBSTONE, 0, &[0; RECORD_WORDS], false);
+                    let empty = (&ImageName::EMPTY, &slot.1);
+                    slot.0.write(4, 2, &[2; RECORD_WORDS], false, empty);
+                    slot.0.write(TOMBSTONE, 0, &[0; RECORD_WORDS], false, empty);
                 })
             };
-            if let Some((key, words)) = slot.read_words(4, [0, 7]) {
+            if let Some((key, words)) = slot.0.read_words(4, [0, 7]) {
                 assert!(key == 1 || key == 2, "key of another pid: {key}");
                 assert_eq!(words, [key; 2], "torn partial read");
             }
@@ -856,12 +1073,14 @@ mod loom_tests {
                 .find(|&pid| home(pid, table.shift) == home(4, table.shift))
                 .unwrap();
             let slot = home(4, table.shift);
-            table.slots[slot].write(4, 1, &[0; RECORD_WORDS], true);
+            let empty = (&ImageName::EMPTY, &table.names[slot]);
+            table.slots[slot].write(4, 1, &[0; RECORD_WORDS], true, empty);
             let writer = {
                 let table = table.clone();
                 loom::thread::spawn(move || {
-                    table.slots[slot].write(TOMBSTONE, 0, &[0; RECORD_WORDS], false);
-                    table.slots[slot].write(newcomer, 1, &[0; RECORD_WORDS], false);
+                    let empty = (&ImageName::EMPTY, &table.names[slot]);
+                    table.slots[slot].write(TOMBSTONE, 0, &[0; RECORD_WORDS], false, empty);
+                    table.slots[slot].write(newcomer, 1, &[0; RECORD_WORDS], false, empty);
                 })
             };
             assert!(
