@@ -11,8 +11,8 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use procguard_policy::reference::evaluate;
 use procguard_policy::rights::{self, *};
 use procguard_policy::{
-    CompiledPolicy, HandleRequest, Mode, ObjectKind, Objects, Operation, Operations, Policy,
-    ProcessIdentity, ProcessRecord, Requester, Rule, Selector, Settings,
+    CompiledPolicy, HandleRequest, Mode, ObjectKind, Objects, OnTimeout, Operation, Operations,
+    Policy, ProcessIdentity, ProcessRecord, Requester, Rule, Selector, Settings,
 };
 
 fn sel_name(n: String) -> Selector {
@@ -222,6 +222,59 @@ fn phase2_worst_case(c: &mut Criterion) {
     });
 }
 
+/// An asked request: the 1,000-rule policy plus two ask rules on one target
+/// (one for any requester, one for a single requester), both applying.
+fn phase2_ask(c: &mut Criterion) {
+    let mut p = policy(1_000);
+    for (i, requester) in [
+        Requester::Any,
+        Requester::Only(sel_name("tool1.exe".to_string())),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        p.rules.push(Rule {
+            name: Arc::from(format!("ask-{i}").as_str()),
+            target: sel_name("victim.exe".to_string()),
+            requester,
+            objects: Objects {
+                process: true,
+                thread: true,
+            },
+            operations: Operations {
+                create: true,
+                duplicate: true,
+            },
+            strip_process: PROCESS_TERMINATE << i,
+            strip_thread: THREAD_TERMINATE,
+            mode: Mode::Ask {
+                on_timeout: if i == 0 {
+                    OnTimeout::Strip
+                } else {
+                    OnTimeout::Allow
+                },
+            },
+        });
+    }
+    let cp = CompiledPolicy::new(&p).expect("valid");
+    let t = cp.classify(&id(1, "\\Device\\HarddiskVolume3\\victim.exe"));
+    let r = cp.classify(&id(2, "\\Device\\HarddiskVolume3\\Tools\\tool1.exe"));
+    let q = HandleRequest {
+        object: ObjectKind::Process,
+        operation: Operation::Create,
+        desired_access: 0x001F_FFFF,
+        kernel_handle: false,
+        same_process: false,
+    };
+    assert_eq!(
+        cp.decide(&t, &r, &q).ask.rights,
+        PROCESS_TERMINATE | PROCESS_TERMINATE << 1
+    );
+    c.bench_function("phase2/compiled-ask/1000", |b| {
+        b.iter(|| black_box(cp.decide(black_box(&t), black_box(&r), black_box(&q))))
+    });
+}
+
 fn phase1(c: &mut Criterion) {
     let inp = inputs();
     let p = policy(1_000);
@@ -237,5 +290,5 @@ fn phase1(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, phase2, phase2_worst_case, phase1);
+criterion_group!(benches, phase2, phase2_worst_case, phase2_ask, phase1);
 criterion_main!(benches);

@@ -4,8 +4,8 @@
 //! one AND, at most 8 table reads (see [`crate::compiled`]), a few bit operations.
 
 use crate::compiled::{
-    slot_index, CompiledPolicy, DepSummary, ProcessRecord, RequesterPart, SlotSummary,
-    TargetPart, CRITICAL_BIT, ENTRY_BITS, NO_RULE,
+    slot_index, CompiledPolicy, DepSummary, ProcessRecord, RequesterPart, SlotSummary, TargetPart,
+    CRITICAL_BIT, ENTRY_BITS, NO_RULE,
 };
 use crate::model::{ObjectKind, Operation, RuleId};
 use crate::rights::AccessMask;

@@ -197,8 +197,8 @@ fn write_text(
         if d.ask.askable {
             writeln!(
                 out,
-                "Ask: the handler decides about {} (rule {rule} \"{name}\"); it can only remove \
-                 them. Without an answer within {} ms (no handler, timeout, pool full) the request \
+                "Ask: the handler decides about {} (rule {rule} \"{name}\"); it can only remove rights, \
+                 never add them. Without an answer within {} ms (no handler, timeout, pool full) the request \
                  gets {}.",
                 MaskNames(req.object, d.ask.rights),
                 policy.settings.ask_timeout_ms,
@@ -215,14 +215,20 @@ fn write_text(
             )?;
         }
     }
-    let granted = if d.ask.is_needed() {
-        "granted at most"
-    } else {
-        "granted"
+    // Unaskable: the fallback is the result; askable: the handler may remove more.
+    let (granted_word, granted) = match (d.ask.is_needed(), d.ask.askable) {
+        (true, true) => ("granted at most", d.access),
+        (true, false) => ("granted", d.ask.fallback_access(d.access)),
+        _ => ("granted", d.access),
     };
-    write!(out, "Result: {granted} {}", MaskNames(req.object, d.access))?;
-    if removed != 0 {
-        write!(out, "; removed {}", MaskNames(req.object, removed))?;
+    let removed_total = req.desired_access & !granted;
+    write!(
+        out,
+        "Result: {granted_word} {}",
+        MaskNames(req.object, granted)
+    )?;
+    if removed_total != 0 {
+        write!(out, "; removed {}", MaskNames(req.object, removed_total))?;
     }
     if d.would_strip != 0 {
         write!(

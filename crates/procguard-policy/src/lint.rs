@@ -7,8 +7,8 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use crate::glob::Glob;
-use crate::model::ObjectKind;
 use crate::model::{selects_critical_process, Mode, Policy, Requester, Rule, Selector};
+use crate::model::{ObjectKind, Operation};
 use crate::rights::{
     undocumented_removal, MaskNames, PROCESS_CREATE_THREAD, PROCESS_QUERY_LIMITED_INFORMATION,
     PROCESS_SUSPEND_RESUME, PROCESS_TERMINATE, PROCESS_VM_OPERATION, PROCESS_VM_WRITE, SYNCHRONIZE,
@@ -55,6 +55,14 @@ pub enum LintKind {
     /// Allowed (and removed), but what Windows does without them is not a
     /// documented behaviour. Audit rules remove nothing and are not warned.
     UndocumentedRights,
+    /// An ask rule that can apply to critical system processes as requesters
+    /// while `exempt_critical_requesters` is off: they are never asked about (a
+    /// handler must not be able to stall them), so they always get the fallback.
+    AskCriticalRequesters,
+    /// An ask rule asks about rights that an enforce rule with the same target
+    /// (for every requester it restricts) already removes: the handler is never
+    /// asked about those rights.
+    AskShadowedByEnforce,
 }
 
 /// One warning.
@@ -186,20 +194,32 @@ fn lint_rule(policy: &Policy, i: usize, r: &Rule, warn: &mut dyn FnMut(LintKind,
             format!("the target selects the critical system process {what:?}: Windows components that manage it may fail"),
         );
     }
-    if !policy.settings.exempt_critical_requesters && r.mode == Mode::Enforce {
-        let hits = match &r.requester {
-            Requester::Any => true,
-            Requester::Only(s) => selects_critical_process(s).is_some(),
-            Requester::AnyExcept(s) => selects_critical_process(s).is_none(),
-        };
-        if hits {
+    let hits_critical = match &r.requester {
+        Requester::Any => true,
+        Requester::Only(s) => selects_critical_process(s).is_some(),
+        Requester::AnyExcept(s) => selects_critical_process(s).is_none(),
+    };
+    if let Mode::Ask { on_timeout } = r.mode {
+        if !policy.settings.exempt_critical_requesters && hits_critical {
             warn(
-                LintKind::RestrictsCriticalProcesses,
-                "critical system processes are not exempt and this rule strips rights from them: this can hang \
-                 or crash Windows"
-                    .into(),
+                LintKind::AskCriticalRequesters,
+                format!(
+                    "critical system processes are not exempt and this ask rule applies to them as requesters: \
+                     they are never asked about (a handler must not stall them), so they always get the \
+                     fallback (on_timeout = \"{}\")",
+                    on_timeout.name()
+                ),
             );
         }
+        lint_ask_shadowed(policy, r, warn);
+    }
+    if !policy.settings.exempt_critical_requesters && r.mode == Mode::Enforce && hits_critical {
+        warn(
+            LintKind::RestrictsCriticalProcesses,
+            "critical system processes are not exempt and this rule strips rights from them: this can hang \
+             or crash Windows"
+                .into(),
+        );
     }
     let has_pid = !r.target.pids.is_empty()
         || matches!(&r.requester, Requester::Only(s) | Requester::AnyExcept(s) if !s.pids.is_empty());
@@ -210,7 +230,9 @@ fn lint_rule(policy: &Policy, i: usize, r: &Rule, warn: &mut dyn FnMut(LintKind,
         );
     }
     let harmless = SYNCHRONIZE | PROCESS_QUERY_LIMITED_INFORMATION;
-    if (p | t) & harmless != 0 && r.mode == Mode::Enforce {
+    // Ask rules remove their rights too (by the handler's answer or the fallback).
+    let removes = r.mode != Mode::Audit;
+    if (p | t) & harmless != 0 && removes {
         warn(
             LintKind::StripsHarmlessRights,
             "strips SYNCHRONIZE or *_QUERY_LIMITED_INFORMATION: waiting on the process, Task Manager and the shell \
@@ -218,7 +240,7 @@ fn lint_rule(policy: &Policy, i: usize, r: &Rule, warn: &mut dyn FnMut(LintKind,
                 .into(),
         );
     }
-    if r.mode == Mode::Enforce {
+    if removes {
         let mut undocumented = String::new();
         for (kind, mask) in [(ObjectKind::Process, p), (ObjectKind::Thread, t)] {
             let bits = undocumented_removal(kind, mask);
@@ -268,4 +290,70 @@ fn lint_rule(policy: &Policy, i: usize, r: &Rule, warn: &mut dyn FnMut(LintKind,
             break;
         }
     }
+}
+
+/// [`LintKind::AskShadowedByEnforce`]: the rights of ask rule `r` that enforce
+/// rules with the same target, restricting every requester `r` restricts (their
+/// requester is "any" or the same), remove for every handle `r` covers.
+fn lint_ask_shadowed(policy: &Policy, r: &Rule, warn: &mut dyn FnMut(LintKind, String)) {
+    let mut shadowed = [
+        (ObjectKind::Process, u32::MAX),
+        (ObjectKind::Thread, u32::MAX),
+    ];
+    let mut by = Vec::new();
+    for (kind, acc) in &mut shadowed {
+        for op in [Operation::Create, Operation::Duplicate] {
+            let asked = r.strip_for(*kind, op);
+            if asked == 0 {
+                continue;
+            }
+            let mut stripped = 0;
+            for (j, e) in policy.rules.iter().enumerate() {
+                if e.mode == Mode::Enforce
+                    && e.target == r.target
+                    && (e.requester == Requester::Any || e.requester == r.requester)
+                {
+                    let bits = e.strip_for(*kind, op) & asked;
+                    if bits != 0 && !by.contains(&j) {
+                        by.push(j);
+                    }
+                    stripped |= bits;
+                }
+            }
+            *acc &= stripped;
+        }
+        let covered = match kind {
+            ObjectKind::Process => r.objects.process && r.strip_process != 0,
+            ObjectKind::Thread => r.objects.thread && r.strip_thread != 0,
+        };
+        if !covered {
+            *acc = 0;
+        }
+    }
+    let [(_, p), (_, t)] = shadowed;
+    if p == 0 && t == 0 {
+        return;
+    }
+    let all = p == r.strip_process && t == r.strip_thread;
+    let mut what = String::new();
+    for (kind, bits) in [(ObjectKind::Process, p), (ObjectKind::Thread, t)] {
+        if bits != 0 {
+            let separator = if what.is_empty() { "" } else { "; " };
+            what.push_str(&format!(
+                "{separator}{} handles: {}",
+                crate::model::kind_word(kind),
+                MaskNames(kind, bits)
+            ));
+        }
+    }
+    let rules: Vec<String> = by.iter().map(|j| format!("{j}")).collect();
+    warn(
+        LintKind::AskShadowedByEnforce,
+        format!(
+            "enforce rule(s) {} already remove {what} for the same target and requesters: the handler is \
+             never asked about {}",
+            rules.join(", "),
+            if all { "this rule's rights at all" } else { "these rights" }
+        ),
+    );
 }

@@ -9,12 +9,12 @@ use alloc::vec::Vec;
 use core::cmp::Ordering;
 
 use crate::blob::{
-    blob_checksum, mode_of_byte, DecodeError, HEADER_SIZE, MAGIC, MAX_BLOB_SIZE, MIN_RULE_SIZE, SETTINGS_ALL,
-    SETTING_CRITICAL, SETTING_KERNEL, SETTING_SELF, VERSION,
+    blob_checksum, mode_of_byte, DecodeError, HEADER_SIZE, MAGIC, MAX_BLOB_SIZE, MIN_RULE_SIZE,
+    SETTINGS_ALL, SETTING_CRITICAL, SETTING_KERNEL, SETTING_SELF, VERSION,
 };
 use crate::model::{
-    ask_timeout_ok, check_rule, Mode, Objects, Operations, PolicyFault, RuleLike, SelectorLike, Settings,
-    MAX_REQUESTER_ENTRIES, MAX_RULES,
+    ask_timeout_ok, check_rule, Mode, Objects, Operations, PolicyFault, RuleLike, SelectorLike,
+    Settings, MAX_REQUESTER_ENTRIES, MAX_RULES,
 };
 use crate::rights::AccessMask;
 

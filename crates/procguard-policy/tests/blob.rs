@@ -163,7 +163,11 @@ fn ask_timeout_is_the_header_word_at_32_and_bounded() {
     assert_eq!(ASK_TIMEOUT_OFFSET, 32);
     let mut p = example();
     let b = encode(&p);
-    assert_eq!(b[32..36], 250u32.to_le_bytes(), "the default is always written");
+    assert_eq!(
+        b[32..36],
+        250u32.to_le_bytes(),
+        "the default is always written"
+    );
     p.settings.ask_timeout_ms = 4321;
     let b = encode(&p);
     assert_eq!(b[32..36], 4321u32.to_le_bytes());
@@ -179,7 +183,9 @@ fn ask_timeout_is_the_header_word_at_32_and_bounded() {
         let m = reseal(m);
         assert_eq!(
             decode(&m),
-            Err(DecodeError::InvalidPolicy(PolicyError::AskTimeoutOutOfRange(ms)))
+            Err(DecodeError::InvalidPolicy(
+                PolicyError::AskTimeoutOutOfRange(ms)
+            ))
         );
         assert_eq!(
             CompiledPolicy::from_blob(&m).err(),
@@ -431,7 +437,11 @@ print(encode(7, rules, ask_timeout_ms=40).hex())
         eprintln!("python3 not available; skipping");
         return;
     };
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let hex: String = encode(&p).iter().map(|b| format!("{b:02x}")).collect();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), hex);
 }

@@ -575,3 +575,305 @@ mode = "audit"
     assert_eq!(e.undocumented_removed, 0);
     assert!(!e.text.contains("Note:"), "{}", e.text);
 }
+
+const ASK: &str = r#"
+[settings]
+ask_timeout_ms = 100
+
+[[rule]]
+name = "agent-no-inject"
+target = { name = "agent.exe" }
+objects = "process"
+strip = ["PROCESS_VM_WRITE", "PROCESS_VM_OPERATION", "PROCESS_CREATE_THREAD"]
+
+[[rule]]
+name = "ask-kill"
+target = { name = "agent.exe" }
+strip = ["no-kill"]
+mode = "ask"
+
+[[rule]]
+name = "ask-read"
+target = { name = "agent.exe" }
+requester = { name = "tool.exe" }
+objects = "process"
+strip = ["PROCESS_VM_READ", "PROCESS_VM_WRITE"]
+mode = "ask"
+on_timeout = "allow"
+"#;
+
+#[test]
+fn ask_rules_apply_after_enforce_rules_with_their_fallback() {
+    use procguard_policy::AskPlan;
+    let p = policy(ASK);
+    let asked = PROCESS_TERMINATE | PROCESS_VM_READ | PROCESS_VM_WRITE | SYNCHRONIZE;
+    let d = decide(
+        &p,
+        &AGENT,
+        &TOOL,
+        &req(ObjectKind::Process, Operation::Create, asked),
+    );
+    // Enforce first: VM_WRITE goes whatever the handler says, so it is not asked about.
+    assert_eq!(d.access, PROCESS_TERMINATE | PROCESS_VM_READ | SYNCHRONIZE);
+    assert_eq!(
+        d.ask,
+        AskPlan {
+            rights: PROCESS_TERMINATE | PROCESS_VM_READ,
+            // Only the on_timeout = "strip" rule's rights go without an answer.
+            fallback_strip: PROCESS_TERMINATE,
+            rule: Some(1),
+            askable: true,
+        }
+    );
+    assert_eq!(
+        d.ask.fallback_access(d.access),
+        PROCESS_VM_READ | SYNCHRONIZE
+    );
+    assert_eq!((d.rule, d.audit), (Some(0), true));
+    // Another requester: only the "any" ask rule applies.
+    let d = decide(
+        &p,
+        &AGENT,
+        &UPDATER,
+        &req(ObjectKind::Process, Operation::Create, asked),
+    );
+    assert_eq!(d.ask.rights, PROCESS_TERMINATE);
+    // Nothing but ask rules: the lowest applicable ask rule is the responsible
+    // one (like enforce rules, whether or not its own rights were requested), and
+    // the request is audited.
+    let d = decide(
+        &p,
+        &AGENT,
+        &TOOL,
+        &req(ObjectKind::Process, Operation::Create, PROCESS_VM_READ),
+    );
+    assert_eq!(d.access, PROCESS_VM_READ);
+    assert_eq!((d.rule, d.audit, d.ask.rule), (Some(1), true, Some(1)));
+    let d = decide(
+        &p,
+        &AGENT,
+        &TOOL,
+        &req(ObjectKind::Process, Operation::Duplicate, PROCESS_VM_READ),
+    );
+    assert_eq!(d.ask.rule, Some(1));
+    assert_eq!(d.ask.fallback_access(d.access), PROCESS_VM_READ);
+    // Rights no ask rule names: nothing to ask.
+    let d = decide(
+        &p,
+        &AGENT,
+        &TOOL,
+        &req(ObjectKind::Process, Operation::Create, SYNCHRONIZE),
+    );
+    assert_eq!(d, Decision::unchanged(SYNCHRONIZE));
+    // Thread handles: the "any" ask rule covers both kinds.
+    let d = decide(
+        &p,
+        &AGENT,
+        &TOOL,
+        &req(ObjectKind::Thread, Operation::Duplicate, THREAD_TERMINATE),
+    );
+    assert_eq!(
+        (d.ask.rights, d.ask.fallback_strip),
+        (THREAD_TERMINATE, THREAD_TERMINATE)
+    );
+    assert_eq!(
+        CompiledPolicy::new(&p).unwrap().settings().ask_timeout_ms,
+        100
+    );
+}
+
+#[test]
+fn ask_rules_are_never_applied_under_exemptions_and_unaskable_without_them() {
+    use procguard_policy::AskPlan;
+    let p = policy(ASK);
+    let mut q = req(ObjectKind::Process, Operation::Create, PROCESS_TERMINATE);
+    q.kernel_handle = true;
+    let d = decide(&p, &AGENT, &TOOL, &q);
+    assert_eq!(
+        (d.access, d.ask, d.exemption),
+        (
+            PROCESS_TERMINATE,
+            AskPlan::NONE,
+            Some(Exemption::KernelHandle)
+        )
+    );
+    let mut q = req(ObjectKind::Process, Operation::Create, PROCESS_TERMINATE);
+    q.same_process = true;
+    let d = decide(&p, &AGENT, &AGENT, &q);
+    assert_eq!(
+        (d.ask, d.exemption),
+        (AskPlan::NONE, Some(Exemption::SelfAccess))
+    );
+    let d = decide(
+        &p,
+        &AGENT,
+        &CSRSS,
+        &req(ObjectKind::Process, Operation::Create, PROCESS_TERMINATE),
+    );
+    assert_eq!(
+        (d.ask, d.exemption),
+        (AskPlan::NONE, Some(Exemption::CriticalRequester))
+    );
+    // Exemptions off: the ask rule applies, but a kernel handle or a critical
+    // requester is never asked about (fallback at once).
+    let mut off = p.clone();
+    off.settings.exempt_kernel_handles = false;
+    off.settings.exempt_critical_requesters = false;
+    off.settings.exempt_self = false;
+    let mut q = req(ObjectKind::Process, Operation::Create, PROCESS_TERMINATE);
+    q.kernel_handle = true;
+    let d = decide(&off, &AGENT, &TOOL, &q);
+    assert_eq!((d.ask.rights, d.ask.askable), (PROCESS_TERMINATE, false));
+    let d = decide(
+        &off,
+        &AGENT,
+        &SYSTEM,
+        &req(ObjectKind::Process, Operation::Create, PROCESS_TERMINATE),
+    );
+    assert_eq!((d.ask.rights, d.ask.askable), (PROCESS_TERMINATE, false));
+    let mut q = req(ObjectKind::Process, Operation::Create, PROCESS_TERMINATE);
+    q.same_process = true;
+    let d = decide(&off, &AGENT, &AGENT, &q);
+    assert_eq!((d.ask.rights, d.ask.askable), (PROCESS_TERMINATE, true));
+}
+
+#[test]
+fn ask_rules_for_any_requester_are_entries_and_records_keep_their_size() {
+    let p = policy(ASK);
+    assert_eq!(procguard_policy::model::requester_entry_count(&p), 2);
+    let c = CompiledPolicy::new(&p).unwrap();
+    // The unknown-process record is restricted by the "any" ask rule's entry.
+    let unknown = c.unknown_process_record();
+    let d = c.decide(
+        &c.classify(&AGENT),
+        &unknown,
+        &req(ObjectKind::Process, Operation::Create, PROCESS_TERMINATE),
+    );
+    assert_eq!(d.ask.rights, PROCESS_TERMINATE);
+    assert!(c.classify(&AGENT).is_protected());
+    assert!(!c.classify(&TOOL).is_protected());
+}
+
+#[test]
+fn explain_shows_the_ask_rule_the_rights_asked_about_and_the_fallback() {
+    let p = policy(ASK);
+    let q = req(
+        ObjectKind::Process,
+        Operation::Create,
+        PROCESS_TERMINATE | PROCESS_VM_READ | PROCESS_VM_WRITE,
+    );
+    let e = procguard_policy::explain(&p, &AGENT, &TOOL, &q);
+    let t = &e.text;
+    assert!(t.contains("Rule 1 \"ask-kill\" (ask, on timeout strip) protects the target: it applies and asks the handler about PROCESS_TERMINATE."), "{t}");
+    assert!(t.contains("Rule 2 \"ask-read\" (ask, on timeout allow) protects the target: it applies and asks the handler about PROCESS_VM_READ."), "{t}");
+    assert!(t.contains("Ask: the handler decides about PROCESS_TERMINATE|PROCESS_VM_READ (rule 1 \"ask-kill\"); it can only remove rights, never add them. Without an answer within 100 ms (no handler, timeout, pool full) the request gets PROCESS_VM_READ."), "{t}");
+    assert!(
+        t.contains(
+            "Result: granted at most PROCESS_TERMINATE|PROCESS_VM_READ; removed PROCESS_VM_WRITE"
+        ),
+        "{t}"
+    );
+    assert_eq!(
+        e.evaluation.decision.ask.rights,
+        PROCESS_TERMINATE | PROCESS_VM_READ
+    );
+    // Enforce rules already remove an ask rule's right: said so, not asked.
+    let q = req(ObjectKind::Process, Operation::Create, PROCESS_VM_WRITE);
+    let t = procguard_policy::explain(&p, &AGENT, &TOOL, &q).text;
+    assert!(
+        t.contains("it applies, but enforce rules already remove PROCESS_VM_WRITE."),
+        "{t}"
+    );
+    assert!(!t.contains("Ask:"), "{t}");
+    // A kernel handle with the exemption off: never asked, fallback at once.
+    let mut off = p.clone();
+    off.settings.exempt_kernel_handles = false;
+    let mut q = req(ObjectKind::Process, Operation::Create, PROCESS_TERMINATE);
+    q.kernel_handle = true;
+    let t = procguard_policy::explain(&off, &AGENT, &TOOL, &q).text;
+    assert!(t.contains("never asked about"), "{t}");
+    assert!(t.contains("the fallback applies at once, (none)."), "{t}");
+    assert!(
+        t.contains("Result: granted (none); removed PROCESS_TERMINATE; responsible rule 1"),
+        "{t}"
+    );
+}
+
+#[test]
+fn lint_flags_ask_rules_for_critical_requesters_and_rights_enforce_rules_remove() {
+    use procguard_policy::{lint, LintKind};
+    let kinds =
+        |src: &str| -> Vec<LintKind> { lint(&policy(src)).into_iter().map(|w| w.kind).collect() };
+    // Exemption off and an "any" ask rule: critical processes would always get the fallback.
+    let src = format!(
+        "[settings]\nexempt_critical_requesters = false\n{}",
+        &ASK[ASK.find("[[rule]]").unwrap()..]
+    );
+    let warnings = lint(&policy(&src));
+    let w = warnings
+        .iter()
+        .find(|w| w.kind == LintKind::AskCriticalRequesters)
+        .unwrap();
+    assert_eq!(w.rule, Some(1));
+    assert!(w.message.contains("never asked about"), "{}", w.message);
+    assert_eq!(
+        warnings
+            .iter()
+            .filter(|w| w.kind == LintKind::AskCriticalRequesters)
+            .count(),
+        1,
+        "tool.exe is not critical"
+    );
+    assert!(!kinds(ASK).contains(&LintKind::AskCriticalRequesters));
+    // An on_timeout = "allow" ask rule about rights an enforce rule already strips.
+    let w = lint(&policy(ASK));
+    let shadow: Vec<_> = w
+        .iter()
+        .filter(|w| w.kind == LintKind::AskShadowedByEnforce)
+        .collect();
+    assert_eq!(shadow.len(), 1, "{w:#?}");
+    assert_eq!(shadow[0].rule, Some(2));
+    assert!(
+        shadow[0]
+            .message
+            .contains("enforce rule(s) 0 already remove process handles: PROCESS_VM_WRITE"),
+        "{}",
+        shadow[0].message
+    );
+    assert!(
+        shadow[0].message.contains("these rights"),
+        "{}",
+        shadow[0].message
+    );
+    // Wholly shadowed: never asked at all.
+    let all = r#"
+[[rule]]
+name = "no-kill"
+target = { name = "agent.exe" }
+strip = ["no-kill"]
+
+[[rule]]
+name = "ask-kill"
+target = { name = "agent.exe" }
+requester = { name = "tool.exe" }
+strip = ["PROCESS_TERMINATE", "THREAD_TERMINATE"]
+mode = "ask"
+on_timeout = "allow"
+"#;
+    let w = lint(&policy(all));
+    let shadow = w
+        .iter()
+        .find(|w| w.kind == LintKind::AskShadowedByEnforce)
+        .unwrap();
+    assert!(
+        shadow.message.contains("this rule's rights at all"),
+        "{}",
+        shadow.message
+    );
+    // Another target, or an enforce rule restricting other requesters only: no warning.
+    let other = all.replace("requester = { name = \"tool.exe\" }\n", "").replace("target = { name = \"agent.exe\" }\nstrip = [\"no-kill\"]", "target = { name = \"agent.exe\" }\nrequester = { name = \"x.exe\" }\nstrip = [\"no-kill\"]");
+    assert!(
+        !kinds(&other).contains(&LintKind::AskShadowedByEnforce),
+        "{other}"
+    );
+}

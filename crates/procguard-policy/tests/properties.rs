@@ -58,7 +58,10 @@ fn ask_invariants(
     use procguard_policy::reference::{requester_restricted, selector_matches};
     use procguard_policy::{is_critical_system_process, AskPlan, OnTimeout};
     let desired = q.desired_access;
-    for a in answers.iter().chain(&[0, u32::MAX, got.ask.rights, !got.ask.rights]) {
+    for a in answers
+        .iter()
+        .chain(&[0, u32::MAX, got.ask.rights, !got.ask.rights])
+    {
         prop_assert_eq!(got.access & a & !desired, 0, "an answer added bits");
     }
     prop_assert_eq!(got.ask.fallback_access(got.access) & !desired, 0);
@@ -68,7 +71,11 @@ fn ask_invariants(
         || (q.same_process && st.exempt_self)
         || (critical && st.exempt_critical_requesters);
     if exempt {
-        prop_assert_eq!(got.ask, AskPlan::NONE, "an ask rule applied under an exemption");
+        prop_assert_eq!(
+            got.ask,
+            AskPlan::NONE,
+            "an ask rule applied under an exemption"
+        );
         prop_assert_eq!(got.access, desired);
         return Ok(());
     }
@@ -108,7 +115,10 @@ fn ask_invariants(
             }
         );
         prop_assert!(got.audit, "an asked request is audited");
-        prop_assert_eq!(got.ask.fallback_access(got.access), access & !(access & fallback));
+        prop_assert_eq!(
+            got.ask.fallback_access(got.access),
+            access & !(access & fallback)
+        );
     }
     Ok(())
 }

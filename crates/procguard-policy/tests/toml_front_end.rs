@@ -343,7 +343,15 @@ fn bad_on_timeout_lists_choices() {
 
 #[test]
 fn ask_timeout_is_bounded_with_its_location() {
-    for (value, ok) in [("1", true), ("5000", true), ("250", true), ("0", false), ("5001", false), ("-3", false), ("99999999999", false)] {
+    for (value, ok) in [
+        ("1", true),
+        ("5000", true),
+        ("250", true),
+        ("0", false),
+        ("5001", false),
+        ("-3", false),
+        ("99999999999", false),
+    ] {
         let src = format!("[settings]\nask_timeout_ms = {value}\n{BASE}strip = 1\n");
         match parse_policy(&src) {
             Ok(p) => {

@@ -7,8 +7,8 @@ use std::path::Path;
 use procguard_policy::rights::MaskNames;
 use procguard_policy::toml::{parse_policy, TomlErrors};
 use procguard_policy::{
-    encode, explain as explain_request, lint, policy_id, Exemption, Explanation, HandleRequest,
-    LintWarning, Mode, ObjectKind, Operation, Policy, ProcessIdentity,
+    encode, explain as explain_request, lint, policy_id, Decision, Exemption, Explanation,
+    HandleRequest, LintWarning, Mode, ObjectKind, OnTimeout, Operation, Policy, ProcessIdentity,
 };
 
 use crate::access::parse_access;
@@ -175,12 +175,21 @@ pub fn load(path: &Path, output: &mut Output<'_>) -> Result<CompiledFile, Failur
 /// `check`.
 pub fn check(path: &Path, deny_warnings: bool, output: &mut Output<'_>) -> Result<u8, Failure> {
     let file = load(path, output)?;
-    let summary = format!(
+    let mut summary = format!(
         "{}, {} bytes compiled, policy id {:#010x}",
         plural(file.policy.rules.len(), "rule"),
         file.blob.len(),
         file.policy_id
     );
+    let ask_rules = file.policy.rules.iter().filter(|r| r.mode.is_ask()).count();
+    if ask_rules != 0 {
+        let _ = write!(
+            summary,
+            "; {} ask a handler (timeout {} ms)",
+            plural(ask_rules, "rule"),
+            file.policy.settings.ask_timeout_ms
+        );
+    }
     let warnings = file.warnings.len();
     if warnings == 0 {
         writeln!(output.out, "{}: ok: {summary}", path.display())?;
@@ -210,6 +219,18 @@ pub fn describe_rules(policy: &Policy, out: &mut dyn Write) -> std::io::Result<(
         let mode = match rule.mode {
             Mode::Enforce => "enforce",
             Mode::Audit => "audit only",
+            Mode::Ask {
+                on_timeout: OnTimeout::Strip,
+            } => "ask, on timeout strip",
+            Mode::Ask {
+                on_timeout: OnTimeout::Allow,
+            } => "ask, on timeout allow",
+        };
+        // An ask rule's rights are what the handler decides about.
+        let verb = if rule.mode.is_ask() {
+            "handles: the handler decides about"
+        } else {
+            "handles lose"
         };
         let operations = match (rule.operations.create, rule.operations.duplicate) {
             (true, true) => "create and duplicate",
@@ -234,11 +255,7 @@ pub fn describe_rules(policy: &Policy, out: &mut dyn Write) -> std::io::Result<(
         ] {
             if covered {
                 let separator = if first { "" } else { ";" };
-                write!(
-                    out,
-                    "{separator} {word} handles lose {}",
-                    MaskNames(kind, mask)
-                )?;
+                write!(out, "{separator} {word} {verb} {}", MaskNames(kind, mask))?;
                 first = false;
             }
         }
@@ -363,10 +380,37 @@ fn explanation_json(policy: &Policy, request: &HandleRequest, explanation: &Expl
     });
     let _ = write!(
         out,
-        ",\"requester_critical\":{},\"undocumented_removed\":{}}}",
+        ",\"requester_critical\":{},\"undocumented_removed\":{},\"ask\":",
         explanation.evaluation.requester_critical, explanation.undocumented_removed
     );
+    ask_json(&mut out, policy, decision);
+    out.push('}');
     out
+}
+
+/// The `"ask"` member of `explain --json`: null when no ask rule applies, else
+/// the rights the handler is asked about, what is removed without an answer, the
+/// resulting fallback access, the ask rule and whether the request can be asked
+/// at all (`access` is then the most the request can get).
+fn ask_json(out: &mut String, policy: &Policy, decision: &Decision) {
+    let ask = &decision.ask;
+    let Some(rule) = ask.rule.filter(|_| ask.is_needed()) else {
+        out.push_str("null");
+        return;
+    };
+    let _ = write!(
+        out,
+        "{{\"rights\":{},\"fallback_strip\":{},\"fallback_access\":{},\"askable\":{},\
+         \"timeout_ms\":{},\"rule\":{rule},\"rule_name\":",
+        ask.rights,
+        ask.fallback_strip,
+        ask.fallback_access(decision.access),
+        ask.askable,
+        policy.settings.ask_timeout_ms,
+    );
+    let name = policy.rules.get(usize::from(rule)).map_or("", |r| &*r.name);
+    json_string(out, name);
+    out.push('}');
 }
 
 #[cfg(test)]

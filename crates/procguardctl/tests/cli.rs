@@ -8,6 +8,7 @@ use std::process::Command;
 
 const EXE: &str = env!("CARGO_BIN_EXE_procguardctl");
 const EXAMPLE: &str = "examples/protect-agent.toml";
+const ASK_EXAMPLE: &str = "examples/ask-agent.toml";
 
 /// Runs the binary in the crate directory; returns exit code, stdout, stderr.
 fn procguardctl(args: &[&str]) -> (i32, String, String) {
@@ -161,6 +162,73 @@ fn compile_writes_the_engine_blob_and_describes_every_rule() {
 }
 
 #[test]
+fn check_and_compile_describe_ask_rules() {
+    check_snapshot("check-ask-example", &["check", ASK_EXAMPLE], 0);
+    let dir = scratch("compile-ask");
+    let out = dir.join("policy.bin");
+    let out_arg = out.to_str().expect("UTF-8 path");
+    let args = ["compile", ASK_EXAMPLE, "-o", out_arg];
+    let result = procguardctl(&args);
+    snapshot(
+        "compile-ask-example",
+        &transcript(&args, &result).replace(out_arg, "OUT.bin"),
+    );
+    assert_eq!(result.0, 0);
+    let blob = std::fs::read(&out).unwrap();
+    let policy = procguard_policy::decode(&blob).unwrap();
+    assert_eq!(policy.settings.ask_timeout_ms, 250);
+    assert_eq!(policy.rules.iter().filter(|r| r.mode.is_ask()).count(), 2);
+}
+
+#[test]
+fn explain_shows_the_ask_rule_the_rights_asked_about_and_the_fallback() {
+    let request = [
+        "--policy",
+        ASK_EXAMPLE,
+        "--requester",
+        TASKMGR,
+        "--target",
+        AGENT,
+        "--access",
+        "PROCESS_TERMINATE|PROCESS_VM_WRITE|PROCESS_QUERY_LIMITED_INFORMATION",
+    ];
+    check_snapshot(
+        "explain-ask-taskmgr-kills-agent",
+        &[&["explain"][..], &request].concat(),
+        0,
+    );
+    let (code, stdout, _) = procguardctl(&[&["explain", "--json"][..], &request].concat());
+    assert_eq!(code, 0);
+    let json: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    assert_eq!(json["access"], 0x1001);
+    assert_eq!(
+        json["ask"],
+        serde_json::json!({
+            "rights": 0x1, "fallback_strip": 0x1, "fallback_access": 0x1000, "askable": true,
+            "timeout_ms": 250, "rule": 1, "rule_name": "ask-agent-kill",
+        })
+    );
+    // The updater's rule falls open: nothing removed without an answer.
+    let updater = [
+        "explain",
+        "--json",
+        "--policy",
+        ASK_EXAMPLE,
+        "--requester",
+        TASKMGR,
+        "--target",
+        UPDATER,
+        "--access",
+        "PROCESS_TERMINATE",
+    ];
+    let (_, stdout, _) = procguardctl(&updater);
+    let json: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    assert_eq!(json["ask"]["fallback_strip"], 0);
+    assert_eq!(json["ask"]["fallback_access"], 0x1);
+    assert_eq!(json["ask"]["rule_name"], "ask-updater-kill");
+}
+
+#[test]
 fn compile_writes_nothing_for_an_invalid_policy() {
     let dir = scratch("compile-invalid");
     let out = dir.join("policy.bin");
@@ -282,7 +350,7 @@ fn explain_json_gives_the_decision_as_one_object_with_the_text_s_answer() {
         "same_process": false, "desired_access": 0x1011, "access": 0x1010,
         "removed": 0x1, "would_strip": 0x10, "audit": true, "rule": 0,
         "rule_name": "agent-no-tamper", "exemption": null, "requester_critical": false,
-        "undocumented_removed": 0,
+        "undocumented_removed": 0, "ask": null,
     });
     assert_eq!(json, expected);
     // The text form of the same request says the same.

@@ -95,14 +95,14 @@ fn apply_sends_the_compiled_blob_confirms_it_and_persists_only_when_asked() {
     }
     assert_eq!(requests_of(&device), [IOCTL_SET_POLICY, IOCTL_GET_STATUS]);
     assert!(out.ends_with(
-        "applied: policy id 0x6d567f20, 4 rules in force (not persisted: the driver loads its stored policy at the next start)\n"
+        "applied: policy id 0xba8cd4bc, 4 rules in force (not persisted: the driver loads its stored policy at the next start)\n"
     ), "{out}");
     assert!(out.starts_with("rule 0 \"agent-no-tamper\" (enforce, create and duplicate): "));
 
     let (code, out, _) = run_with(&device, &["apply", EXAMPLE, "--persist"]);
     assert_eq!(code, 0);
     assert!(out.ends_with(
-        "applied: policy id 0x6d567f20, 4 rules in force, persisted (in force from boot)\n"
+        "applied: policy id 0xba8cd4bc, 4 rules in force, persisted (in force from boot)\n"
     ));
     assert_eq!(
         device.0.borrow().driver.state.borrow().persisted.as_deref(),
@@ -230,7 +230,7 @@ fn status_is_readable_and_its_json_has_every_field() {
         "procguard driver 0.1.0 (protocol 2)
   object callbacks        registered (altitude 385201)
   process notify          registered
-  policy                  0x6d567f20, 4 rules
+  policy                  0xba8cd4bc, 4 rules
   tracked processes       87
   audit ring              4096 records
   last error              none
@@ -264,7 +264,7 @@ fn status_is_readable_and_its_json_has_every_field() {
             "CallbacksRegistered": true,
             "ProcessNotifyRegistered": true,
             "Altitude": "385201",
-            "PolicyId": "0x6d567f20",
+            "PolicyId": "0xba8cd4bc",
             "RuleCount": 4,
             "TrackedProcesses": 87,
             "LastError": "STATUS_INVALID_PARAMETER (0xc000000d)",
@@ -283,7 +283,7 @@ fn policy_show_prints_toml_that_parses_back_to_the_active_policy() {
     let (code, out, err) = run_with(&device, &["policy", "show"]);
     assert_eq!((code, err.as_str()), (0, ""));
     assert!(out.starts_with(
-        "# Policy in force: id 0x6d567f20, 4 rules, 440 bytes (procguardctl policy show)\n[settings]\n"
+        "# Policy in force: id 0xba8cd4bc, 4 rules, 440 bytes (procguardctl policy show)\n[settings]\n"
     ), "{out}");
     assert_eq!(parse_policy(&out), Ok(example_policy()));
 
@@ -346,7 +346,7 @@ fn policy_show_rejects_a_header_that_does_not_match_the_blob() {
     assert_eq!((code, out.as_str()), (1, ""));
     assert_eq!(
         err,
-        "error: get policy: the header says policy id 0x6d567fdf, the blob is 0x6d567f20\n"
+        "error: get policy: the header says policy id 0xba8cd443, the blob is 0xba8cd4bc\n"
     );
 }
 
@@ -735,7 +735,7 @@ fn counters_name_each_rule_and_reset_clears_them() {
   unclassified lookups    0
   audit records pending   3
   audit records dropped   0
-rules of policy 0x6d567f20
+rules of policy 0xba8cd4bc
   RULE  HITS        STRIPS      NAME
   0     1           1           agent-no-tamper
   1     0           0           agent-no-debug

@@ -34,6 +34,8 @@ fn check(data: &[u8]) {
                 let req = HandleRequest { object, operation, desired_access: 0x001F_FFFF, kernel_handle: false, same_process: false };
                 let d = compiled.decide(t, r, &req);
                 assert_eq!(d.access & !req.desired_access, 0, "decision added bits");
+                assert_eq!(d.ask.rights & !d.access, 0, "asked about a right the request lost");
+                assert_eq!(d.ask.fallback_strip & !d.ask.rights, 0, "fallback beyond the asked rights");
             }
         }
     }
