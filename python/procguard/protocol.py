@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from .errors import ProtocolError
 
@@ -371,19 +371,36 @@ class AskRequest:
         for units in (requester_units, target_units):
             if units > IMAGE_NAME_UNITS:
                 raise ProtocolError(f"ask request: image name of {units} units, at most 64")
+        (
+            rule_id, process_id, thread_id, originator_pid, originator_tid, source_pid,
+            target_pid, original_access, desired_access, ask_rights, fallback_access,
+            timeout_ms, requester_pid,
+        ) = u32s
         return cls(
-            ident,
-            generation,
-            timestamp,
-            "process" if object_code == 1 else "thread",
-            bool(flags & 1),
-            *u32s,
-            requester_time,
-            target_time,
-            _decode_name(data[104:232], requester_units),
-            bool(flags & 2),
-            _decode_name(data[232:360], target_units),
-            bool(flags & 4),
+            id=ident,
+            generation=generation,
+            timestamp=timestamp,
+            object="process" if object_code == 1 else "thread",
+            duplication=bool(flags & 1),
+            rule_id=rule_id,
+            process_id=process_id,
+            thread_id=thread_id,
+            originator_process_id=originator_pid,
+            originator_thread_id=originator_tid,
+            source_process_id=source_pid,
+            target_process_id=target_pid,
+            original_desired_access=original_access,
+            desired_access=desired_access,
+            ask_rights=ask_rights,
+            fallback_access=fallback_access,
+            timeout_ms=timeout_ms,
+            requester_pid=requester_pid,
+            requester_create_time=requester_time,
+            target_create_time=target_time,
+            requester_image=_decode_name(data[104:232], requester_units),
+            requester_image_truncated=bool(flags & 2),
+            target_image=_decode_name(data[232:360], target_units),
+            target_image_truncated=bool(flags & 4),
         )
 
 
@@ -475,7 +492,7 @@ class Counters:
     events_dropped: int = 0
     events_pending: int = 0
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> Dict[str, Any]:
         """The names ``procguardctl status --json`` uses (``"Seen"``, ...)."""
         return {
             "Seen": self.seen,
@@ -503,7 +520,7 @@ class AskCounters:
     cancelled: int = 0
     late_replies: int = 0
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> Dict[str, Any]:
         """The names of ``procguardctl status --json``'s ``Ask.Counters``."""
         return {
             "Asked": self.asked,
@@ -538,7 +555,7 @@ class AskStatus:
         """A handler is connected."""
         return self.handler_pid != 0
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> Dict[str, Any]:
         """The ``"Ask"`` object of ``procguardctl status --json``."""
         return {
             "HandlerConnected": self.handler_connected,
@@ -646,7 +663,7 @@ class Status:
             ask=AskStatus(handler_pid, timeout_ms, slots, in_flight, waiting, ask_counters),
         )
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> Dict[str, Any]:
         """The object ``procguardctl status --json`` prints (``LastError`` is
         the NTSTATUS number here, or None)."""
         return {

@@ -22,15 +22,11 @@ from __future__ import annotations
 import ctypes
 import sys
 import threading
-from typing import Any, Optional
+from typing import Any, Optional, Protocol
 
 from .errors import ERROR_OPERATION_ABORTED, DriverError
 from .protocol import IOCTL_NAMES, USER_MODE_PATH
 
-try:  # Python 3.8+: typing.Protocol
-    from typing import Protocol
-except ImportError:  # pragma: no cover
-    Protocol = object  # type: ignore[assignment,misc]
 
 __all__ = ["Transport", "WindowsTransport"]
 
@@ -71,6 +67,12 @@ _HINTS = {
 }
 
 
+def _last_error() -> int:
+    # ctypes.get_last_error exists on Windows only.
+    get: Any = getattr(ctypes, "get_last_error")
+    return int(get())
+
+
 def _win32_message(code: int) -> str:
     format_error = getattr(ctypes, "FormatError", None)
     text = format_error(code).strip() if format_error else ""
@@ -96,12 +98,15 @@ class WindowsTransport:
     """
 
     def __init__(self, path: str = USER_MODE_PATH) -> None:
+        self._lock = threading.Lock()
+        self._handle: Optional[int] = None
         if sys.platform != "win32":
             raise DriverError(
                 f"{path} can only be opened on Windows (this is {sys.platform}); "
                 "pass another transport to ProcGuard to run elsewhere"
             )
-        self._kernel32: Any = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
+        win_dll: Any = getattr(ctypes, "WinDLL")
+        self._kernel32: Any = win_dll("kernel32", use_last_error=True)
         self._declare()
         handle = self._kernel32.CreateFileW(
             path,
@@ -113,13 +118,12 @@ class WindowsTransport:
             None,
         )
         if handle is None or handle == ctypes.c_void_p(-1).value:
-            code = ctypes.get_last_error()  # type: ignore[attr-defined]
+            code = _last_error()
             raise DriverError(
                 f"cannot open {path}: {_HINTS.get(code, _win32_message(code))} (error {code})",
                 winerror=code,
             )
-        self._handle: Optional[int] = handle
-        self._lock = threading.Lock()
+        self._handle = handle
 
     def _declare(self) -> None:
         k = self._kernel32
@@ -166,7 +170,7 @@ class WindowsTransport:
         overlapped = _Overlapped()
         event = k.CreateEventW(None, True, False, None)
         if not event:
-            raise self._fail(code, ctypes.get_last_error())  # type: ignore[attr-defined]
+            raise self._fail(code, _last_error())
         overlapped.hEvent = event
         try:
             ok = k.DeviceIoControl(
@@ -175,7 +179,7 @@ class WindowsTransport:
                 ctypes.byref(returned), ctypes.byref(overlapped),
             )
             if not ok:
-                error = ctypes.get_last_error()  # type: ignore[attr-defined]
+                error = _last_error()
                 if error != ERROR_IO_PENDING:
                     raise self._fail(code, error)
                 try:
@@ -190,7 +194,7 @@ class WindowsTransport:
                 if not k.GetOverlappedResult(
                     handle, ctypes.byref(overlapped), ctypes.byref(returned), True
                 ):
-                    raise self._fail(code, ctypes.get_last_error())  # type: ignore[attr-defined]
+                    raise self._fail(code, _last_error())
         finally:
             k.CloseHandle(event)
         return out_buffer.raw[: returned.value]

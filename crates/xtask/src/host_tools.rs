@@ -84,6 +84,10 @@ pub fn ensure(for_tests: bool) -> Result<(), String> {
         missing.extend(TEST.iter().filter(|req| !Path::new(req.path).exists()));
     }
     let mut packages: Vec<&str> = missing.iter().map(|req| req.package).collect();
+    // The Python package's wheel (python/) is built with `python3 -m pip wheel`.
+    if !python_has_pip() {
+        packages.push("python3-pip");
+    }
     if for_tests && !python_has_venv() {
         packages.push("python3-venv");
     }
@@ -136,6 +140,14 @@ fn is_root() -> bool {
 fn python_has_venv() -> bool {
     Command::new("python3")
         .args(["-c", "import venv, ensurepip"])
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+fn python_has_pip() -> bool {
+    Command::new("python3")
+        .args(["-m", "pip", "--version"])
+        .stdout(std::process::Stdio::null())
         .status()
         .is_ok_and(|status| status.success())
 }

@@ -25,6 +25,7 @@ mod inf_stamp;
 mod module_layers;
 mod package;
 mod pe_check;
+mod python_wheel;
 mod signing;
 mod test_suite;
 mod wdk_typecheck;

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::{cross_build, host_tools, inf_stamp, pe_check, signing, windows_support};
+use crate::{cross_build, host_tools, inf_stamp, pe_check, python_wheel, signing, windows_support};
 
 /// Where the package is written.
 pub fn package_dir(root: &Path) -> PathBuf {
@@ -85,13 +85,17 @@ pub fn run(root: &Path) -> Result<PathBuf, String> {
         &out.join("procguard.cat"),
     )?;
 
+    // The Python package (python/): `pip install procguard-*.whl` on the VM.
+    let wheel = python_wheel::build(root, &out)?;
+
     println!("{signed}");
     println!(
-        "xtask: package ready in {} ({} s): procguard.sys ({} bytes unsigned, {} signed), procguard.inf, procguard.cat, procguard.cer, procguardctl.exe, procguard-smoke.exe, the VM scripts and protect-agent.toml",
+        "xtask: package ready in {} ({} s): procguard.sys ({} bytes unsigned, {} signed), procguard.inf, procguard.cat, procguard.cer, procguardctl.exe, procguard-smoke.exe, the VM scripts, protect-agent.toml and {}",
         out.display(),
         started.elapsed().as_secs(),
         unsigned.size,
-        signed.size
+        signed.size,
+        wheel.file_name().unwrap_or_default().to_string_lossy()
     );
     Ok(sys)
 }

@@ -13,7 +13,10 @@
 //! 4. the package (README command 1: build, structural checks, signature);
 //! 5. pytest: structural tests of the package (`tests/package`) and the
 //!    emulator suite, the packaged `.sys` run in Speakeasy (`tests/emulator`);
-//!    the packaged `.exe` programs run under Wine (`tests/wine`).
+//!    the packaged `.exe` programs run under Wine (`tests/wine`);
+//! 6. the Python package's suite (`python/tests`: wire format against the
+//!    Rust golden files, the API against an in-memory driver), run after the
+//!    host tests.
 
 use std::path::Path;
 use std::process::Command;
@@ -155,6 +158,12 @@ pub fn run(root: &Path) -> Result<(), String> {
         let mut test = cargo(root, &["test", "--workspace"]);
         test.env("PROCGUARD_LAYOUT_JSON", &layout_json);
         status_of(test, "cargo test")
+    });
+    step("Python package (pytest python/tests)", &mut || {
+        status_of(
+            pytest_command(root, &["python/tests"])?,
+            "pytest python/tests",
+        )
     });
     let policy_crate = root.join("crates").join("procguard-policy");
     for (name, script, seconds) in [
