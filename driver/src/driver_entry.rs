@@ -15,9 +15,13 @@
 //! 6. register the object callbacks (altitude retries on collision);
 //! 7. create the control device `\Device\ProcGuard` and its IOCTL queue.
 //!
-//! Unload: the control device first (no more IOCTLs), then the object
-//! callbacks, then the notify routine (each unregistration waits for running
-//! calls), then the policy generation and the state.
+//! Unload: the ask broker first (new asks get their fallback at once, every
+//! callback waiting for a handler's answer is released with its fallback,
+//! every pended ask IOCTL is completed: nothing is left for the object
+//! callbacks' unregistration to wait on, and the broker's queues are done
+//! before their device goes), then the control device (no more IOCTLs),
+//! then the object callbacks, then the notify routine (each unregistration
+//! waits for running calls), then the policy generation and the state.
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
@@ -50,6 +54,14 @@ fn compile_policy(blob: Vec<u8>) -> (CompiledPolicy, Vec<u8>) {
             (CompiledPolicy::empty(), Vec::new())
         }
     }
+}
+
+/// Stops the ask broker: before the control device is deleted and the
+/// object callbacks are unregistered (see the module documentation).
+fn shut_down_ask(state: &DriverState) {
+    #[cfg(test)]
+    unload_order::note_ask_shutdown();
+    state.ask.shutdown();
 }
 
 /// Undoes steps 3–5 (state allocated, maybe published, notify maybe registered).
@@ -180,6 +192,10 @@ pub unsafe extern "system" fn driver_entry(
                 "creating the control device failed with {}",
                 trace::Status(status)
             ));
+            // The callbacks ran already and may have reached the broker
+            // (no handler can have connected: the fallback applied): its
+            // shutdown comes before their unregistration, as at unload.
+            shut_down_ask(&state);
             let registration = state.load_info.lock().registration.take();
             if let Some(registration) = registration {
                 registration.unregister();
@@ -209,7 +225,9 @@ pub unsafe extern "C" fn evt_driver_unload(_driver: WDFDRIVER) {
             core::mem::take(&mut load_info.notify_registered),
         )
     };
-    // No more IOCTLs, then no more callbacks, then no more notifications.
+    // No more asks or waiters, then no more IOCTLs, then no more callbacks,
+    // then no more notifications.
+    shut_down_ask(state);
     if let Some(device) = device {
         device.delete();
     }
@@ -223,4 +241,29 @@ pub unsafe extern "C" fn evt_driver_unload(_driver: WDFDRIVER) {
     let state = unsafe { Box::from_raw(raw) };
     tear_down(state, notify_registered);
     trace::info(format_args!("unloaded"));
+}
+
+/// Host tests: what was already torn down when the ask broker was shut down.
+#[cfg(test)]
+pub(crate) mod unload_order {
+    use core::cell::Cell;
+
+    use crate::ffi::ntddk::with_host;
+
+    /// (object-callback registrations removed, control devices deleted).
+    pub type Seen = (usize, usize);
+
+    std::thread_local! {
+        static AT_ASK_SHUTDOWN: Cell<Option<Seen>> = const { Cell::new(None) };
+    }
+
+    pub(super) fn note_ask_shutdown() {
+        let seen = with_host(|host| (host.unregistered.len(), host.control.deleted.len()));
+        AT_ASK_SHUTDOWN.with(|at| at.set(Some(seen)));
+    }
+
+    /// What [`note_ask_shutdown`] saw last on this thread (and forgets it).
+    pub fn at_ask_shutdown() -> Option<Seen> {
+        AT_ASK_SHUTDOWN.with(Cell::take)
+    }
 }

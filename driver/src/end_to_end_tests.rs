@@ -89,6 +89,7 @@ impl Loaded {
         let turn = TURN.lock().unwrap_or_else(PoisonError::into_inner);
         reset_host();
         crate::callbacks::handle_decision::test_broker::reset();
+        let _ = crate::driver_entry::unload_order::at_ask_shutdown();
         with_host(|host| {
             for &(pid, name) in processes {
                 host.processes
@@ -1525,5 +1526,138 @@ strip = ["PROCESS_VM_READ"]
         loaded.open_process(ATTACKER, EDITOR, PROCESS_TERMINATE); // nothing
         assert_eq!(loaded.drain().len(), 3);
         assert_eq!(test_broker::notifies(), 3);
+    }
+}
+
+/// Issue 12: the ask broker in status, counters and the driver's lifetime.
+mod ask_lifetime {
+    use super::*;
+    use crate::driver_entry::unload_order::at_ask_shutdown;
+    use procguard_protocol::ioctl::{
+        RuleCountersResponse, Status, IOCTL_GET_RULE_COUNTERS, IOCTL_GET_STATUS,
+        IOCTL_RESET_COUNTERS,
+    };
+
+    const ASK_POLICY: &str = r#"
+[settings]
+ask_timeout_ms = 1200
+
+[[rule]]
+name = "agent-no-kill"
+target = { name = "agent.exe" }
+strip = ["PROCESS_TERMINATE"]
+
+[[rule]]
+name = "ask-memory"
+target = { name = "agent.exe" }
+objects = "process"
+mode = "ask"
+strip = ["PROCESS_VM_WRITE"]
+"#;
+
+    fn ioctl(code: u32, output_len: usize) -> (i32, Vec<u8>) {
+        use crate::control::control_device::evt_io_device_control;
+        use crate::ffi::ntddk::{FakeRequest, FAKE_REQUEST};
+        with_host(|host| {
+            host.request = Some(FakeRequest {
+                system_buffer: vec![0u8; output_len],
+                input_length: 0,
+                output_length: output_len,
+                completion: None,
+            })
+        });
+        // SAFETY: as the framework calls it for a presented request.
+        unsafe {
+            evt_io_device_control(
+                core::ptr::null_mut(),
+                FAKE_REQUEST as _,
+                output_len,
+                0,
+                code,
+            );
+        }
+        let request = with_host(|host| host.request.take()).expect("request");
+        let (status, information) = request.completion.expect("completed");
+        (
+            status,
+            request.system_buffer[..usize::try_from(information).expect("small")].to_vec(),
+        )
+    }
+
+    fn rule_counters() -> Vec<(u64, u64)> {
+        let (status, bytes) = ioctl(IOCTL_GET_RULE_COUNTERS, RuleCountersResponse::size(2));
+        assert_eq!(status, STATUS_SUCCESS);
+        let mut counters = Vec::new();
+        RuleCountersResponse::parse(&bytes, |hits, strips| counters.push((hits, strips)))
+            .expect("valid");
+        counters
+    }
+
+    #[test]
+    fn status_reports_the_ask_timeout_of_the_policy_in_force_and_the_broker_state() {
+        let (loaded, _) = Loaded::with(Some(blob(ASK_POLICY)), &[(AGENT, "agent.exe")]);
+        let (status, bytes) = ioctl(IOCTL_GET_STATUS, Status::SIZE);
+        assert_eq!(status, STATUS_SUCCESS);
+        let report = Status::from_bytes(&bytes).expect("a status");
+        assert_eq!(report.ask.timeout_ms, 1200);
+        let broker = loaded.state().ask.status();
+        assert_eq!(report.ask.handler_pid, broker.handler_pid);
+        assert_eq!(report.ask.slots, broker.slots);
+        assert_eq!(report.ask.counters, broker.counters);
+        drop(loaded);
+        // The default when the policy does not say.
+        let (_loaded, _) = Loaded::with(Some(blob(POLICY)), &[]);
+        let report =
+            Status::from_bytes(&ioctl(IOCTL_GET_STATUS, Status::SIZE).1).expect("a status");
+        assert_eq!(report.ask.timeout_ms, 250);
+    }
+
+    #[test]
+    fn rule_counters_count_ask_rules_and_reset_clears_them() {
+        let (loaded, _) = Loaded::with(
+            Some(blob(ASK_POLICY)),
+            &[(AGENT, "agent.exe"), (ATTACKER, "tool.exe")],
+        );
+        // No handler: the fail-closed fallback strips VM_WRITE.
+        assert_eq!(loaded.open_process(ATTACKER, AGENT, PROCESS_VM_WRITE), 0);
+        assert_eq!(
+            loaded.open_process(ATTACKER, AGENT, PROCESS_VM_WRITE | PROCESS_TERMINATE),
+            0
+        );
+        assert_eq!(rule_counters(), [(1, 1), (2, 2)]);
+        assert_eq!(ioctl(IOCTL_RESET_COUNTERS, 0).0, STATUS_SUCCESS);
+        assert_eq!(rule_counters(), [(0, 0), (0, 0)]);
+        let report =
+            Status::from_bytes(&ioctl(IOCTL_GET_STATUS, Status::SIZE).1).expect("a status");
+        assert_eq!(
+            report.ask.counters,
+            procguard_protocol::ask::AskCounters::default()
+        );
+        assert_eq!((report.counters.modified, report.counters.audited), (0, 0));
+    }
+
+    #[test]
+    fn unload_shuts_the_broker_down_before_the_device_and_the_callbacks_go() {
+        let (mut loaded, _) = Loaded::with(Some(blob(ASK_POLICY)), &[(AGENT, "agent.exe")]);
+        assert_eq!(at_ask_shutdown(), None, "not before unload");
+        loaded.unload();
+        assert_eq!(
+            at_ask_shutdown(),
+            Some((0, 0)),
+            "(callbacks unregistered, devices deleted) when the broker was shut down"
+        );
+        assert_eq!(with_host(|host| host.unregistered.len()), 1);
+    }
+
+    #[test]
+    fn a_failed_control_device_shuts_the_broker_down_before_unregistering() {
+        let (_loaded, status) =
+            Loaded::with_setup(Some(blob(ASK_POLICY)), &[(AGENT, "agent.exe")], |host| {
+                host.control.create_result = Some(crate::ffi::STATUS_ACCESS_DENIED);
+            });
+        assert_eq!(status, crate::ffi::STATUS_ACCESS_DENIED);
+        assert_eq!(at_ask_shutdown(), Some((0, 0)));
+        assert_eq!(with_host(|host| host.unregistered.len()), 1);
+        assert!(DriverState::global().is_none());
     }
 }

@@ -56,12 +56,18 @@ impl ControlTarget for DriverState {
                 events_dropped: self.ring.dropped(),
                 events_pending: self.ring.pending(),
             },
+            ask: self.ask.status(),
             ..Status::default()
         };
         if let Some(generation) = self.active.read() {
             status.policy_id = generation.policy.policy_id();
             status.rule_count = u32::try_from(generation.policy.rule_count()).unwrap_or(u32::MAX);
             status.tracked_processes = u32::try_from(generation.table.len()).unwrap_or(u32::MAX);
+            if status.ask.timeout_ms == 0 {
+                // The broker learns the timeout per request; the policy in
+                // force has it whether or not anything was asked yet.
+                status.ask.timeout_ms = generation.policy.settings().ask_timeout_ms;
+            }
         }
         let load_info = self.load_info.lock();
         status.callbacks_registered = load_info.registration.is_some();
@@ -170,6 +176,7 @@ impl ControlTarget for DriverState {
         ] {
             counter.store(0, Ordering::Relaxed);
         }
+        self.ask.reset_counters();
         if let Some(generation) = self.active.read() {
             for stats in &generation.rule_stats {
                 stats.hits.store(0, Ordering::Relaxed);

@@ -76,6 +76,7 @@ pub struct Entry {
 /// words they need, [`ProcessTable::read_words`]).
 #[cfg(test)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant)] // tests only: a copy of the whole entry is the point
 pub enum Lookup {
     /// The pid is tracked.
     Found(Entry),
