@@ -225,9 +225,11 @@ pub unsafe extern "C" fn evt_driver_unload(_driver: WDFDRIVER) {
             core::mem::take(&mut load_info.notify_registered),
         )
     };
-    // No more asks or waiters, then no more IOCTLs, then no more callbacks,
+    // Waiters released and pended IOCTLs completed (new asks get their
+    // fallback from here on), then no more IOCTLs, then no more callbacks,
     // then no more notifications.
     shut_down_ask(state);
+    state.events_wait.shutdown();
     if let Some(device) = device {
         device.delete();
     }

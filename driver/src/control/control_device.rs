@@ -20,11 +20,11 @@ use procguard_protocol::ioctl::{SetPolicyRequest, MAX_POLICY_BYTES};
 
 use crate::driver_state::DriverState;
 use crate::ffi::{
-    call_unsafe_wdf_function_binding, _WDF_EXECUTION_LEVEL, _WDF_IO_QUEUE_DISPATCH_TYPE,
-    _WDF_SYNCHRONIZATION_SCOPE, _WDF_TRI_STATE, NTSTATUS, PVOID, PWDFDEVICE_INIT,
-    STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_DEVICE_REQUEST, STATUS_INVALID_PARAMETER, ULONG,
-    WDFDEVICE, WDFDRIVER, WDFQUEUE, WDFREQUEST, WDF_IO_QUEUE_CONFIG, WDF_NO_OBJECT_ATTRIBUTES,
-    WDF_OBJECT_ATTRIBUTES,
+    call_unsafe_wdf_function_binding, _WDF_EXECUTION_LEVEL, _WDF_FILEOBJECT_CLASS,
+    _WDF_IO_QUEUE_DISPATCH_TYPE, _WDF_SYNCHRONIZATION_SCOPE, _WDF_TRI_STATE, NTSTATUS, PVOID,
+    PWDFDEVICE_INIT, STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_DEVICE_REQUEST,
+    STATUS_INVALID_PARAMETER, ULONG, WDFDEVICE, WDFDRIVER, WDFFILEOBJECT, WDFQUEUE, WDFREQUEST,
+    WDF_FILEOBJECT_CONFIG, WDF_IO_QUEUE_CONFIG, WDF_NO_OBJECT_ATTRIBUTES, WDF_OBJECT_ATTRIBUTES,
 };
 use crate::platform::trace;
 use crate::platform::wide_string::{unicode_string, utf16};
@@ -74,6 +74,26 @@ impl ControlDevice {
             unsafe { call_unsafe_wdf_function_binding!(WdfDeviceInitFree, init) };
             return Err(status);
         }
+        // File cleanup: a handler's handle closing ends its connection and
+        // its pended IOCTLs (the ask path, the events wait).
+        let mut file_config = WDF_FILEOBJECT_CONFIG {
+            Size: core::mem::size_of::<WDF_FILEOBJECT_CONFIG>() as ULONG,
+            EvtDeviceFileCreate: None,
+            EvtFileClose: None,
+            EvtFileCleanup: Some(evt_file_cleanup),
+            // WDF_FILEOBJECT_CONFIG_INIT's values.
+            AutoForwardCleanupClose: _WDF_TRI_STATE::WdfUseDefault,
+            FileObjectClass: _WDF_FILEOBJECT_CLASS::WdfFileObjectWdfCanUseFsContext,
+        };
+        // SAFETY: the live device init; the config is copied.
+        unsafe {
+            call_unsafe_wdf_function_binding!(
+                WdfDeviceInitSetFileObjectConfig,
+                init,
+                &raw mut file_config,
+                WDF_NO_OBJECT_ATTRIBUTES
+            );
+        };
         let mut attributes = WDF_OBJECT_ATTRIBUTES {
             Size: core::mem::size_of::<WDF_OBJECT_ATTRIBUTES>() as ULONG,
             // IOCTLs compile policies, classify processes and write the registry.
@@ -134,6 +154,17 @@ impl ControlDevice {
             created.delete();
             return Err(status);
         }
+        // The manual queues of the pended IOCTLs (get-request, wait-events).
+        if let Some(state) = DriverState::global() {
+            // SAFETY: a live device, being created.
+            let queues = unsafe { state.ask.create_queues(device) }
+                // SAFETY: as above.
+                .and_then(|()| unsafe { state.events_wait.create_queue(device) });
+            if let Err(status) = queues {
+                created.delete();
+                return Err(status);
+            }
+        }
         // SAFETY: a live control device, fully set up.
         unsafe { call_unsafe_wdf_function_binding!(WdfControlFinishInitializing, device) };
         Ok(created)
@@ -143,6 +174,14 @@ impl ControlDevice {
     pub fn delete(self) {
         // SAFETY: our live device, deleted once (consumes self).
         unsafe { call_unsafe_wdf_function_binding!(WdfObjectDelete, self.device.cast()) };
+    }
+}
+
+/// `EvtFileCleanup` (PASSIVE_LEVEL): the last handle of a file object closed.
+unsafe extern "C" fn evt_file_cleanup(file: WDFFILEOBJECT) {
+    if let Some(state) = DriverState::global() {
+        state.ask.file_cleanup(file);
+        state.events_wait.file_cleanup(file);
     }
 }
 

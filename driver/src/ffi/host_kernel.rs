@@ -15,6 +15,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
 use std::string::String;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::vec::Vec;
 
 /// Address of the fake `PsProcessType` variable's value (an object type pointer).
@@ -115,6 +116,14 @@ pub struct HostKernel {
     pub request: Option<FakeRequest>,
     /// Fails ZwSetValueKey with this status when set.
     pub set_value_result: Option<NTSTATUS>,
+    /// `KeAreAllApcsDisabled` answers this (a guarded region).
+    pub all_apcs_disabled: bool,
+    /// `KeWaitForSingleObject` calls on this thread.
+    pub waits: u64,
+    /// Manual queues created (WdfIoQueueDispatchManual), in order.
+    pub manual_queues: Vec<usize>,
+    /// The file-object configuration WdfDeviceInitSetFileObjectConfig got.
+    pub file_object_config: Option<WDF_FILEOBJECT_CONFIG>,
 }
 
 /// What the driver did to create its control device.
@@ -143,6 +152,9 @@ pub struct FakeRequest {
     /// (status, information) once completed.
     pub completion: Option<(NTSTATUS, u64)>,
 }
+
+/// The file object of the thread-local request ([`FakeRequest`]).
+pub const FAKE_FILE_OBJECT: usize = 0xF11E;
 
 std::thread_local! {
     /// The fake kernel of the current test thread.
@@ -628,7 +640,17 @@ pub unsafe extern "C" fn ExReleaseResourceLite(_Resource: PERESOURCE) {
     });
 }
 
-pub unsafe extern "C" fn KeAcquireSpinLockRaiseToDpc(_SpinLock: PKSPIN_LOCK) -> KIRQL {
+/// A real spin lock (threaded host tests contend on it) that also raises
+/// this thread's fake IRQL.
+pub unsafe extern "C" fn KeAcquireSpinLockRaiseToDpc(SpinLock: PKSPIN_LOCK) -> KIRQL {
+    // SAFETY: a KSPIN_LOCK is an aligned u64 that lives while it is used.
+    let word = unsafe { &*SpinLock.cast::<AtomicU64>() };
+    while word
+        .compare_exchange_weak(0, 1, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        std::thread::yield_now();
+    }
     with_host(|host| {
         let old = host.irql;
         assert!(old <= DISPATCH_LEVEL as u8);
@@ -638,8 +660,105 @@ pub unsafe extern "C" fn KeAcquireSpinLockRaiseToDpc(_SpinLock: PKSPIN_LOCK) -> 
     })
 }
 
-pub unsafe extern "C" fn KeReleaseSpinLock(_SpinLock: PKSPIN_LOCK, NewIrql: KIRQL) {
+pub unsafe extern "C" fn KeReleaseSpinLock(SpinLock: PKSPIN_LOCK, NewIrql: KIRQL) {
+    // SAFETY: as in KeAcquireSpinLockRaiseToDpc.
+    let word = unsafe { &*SpinLock.cast::<AtomicU64>() };
+    assert_eq!(
+        word.swap(0, Ordering::Release),
+        1,
+        "spin lock released while not held"
+    );
     with_host(|host| host.irql = NewIrql);
+}
+
+// ---- Kernel events: real ones, so a waiter and a replier on two threads
+// meet as on Windows. Word 0 of the KEVENT is the signal state, word 1 the
+// event type; one condition variable wakes every waiter to re-check.
+
+static EVENT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static EVENT_SIGNAL: std::sync::Condvar = std::sync::Condvar::new();
+
+fn event_words(event: PRKEVENT) -> (&'static AtomicU64, &'static AtomicU64) {
+    let base = event.cast::<AtomicU64>();
+    // SAFETY: a KEVENT is three aligned u64 words the caller keeps alive
+    // while it uses the event.
+    let signal = unsafe { &*base };
+    // SAFETY: as above: word 1 of the same KEVENT.
+    let kind = unsafe { base.add(1) };
+    // SAFETY: as above.
+    (signal, unsafe { &*kind })
+}
+
+pub unsafe extern "C" fn KeInitializeEvent(Event: PRKEVENT, Type: EVENT_TYPE, State: BOOLEAN) {
+    let (signal, kind) = event_words(Event);
+    kind.store(Type as u64, Ordering::SeqCst);
+    signal.store(u64::from(State != 0), Ordering::SeqCst);
+}
+
+pub unsafe extern "C" fn KeClearEvent(Event: PRKEVENT) {
+    assert!(with_host(|host| host.irql) <= DISPATCH_LEVEL as u8);
+    let _guard = EVENT_LOCK.lock().expect("event lock");
+    event_words(Event).0.store(0, Ordering::SeqCst);
+}
+
+pub unsafe extern "C" fn KeSetEvent(Event: PRKEVENT, _Increment: KPRIORITY, Wait: BOOLEAN) -> LONG {
+    assert!(with_host(|host| host.irql) <= DISPATCH_LEVEL as u8);
+    assert_eq!(Wait, 0, "the driver never sets an event with Wait = TRUE");
+    let _guard = EVENT_LOCK.lock().expect("event lock");
+    let previous = event_words(Event).0.swap(1, Ordering::SeqCst);
+    EVENT_SIGNAL.notify_all();
+    previous as LONG
+}
+
+/// Waits on a KEVENT for at most the relative `Timeout` (100 ns units,
+/// negative); a synchronization event is reset by the satisfied wait.
+pub unsafe extern "C" fn KeWaitForSingleObject(
+    Object: PVOID,
+    WaitReason: KWAIT_REASON,
+    WaitMode: KPROCESSOR_MODE,
+    Alertable: BOOLEAN,
+    Timeout: PLARGE_INTEGER,
+) -> NTSTATUS {
+    assert_eq!(WaitReason, _KWAIT_REASON::Executive);
+    assert_eq!(i32::from(WaitMode), _MODE::KernelMode);
+    assert_eq!(Alertable, 0, "the driver's waits are not alertable");
+    assert!(
+        !Timeout.is_null(),
+        "the driver never waits without a timeout"
+    );
+    // SAFETY: a valid LARGE_INTEGER from the driver.
+    let timeout = unsafe { *Timeout };
+    // SAFETY: QuadPart covers the whole union.
+    let relative = unsafe { timeout.QuadPart };
+    assert!(relative < 0, "a relative timeout");
+    with_host(|host| {
+        assert!(host.irql <= APC_LEVEL as u8, "a timed wait above APC_LEVEL");
+        host.waits += 1;
+    });
+    let deadline =
+        std::time::Instant::now() + std::time::Duration::from_nanos(relative.unsigned_abs() * 100);
+    let (signal, kind) = event_words(Object.cast());
+    let mut guard = EVENT_LOCK.lock().expect("event lock");
+    loop {
+        if signal.load(Ordering::SeqCst) != 0 {
+            if kind.load(Ordering::SeqCst) == _EVENT_TYPE::SynchronizationEvent as u64 {
+                signal.store(0, Ordering::SeqCst);
+            }
+            return STATUS_SUCCESS;
+        }
+        let now = std::time::Instant::now();
+        if now >= deadline {
+            return STATUS_TIMEOUT;
+        }
+        guard = EVENT_SIGNAL
+            .wait_timeout(guard, deadline - now)
+            .expect("event lock")
+            .0;
+    }
+}
+
+pub unsafe extern "C" fn KeAreAllApcsDisabled() -> BOOLEAN {
+    with_host(|host| u8::from(host.all_apcs_disabled || host.irql >= APC_LEVEL as u8))
 }
 
 pub unsafe extern "C" fn KeGetCurrentIrql() -> KIRQL {
@@ -830,6 +949,27 @@ pub unsafe fn WdfIoQueueCreate(
     assert_eq!(Device as usize, FAKE_DEVICE);
     // SAFETY: a valid config from the driver.
     let config = unsafe { *Config };
+    if config.DispatchType == _WDF_IO_QUEUE_DISPATCH_TYPE::WdfIoQueueDispatchManual {
+        assert_eq!(
+            config.PowerManaged,
+            _WDF_TRI_STATE::WdfFalse,
+            "a control device's queue"
+        );
+        assert_eq!(
+            config.DefaultQueue, 0,
+            "a manual queue is not the default queue"
+        );
+        assert!(
+            !Queue.is_null(),
+            "the driver keeps its manual queues' handles"
+        );
+        let queue = NEXT_HANDLE.fetch_add(0x10, Ordering::Relaxed);
+        shared().queues.insert(queue, VecDeque::new());
+        with_host(|host| host.manual_queues.push(queue));
+        // SAFETY: valid out pointer.
+        unsafe { *Queue = queue as WDFQUEUE };
+        return STATUS_SUCCESS;
+    }
     with_host(|host| {
         host.control.queue_dispatch = Some(config.DispatchType);
         host.control.default_queue = config.DefaultQueue != 0;
@@ -851,11 +991,32 @@ pub unsafe fn WdfObjectDelete(Object: WDFOBJECT) {
 }
 
 fn retrieve(
+    Request: WDFREQUEST,
     MinimumRequiredSize: usize,
     Buffer: *mut PVOID,
     Length: *mut usize,
     input: bool,
 ) -> NTSTATUS {
+    if let Some(request) = shared().requests.get_mut(&(Request as usize)) {
+        let length = if input {
+            request.input_length
+        } else {
+            request.output_length
+        };
+        if length == 0 || length < MinimumRequiredSize {
+            return STATUS_BUFFER_TOO_SMALL;
+        }
+        assert!(
+            request.completion.is_none(),
+            "buffer of a completed request"
+        );
+        // SAFETY: valid out pointers; the buffer lives in the registry until
+        // the test takes the request out.
+        unsafe { *Buffer = request.system_buffer.as_mut_ptr().cast() };
+        // SAFETY: as above.
+        unsafe { *Length = length };
+        return STATUS_SUCCESS;
+    }
     with_host(|host| {
         let Some(request) = host.request.as_mut() else {
             return STATUS_INVALID_PARAMETER;
@@ -885,7 +1046,7 @@ pub unsafe fn WdfRequestRetrieveInputBuffer(
     Buffer: *mut PVOID,
     Length: *mut usize,
 ) -> NTSTATUS {
-    retrieve(MinimumRequiredSize, Buffer, Length, true)
+    retrieve(_Request, MinimumRequiredSize, Buffer, Length, true)
 }
 
 pub unsafe fn WdfRequestRetrieveOutputBuffer(
@@ -894,7 +1055,7 @@ pub unsafe fn WdfRequestRetrieveOutputBuffer(
     Buffer: *mut PVOID,
     Length: *mut usize,
 ) -> NTSTATUS {
-    retrieve(MinimumRequiredSize, Buffer, Length, false)
+    retrieve(_Request, MinimumRequiredSize, Buffer, Length, false)
 }
 
 pub unsafe fn WdfRequestCompleteWithInformation(
@@ -902,6 +1063,15 @@ pub unsafe fn WdfRequestCompleteWithInformation(
     Status: NTSTATUS,
     Information: ULONG_PTR,
 ) {
+    if let Some(request) = shared().requests.get_mut(&(_Request as usize)) {
+        assert!(request.completion.is_none(), "request completed twice");
+        assert!(
+            request.queue.is_none(),
+            "request completed while in a queue"
+        );
+        request.completion = Some((Status, Information));
+        return;
+    }
     with_host(|host| {
         let request = host
             .request
@@ -910,6 +1080,200 @@ pub unsafe fn WdfRequestCompleteWithInformation(
         assert!(request.completion.is_none(), "request completed twice");
         request.completion = Some((Status, Information));
     });
+}
+
+// ---- Requests that outlive one dispatch (pended in manual queues), shared
+// by every thread so a test's "handler" thread can complete what another
+// thread queued. Handles are unique across tests.
+
+static NEXT_HANDLE: AtomicUsize = AtomicUsize::new(0x10_0000);
+
+/// A request of the shared registry.
+#[derive(Debug, Default, Clone)]
+pub struct SharedRequest {
+    pub system_buffer: Vec<u8>,
+    pub input_length: usize,
+    pub output_length: usize,
+    pub file_object: usize,
+    /// The manual queue holding it, while queued.
+    pub queue: Option<usize>,
+    pub completion: Option<(NTSTATUS, u64)>,
+}
+
+/// Requests and manual queues of the shared registry.
+#[derive(Debug, Default)]
+pub struct SharedWdf {
+    pub requests: BTreeMap<usize, SharedRequest>,
+    pub queues: BTreeMap<usize, VecDeque<usize>>,
+}
+
+static SHARED: std::sync::Mutex<SharedWdf> = std::sync::Mutex::new(SharedWdf {
+    requests: BTreeMap::new(),
+    queues: BTreeMap::new(),
+});
+
+/// The shared registry (a test that panicked while holding it does not
+/// poison the others).
+pub fn shared() -> std::sync::MutexGuard<'static, SharedWdf> {
+    SHARED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A new METHOD_BUFFERED request on `file_object` with `input` and room for
+/// `output_length` bytes of output.
+pub fn new_request(file_object: usize, input: &[u8], output_length: usize) -> WDFREQUEST {
+    let handle = NEXT_HANDLE.fetch_add(0x10, Ordering::Relaxed);
+    let mut system_buffer = input.to_vec();
+    system_buffer.resize(input.len().max(output_length), 0);
+    shared().requests.insert(
+        handle,
+        SharedRequest {
+            system_buffer,
+            input_length: input.len(),
+            output_length,
+            file_object,
+            queue: None,
+            completion: None,
+        },
+    );
+    handle as WDFREQUEST
+}
+
+/// `(status, information, output bytes)` once `request` is completed.
+pub fn completion_of(request: WDFREQUEST) -> Option<(NTSTATUS, u64, Vec<u8>)> {
+    let registry = shared();
+    let request = registry.requests.get(&(request as usize))?;
+    let (status, information) = request.completion?;
+    let length = usize::try_from(information)
+        .unwrap_or(0)
+        .min(request.output_length);
+    Some((
+        status,
+        information,
+        request.system_buffer[..length].to_vec(),
+    ))
+}
+
+/// Cancels a queued request as the framework does (CancelIoEx): out of its
+/// queue, completed with STATUS_CANCELLED. False if it was not queued.
+pub fn cancel_queued(request: WDFREQUEST) -> bool {
+    let mut registry = shared();
+    let handle = request as usize;
+    let Some(queue) = registry.requests.get(&handle).and_then(|r| r.queue) else {
+        return false;
+    };
+    if let Some(entries) = registry.queues.get_mut(&queue) {
+        entries.retain(|&entry| entry != handle);
+    }
+    let entry = registry.requests.get_mut(&handle).expect("registered");
+    entry.queue = None;
+    entry.completion = Some((STATUS_CANCELLED, 0));
+    true
+}
+
+/// Requests waiting in manual queue `queue`.
+pub fn queued_in(queue: usize) -> usize {
+    shared().queues.get(&queue).map_or(0, VecDeque::len)
+}
+
+fn queue_dequeue(queue: usize, file_object: Option<usize>) -> Option<usize> {
+    let mut registry = shared();
+    let registry = &mut *registry;
+    let entries = registry.queues.get_mut(&queue).expect("a manual queue");
+    let position = entries.iter().position(|handle| {
+        file_object.is_none_or(|wanted| registry.requests[handle].file_object == wanted)
+    })?;
+    let handle = entries.remove(position)?;
+    registry
+        .requests
+        .get_mut(&handle)
+        .expect("registered")
+        .queue = None;
+    Some(handle)
+}
+
+pub unsafe fn WdfIoQueueRetrieveNextRequest(
+    Queue: WDFQUEUE,
+    OutRequest: *mut WDFREQUEST,
+) -> NTSTATUS {
+    assert!(with_host(|host| host.irql) <= DISPATCH_LEVEL as u8);
+    let Some(handle) = queue_dequeue(Queue as usize, None) else {
+        return STATUS_NO_MORE_ENTRIES;
+    };
+    // SAFETY: valid out pointer.
+    unsafe { *OutRequest = handle as WDFREQUEST };
+    STATUS_SUCCESS
+}
+
+pub unsafe fn WdfIoQueueRetrieveRequestByFileObject(
+    Queue: WDFQUEUE,
+    FileObject: WDFFILEOBJECT,
+    OutRequest: *mut WDFREQUEST,
+) -> NTSTATUS {
+    assert!(with_host(|host| host.irql) <= DISPATCH_LEVEL as u8);
+    let Some(handle) = queue_dequeue(Queue as usize, Some(FileObject as usize)) else {
+        return STATUS_NO_MORE_ENTRIES;
+    };
+    // SAFETY: valid out pointer.
+    unsafe { *OutRequest = handle as WDFREQUEST };
+    STATUS_SUCCESS
+}
+
+pub unsafe fn WdfIoQueueGetState(
+    Queue: WDFQUEUE,
+    QueueRequests: PULONG,
+    DriverRequests: PULONG,
+) -> WDF_IO_QUEUE_STATE {
+    let queued = u32::try_from(queued_in(Queue as usize)).expect("small");
+    if !QueueRequests.is_null() {
+        // SAFETY: valid out pointer when non-null.
+        unsafe { *QueueRequests = queued };
+    }
+    if !DriverRequests.is_null() {
+        // SAFETY: as above.
+        unsafe { *DriverRequests = 0 };
+    }
+    _WDF_IO_QUEUE_STATE::WdfIoQueueAcceptRequests
+}
+
+pub unsafe fn WdfRequestForwardToIoQueue(
+    Request: WDFREQUEST,
+    DestinationQueue: WDFQUEUE,
+) -> NTSTATUS {
+    assert!(with_host(|host| host.irql) <= DISPATCH_LEVEL as u8);
+    let mut registry = shared();
+    let handle = Request as usize;
+    let queue = DestinationQueue as usize;
+    let request = registry
+        .requests
+        .get_mut(&handle)
+        .expect("only registered requests are forwarded");
+    assert!(request.queue.is_none() && request.completion.is_none());
+    request.queue = Some(queue);
+    registry
+        .queues
+        .get_mut(&queue)
+        .expect("a manual queue")
+        .push_back(handle);
+    STATUS_SUCCESS
+}
+
+pub unsafe fn WdfRequestGetFileObject(Request: WDFREQUEST) -> WDFFILEOBJECT {
+    if let Some(request) = shared().requests.get(&(Request as usize)) {
+        return request.file_object as WDFFILEOBJECT;
+    }
+    FAKE_FILE_OBJECT as WDFFILEOBJECT
+}
+
+pub unsafe fn WdfDeviceInitSetFileObjectConfig(
+    _DeviceInit: PWDFDEVICE_INIT,
+    FileObjectConfig: PWDF_FILEOBJECT_CONFIG,
+    _FileObjectAttributes: PWDF_OBJECT_ATTRIBUTES,
+) {
+    // SAFETY: a valid config from the driver.
+    let config = unsafe { *FileObjectConfig };
+    with_host(|host| host.file_object_config = Some(config));
 }
 
 /// Host double of `WdfDriverCreate`: records the configuration.

@@ -90,6 +90,17 @@ extern "C" {
     pub fn KeAcquireSpinLockRaiseToDpc(SpinLock: PKSPIN_LOCK) -> KIRQL;
     pub fn KeReleaseSpinLock(SpinLock: PKSPIN_LOCK, NewIrql: KIRQL);
     pub fn KeGetCurrentIrql() -> KIRQL;
+    pub fn KeInitializeEvent(Event: PRKEVENT, Type: EVENT_TYPE, State: BOOLEAN);
+    pub fn KeClearEvent(Event: PRKEVENT);
+    pub fn KeSetEvent(Event: PRKEVENT, Increment: KPRIORITY, Wait: BOOLEAN) -> LONG;
+    pub fn KeWaitForSingleObject(
+        Object: PVOID,
+        WaitReason: KWAIT_REASON,
+        WaitMode: KPROCESSOR_MODE,
+        Alertable: BOOLEAN,
+        Timeout: PLARGE_INTEGER,
+    ) -> NTSTATUS;
+    pub fn KeAreAllApcsDisabled() -> BOOLEAN;
     pub fn KeDelayExecutionThread(
         WaitMode: KPROCESSOR_MODE,
         Alertable: BOOLEAN,

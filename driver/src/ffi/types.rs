@@ -142,6 +142,23 @@ pub struct _KEVENT {
     pub Header: _DISPATCHER_HEADER,
 }
 pub type KEVENT = _KEVENT;
+pub type PKEVENT = *mut KEVENT;
+pub type PRKEVENT = *mut KEVENT;
+
+/// `_EVENT_TYPE` (ntdef.h; bindgen: a module of constants).
+pub mod _EVENT_TYPE {
+    pub type Type = i32;
+    pub const NotificationEvent: Type = 0;
+    pub const SynchronizationEvent: Type = 1;
+}
+pub use self::_EVENT_TYPE::Type as EVENT_TYPE;
+
+/// `_KWAIT_REASON` (wdm.h): only the first value, the one drivers pass.
+pub mod _KWAIT_REASON {
+    pub type Type = i32;
+    pub const Executive: Type = 0;
+}
+pub use self::_KWAIT_REASON::Type as KWAIT_REASON;
 
 /// `FAST_MUTEX`; `KGUARDED_MUTEX` is the same structure since Windows 8.
 /// Initialised and used only through the kernel's functions.
@@ -339,6 +356,11 @@ pub struct WDFREQUEST__ {
     _opaque: [u8; 0],
 }
 pub type WDFREQUEST = *mut WDFREQUEST__;
+#[repr(C)]
+pub struct WDFFILEOBJECT__ {
+    _opaque: [u8; 0],
+}
+pub type WDFFILEOBJECT = *mut WDFFILEOBJECT__;
 pub type ULONG_PTR = u64;
 
 pub type PFN_WDF_IO_QUEUE_IO_DEFAULT =
@@ -435,7 +457,44 @@ pub type PWDF_IO_QUEUE_CONFIG = *mut WDF_IO_QUEUE_CONFIG;
 pub mod _WDF_IO_QUEUE_DISPATCH_TYPE {
     pub type Type = i32;
     pub const WdfIoQueueDispatchSequential: Type = 1;
+    pub const WdfIoQueueDispatchManual: Type = 3;
 }
+pub use self::_WDF_IO_QUEUE_DISPATCH_TYPE::Type as WDF_IO_QUEUE_DISPATCH_TYPE;
+
+/// `_WDF_IO_QUEUE_STATE` (wdfio.h): a set of flags `WdfIoQueueGetState` returns.
+pub mod _WDF_IO_QUEUE_STATE {
+    pub type Type = i32;
+    pub const WdfIoQueueAcceptRequests: Type = 1;
+}
+pub use self::_WDF_IO_QUEUE_STATE::Type as WDF_IO_QUEUE_STATE;
+
+/// `_WDF_FILEOBJECT_CLASS` (wdfdevice.h).
+pub mod _WDF_FILEOBJECT_CLASS {
+    pub type Type = i32;
+    pub const WdfFileObjectInvalid: Type = 0;
+    pub const WdfFileObjectNotRequired: Type = 1;
+    pub const WdfFileObjectWdfCanUseFsContext: Type = 2;
+}
+pub use self::_WDF_FILEOBJECT_CLASS::Type as WDF_FILEOBJECT_CLASS;
+
+pub type PFN_WDF_DEVICE_FILE_CREATE =
+    Option<unsafe extern "C" fn(Device: WDFDEVICE, Request: WDFREQUEST, FileObject: WDFFILEOBJECT)>;
+pub type PFN_WDF_FILE_CLOSE = Option<unsafe extern "C" fn(FileObject: WDFFILEOBJECT)>;
+pub type PFN_WDF_FILE_CLEANUP = Option<unsafe extern "C" fn(FileObject: WDFFILEOBJECT)>;
+
+/// `WDF_FILEOBJECT_CONFIG` (wdfdevice.h), 40 bytes on x64.
+#[repr(C)]
+#[derive(Debug, Copy, Clone, Default)]
+pub struct _WDF_FILEOBJECT_CONFIG {
+    pub Size: ULONG,
+    pub EvtDeviceFileCreate: PFN_WDF_DEVICE_FILE_CREATE,
+    pub EvtFileClose: PFN_WDF_FILE_CLOSE,
+    pub EvtFileCleanup: PFN_WDF_FILE_CLEANUP,
+    pub AutoForwardCleanupClose: WDF_TRI_STATE,
+    pub FileObjectClass: WDF_FILEOBJECT_CLASS,
+}
+pub type WDF_FILEOBJECT_CONFIG = _WDF_FILEOBJECT_CONFIG;
+pub type PWDF_FILEOBJECT_CONFIG = *mut WDF_FILEOBJECT_CONFIG;
 /// `_WDF_TRI_STATE`.
 pub mod _WDF_TRI_STATE {
     pub type Type = i32;
@@ -443,6 +502,7 @@ pub mod _WDF_TRI_STATE {
     pub const WdfTrue: Type = 1;
     pub const WdfUseDefault: Type = 2;
 }
+pub use self::_WDF_TRI_STATE::Type as WDF_TRI_STATE;
 /// `_WDF_EXECUTION_LEVEL`.
 pub mod _WDF_EXECUTION_LEVEL {
     pub type Type = i32;
@@ -556,6 +616,14 @@ pub const WDF_NO_HANDLE: PVOID = core::ptr::null_mut();
 pub const STATUS_SUCCESS: NTSTATUS = 0;
 /// What `PsGetProcessExitStatus` returns while the process has not exited.
 pub const STATUS_PENDING: NTSTATUS = 0x0000_0103;
+/// `KeWaitForSingleObject`: the timeout expired.
+pub const STATUS_TIMEOUT: NTSTATUS = 0x0000_0102;
+/// `WdfIoQueueRetrieveNextRequest`: the queue is empty.
+pub const STATUS_NO_MORE_ENTRIES: NTSTATUS = 0x8000_001A_u32 as i32;
+pub const STATUS_CANCELLED: NTSTATUS = 0xC000_0120_u32 as i32;
+pub const STATUS_NOT_FOUND: NTSTATUS = 0xC000_0225_u32 as i32;
+pub const STATUS_INVALID_DEVICE_STATE: NTSTATUS = 0xC000_0184_u32 as i32;
+pub const STATUS_SHARING_VIOLATION: NTSTATUS = 0xC000_0043_u32 as i32;
 pub const STATUS_UNSUCCESSFUL: NTSTATUS = 0xC000_0001_u32 as i32;
 pub const STATUS_NOT_IMPLEMENTED: NTSTATUS = 0xC000_0002_u32 as i32;
 pub const STATUS_INVALID_PARAMETER: NTSTATUS = 0xC000_000D_u32 as i32;

@@ -31,14 +31,20 @@ pub mod _WDFFUNCENUM {
     pub const WdfControlFinishInitializingTableIndex: Type = 27;
     pub const WdfDeviceInitFreeTableIndex: Type = 54;
     pub const WdfDeviceInitAssignNameTableIndex: Type = 67;
+    pub const WdfDeviceInitSetFileObjectConfigTableIndex: Type = 71;
     pub const WdfDeviceCreateTableIndex: Type = 75;
     pub const WdfDeviceCreateSymbolicLinkTableIndex: Type = 80;
     pub const WdfDriverCreateTableIndex: Type = 116;
     pub const WdfIoQueueCreateTableIndex: Type = 152;
+    pub const WdfIoQueueGetStateTableIndex: Type = 153;
+    pub const WdfIoQueueRetrieveNextRequestTableIndex: Type = 158;
+    pub const WdfIoQueueRetrieveRequestByFileObjectTableIndex: Type = 159;
     pub const WdfObjectDeleteTableIndex: Type = 208;
     pub const WdfRequestCompleteWithInformationTableIndex: Type = 265;
     pub const WdfRequestRetrieveInputBufferTableIndex: Type = 269;
     pub const WdfRequestRetrieveOutputBufferTableIndex: Type = 270;
+    pub const WdfRequestGetFileObjectTableIndex: Type = 277;
+    pub const WdfRequestForwardToIoQueueTableIndex: Type = 281;
     /// `WdfFunctionTableNumEntries` of the bound version (454 for 1.29): the
     /// `FuncCount` of the bind and the bound of every table read.
     pub const WdfFunctionTableNumEntries: Type = super::KMDF_BIND_FUNCTION_COUNT as Type;
@@ -58,6 +64,12 @@ pub mod _WDFFUNCENUM {
             WdfRequestCompleteWithInformationTableIndex,
             WdfRequestRetrieveInputBufferTableIndex,
             WdfRequestRetrieveOutputBufferTableIndex,
+            WdfDeviceInitSetFileObjectConfigTableIndex,
+            WdfIoQueueGetStateTableIndex,
+            WdfIoQueueRetrieveNextRequestTableIndex,
+            WdfIoQueueRetrieveRequestByFileObjectTableIndex,
+            WdfRequestGetFileObjectTableIndex,
+            WdfRequestForwardToIoQueueTableIndex,
         ];
         let mut i = 0;
         while i < used.len() {
@@ -151,6 +163,18 @@ impl MissingWdfFunction for () {
     fn missing() -> Self {}
 }
 #[cfg(target_os = "windows")]
+impl MissingWdfFunction for WDFFILEOBJECT {
+    fn missing() -> Self {
+        core::ptr::null_mut()
+    }
+}
+#[cfg(target_os = "windows")]
+impl MissingWdfFunction for WDF_IO_QUEUE_STATE {
+    fn missing() -> Self {
+        0
+    }
+}
+#[cfg(target_os = "windows")]
 impl MissingWdfFunction for PWDFDEVICE_INIT {
     fn missing() -> Self {
         core::ptr::null_mut()
@@ -231,6 +255,30 @@ wdf_functions! {
         MinimumRequiredSize: usize,
         Buffer: *mut PVOID,
         Length: *mut usize
+    ) -> NTSTATUS;
+    WdfDeviceInitSetFileObjectConfig = WdfDeviceInitSetFileObjectConfigTableIndex(
+        DeviceInit: PWDFDEVICE_INIT,
+        FileObjectConfig: PWDF_FILEOBJECT_CONFIG,
+        FileObjectAttributes: PWDF_OBJECT_ATTRIBUTES
+    ) -> ();
+    WdfIoQueueGetState = WdfIoQueueGetStateTableIndex(
+        Queue: WDFQUEUE,
+        QueueRequests: PULONG,
+        DriverRequests: PULONG
+    ) -> WDF_IO_QUEUE_STATE;
+    WdfIoQueueRetrieveNextRequest = WdfIoQueueRetrieveNextRequestTableIndex(
+        Queue: WDFQUEUE,
+        OutRequest: *mut WDFREQUEST
+    ) -> NTSTATUS;
+    WdfIoQueueRetrieveRequestByFileObject = WdfIoQueueRetrieveRequestByFileObjectTableIndex(
+        Queue: WDFQUEUE,
+        FileObject: WDFFILEOBJECT,
+        OutRequest: *mut WDFREQUEST
+    ) -> NTSTATUS;
+    WdfRequestGetFileObject = WdfRequestGetFileObjectTableIndex(Request: WDFREQUEST) -> WDFFILEOBJECT;
+    WdfRequestForwardToIoQueue = WdfRequestForwardToIoQueueTableIndex(
+        Request: WDFREQUEST,
+        DestinationQueue: WDFQUEUE
     ) -> NTSTATUS;
     WdfRequestCompleteWithInformation = WdfRequestCompleteWithInformationTableIndex(
         Request: WDFREQUEST,

@@ -18,7 +18,10 @@ use core::cell::UnsafeCell;
 use core::mem::MaybeUninit;
 use core::sync::atomic::{AtomicBool, Ordering};
 
-use crate::ffi::{ntddk, _MODE, ERESOURCE, KSPIN_LOCK, LARGE_INTEGER};
+use crate::ffi::{
+    ntddk, _EVENT_TYPE, _KWAIT_REASON, _MODE, ERESOURCE, KEVENT, KSPIN_LOCK, LARGE_INTEGER,
+    STATUS_SUCCESS,
+};
 
 /// An executive resource, held exclusively, protecting a `T`. Acquire at
 /// PASSIVE_LEVEL (the holder stays there). Its storage must be non-paged:
@@ -126,6 +129,174 @@ pub fn without_preemption<R>(body: impl FnOnce() -> R) -> R {
     // SAFETY: releases the lock acquired above, restoring the old IRQL.
     unsafe { ntddk::KeReleaseSpinLock(&raw mut lock, old_irql) };
     result
+}
+
+/// A spin lock protecting a `T`: held at DISPATCH_LEVEL for a few stores
+/// (the ask path's slot states and FIFO). Usable at IRQL <= DISPATCH_LEVEL;
+/// its storage must be non-paged.
+pub struct SpinLock<T> {
+    lock: UnsafeCell<KSPIN_LOCK>,
+    data: UnsafeCell<T>,
+}
+
+// SAFETY: the data is only reached through `lock`, which holds the spin lock
+// for the guard's lifetime, so at most one thread accesses it.
+unsafe impl<T: Send> Sync for SpinLock<T> {}
+// SAFETY: a KSPIN_LOCK is a plain word (0 = free) that may move while free.
+unsafe impl<T: Send> Send for SpinLock<T> {}
+
+/// Exclusive access to a [`SpinLock`]'s data at DISPATCH_LEVEL.
+pub struct SpinLockGuard<'a, T> {
+    owner: &'a SpinLock<T>,
+    old_irql: u8,
+}
+
+impl<T> SpinLock<T> {
+    /// A free lock (a zero `KSPIN_LOCK` is initialised: `KeInitializeSpinLock`
+    /// only zeroes it).
+    pub const fn new(data: T) -> Self {
+        Self {
+            lock: UnsafeCell::new(0),
+            data: UnsafeCell::new(data),
+        }
+    }
+
+    /// Raises to DISPATCH_LEVEL and acquires the lock (IRQL <= DISPATCH_LEVEL).
+    pub fn lock(&self) -> SpinLockGuard<'_, T> {
+        // SAFETY: our spin lock word, released by the guard's drop.
+        let old_irql = unsafe { ntddk::KeAcquireSpinLockRaiseToDpc(self.lock.get()) };
+        SpinLockGuard {
+            owner: self,
+            old_irql,
+        }
+    }
+}
+
+impl<T> core::ops::Deref for SpinLockGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: the guard exists only while the lock is held.
+        unsafe { &*self.owner.data.get() }
+    }
+}
+
+impl<T> core::ops::DerefMut for SpinLockGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: the guard exists only while the lock is held, and `&mut
+        // self` makes this the only reference through it.
+        unsafe { &mut *self.owner.data.get() }
+    }
+}
+
+impl<T> Drop for SpinLockGuard<'_, T> {
+    fn drop(&mut self) {
+        // SAFETY: this guard acquired the lock and releases it once,
+        // restoring the IRQL it found.
+        unsafe { ntddk::KeReleaseSpinLock(self.owner.lock.get(), self.old_irql) };
+    }
+}
+
+/// How a [`KernelEvent`] wait ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitEnd {
+    /// The event was set (and reset by the wait: a synchronization event).
+    Signaled,
+    /// The timeout expired first (or the wait failed).
+    TimedOut,
+}
+
+/// A synchronization event (auto-reset: a satisfied wait clears it).
+/// Non-paged storage, initialised at its final address with [`KernelEvent::init`].
+pub struct KernelEvent {
+    event: UnsafeCell<MaybeUninit<KEVENT>>,
+}
+
+// SAFETY: the kernel synchronises every operation on a KEVENT internally;
+// we only pass its address to the kernel's functions.
+unsafe impl Sync for KernelEvent {}
+// SAFETY: moved only before `init` (the owner's contract).
+unsafe impl Send for KernelEvent {}
+
+impl KernelEvent {
+    /// Storage for an event; [`KernelEvent::init`] it before use.
+    pub const fn new() -> Self {
+        Self {
+            event: UnsafeCell::new(MaybeUninit::uninit()),
+        }
+    }
+
+    fn raw(&self) -> *mut KEVENT {
+        self.event.get().cast()
+    }
+
+    /// Initialises the event, not signaled (any IRQL).
+    ///
+    /// # Safety
+    /// Called once before any other use, with `self` at the address it keeps
+    /// until it is dropped, in non-paged memory, with no waiter.
+    pub unsafe fn init(&self) {
+        // SAFETY: the caller guarantees the final, non-paged address;
+        // KeInitializeEvent writes the whole structure.
+        unsafe {
+            ntddk::KeInitializeEvent(self.raw(), _EVENT_TYPE::SynchronizationEvent, 0);
+        };
+    }
+
+    /// Sets the event (IRQL <= DISPATCH_LEVEL; Wait = FALSE).
+    pub fn set(&self) {
+        // SAFETY: an initialised event (the type's contract); Wait = FALSE
+        // keeps the IRQL rules of the caller.
+        unsafe { ntddk::KeSetEvent(self.raw(), 0, 0) };
+    }
+
+    /// Clears the event (IRQL <= DISPATCH_LEVEL).
+    pub fn clear(&self) {
+        // SAFETY: an initialised event.
+        unsafe { ntddk::KeClearEvent(self.raw()) };
+    }
+
+    /// Waits for the event, kernel mode, not alertable, for at most
+    /// `timeout_ms` milliseconds (PASSIVE or APC_LEVEL: a wait with a
+    /// non-zero timeout).
+    pub fn wait(&self, timeout_ms: u32) -> WaitEnd {
+        // Negative: relative, in 100 ns units.
+        let mut timeout = LARGE_INTEGER {
+            QuadPart: -(i64::from(timeout_ms) * 10_000),
+        };
+        // SAFETY: an initialised event and a local timeout; kernel-mode,
+        // non-alertable, so only the event or the timeout ends the wait.
+        let status = unsafe {
+            ntddk::KeWaitForSingleObject(
+                self.raw().cast(),
+                _KWAIT_REASON::Executive,
+                _MODE::KernelMode as i8,
+                0,
+                &raw mut timeout,
+            )
+        };
+        if status == STATUS_SUCCESS {
+            WaitEnd::Signaled
+        } else {
+            WaitEnd::TimedOut
+        }
+    }
+}
+
+impl Default for KernelEvent {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The current thread may wait: PASSIVE_LEVEL with APCs enabled
+/// (`KeAreAllApcsDisabled` is FALSE: no guarded region; a critical region,
+/// which the object callbacks run in, is allowed).
+pub fn may_wait() -> bool {
+    if current_irql() != 0 {
+        return false;
+    }
+    // SAFETY: a plain query, valid at any IRQL.
+    unsafe { ntddk::KeAreAllApcsDisabled() == 0 }
 }
 
 /// Current IRQL.

@@ -2,6 +2,7 @@
 //! output and wide strings.
 
 pub mod kernel_sync;
+pub mod manual_queue;
 pub mod pool;
 pub mod trace;
 pub mod wide_string;
