@@ -168,12 +168,8 @@ impl MissingWdfFunction for WDFFILEOBJECT {
         core::ptr::null_mut()
     }
 }
-#[cfg(target_os = "windows")]
-impl MissingWdfFunction for WDF_IO_QUEUE_STATE {
-    fn missing() -> Self {
-        0
-    }
-}
+// WDF_IO_QUEUE_STATE is an i32 alias in the cross build, like NTSTATUS: the
+// NTSTATUS impl above already covers it (a second impl does not compile).
 #[cfg(target_os = "windows")]
 impl MissingWdfFunction for PWDFDEVICE_INIT {
     fn missing() -> Self {
