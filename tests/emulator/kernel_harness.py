@@ -376,6 +376,7 @@ class FakeRequest:
     output: bytes = b""
     cancelled: bool = False
     forwarded: bool = False  # ever forwarded to a manual queue
+    taken_from: Optional[int] = None  # the manual queue the driver retrieved it from
 
     @property
     def pending(self) -> bool:
@@ -875,6 +876,7 @@ class KernelHarness(IrqlVerifier, KernelThreads):
         hook("wdfldr", "WdfRequestForwardToIoQueue", 3, self._wdf_request_forward_to_io_queue)
         hook("wdfldr", "WdfIoQueueRetrieveNextRequest", 3, self._wdf_io_queue_retrieve_next_request)
         hook("wdfldr", "WdfIoQueueRetrieveRequestByFileObject", 4, self._wdf_io_queue_retrieve_request_by_file_object)
+        hook("wdfldr", "WdfIoQueueGetState", 4, self._wdf_io_queue_get_state)
         hook("wdfldr", "WdfRequestMarkCancelable", 3, self._wdf_request_mark_cancelable)
         hook("wdfldr", "WdfRequestUnmarkCancelable", 2, self._wdf_request_unmark_cancelable)
         # Persisting a policy (IOCTL_SET_POLICY with PERSIST).
@@ -2386,6 +2388,7 @@ class KernelHarness(IrqlVerifier, KernelThreads):
             return STATUS_NO_MORE_ENTRIES
         handle = queue.requests.popleft()
         self.requests[handle].queue = None
+        self.requests[handle].taken_from = queue_handle
         self._write_u64(request_out, handle)
         self.events.append(("WdfIoQueueRetrieveNextRequest", handle))
         return STATUS_SUCCESS
@@ -2399,9 +2402,26 @@ class KernelHarness(IrqlVerifier, KernelThreads):
             if self.requests[handle].file.file_object == file_object:
                 queue.requests.remove(handle)
                 self.requests[handle].queue = None
+                self.requests[handle].taken_from = queue_handle
                 self._write_u64(request_out, handle)
                 return STATUS_SUCCESS
         return STATUS_NO_MORE_ENTRIES
+
+    def _wdf_io_queue_get_state(self, argv, _original):
+        # (Globals, Queue, QueueRequests*, DriverRequests*): the queue's
+        # status bits and how many requests it holds / the driver took from it.
+        queue_handle, queue_out, driver_out = argv[1], argv[2], argv[3]
+        queue = self.manual_queues.get(queue_handle)
+        if queue is None:
+            raise KernelFault(f"WdfIoQueueGetState({queue_handle:#x}): not a manual queue")
+        held = len(queue.requests)
+        taken = sum(1 for r in self.requests.values() if r.taken_from == queue_handle)
+        if queue_out:
+            self._write_u32(queue_out, held)
+        if driver_out:
+            self._write_u32(driver_out, taken)
+        # WdfIoQueueAcceptRequests | WdfIoQueueDispatchRequests, + NoRequests / DriverNoRequests.
+        return 0x1 | 0x2 | (0x4 if not held else 0) | (0x8 if not taken else 0)
 
     def _wdf_request_mark_cancelable(self, argv, _original):
         request = self._live_request(argv[1], "WdfRequestMarkCancelable")
