@@ -118,14 +118,20 @@ def test_an_unmatched_request_with_ask_rules_in_force_still_costs_at_most_70_ins
 
 
 def test_an_asked_request_waits_once_and_its_kernel_side_is_measured_without_the_wait(ask_figures):
-    """The callback's own instructions (taking a slot, handing the request
-    to the pended worker, the wait call, ANDing the answer, the audit
-    record); the handler thread's reply path is counted apart. Reported,
-    bounded loosely so a regression to a per-request scan shows."""
+    """The callback's own instructions (the ask plan, building the 368-byte
+    request with both image names, taking a slot, handing it to the pended
+    worker, the wait call, ANDing the answer, the audit record); the
+    handler thread's reply path is counted apart. Measured at issue 12:
+    2,221 answered (447 on the handler thread), 1,413 with no handler;
+    bounded a little above, so a regression to a per-request scan shows."""
+    answered, no_handler = ask_figures.cases["ask answered"], ask_figures.cases["ask no handler"]
     assert ask_figures.waits["ask answered"] == 1
     assert 0 < ask_figures.switched["ask answered"], "the reply ran on the handler thread"
-    assert ask_figures.cases["ask answered"].instructions <= 3000
+    assert answered.instructions <= 2400
     assert ask_figures.waits["ask no handler"] == 0
-    assert ask_figures.cases["ask no handler"].instructions <= 600
-    for call in ask_figures.cases.values():
-        assert call.allocations == 0, "no allocation per request: the pool is allocated at load"
+    assert no_handler.instructions <= 1500
+    # No allocation on the callback's side: the pool is allocated at load
+    # (the reply IOCTL's input copy on the handler thread comes after the wait).
+    assert no_handler.allocations == 0
+    calls = answered.api_calls
+    assert "ExAllocatePool2" not in calls[: calls.index("KeWaitForSingleObject")]
