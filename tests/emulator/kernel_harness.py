@@ -32,6 +32,7 @@ import speakeasy.winenv.defs.wdf as se_wdf
 from speakeasy.windows.kernel import EP_DRIVER_ENTRY
 
 from irql_verifier import IrqlVerifier
+from kernel_threads import KernelThreads, ThreadStep
 
 # --- NTSTATUS values (32-bit, as the driver sees them) ---------------------
 STATUS_SUCCESS = 0x00000000
@@ -171,6 +172,15 @@ REGISTRATION_HANDLE_BASE = 0xFFFFC0B000000000
 WDFDRIVER_HANDLE = 0x00000000DD0D0001
 WDFQUEUE_HANDLE = 0x00000000DD0E0001  # the driver asks for no queue handle; the framework still has one
 WDFREQUEST_HANDLE_BASE = 0x00000000DD0F0000
+WDFFILEOBJECT_HANDLE_BASE = 0x00000000DD110000
+MANUAL_QUEUE_HANDLE_BASE = 0x00000000DD0E1000
+WdfIoQueueDispatchManual = 3
+STATUS_CANCELLED = 0xC0000120
+STATUS_NO_MORE_ENTRIES = 0x8000001A
+STATUS_NOT_FOUND = 0xC0000225
+# WDF_FILEOBJECT_CONFIG (x64): Size, EvtDeviceFileCreate, EvtFileClose,
+# EvtFileCleanup, AutoForwardCleanupClose, FileObjectClass: 40 bytes.
+WDF_FILEOBJECT_CONFIG_SIZE = 40
 # Creation times (100 ns since 1601) handed to fake processes, increasing.
 FIRST_CREATE_TIME = 133_500_000_000_000_000
 # KeQuerySystemTimePrecise starts here and advances 1 µs per call.
@@ -358,6 +368,23 @@ class FakeRequest:
     completions: list = None
     # (which, MinimumRequiredSize, status) of every WdfRequestRetrieve*Buffer.
     retrievals: list = None
+    # The file handle it was sent on (FileHandle).
+    file: object = None
+    # The manual queue holding it (forwarded, not yet retrieved), or None.
+    queue: Optional[int] = None
+    # What the caller gets back once completed (see IoctlResult.output).
+    output: bytes = b""
+    cancelled: bool = False
+    forwarded: bool = False  # ever forwarded to a manual queue
+    taken_from: Optional[int] = None  # the manual queue the driver retrieved it from
+
+    @property
+    def pending(self) -> bool:
+        return not self.completions
+
+    @property
+    def status(self) -> Optional[int]:
+        return self.completions[0][0] if self.completions else None
 
 
 @dataclass
@@ -370,6 +397,25 @@ class IoctlResult:
     # system buffer unless the status is an error (NT_ERROR: nothing).
     output: bytes
     request: FakeRequest
+
+
+@dataclass
+class FileHandle:
+    """An open handle to the control device: one FILE_OBJECT (and its
+    WDFFILEOBJECT), opened by process ``pid``."""
+
+    number: int
+    file_object: int  # the WDFFILEOBJECT handle the driver sees
+    pid: int
+    tid: int
+    closed: bool = False
+
+
+@dataclass
+class ManualQueue:
+    handle: int
+    config: dict
+    requests: "collections.deque[int]"
 
 
 @dataclass
@@ -424,8 +470,10 @@ class AuditRecord:
     rule_id: int
     object: str  # "process" | "thread"
     duplication: bool
-    mode: str  # "enforce" | "audit"
+    mode: str  # "enforce" | "audit" | "ask"
     reserved: int
+    ask_outcome: Optional[str] = None  # ASK_OUTCOMES names; None: not asked
+    ask_wait_us: int = 0
 
     @classmethod
     def from_words(cls, words: list[int]) -> "AuditRecord":
@@ -452,10 +500,16 @@ class AuditRecord:
             rule_id=high(words[6]),
             object={1: "process", 2: "thread"}.get(object_code, f"invalid({object_code})"),
             duplication=bool(flags & 0x100),
-            mode={1: "enforce", 2: "audit"}.get(mode_code, f"invalid({mode_code})"),
-            # Bits 9-15, 24-63 must be zero.
-            reserved=flags & ~0x00FF01FF,
+            mode={1: "enforce", 2: "audit", 3: "ask"}.get(mode_code, f"invalid({mode_code})"),
+            # Bits 9-15 and 24-31 must be zero (32-63: the ask outcome and wait).
+            reserved=flags & 0xFF00FE00,
+            ask_outcome=ASK_OUTCOMES.get((flags >> 32) & 0xFF, f"invalid({(flags >> 32) & 0xFF})"),
+            ask_wait_us=flags >> 40,
         )
+
+
+# AskOutcome codes (crates/procguard-protocol/src/ask.rs); 0: not asked.
+ASK_OUTCOMES = {0: None, 1: "answered", 2: "timed-out", 3: "no-handler", 4: "pool-full", 5: "unaskable", 6: "cancelled"}
 
 
 NO_RULE = 0xFFFFFFFF
@@ -482,9 +536,10 @@ class Measurement:
     allocations: int
     mutex_acquisitions: int
     address_counts: "collections.Counter[int]"
+    switched_instructions: int = 0
 
 
-class KernelHarness(IrqlVerifier):
+class KernelHarness(IrqlVerifier, KernelThreads):
     """One emulated machine with procguard.sys loaded but not yet started.
 
     Set ``parameters`` (None = no Parameters key), ``register_results``,
@@ -571,6 +626,18 @@ class KernelHarness(IrqlVerifier):
         self.requests: dict[int, FakeRequest] = {}
         self.sent_requests: list[FakeRequest] = []
         self._next_request = WDFREQUEST_HANDLE_BASE
+        # Handles to the control device (FILE_OBJECTs), the manual queues and
+        # the file-object callbacks the driver configured.
+        self.file_handles: dict[int, FileHandle] = {}  # WDFFILEOBJECT -> handle
+        self._next_file = WDFFILEOBJECT_HANDLE_BASE
+        self.default_handle: Optional[FileHandle] = None
+        self.manual_queues: dict[int, ManualQueue] = {}
+        self.file_object_config: Optional[dict] = None
+        self.cancelable: dict[int, int] = {}  # request -> EvtRequestCancel
+        self.completions_under_spin_lock = 0
+        # on_request_completed(request): called when any request completes
+        # (a pended get-request completed by a callback, for the handler side).
+        self.on_request_completed: Optional[Callable[[FakeRequest], None]] = None
         # Speakeasy 1.5.11's se.call misplaces the 5th+ argument (issue 298);
         # the harness corrects it unless a test shows the defect.
         self.correct_stack_arguments = True
@@ -596,6 +663,7 @@ class KernelHarness(IrqlVerifier):
         # Driver Verifier's IRQL rules (irql_verifier.py): its own hooks for
         # locks and IRQL, then a checking hook for every other import.
         self._install_irql_verifier()
+        self._install_kernel_threads()
         self._install_pass_through_hooks()
         self._install_stack_argument_fix()
         self._install_kernel_stack()
@@ -724,7 +792,20 @@ class KernelHarness(IrqlVerifier):
             self.api_calls.append(name)
             try:
                 self._verify_call(name, list(argv))
-                return handler(list(argv), original)
+                value = handler(list(argv), original)
+                switch = self.switch_after_call.pop(name, None) if self.switch_after_call else None
+                if switch is not None and self._switch is None:
+                    # kernel_threads.py: the handler thread runs now, then
+                    # this call returns `value`.
+                    self._in_wait_handler = True
+                    try:
+                        switch(self)
+                    finally:
+                        self._in_wait_handler = False
+                    if self._pending_steps:
+                        self.begin_switch(lambda: value, from_sentinel=original is None)
+                        return None
+                return value
             except Exception:  # noqa: BLE001 - reported, not hidden
                 self.hook_failures.append(f"{api_name}: {traceback.format_exc()}")
                 return STATUS_INTERNAL_ERROR
@@ -787,6 +868,17 @@ class KernelHarness(IrqlVerifier):
         hook("wdfldr", "WdfRequestRetrieveInputBuffer", 5, self._wdf_request_retrieve_input_buffer)
         hook("wdfldr", "WdfRequestRetrieveOutputBuffer", 5, self._wdf_request_retrieve_output_buffer)
         hook("wdfldr", "WdfRequestCompleteWithInformation", 4, self._wdf_request_complete_with_information)
+        # The ask path (issue 12): file objects, manual queues, pended requests.
+        hook("wdfldr", "WdfRequestComplete", 3, self._wdf_request_complete)
+        hook("wdfldr", "WdfRequestSetInformation", 3, self._wdf_request_set_information)
+        hook("wdfldr", "WdfDeviceInitSetFileObjectConfig", 4, self._wdf_device_init_set_file_object_config)
+        hook("wdfldr", "WdfRequestGetFileObject", 2, self._wdf_request_get_file_object)
+        hook("wdfldr", "WdfRequestForwardToIoQueue", 3, self._wdf_request_forward_to_io_queue)
+        hook("wdfldr", "WdfIoQueueRetrieveNextRequest", 3, self._wdf_io_queue_retrieve_next_request)
+        hook("wdfldr", "WdfIoQueueRetrieveRequestByFileObject", 4, self._wdf_io_queue_retrieve_request_by_file_object)
+        hook("wdfldr", "WdfIoQueueGetState", 4, self._wdf_io_queue_get_state)
+        hook("wdfldr", "WdfRequestMarkCancelable", 3, self._wdf_request_mark_cancelable)
+        hook("wdfldr", "WdfRequestUnmarkCancelable", 2, self._wdf_request_unmark_cancelable)
         # Persisting a policy (IOCTL_SET_POLICY with PERSIST).
         hook("ntoskrnl", "ZwCreateKey", 7, self._zw_create_key)
         hook("ntoskrnl", "ZwSetValueKey", 6, self._zw_set_value_key)
@@ -938,6 +1030,14 @@ class KernelHarness(IrqlVerifier):
         routine = self.driver_unload_routine()
         assert routine, "the driver has no DriverUnload routine"
         self._run(routine, [self.driver_object], "DriverUnload")
+        self._check_unload_completed()
+
+    def _check_unload_completed(self) -> None:
+        # Every pended request is completed by the end of unload (the driver
+        # cannot leave an IRP behind: the I/O manager would wait forever).
+        held = [hex(r.handle) for r in self.sent_requests if r.pending]
+        if held:
+            raise KernelFault(f"DriverUnload left pended requests {held} uncompleted")
 
     # ------------------------------------------------------- the control device
 
@@ -948,16 +1048,38 @@ class KernelHarness(IrqlVerifier):
         assert len(self.devices) == 1, f"live control devices: {self.devices}"
         return next(iter(self.devices.values()))
 
-    def ioctl(self, code: int, input: bytes = b"", output_length: int = 0) -> IoctlResult:
-        """Sends an IRP_MJ_DEVICE_CONTROL through the control device's queue,
-        as the I/O manager and KMDF do for METHOD_BUFFERED: one system buffer
-        of max(input, output) bytes with the input copied in (the rest filled
-        with 0xA5, as uninitialised pool would be), a fresh WDFREQUEST, then
-        the driver's EvtIoDeviceControl(Queue, Request, OutputBufferLength,
-        InputBufferLength, IoControlCode) at PASSIVE_LEVEL (the device asked
-        for WdfExecutionLevelPassive). The request must be completed exactly
-        once; what the caller gets back is `information` bytes of the system
-        buffer, or nothing for an error status."""
+    def open_handle(self, pid: Optional[int] = None, tid: Optional[int] = None) -> FileHandle:
+        """CreateFile of the control device by process ``pid`` (default: the
+        current one at each call): a new FILE_OBJECT and its WDFFILEOBJECT.
+        The driver configures no EvtDeviceFileCreate (a test would fail
+        here if it did: not modelled)."""
+        config = self.file_object_config or {}
+        if config.get("EvtDeviceFileCreate"):
+            raise KernelFault("EvtDeviceFileCreate is configured: the harness does not model it")
+        self._next_file += 0x10
+        if pid is not None:
+            self.eprocess(pid)
+        handle = FileHandle(
+            number=len(self.file_handles) + 1,
+            file_object=self._next_file,
+            pid=pid,
+            tid=tid if tid is not None else (self._next_tid + 4 if pid is not None else None),
+        )
+        if pid is not None and tid is None:
+            self._next_tid += 4
+        self.file_handles[handle.file_object] = handle
+        return handle
+
+    def _handle_for(self, file: Optional[FileHandle]) -> FileHandle:
+        if file is None:
+            if self.default_handle is None:
+                self.default_handle = self.open_handle()
+            file = self.default_handle
+        if file.closed:
+            raise KernelFault(f"IOCTL on closed handle {file.number}")
+        return file
+
+    def _prepare_request(self, code: int, input: bytes, output_length: int, file: Optional[FileHandle]) -> FakeRequest:
         device = self.control_device
         if not device["finished"]:
             raise KernelFault("IOCTL to a control device that never finished initializing")
@@ -976,31 +1098,187 @@ class KernelHarness(IrqlVerifier):
             output_length=output_length,
             completions=[],
             retrievals=[],
+            file=self._handle_for(file),
         )
         self.requests[request.handle] = request
         self.sent_requests.append(request)
+        return request
+
+    def _ioctl_step(self, request: FakeRequest, after=None) -> ThreadStep:
+        """Presenting ``request`` to the default queue's EvtIoDeviceControl
+        (Queue, Request, OutputBufferLength, InputBufferLength,
+        IoControlCode) at PASSIVE_LEVEL, in the thread of the handle's
+        process."""
+        code = request.code
         # IoControlCode is a ULONG: the upper half of its stack slot is left
         # as garbage, as a compiled caller may (the driver must not read it).
         code_slot = (0x5A5A5A5A << 32) | code
-        assert self.irql == PASSIVE_LEVEL
-        self._run(
-            routine,
-            [WDFQUEUE_HANDLE, request.handle, output_length, len(input), code_slot],
-            f"EvtIoDeviceControl({code:#010x})",
+        file = request.file
+        return ThreadStep(
+            what=f"EvtIoDeviceControl({code:#010x})",
+            routine=self.control_device["queue"],
+            args=[WDFQUEUE_HANDLE, request.handle, request.output_length, request.input_length, code_slot],
+            pid=file.pid if file.pid is not None else self.current_pid,
+            tid=file.tid if file.tid is not None else self.current_tid,
+            finish=lambda: self._request_result(request),
+            after=after,
         )
-        if len(request.completions) != 1:
-            self.requests.pop(request.handle, None)
-            raise KernelFault(
-                f"EvtIoDeviceControl({code:#010x}) completed the request {len(request.completions)} times"
-            )
+
+    def _request_result(self, request: FakeRequest) -> "IoctlResult":
+        """After EvtIoDeviceControl returned: completed exactly once, or
+        pended in a manual queue (or kept by the driver after retrieving
+        it from one); completing it later is checked by the completion hook."""
+        code = request.code
+        if len(request.completions) > 1:
+            raise KernelFault(f"EvtIoDeviceControl({code:#010x}) completed the request {len(request.completions)} times")
+        if not request.completions:
+            if request.handle not in self.requests or not request.forwarded:
+                self.requests.pop(request.handle, None)
+                raise KernelFault(f"EvtIoDeviceControl({code:#010x}) completed the request 0 times")
+            return IoctlResult(status=STATUS_PENDING, information=0, output=b"", request=request)
         status, information = request.completions[0]
-        if information > output_length:
-            raise KernelFault(
-                f"IOCTL {code:#010x}: Information {information} exceeds the output buffer ({output_length})"
-            )
-        error = status >= 0xC0000000
-        output = self.read(buffer, information) if information and not error else b""
-        return IoctlResult(status=status, information=information, output=output, request=request)
+        return IoctlResult(status=status, information=information, output=request.output, request=request)
+
+    def _run_step(self, step: ThreadStep) -> object:
+        """Runs a handler-thread step directly (no wait to switch from)."""
+        saved = (self.current_pid, self.current_tid, self.attached_pid)
+        self.current_pid, self.current_tid, self.attached_pid = step.pid, step.tid, None
+        try:
+            if step.start is not None:
+                step.start()
+            assert self.irql == PASSIVE_LEVEL
+            self._run(step.routine, step.args, step.what)
+            step.result = step.finish() if step.finish is not None else None
+        finally:
+            self.current_pid, self.current_tid, self.attached_pid = saved
+        if step.after is not None:
+            step.after(step.result)
+        return step.result
+
+    def ioctl(
+        self, code: int, input: bytes = b"", output_length: int = 0, *, file: Optional[FileHandle] = None
+    ) -> IoctlResult:
+        """Sends an IRP_MJ_DEVICE_CONTROL through the control device's queue,
+        as the I/O manager and KMDF do for METHOD_BUFFERED: one system buffer
+        of max(input, output) bytes with the input copied in (the rest filled
+        with 0xA5, as uninitialised pool would be), a fresh WDFREQUEST, then
+        the driver's EvtIoDeviceControl(Queue, Request, OutputBufferLength,
+        InputBufferLength, IoControlCode) at PASSIVE_LEVEL (the device asked
+        for WdfExecutionLevelPassive), on handle ``file`` (default: one
+        handle of the current process). The request must be completed
+        exactly once, or forwarded to a manual queue: then the result's
+        status is STATUS_PENDING and ``result.request`` shows the completion
+        when it comes. What the caller gets back is `information` bytes of
+        the system buffer, or nothing for an error status.
+
+        Inside a switched wait (a wait handler, see kernel_threads.py) use
+        ``thread_ioctl``: driver code cannot be run from there."""
+        if self.switched:
+            raise KernelFault("ioctl() inside a switched wait: use thread_ioctl()")
+        request = self._prepare_request(code, input, output_length, file)
+        return self._run_step(self._ioctl_step(request))
+
+    def thread_ioctl(
+        self, code: int, input: bytes = b"", output_length: int = 0, *, file: Optional[FileHandle] = None,
+        after: Optional[Callable[["IoctlResult"], None]] = None,
+    ) -> FakeRequest:
+        """From a wait handler (or a step's ``after``): queues an IOCTL for
+        the handler thread; ``after(result)`` runs when it returned."""
+        request = self._prepare_request(code, input, output_length, file)
+        self.thread_step(self._ioctl_step(request, after))
+        return request
+
+    def _close_steps(self, file: FileHandle) -> list:
+        """CloseHandle: IRP_MJ_CLEANUP (EvtFileCleanup), then the framework
+        cancels the handle's requests still in the driver's manual queues
+        (EvtIoCanceledOnQueue, or completed with STATUS_CANCELLED), then
+        IRP_MJ_CLOSE (EvtFileClose)."""
+        if file.closed:
+            raise KernelFault(f"handle {file.number} closed twice")
+        config = self.file_object_config or {}
+        pid = file.pid if file.pid is not None else self.current_pid
+        tid = file.tid if file.tid is not None else self.current_tid
+        steps = []
+
+        def mark_closed():
+            file.closed = True
+
+        def cancel_queued(_result=None):
+            for queue in self.manual_queues.values():
+                for handle in list(queue.requests):
+                    request = self.requests.get(handle)
+                    if request is not None and request.file is file:
+                        self.cancel_request(request, in_thread=self._switch is not None)
+
+        cleanup = config.get("EvtFileCleanup")
+        if cleanup:
+            steps.append(ThreadStep(what="EvtFileCleanup", routine=cleanup, args=[file.file_object], pid=pid, tid=tid,
+                                    start=mark_closed, after=cancel_queued))
+        else:
+            steps.append(None)
+        close = config.get("EvtFileClose")
+        if close:
+            steps.append(ThreadStep(what="EvtFileClose", routine=close, args=[file.file_object], pid=pid, tid=tid))
+        return steps, mark_closed, cancel_queued
+
+    def close(self, file: FileHandle) -> None:
+        """Closes a handle (the last one to its FILE_OBJECT)."""
+        if self.switched:
+            raise KernelFault("close() inside a switched wait: use thread_close()")
+        steps, mark_closed, cancel_queued = self._close_steps(file)
+        if steps[0] is None:
+            mark_closed()
+            cancel_queued()
+            steps = steps[1:]
+        for step in steps:
+            self._run_step(step)
+
+    def thread_close(self, file: FileHandle) -> None:
+        """From a wait handler: the handler process closes ``file`` (or dies)."""
+        steps, mark_closed, cancel_queued = self._close_steps(file)
+        if steps[0] is None:
+            mark_closed()
+            cancel_queued()
+            steps = steps[1:]
+        for step in steps:
+            self.thread_step(step)
+
+    def cancel_request(self, request: FakeRequest, *, in_thread: bool = False) -> None:
+        """CancelIoEx on a pended request: one in a manual queue is removed
+        and given to the queue's EvtIoCanceledOnQueue, or completed with
+        STATUS_CANCELLED; one the driver holds is cancelled only if it
+        marked it cancelable (EvtRequestCancel)."""
+        request.cancelled = True
+        if request.handle not in self.requests:
+            return
+        if request.queue is not None:
+            queue = self.manual_queues[request.queue]
+            queue.requests.remove(request.handle)
+            request.queue = None
+            routine = queue.config.get("EvtIoCanceledOnQueue")
+            if routine:
+                step = ThreadStep(what="EvtIoCanceledOnQueue", routine=routine, args=[queue.handle, request.handle],
+                                  pid=self.current_pid, tid=self.current_tid,
+                                  finish=lambda: self._request_result(request))
+                if in_thread or self.switched:
+                    self.thread_step(step)
+                else:
+                    self._run_step(step)
+            else:
+                self._complete(request, STATUS_CANCELLED, 0)
+            return
+        routine = self.cancelable.pop(request.handle, None)
+        if routine:
+            step = ThreadStep(what="EvtRequestCancel", routine=routine, args=[request.handle],
+                              pid=self.current_pid, tid=self.current_tid)
+            if in_thread or self.switched:
+                self.thread_step(step)
+            else:
+                self._run_step(step)
+
+    def pended(self, code: Optional[int] = None) -> list[FakeRequest]:
+        """Requests sent and not completed (optionally of one code), oldest first."""
+        return [r for r in self.sent_requests if r.pending and (code is None or r.code == code)]
 
     def drain_audit_records(self, batch: int = 64) -> list[AuditRecord]:
         """Every audit record waiting in the driver's ring, oldest first,
@@ -1147,11 +1425,18 @@ class KernelHarness(IrqlVerifier):
     def measure(self, action: Callable[[], object]) -> "Measurement":
         """Runs ``action`` counting the x86 instructions executed inside the
         driver image (kernel API bodies run in Python: each counts only as
-        the driver's `call`) and the kernel functions it called."""
+        the driver's `call`) and the kernel functions it called. Instructions
+        run on a handler thread during a switched wait (kernel_threads.py)
+        are counted apart (``switched_instructions``): they are the other
+        side of the wait, not the measured call's."""
         counts: collections.Counter[int] = collections.Counter()
+        switched = collections.Counter()
 
         def on_code(_emu, address, _size, _ctx):
-            counts[address] += 1
+            if self._switches:
+                switched[address] += 1
+            else:
+                counts[address] += 1
 
         calls_before = len(self.api_calls)
         allocations_before = self.allocation_count
@@ -1168,6 +1453,7 @@ class KernelHarness(IrqlVerifier):
             allocations=self.allocation_count - allocations_before,
             mutex_acquisitions=self.mutex_acquisitions - mutexes_before,
             address_counts=counts,
+            switched_instructions=sum(switched.values()),
         )
 
     # ------------------------------------------------------- the pre-op callback
@@ -1200,20 +1486,56 @@ class KernelHarness(IrqlVerifier):
         ``object_kind`` picks the registration entry whose callback is called;
         ObjectType is that kind's OBJECT_TYPE unless ``object_type`` overrides it.
         """
+        if current_pid is not None:
+            self.current_pid = current_pid
+        step = self._pre_operation_step(
+            operation=operation, object_kind=object_kind, target=target, desired_access=desired_access,
+            original_desired_access=original_desired_access, kernel_handle=kernel_handle,
+            source_process=source_process, target_process=target_process, flags=flags,
+            object_type=object_type, info=self._scratch, pid=self.current_pid, tid=self.current_tid,
+        )
+        # Callbacks run at PASSIVE or APC level.
+        assert irql in (PASSIVE_LEVEL, APC_LEVEL)
+        saved_irql, self.irql = self.irql, irql
+        self.in_pre_operation = True
+        try:
+            status = self._run(step.routine, step.args, "pre-operation callback")
+        finally:
+            self.irql = saved_irql
+            self.in_pre_operation = False
+        step.result = step.finish()
+        step.result.status = status & 0xFFFFFFFF
+        self._resume_blocked_threads()
+        return step.result
+
+    def thread_pre_operation(self, *, pid: int, tid: Optional[int] = None, after=None, **request) -> ThreadStep:
+        """From a wait handler: another thread (of process ``pid``) makes a
+        handle request while the first one waits; ``after(result)`` gets its
+        PreOperationResult."""
+        info = self._arena_alloc("OB_PRE_OPERATION_INFORMATION", 0x200)
+        step = self._pre_operation_step(info=info, pid=pid, tid=tid if tid is not None else self._next_tid + 4,
+                                        **request)
+        self._next_tid += 4
+        step.in_pre_operation = True
+        step.after = after
+        self.thread_step(step)
+        return step
+
+    def _pre_operation_step(
+        self, *, operation, object_kind, target, desired_access, original_desired_access=None,
+        kernel_handle=False, source_process=0, target_process=0, flags=None, object_type=None,
+        info: int, pid: int, tid: int,
+    ) -> ThreadStep:
         registration = self.registration
         if object_type is None:
             object_type = {"process": self.process_object_type, "thread": self.thread_object_type}[object_kind]
         entry_variable = {"process": self.ps_process_type_variable, "thread": self.ps_thread_type_variable}[object_kind]
         entry = next(e for e in registration.entries if e.object_type == entry_variable)
-        if current_pid is not None:
-            self.current_pid = current_pid
         if original_desired_access is None:
             original_desired_access = desired_access
         if flags is None:
             flags = 1 if kernel_handle else 0
-
-        info = self._scratch
-        parameters = self._scratch + 0x100
+        parameters = info + 0x100
         self.write(
             parameters,
             struct.pack("<IIQQ", desired_access, original_desired_access, source_process, target_process)
@@ -1225,23 +1547,21 @@ class KernelHarness(IrqlVerifier):
             info,
             struct.pack("<IIQQQQ", operation, flags, target, object_type, 0x5A5A5A5A5A5A5A5A, parameters),
         )
-        # Callbacks run at PASSIVE or APC level.
-        assert irql in (PASSIVE_LEVEL, APC_LEVEL)
-        saved_irql, self.irql = self.irql, irql
-        self.in_pre_operation = True
-        try:
-            status = self._run(entry.pre_operation, [registration.context, info], "pre-operation callback")
-        finally:
-            self.irql = saved_irql
-            self.in_pre_operation = False
-        after_info = self.read(info, OB_PRE_OPERATION_INFORMATION_SIZE)
-        after_parameters = self.read(parameters, OB_PRE_OPERATION_PARAMETERS_SIZE)
-        return PreOperationResult(
-            status=status & 0xFFFFFFFF,
-            desired_access=_u32(after_parameters, 0),
-            original_desired_access=_u32(after_parameters, 4),
-            information=after_info,
-            parameters=after_parameters,
+
+        def finish() -> PreOperationResult:
+            after_info = self.read(info, OB_PRE_OPERATION_INFORMATION_SIZE)
+            after_parameters = self.read(parameters, OB_PRE_OPERATION_PARAMETERS_SIZE)
+            return PreOperationResult(
+                status=(self.emu.reg_read(se_arch.AMD64_REG_RAX) if self.switched else 0) & 0xFFFFFFFF,
+                desired_access=_u32(after_parameters, 0),
+                original_desired_access=_u32(after_parameters, 4),
+                information=after_info,
+                parameters=after_parameters,
+            )
+
+        return ThreadStep(
+            what=f"pre-operation callback ({object_kind})", routine=entry.pre_operation,
+            args=[registration.context, info], pid=pid, tid=tid, finish=finish,
         )
 
     # ------------------------------------------------------------- reporting
@@ -1306,6 +1626,11 @@ class KernelHarness(IrqlVerifier):
             # A real kernel bugchecks on an unknown registration handle.
             raise KernelFault(f"ObUnRegisterCallbacks({handle:#x}): not a live registration")
         del self.live_registrations[handle]
+        if self.callbacks_in_progress():
+            # Windows' ObUnRegisterCallbacks waits until the callbacks in
+            # progress returned (kernel_threads.py: block_until_run_ends).
+            self.events.append(("ObUnRegisterCallbacks waits for callbacks", handle))
+            return self.block_until_run_ends(0)
         return None
 
     def _ps_get_current_process_id(self, _argv, _original):
@@ -1888,11 +2213,23 @@ class KernelHarness(IrqlVerifier):
         fields["attributes"] = attributes
         fields["queue_out"] = queue_out
         record = self.devices[device]
-        record["queue_config"] = fields
-        record["queue"] = fields["EvtIoDeviceControl"]
         record["queues"] += 1
+        if fields["DefaultQueue"]:
+            record["queue_config"] = fields
+            record["queue"] = fields["EvtIoDeviceControl"]
+            handle = WDFQUEUE_HANDLE
+        elif fields["DispatchType"] == WdfIoQueueDispatchManual:
+            # A manual queue (the ask path's pended requests): the driver
+            # forwards requests to it and retrieves them itself.
+            handle = MANUAL_QUEUE_HANDLE_BASE + 0x10 * len(self.manual_queues)
+            self.manual_queues[handle] = ManualQueue(handle, fields, collections.deque())
+            record.setdefault("manual_queues", []).append(handle)
+            if not queue_out:
+                raise KernelFault("WdfIoQueueCreate of a manual queue without a handle: it could never be used")
+        else:
+            raise KernelFault(f"WdfIoQueueCreate: a non-default queue of dispatch type {fields['DispatchType']} (not modelled)")
         if queue_out:
-            self._write_u64(queue_out, WDFQUEUE_HANDLE)
+            self._write_u64(queue_out, handle)
         return STATUS_SUCCESS
 
     def _wdf_control_finish_initializing(self, argv, _original):
@@ -1906,8 +2243,20 @@ class KernelHarness(IrqlVerifier):
     def _wdf_object_delete(self, argv, _original):
         handle = argv[1]
         self.events.append(("WdfObjectDelete", handle))
-        if self.devices.pop(handle, None) is None:
+        device = self.devices.pop(handle, None)
+        if device is None:
             raise KernelFault(f"WdfObjectDelete({handle:#x}): not a live framework object")
+        # Deleting the device deletes its queues: requests still in a manual
+        # queue are cancelled (EvtIoCanceledOnQueue cannot run from inside
+        # this call here: the harness completes them as KMDF does without one).
+        for queue_handle in device.get("manual_queues", []):
+            queue = self.manual_queues[queue_handle]
+            if queue.requests and queue.config.get("EvtIoCanceledOnQueue"):
+                raise KernelFault("device deleted with requests in a queue that has EvtIoCanceledOnQueue (not modelled)")
+            while queue.requests:
+                request = self.requests[queue.requests.popleft()]
+                request.queue = None
+                self._complete(request, STATUS_CANCELLED, 0)
         return None
 
     def _live_request(self, handle: int, api: str) -> FakeRequest:
@@ -1949,11 +2298,143 @@ class KernelHarness(IrqlVerifier):
     def _wdf_request_complete_with_information(self, argv, _original):
         handle, status, information = argv[1], argv[2] & 0xFFFFFFFF, argv[3]
         request = self._live_request(handle, "WdfRequestCompleteWithInformation")
-        request.completions.append((status, information))
-        # Completed: the framework hands the IRP back; the handle is dead.
-        del self.requests[handle]
-        self.events.append(("WdfRequestCompleteWithInformation", handle))
+        self._complete(request, status, information)
         return None
+
+    def _wdf_request_complete(self, argv, _original):
+        handle, status = argv[1], argv[2] & 0xFFFFFFFF
+        request = self._live_request(handle, "WdfRequestComplete")
+        self._complete(request, status, getattr(request, "information", 0))
+        return None
+
+    def _wdf_request_set_information(self, argv, _original):
+        request = self._live_request(argv[1], "WdfRequestSetInformation")
+        request.information = argv[2]
+        return None
+
+    def _complete(self, request: FakeRequest, status: int, information: int) -> None:
+        if request.queue is not None:
+            raise KernelFault(
+                f"request {request.handle:#x} completed while in manual queue {request.queue:#x}"
+                " (the framework owns it: retrieve it first)"
+            )
+        if information > request.output_length:
+            raise KernelFault(
+                f"IOCTL {request.code:#010x}: Information {information} exceeds the output buffer ({request.output_length})"
+            )
+        if self.spin_locks:
+            # The design: take it out under the lock, complete after release.
+            self.completions_under_spin_lock += 1
+        request.completions.append((status, information))
+        error = status >= 0xC0000000
+        request.output = self.read(request.system_buffer, information) if information and not error else b""
+        self.cancelable.pop(request.handle, None)
+        # Completed: the framework hands the IRP back; the handle is dead.
+        del self.requests[request.handle]
+        self.events.append(("WdfRequestCompleteWithInformation", request.handle))
+        if self.on_request_completed is not None:
+            self.on_request_completed(request)
+
+    def _wdf_device_init_set_file_object_config(self, argv, _original):
+        init, config, attributes = argv[1], argv[2], argv[3]
+        if init not in self.device_inits:
+            raise KernelFault(f"WdfDeviceInitSetFileObjectConfig({init:#x}): not a live WDFDEVICE_INIT")
+        raw = self.read(config, WDF_FILEOBJECT_CONFIG_SIZE)
+        self.file_object_config = {
+            "Size": _u32(raw, 0),
+            "EvtDeviceFileCreate": _u64(raw, 8),
+            "EvtFileClose": _u64(raw, 16),
+            "EvtFileCleanup": _u64(raw, 24),
+            "AutoForwardCleanupClose": _u32(raw, 32),
+            "FileObjectClass": _u32(raw, 36),
+            "attributes": attributes,
+        }
+        if self.file_object_config["Size"] != WDF_FILEOBJECT_CONFIG_SIZE:
+            raise KernelFault(f"WDF_FILEOBJECT_CONFIG.Size {self.file_object_config['Size']}, expected {WDF_FILEOBJECT_CONFIG_SIZE}")
+        for name in ("EvtDeviceFileCreate", "EvtFileClose", "EvtFileCleanup"):
+            routine = self.file_object_config[name]
+            if routine and not self.in_image(routine):
+                raise KernelFault(f"{name} {routine:#x} is outside the image")
+        return None
+
+    def _wdf_request_get_file_object(self, argv, _original):
+        request = self._live_request(argv[1], "WdfRequestGetFileObject")
+        return request.file.file_object
+
+    def _wdf_request_forward_to_io_queue(self, argv, _original):
+        handle, queue_handle = argv[1], argv[2]
+        request = self._live_request(handle, "WdfRequestForwardToIoQueue")
+        queue = self.manual_queues.get(queue_handle)
+        if queue is None:
+            raise KernelFault(f"WdfRequestForwardToIoQueue({handle:#x}, {queue_handle:#x}): not a manual queue of the driver")
+        if request.queue is not None:
+            raise KernelFault(f"WdfRequestForwardToIoQueue({handle:#x}): already in queue {request.queue:#x}")
+        if request.cancelled:
+            # Forwarding a cancelled request: the framework cancels it now.
+            self._complete(request, STATUS_CANCELLED, 0)
+            return STATUS_SUCCESS
+        request.queue = queue_handle
+        request.forwarded = True
+        queue.requests.append(handle)
+        self.events.append(("WdfRequestForwardToIoQueue", handle))
+        return STATUS_SUCCESS
+
+    def _wdf_io_queue_retrieve_next_request(self, argv, _original):
+        queue_handle, request_out = argv[1], argv[2]
+        queue = self.manual_queues.get(queue_handle)
+        if queue is None:
+            raise KernelFault(f"WdfIoQueueRetrieveNextRequest({queue_handle:#x}): not a manual queue")
+        if not queue.requests:
+            return STATUS_NO_MORE_ENTRIES
+        handle = queue.requests.popleft()
+        self.requests[handle].queue = None
+        self.requests[handle].taken_from = queue_handle
+        self._write_u64(request_out, handle)
+        self.events.append(("WdfIoQueueRetrieveNextRequest", handle))
+        return STATUS_SUCCESS
+
+    def _wdf_io_queue_retrieve_request_by_file_object(self, argv, _original):
+        queue_handle, file_object, request_out = argv[1], argv[2], argv[3]
+        queue = self.manual_queues.get(queue_handle)
+        if queue is None:
+            raise KernelFault(f"WdfIoQueueRetrieveRequestByFileObject({queue_handle:#x}): not a manual queue")
+        for handle in queue.requests:
+            if self.requests[handle].file.file_object == file_object:
+                queue.requests.remove(handle)
+                self.requests[handle].queue = None
+                self.requests[handle].taken_from = queue_handle
+                self._write_u64(request_out, handle)
+                return STATUS_SUCCESS
+        return STATUS_NO_MORE_ENTRIES
+
+    def _wdf_io_queue_get_state(self, argv, _original):
+        # (Globals, Queue, QueueRequests*, DriverRequests*): the queue's
+        # status bits and how many requests it holds / the driver took from it.
+        queue_handle, queue_out, driver_out = argv[1], argv[2], argv[3]
+        queue = self.manual_queues.get(queue_handle)
+        if queue is None:
+            raise KernelFault(f"WdfIoQueueGetState({queue_handle:#x}): not a manual queue")
+        held = len(queue.requests)
+        taken = sum(1 for r in self.requests.values() if r.taken_from == queue_handle)
+        if queue_out:
+            self._write_u32(queue_out, held)
+        if driver_out:
+            self._write_u32(driver_out, taken)
+        # WdfIoQueueAcceptRequests | WdfIoQueueDispatchRequests, + NoRequests / DriverNoRequests.
+        return 0x1 | 0x2 | (0x4 if not held else 0) | (0x8 if not taken else 0)
+
+    def _wdf_request_mark_cancelable(self, argv, _original):
+        request = self._live_request(argv[1], "WdfRequestMarkCancelable")
+        if request.queue is not None:
+            raise KernelFault("WdfRequestMarkCancelable on a request still in a queue")
+        self.cancelable[request.handle] = argv[2]
+        return None
+
+    def _wdf_request_unmark_cancelable(self, argv, _original):
+        request = self._live_request(argv[1], "WdfRequestUnmarkCancelable")
+        if self.cancelable.pop(request.handle, None) is None:
+            raise KernelFault("WdfRequestUnmarkCancelable on a request not marked cancelable")
+        return STATUS_SUCCESS
 
     def _fx_framework_driver_unload(self, argv, _original):
         """The framework's DriverUnload: calls EvtDriverUnload(WDFDRIVER).

@@ -231,6 +231,95 @@ def hot_spots(driver_path: str, call: CallFigures, top: int = 12) -> str:
     return "\n".join(f"{count:5d}  {where}" for where, count in by_line.most_common(top))
 
 
+# ---------------------------------------------------------------- ask (issue 12)
+
+ASKED, HANDLER = 3000, 5000
+ASK_POLICY = AGENT_RULE + """
+[[rule]]
+name = "asked-ask"
+target = { name = "asked.exe" }
+objects = "process"
+strip = ["PROCESS_TERMINATE"]
+mode = "ask"
+"""
+
+
+@dataclass
+class AskFigures:
+    """One callback of each ask shape (steady state, after one warm-up call)."""
+
+    cases: dict[str, CallFigures]
+    switched: dict[str, int]  # instructions on the handler thread during the wait
+    waits: dict[str, int]  # KeWaitForSingleObject calls
+
+
+ASK_CASES = (
+    # name, target, handler connected, expected access
+    ("a with ask rules", 100_000, True, PROCESS_TERMINATE),
+    ("ask answered", ASKED, True, 0),
+    ("ask no handler", ASKED, False, 0),
+)
+
+
+def measure_ask(driver_path: str, compiler: PolicyCompiler, processes: int = 1000) -> AskFigures:
+    """The ask policy (agent.exe enforced, asked.exe asked about) on the same
+    1,000-process machine; a handler (python/'s role, played by
+    tests/emulator/ask_handler.py) connected with one worker pended, which
+    answers "remove PROCESS_TERMINATE". The asked request's instructions are
+    the callback's own, outside the wait: the handler thread's (the reply
+    IOCTL, the worker's next get-request) are counted apart."""
+    from ask_handler import HandlerProcess  # noqa: PLC0415
+
+    kernel = KernelHarness(driver_path)
+    kernel.parameters = {"Policy": reg_binary(compiler(ASK_POLICY))}
+    for index in range(processes):
+        kernel.new_process(100_000 + 4 * index, image_path(f"proc{index}.exe"))
+    kernel.new_process(AGENT, image_path("agent.exe"))
+    kernel.new_process(TOOL, image_path("tool.exe"))
+    kernel.new_process(ASKED, image_path("asked.exe"))
+    kernel.load()
+    handler = HandlerProcess(kernel, HANDLER)
+    handler.remove = PROCESS_TERMINATE
+    cases, switched, waits = {}, {}, {}
+    for name, target, connected, _expected in ASK_CASES:
+        if connected and not handler.get_requests:
+            handler.start(workers=1)
+        if not connected and handler.get_requests:
+            kernel.close(handler.handle)
+            handler.get_requests.clear()
+
+        def request():
+            return kernel.pre_operation(operation=OB_OPERATION_HANDLE_CREATE, object_kind="process",
+                                        target=kernel.eprocess(target), desired_access=PROCESS_TERMINATE,
+                                        current_pid=TOOL)
+
+        request()  # warm-up: the first call of a shape
+        waits_before = len(kernel.waits)
+        measurement = kernel.measure(request)
+        cases[name] = CallFigures(
+            instructions=measurement.instructions, api_calls=measurement.api_calls,
+            allocations=measurement.allocations, mutex_acquisitions=measurement.mutex_acquisitions,
+            desired_access=measurement.result.desired_access, hot=measurement.address_counts.most_common(),
+        )
+        switched[name] = measurement.switched_instructions
+        waits[name] = len(kernel.waits) - waits_before
+    kernel.unload()
+    return AskFigures(cases, switched, waits)
+
+
+def ask_table(figures: AskFigures) -> str:
+    lines = [
+        "| ask case | callback instructions (outside the wait) | handler thread instructions | waits | kernel calls (both threads) |",
+        "|---|---|---|---|---|",
+    ]
+    for name, call in figures.cases.items():
+        lines.append(
+            f"| ({name}) | {call.instructions} | {figures.switched[name]} | {figures.waits[name]} | "
+            f"{len(call.api_calls)}: {', '.join(call.api_calls)} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--processes", type=int, default=1000)
@@ -238,8 +327,12 @@ def main() -> int:
     arguments = parser.parse_args()
     driver_path = os.environ.get("PROCGUARD_SYS", str(REPO_ROOT / "package" / "procguard.sys"))
     with tempfile.TemporaryDirectory() as directory:
-        figures = measure_all(driver_path, PolicyCompiler(Path(directory), REPO_ROOT), arguments.processes)
+        compiler = PolicyCompiler(Path(directory), REPO_ROOT)
+        figures = measure_all(driver_path, compiler, arguments.processes)
+        ask = measure_ask(driver_path, compiler, arguments.processes)
     print(table(figures))
+    print()
+    print(ask_table(ask))
     if arguments.hot:
         for rules, policy in figures.items():
             for case, figures_case in policy.cases.items():

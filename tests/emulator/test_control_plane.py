@@ -146,7 +146,29 @@ def decode_status(data: bytes) -> dict:
         )),
         "altitude": data[106 : 106 + 2 * altitude_len].decode("utf-16-le"),
         "altitude_padding": data[106 + 2 * altitude_len : 186],
-        "reserved": data[186:],
+        # Protocol version 2 (issue 12): the ask part at 188..272.
+        "ask": decode_ask_status(data),
+        "reserved": data[186:188] + data[272:],
+    }
+
+
+ASK_COUNTER_NAMES = (
+    "asked", "answered", "timed_out", "no_handler", "pool_full", "unaskable", "cancelled", "late_replies",
+)
+
+
+def decode_ask_status(data: bytes) -> dict:
+    """The ask part of a protocol-2 status (crates/procguard-protocol/src/ioctl.rs)."""
+    handler_pid = struct.unpack_from("<I", data, 188)[0]
+    counters = struct.unpack_from("<8Q", data, 192)
+    timeout_ms, slots, in_flight, workers_waiting = struct.unpack_from("<4I", data, 256)
+    return {
+        "handler_pid": handler_pid,
+        "counters": dict(zip(ASK_COUNTER_NAMES, counters)),
+        "timeout_ms": timeout_ms,
+        "slots": slots,
+        "in_flight": in_flight,
+        "workers_waiting": workers_waiting,
     }
 
 
@@ -237,7 +259,8 @@ def test_the_control_device_is_admin_only_named_linked_passive_with_one_sequenti
     assert device["attributes"]["Size"] == 56
     assert device["attributes"]["ExecutionLevel"] == WdfExecutionLevelPassive
     config = device["queue_config"]
-    assert device["queues"] == 1
+    # One default queue; the ask path's manual queues (issue 12) come on top.
+    assert device["queues"] == 1 + len(device.get("manual_queues", []))
     assert config["Size"] == WDF_IO_QUEUE_CONFIG_SIZE
     assert config["DispatchType"] == WdfIoQueueDispatchSequential
     assert config["PowerManaged"] == WdfFalse
@@ -288,7 +311,7 @@ def test_status_reports_version_altitude_registration_policy_processes_counters_
     open_process(driver, AGENT, PROCESS_TERMINATE, SYSTEM)  # critical requester
     open_process(driver, EDITOR, PROCESS_TERMINATE, ATTACKER)  # unprotected target
     report = status(driver)
-    assert report["protocol_version"] == 1
+    assert report["protocol_version"] == 2
     assert report["driver_version"] == driver_version()
     assert report["flags"] == 3, "callbacks and process notify routine registered"
     assert report["policy_id"] == policy_id(blob) == zlib.crc32(blob[:12] + bytes(4) + blob[16:])
@@ -299,7 +322,9 @@ def test_status_reports_version_altitude_registration_policy_processes_counters_
     assert report["audit_capacity"] == 4096
     assert report["altitude"] == "385201"
     assert report["altitude_padding"] == bytes(len(report["altitude_padding"]))
-    assert report["reserved"] == bytes(70)
+    assert report["reserved"] == bytes(2 + 48)
+    assert report["ask"]["handler_pid"] == 0
+    assert report["ask"]["counters"] == dict.fromkeys(ASK_COUNTER_NAMES, 0), "no ask rule: nothing asked"
     assert report["counters"] == {
         "seen": 6, "modified": 1, "audited": 2, "skipped_kernel": 1, "skipped_self": 1, "exempt": 1,
         "unclassified": 0, "events_dropped": 0, "events_pending": 2,
@@ -433,7 +458,7 @@ def _malformed(blob: bytes) -> dict[str, bytes]:
     bad[0:4] = b"PGPX"
     cases["bad magic"] = set_policy_input(rechecksum(bad))
     bad = bytearray(blob)
-    struct.pack_into("<H", bad, 4, 1)
+    struct.pack_into("<H", bad, 4, 3)  # the format is version 2 since issue 12
     cases["wrong version"] = set_policy_input(rechecksum(bad))
     # The request header claims more blob than the buffer holds.
     cases["blob length beyond the buffer"] = set_policy_input(blob, length=len(blob) + 4096)
@@ -484,7 +509,7 @@ MALFORMED = {
     "bad checksum": "checksum mismatch",
     "flipped byte": "checksum mismatch",
     "bad magic": "bad magic",
-    "wrong version": "unsupported format version 1",
+    "wrong version": "unsupported format version 3",
     "blob length beyond the buffer": None,
     "blob length 4 GiB": None,
     "huge rule count": "rule count 4294967295 cannot fit",

@@ -262,7 +262,9 @@ CORRUPTIONS = {
                      "checksum mismatch: stored"),
     "flipped-byte": (lambda b: b[:-1] + bytes([b[-1] ^ 0x40]), "checksum mismatch: stored"),
     "shorter-than-header": (lambda b: b[:20], "blob of 20 bytes is shorter than the 40-byte header"),
-    "bad-version": (lambda b: patched(b, 4, "<H", 1), "unsupported format version 1"),
+    "bad-version": (lambda b: patched(b, 4, "<H", 3), "unsupported format version 3"),
+    # Version 1 (before ask rules) is refused since issue 12.
+    "old-version": (lambda b: patched(b, 4, "<H", 1), "unsupported format version 1"),
     "rule-count-too-large": (lambda b: patched(b, 24, "<I", 0xFFFFFFFF), "count 4294967295 cannot fit in the blob"),
     "trailing-bytes": (lambda b: patched(b + b"\0" * 4, 8, "<I", len(b) + 4), "4 bytes after the last rule"),
     "old-pid-table-format": (lambda b: b"PGPT\x01\x00\x01\x00" + struct.pack("<III", 500, 1, 1),
