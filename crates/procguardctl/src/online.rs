@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::time::Duration;
 
-use procguard_policy::model::{Mode, Policy};
+use procguard_policy::model::{Mode, OnTimeout, Policy};
 use procguard_policy::toml::render_policy;
 use procguard_policy::{decode, policy_id as blob_policy_id};
 use procguard_protocol::ask::STATUS_CANCELLED;
@@ -303,19 +303,17 @@ fn rule_names(policy: Option<&Policy>) -> RuleNames {
     }))
 }
 
-/// A rule's mode as `counters` shows it.
-///
-/// SEAM (issue 12): the engine branch adds the ask mode (with its
-/// `on_timeout`) to [`Mode`]; every mode but enforce and audit is shown as
-/// "ask", so this compiles before and after it lands. Once it has, show the
-/// fallback too ("ask, on timeout strip").
-fn rule_mode_word(mode: Mode) -> &'static str {
-    if matches!(mode, Mode::Enforce) {
-        "enforce"
-    } else if matches!(mode, Mode::Audit) {
-        "audit"
-    } else {
-        "ask"
+/// A rule's mode as `counters` shows it, and for an ask rule what its
+/// requests get when no answer comes (shown after the name).
+fn rule_mode_word(mode: Mode) -> (&'static str, &'static str) {
+    match mode {
+        Mode::Enforce | Mode::Audit => (mode.name(), ""),
+        Mode::Ask {
+            on_timeout: OnTimeout::Strip,
+        } => ("ask", " (on timeout: strip)"),
+        Mode::Ask {
+            on_timeout: OnTimeout::Allow,
+        } => ("ask", " (on timeout: allow)"),
     }
 }
 
@@ -556,13 +554,13 @@ pub fn counters(
                 .ok()
                 .and_then(|id| names.get(id))
                 .unwrap_or("?");
-            let mode = policy
+            let (mode, fallback) = policy
                 .as_ref()
                 .and_then(|policy| policy.rules.get(index))
-                .map_or("?", |rule| rule_mode_word(rule.mode));
+                .map_or(("?", ""), |rule| rule_mode_word(rule.mode));
             writeln!(
                 output.out,
-                "  {index:<6}{mode:<9}{hits:<12}{strips:<12}{name}"
+                "  {index:<6}{mode:<9}{hits:<12}{strips:<12}{name}{fallback}"
             )?;
         }
     }
