@@ -174,6 +174,7 @@ impl DriverState {
                 current.table.len().saturating_mul(2)
             })
             .max(INITIAL_PROCESS_CAPACITY);
+        let ask_timeout_ms = policy.settings().ask_timeout_ms;
         let generation = Generation::new(policy, blob, capacity)?;
         let tracked = match generation.track_running_processes() {
             Ok(tracked) => tracked,
@@ -189,6 +190,8 @@ impl DriverState {
         };
         let generation = try_box(generation).ok_or(BuildError::OutOfMemory)?;
         self.active.publish(writer, generation);
+        // What a handler connecting from now on is told.
+        self.ask.set_timeout_ms(ask_timeout_ms);
         Ok(tracked)
     }
 

@@ -63,11 +63,9 @@ impl ControlTarget for DriverState {
             status.policy_id = generation.policy.policy_id();
             status.rule_count = u32::try_from(generation.policy.rule_count()).unwrap_or(u32::MAX);
             status.tracked_processes = u32::try_from(generation.table.len()).unwrap_or(u32::MAX);
-            if status.ask.timeout_ms == 0 {
-                // The broker learns the timeout per request; the policy in
-                // force has it whether or not anything was asked yet.
-                status.ask.timeout_ms = generation.policy.settings().ask_timeout_ms;
-            }
+            // The policy in force is the authority (the broker keeps a copy
+            // for its connect response).
+            status.ask.timeout_ms = generation.policy.settings().ask_timeout_ms;
         }
         let load_info = self.load_info.lock();
         status.callbacks_registered = load_info.registration.is_some();
