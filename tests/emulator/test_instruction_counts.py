@@ -74,9 +74,13 @@ def test_an_unmatched_request_costs_at_most_70_instructions(figures, rules, name
 
 @pytest.mark.parametrize("rules", [1, 10_000])
 @pytest.mark.parametrize("name", STRIPPED)
-def test_a_stripped_and_audited_request_costs_at_most_300_instructions(figures, rules, name):
+def test_a_stripped_and_audited_request_costs_at_most_320_instructions(figures, rules, name):
+    """300 until issue 12, whose merged code measures 301 / 311 / 308 / 318
+    (the decision carries the ask plan; every audit append checks for a
+    pended events wait): the bound moved to 320, recorded in README.md's
+    "Known driver issues", so a further regression still fails here."""
     case = figures[rules].cases[name]
-    assert case.steady_instructions <= 300
+    assert case.steady_instructions <= 320
     for call in [case.first, *case.steady]:
         assert call.allocations == 0
         assert call.mutex_acquisitions == 0
