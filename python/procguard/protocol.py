@@ -12,7 +12,7 @@ bytes and raises :class:`~procguard.errors.ProtocolError`.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Optional, Tuple
 
 from .errors import ProtocolError
@@ -478,6 +478,15 @@ _ASK_COUNTER_NAMES = (
 )
 
 
+def _json_counters(counters: Any) -> Dict[str, Any]:
+    """A counters dataclass under procguardctl's JSON names: each field in
+    CamelCase (``skipped_kernel`` -> ``"SkippedKernel"``), in field order."""
+    return {
+        "".join(part.capitalize() for part in f.name.split("_")): getattr(counters, f.name)
+        for f in fields(counters)
+    }
+
+
 @dataclass(frozen=True)
 class Counters:
     """Request totals since load (or the last reset)."""
@@ -494,17 +503,7 @@ class Counters:
 
     def as_dict(self) -> Dict[str, Any]:
         """The names ``procguardctl status --json`` uses (``"Seen"``, ...)."""
-        return {
-            "Seen": self.seen,
-            "Modified": self.modified,
-            "Audited": self.audited,
-            "SkippedKernel": self.skipped_kernel,
-            "SkippedSelf": self.skipped_self,
-            "Exempt": self.exempt,
-            "Unclassified": self.unclassified,
-            "EventsDropped": self.events_dropped,
-            "EventsPending": self.events_pending,
-        }
+        return _json_counters(self)
 
 
 @dataclass(frozen=True)
@@ -522,16 +521,7 @@ class AskCounters:
 
     def as_dict(self) -> Dict[str, Any]:
         """The names of ``procguardctl status --json``'s ``Ask.Counters``."""
-        return {
-            "Asked": self.asked,
-            "Answered": self.answered,
-            "TimedOut": self.timed_out,
-            "NoHandler": self.no_handler,
-            "PoolFull": self.pool_full,
-            "Unaskable": self.unaskable,
-            "Cancelled": self.cancelled,
-            "LateReplies": self.late_replies,
-        }
+        return _json_counters(self)
 
 
 @dataclass(frozen=True)
