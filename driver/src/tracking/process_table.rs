@@ -168,6 +168,12 @@ fn pack_name(name: &ImageName) -> (u32, [u64; NAME_WORDS]) {
     (u32::from(len) | cut, words)
 }
 
+/// The words of a name slot that hold the units of a name whose
+/// `name_info` is `info` (readers and the writer touch only those).
+fn name_words(info: u32) -> usize {
+    ((info & 0xFFFF) as usize).min(IMAGE_NAME_UNITS).div_ceil(4)
+}
+
 /// The name [`pack_name`] stored (units past the length read as zero).
 fn unpack_name(info: u32, words: &[u64; NAME_WORDS]) -> ImageName {
     let mut name = ImageName::EMPTY;
@@ -257,15 +263,19 @@ impl Slot {
             for (word, stored) in record.iter_mut().zip(&slot.record) {
                 *word = stored.load(Ordering::Relaxed);
             }
+            // Only the words that hold the name's units: the rest may be a
+            // longer earlier name's, which the length leaves unread.
+            let info = slot.name_info.load(Ordering::Relaxed);
+            let mut units = [0u64; NAME_WORDS];
+            for (word, stored) in units.iter_mut().zip(name).take(name_words(info)) {
+                *word = stored.load(Ordering::Relaxed);
+            }
             Entry {
                 pid: pid_of(head),
                 creation_key: slot.creation_key.load(Ordering::Relaxed),
                 record,
                 protected: head & PROTECTED != 0,
-                image_name: unpack_name(
-                    slot.name_info.load(Ordering::Relaxed),
-                    &name.each_ref().map(|word| word.load(Ordering::Relaxed)),
-                ),
+                image_name: unpack_name(info, &units),
             }
         })
     }
@@ -314,7 +324,7 @@ impl Slot {
             stored.store(*word, Ordering::Relaxed);
         }
         self.name_info.store(info, Ordering::Relaxed);
-        for (stored, word) in name.1.iter().zip(words) {
+        for (stored, word) in name.1.iter().zip(words).take(name_words(info)) {
             stored.store(word, Ordering::Relaxed);
         }
         self.sequence
