@@ -6,6 +6,7 @@ driver itself runs under the verifier in every other test of the suite."""
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 import tomllib
 
 import pefile
@@ -241,9 +242,10 @@ def test_every_code_import_of_the_image_has_a_max_irql_row():
     rows = {row["name"]: row for row in table["import"]}
     import os
 
-    from conftest import REPO_ROOT
-
-    image = os.environ.get("PROCGUARD_SYS", str(REPO_ROOT / "package" / "procguard.sys"))
+    # Not `from conftest import ...`: with tests/package in the same run,
+    # "conftest" may be that directory's module.
+    repo_root = Path(__file__).resolve().parents[2]
+    image = os.environ.get("PROCGUARD_SYS", str(repo_root / "package" / "procguard.sys"))
     pe = pefile.PE(image)
     missing = []
     for entry in pe.DIRECTORY_ENTRY_IMPORT:
