@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Dict, Optional
 
-from .protocol import NO_RULE, AuditRecord
+from .protocol import NO_RULE, POLICY_SOURCES, AuditRecord
 
 __all__ = ["AuditEvent", "utc_time", "filetime_to_datetime"]
 
@@ -90,6 +90,8 @@ class AuditEvent(AuditRecord):
         ``"answered"``, ``"timed-out"``, ``"no-handler"``, ``"pool-full"``,
         ``"unaskable"``, ``"cancelled"``), ``AskWaitMicroseconds`` and
         ``ResultCode``."""
+        if self.object == "policy":
+            return self._policy_dict()
         has_rule = self.rule_id != NO_RULE
         return {
             "UtcTime": utc_time(self.timestamp),
@@ -112,4 +114,35 @@ class AuditEvent(AuditRecord):
             "AskOutcome": self.ask_outcome,
             "AskWaitMicroseconds": self.ask_wait_us,
             "ResultCode": self.result_code,
+        }
+
+    @property
+    def policy_source(self) -> Optional[str]:
+        """For a policy record (``object == "policy"``), where the policy came
+        from: ``"boot"``, ``"control"`` (``procguardctl apply``) or
+        ``"registry"`` (a live change of ``Parameters\\Policy``); None for a
+        handle record."""
+        if self.object != "policy":
+            return None
+        return POLICY_SOURCES.get(self.source_process_id)
+
+    def _policy_dict(self) -> Dict[str, Any]:
+        """A policy record (``Mode`` ``"policy-applied"`` or
+        ``"policy-rejected"``) as ``procguardctl events --json`` writes it:
+        ``UtcTime``, ``Object``, ``Mode``, ``PolicyId`` (the new policy, or the
+        one that stays in force after a refusal), ``PolicySource``, ``Rules``
+        (in force afterwards), ``Status`` (the refusal's NTSTATUS),
+        ``SourceProcessId``/``SourceThreadId`` (who sent it; 0 for the
+        registry) and ``Sequence``."""
+        return {
+            "UtcTime": utc_time(self.timestamp),
+            "Object": self.object,
+            "Mode": self.mode,
+            "PolicyId": f"0x{self.rule_id:08x}",
+            "PolicySource": self.policy_source or "unknown",
+            "Rules": self.desired_access,
+            "Status": f"0x{self.result_code & 0xFFFFFFFF:08X}",
+            "SourceProcessId": self.originator_process_id,
+            "SourceThreadId": self.originator_thread_id,
+            "Sequence": self.sequence,
         }

@@ -559,6 +559,29 @@ class AskStatus:
 
 
 @dataclass(frozen=True)
+class PolicyUpdates:
+    """Policies applied and refused since the driver loaded (every source:
+    boot, ``IOCTL_SET_POLICY``, a live registry change)."""
+
+    applied: int = 0
+    rejected: int = 0
+    #: NTSTATUS of the last refusal (0: none).
+    last_rejected_status: int = 0
+    #: Where the policy in force came from: ``"boot"``, ``"control"``,
+    #: ``"registry"``, or None before any.
+    source: Optional[str] = None
+
+    def as_dict(self) -> Dict[str, Any]:
+        """The ``"PolicyUpdates"`` object of ``procguardctl status --json``."""
+        return {
+            "Applied": self.applied,
+            "Rejected": self.rejected,
+            "LastRejectedStatus": f"0x{self.last_rejected_status & 0xFFFFFFFF:08X}",
+            "Source": self.source,
+        }
+
+
+@dataclass(frozen=True)
 class Status:
     """``IOCTL_GET_STATUS`` output, 320 bytes."""
 
@@ -579,6 +602,7 @@ class Status:
     #: The altitude in use ("" when not registered).
     altitude: str = ""
     ask: AskStatus = field(default_factory=AskStatus)
+    policy_updates: PolicyUpdates = field(default_factory=lambda: PolicyUpdates())
 
     SIZE = 320
 
@@ -621,6 +645,17 @@ class Status:
         struct.pack_into(
             "<IIII", out, 256, ask.timeout_ms, ask.slots, ask.in_flight, ask.workers_waiting
         )
+        updates = self.policy_updates
+        source = {v: k for k, v in POLICY_SOURCES.items()}.get(updates.source or "", 0)
+        struct.pack_into(
+            "<IIiB",
+            out,
+            272,
+            updates.applied,
+            updates.rejected,
+            _i32(updates.last_rejected_status, "last_rejected_status"),
+            source,
+        )
         return bytes(out)
 
     @classmethod
@@ -638,6 +673,7 @@ class Status:
         (handler_pid,) = struct.unpack_from("<I", data, 188)
         ask_counters = AskCounters(*struct.unpack_from("<8Q", data, 192))
         timeout_ms, slots, in_flight, waiting = struct.unpack_from("<IIII", data, 256)
+        applied, rejected, last_rejected, source = struct.unpack_from("<IIiB", data, 272)
         return cls(
             protocol_version=version,
             driver_version=driver,
@@ -651,6 +687,9 @@ class Status:
             counters=counters,
             altitude=altitude,
             ask=AskStatus(handler_pid, timeout_ms, slots, in_flight, waiting, ask_counters),
+            policy_updates=PolicyUpdates(
+                applied, rejected, last_rejected, POLICY_SOURCES.get(source)
+            ),
         )
 
     def as_dict(self) -> Dict[str, Any]:
@@ -669,13 +708,16 @@ class Status:
             "AuditCapacity": self.audit_capacity,
             "Counters": self.counters.as_dict(),
             "Ask": self.ask.as_dict(),
+            "PolicyUpdates": self.policy_updates.as_dict(),
         }
 
 
 # --- audit records ------------------------------------------------------------
 
-_MODES = {1: "enforce", 2: "audit", 3: "ask"}
-_OBJECTS = {1: "process", 2: "thread"}
+_MODES = {1: "enforce", 2: "audit", 3: "ask", 4: "policy-applied", 5: "policy-rejected"}
+_OBJECTS = {1: "process", 2: "thread", 3: "policy"}
+#: A policy record's ``source_process_id``: where the policy came from.
+POLICY_SOURCES = {1: "boot", 2: "control", 3: "registry"}
 
 
 @dataclass(frozen=True)

@@ -133,6 +133,9 @@ def test_status_dict_uses_procguardctl_status_json_names(protocol_golden):
         },
     }
     whole = status.as_dict()
+    assert whole["PolicyUpdates"] == {
+        "Applied": 3, "Rejected": 1, "LastRejectedStatus": "0xC000000D", "Source": "registry",
+    }
     assert whole["PolicyId"] == "0xdeadbeef"
     assert whole["DriverVersion"] == "1.2.3"
     assert whole["Altitude"] == "385201.5"
@@ -154,7 +157,7 @@ def test_audit_records_of_every_mode_and_ask_outcome_decode_as_in_rust(protocol_
         outcomes.add(record.ask_outcome)
         modes.add(record.mode)
     assert outcomes == {None, *protocol.ASK_OUTCOMES.values()}
-    assert modes == {"enforce", "audit", "ask"}
+    assert modes == {"enforce", "audit", "ask", "policy-applied", "policy-rejected"}
 
 
 def test_malformed_audit_records_are_refused():

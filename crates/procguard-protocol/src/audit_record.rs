@@ -16,10 +16,26 @@
 //! | 4 | `source_process_id` | `target_process_id` |
 //! | 5 | `original_desired_access` | `desired_access` |
 //! | 6 | `result_code` | `rule_id` (`u32::MAX`: none) |
-//! | 7 | bits 0–7 object (1 process, 2 thread), bit 8 duplication, bits 16–23 mode (1 enforce, 2 audit, 3 ask) | bits 0–7 ask outcome (0 not asked, else [`AskOutcome::code`]), bits 8–31 ask wait in microseconds (saturating at 2²⁴−1) |
+//! | 7 | bits 0–7 object (1 process, 2 thread, 3 policy), bit 8 duplication, bits 16–23 mode (1 enforce, 2 audit, 3 ask, 4 policy applied, 5 policy rejected) | bits 0–7 ask outcome (0 not asked, else [`AskOutcome::code`]), bits 8–31 ask wait in microseconds (saturating at 2²⁴−1) |
 //!
 //! For an asked request (mode 3) `result_code` is the handler's `result_code`
 //! (0 unless it answered with one) and `rule_id` the ask rule.
+//!
+//! ## Policy records
+//!
+//! A change of policy is a record too (object 3, mode 4 or 5), so the one
+//! stream that carries the decisions also says which policy made them and
+//! when a pushed policy was refused. Built by [`AuditRecord::policy_event`];
+//! the handle fields are reused, not added:
+//!
+//! | field | policy applied (mode 4) | policy rejected (mode 5) |
+//! |---|---|---|
+//! | `rule_id` | id (CRC-32) of the new policy | id of the policy that stays in force |
+//! | `result_code` | 0 | the NTSTATUS of the rejection |
+//! | `desired_access` | rules in force now | rules in force (unchanged) |
+//! | `source_process_id` | [`PolicySource::code`] | [`PolicySource::code`] |
+//! | `originator_process_id`, `originator_thread_id` | who applied it (`IOCTL_SET_POLICY`); 0 for the registry | idem |
+//! | everything else | 0 | 0 |
 
 /// Words of one record.
 pub const AUDIT_RECORD_WORDS: usize = 8;
@@ -38,6 +54,78 @@ pub enum AuditObject {
     Process,
     /// A thread handle (`process_id` is the owning process).
     Thread,
+    /// Not a handle: a policy was applied or rejected (see the module docs).
+    Policy,
+}
+
+impl AuditObject {
+    /// Lower-case name, as `procguardctl events` shows it.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Process => "process",
+            Self::Thread => "thread",
+            Self::Policy => "policy",
+        }
+    }
+}
+
+impl AuditMode {
+    /// Lower-case name, as `procguardctl events` shows it.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Enforce => "enforce",
+            Self::Audit => "audit",
+            Self::Ask => "ask",
+            Self::PolicyApplied => "policy-applied",
+            Self::PolicyRejected => "policy-rejected",
+        }
+    }
+}
+
+/// Where a policy came from (a policy record's `source_process_id`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PolicySource {
+    /// `Parameters\\Policy` read at driver start.
+    Boot,
+    /// `IOCTL_SET_POLICY` (`procguardctl apply`).
+    Control,
+    /// A live change of `Parameters\\Policy` (GPO, Intune, `reg import`, …).
+    Registry,
+}
+
+impl PolicySource {
+    /// Wire code: 1 boot, 2 control, 3 registry.
+    #[must_use]
+    pub const fn code(self) -> u32 {
+        match self {
+            Self::Boot => 1,
+            Self::Control => 2,
+            Self::Registry => 3,
+        }
+    }
+
+    /// From a wire code.
+    #[must_use]
+    pub const fn from_code(code: u32) -> Option<Self> {
+        match code {
+            1 => Some(Self::Boot),
+            2 => Some(Self::Control),
+            3 => Some(Self::Registry),
+            _ => None,
+        }
+    }
+
+    /// Lower-case name (`"boot"`, `"control"`, `"registry"`), as JSON shows it.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Boot => "boot",
+            Self::Control => "control",
+            Self::Registry => "registry",
+        }
+    }
 }
 
 use crate::ask::AskOutcome;
@@ -55,6 +143,10 @@ pub enum AuditMode {
     /// An ask rule matched: the handler (or the fallback) decided; see
     /// [`AuditRecord::ask_outcome`].
     Ask,
+    /// A policy record: a new policy is in force.
+    PolicyApplied,
+    /// A policy record: a policy was refused; the one in force stays.
+    PolicyRejected,
 }
 
 /// One audit record.
@@ -115,9 +207,9 @@ fn high(word: u64) -> u32 {
 pub enum AuditRecordError {
     /// Not exactly [`AUDIT_RECORD_BYTES`] bytes.
     Length(usize),
-    /// An object code other than 1 or 2.
+    /// An object code other than 1, 2 or 3.
     Object(u8),
-    /// A mode code other than 1, 2 or 3.
+    /// A mode code other than 1 to 5.
     Mode(u8),
     /// An ask outcome code other than 0..=6.
     AskOutcome(u8),
@@ -151,11 +243,14 @@ impl AuditRecord {
         let object = match self.object {
             AuditObject::Process => 1u64,
             AuditObject::Thread => 2,
+            AuditObject::Policy => 3,
         };
         let mode = match self.mode {
             AuditMode::Enforce => 1u64,
             AuditMode::Audit => 2,
             AuditMode::Ask => 3,
+            AuditMode::PolicyApplied => 4,
+            AuditMode::PolicyRejected => 5,
         };
         let outcome = self.ask_outcome.map_or(0, AskOutcome::code);
         let wait = self.ask_wait_us.min(MAX_ASK_WAIT_US);
@@ -187,12 +282,15 @@ impl AuditRecord {
         let object = match (flags & 0xFF) as u8 {
             1 => AuditObject::Process,
             2 => AuditObject::Thread,
+            3 => AuditObject::Policy,
             code => return Err(AuditRecordError::Object(code)),
         };
         let mode = match ((flags >> 16) & 0xFF) as u8 {
             1 => AuditMode::Enforce,
             2 => AuditMode::Audit,
             3 => AuditMode::Ask,
+            4 => AuditMode::PolicyApplied,
+            5 => AuditMode::PolicyRejected,
             code => return Err(AuditRecordError::Mode(code)),
         };
         let ask_outcome = match ((flags >> 32) & 0xFF) as u8 {
@@ -218,6 +316,54 @@ impl AuditRecord {
             ask_outcome,
             ask_wait_us: (flags >> 40) as u32,
         })
+    }
+
+    /// A policy record (see the module docs): `applied` or rejected with
+    /// `status`, `policy_id` the policy in force afterwards (or the new one),
+    /// `rules` the rules in force afterwards, `by` the process and thread
+    /// that sent the policy (0, 0 for the registry and boot).
+    #[must_use]
+    pub const fn policy_event(
+        timestamp: i64,
+        source: PolicySource,
+        result: Result<(), i32>,
+        policy_id: u32,
+        rules: u32,
+        by: (u32, u32),
+    ) -> Self {
+        let (mode, result_code) = match result {
+            Ok(()) => (AuditMode::PolicyApplied, 0),
+            Err(status) => (AuditMode::PolicyRejected, status),
+        };
+        Self {
+            sequence: 0,
+            timestamp,
+            object: AuditObject::Policy,
+            duplication: false,
+            process_id: 0,
+            thread_id: 0,
+            originator_process_id: by.0,
+            originator_thread_id: by.1,
+            source_process_id: source.code(),
+            target_process_id: 0,
+            original_desired_access: 0,
+            desired_access: rules,
+            result_code,
+            rule_id: policy_id,
+            mode,
+            ask_outcome: None,
+            ask_wait_us: 0,
+        }
+    }
+
+    /// For a policy record, where the policy came from; `None` for a
+    /// handle record (or an unknown source code).
+    #[must_use]
+    pub const fn policy_source(&self) -> Option<PolicySource> {
+        match self.object {
+            AuditObject::Policy => PolicySource::from_code(self.source_process_id),
+            AuditObject::Process | AuditObject::Thread => None,
+        }
     }
 
     /// The wire form (little-endian words).
@@ -314,6 +460,41 @@ mod tests {
         assert_eq!(bytes[56], 2, "thread");
         assert_eq!(bytes[57], 1, "duplication");
         assert_eq!(bytes[58], 2, "audit");
+    }
+
+    #[test]
+    fn policy_records_round_trip_with_the_documented_layout() {
+        let applied =
+            AuditRecord::policy_event(77, PolicySource::Registry, Ok(()), 0xBA8C_D4BC, 6, (0, 0));
+        let bytes = applied.to_bytes();
+        assert_eq!(bytes[56], 3, "policy object");
+        assert_eq!(bytes[58], 4, "policy applied");
+        assert_eq!(&bytes[32..36], &3u32.to_le_bytes(), "source: registry");
+        assert_eq!(&bytes[52..56], &0xBA8C_D4BCu32.to_le_bytes(), "policy id");
+        assert_eq!(&bytes[44..48], &6u32.to_le_bytes(), "rules");
+        assert_eq!(AuditRecord::from_bytes(&bytes), Ok(applied));
+        assert_eq!(applied.policy_source(), Some(PolicySource::Registry));
+
+        let rejected = AuditRecord::policy_event(
+            78,
+            PolicySource::Control,
+            Err(-1_073_741_811),
+            0x1234,
+            2,
+            (4321, 8765),
+        );
+        assert_eq!(rejected.mode, AuditMode::PolicyRejected);
+        assert_eq!(rejected.result_code, -1_073_741_811);
+        let bytes = rejected.to_bytes();
+        assert_eq!(bytes[58], 5, "policy rejected");
+        assert_eq!(AuditRecord::from_bytes(&bytes), Ok(rejected));
+        assert_eq!(rejected.policy_source(), Some(PolicySource::Control));
+        assert_eq!(sample().policy_source(), None, "a handle record has none");
+        for code in 1..=3 {
+            let source = PolicySource::from_code(code).map(PolicySource::code);
+            assert_eq!(source, Some(code));
+        }
+        assert_eq!(PolicySource::from_code(4), None);
     }
 
     #[test]

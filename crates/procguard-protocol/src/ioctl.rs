@@ -264,7 +264,12 @@ impl PolicyHeader {
 /// | 260 | 4 | ask: `slots` (pool size) |
 /// | 264 | 4 | ask: `in_flight` (requests waiting for an answer) |
 /// | 268 | 4 | ask: `workers_waiting` (pended get-request IOCTLs) |
-/// | 272 | 48 | reserved, zero |
+/// | 272 | 4 | policy updates: `applied` (policies put in force since load, every source) |
+/// | 276 | 4 | policy updates: `rejected` (policies refused since load, every source) |
+/// | 280 | 4 | policy updates: `last_rejected_status` (NTSTATUS of the last refusal, 0: none) |
+/// | 284 | 1 | policy updates: `source` of the policy in force ([`crate::PolicySource::code`], 0: none yet) |
+/// | 285 | 3 | reserved, zero |
+/// | 288 | 32 | reserved, zero |
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Status {
     /// [`PROTOCOL_VERSION`] of the driver.
@@ -293,6 +298,22 @@ pub struct Status {
     pub altitude_len: u16,
     /// The ask path: handler connection and counters.
     pub ask: crate::ask::AskStatus,
+    /// Policies applied and refused, from every source.
+    pub policy_updates: PolicyUpdates,
+}
+
+/// Policies applied and refused since the driver loaded ([`Status`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PolicyUpdates {
+    /// Policies put in force (boot, `IOCTL_SET_POLICY`, registry change).
+    pub applied: u32,
+    /// Policies refused (invalid blob, wrong type or size in the registry,
+    /// out of memory); the policy in force stayed.
+    pub rejected: u32,
+    /// NTSTATUS of the last refusal (0: none).
+    pub last_rejected_status: i32,
+    /// Where the policy in force came from; `None` before any.
+    pub source: Option<crate::PolicySource>,
 }
 
 /// Request totals reported by [`Status`].
@@ -334,6 +355,7 @@ impl Default for Status {
             altitude: [0; 40],
             altitude_len: 0,
             ask: crate::ask::AskStatus::default(),
+            policy_updates: PolicyUpdates::default(),
         }
     }
 }
@@ -394,9 +416,19 @@ impl Status {
             (260, ask.slots),
             (264, ask.in_flight),
             (268, ask.workers_waiting),
+            (272, self.policy_updates.applied),
+            (276, self.policy_updates.rejected),
+            (
+                280,
+                self.policy_updates.last_rejected_status.cast_unsigned(),
+            ),
         ] {
             out[at..at + 4].copy_from_slice(&value.to_le_bytes());
         }
+        out[284] = self
+            .policy_updates
+            .source
+            .map_or(0, |source| source.code() as u8);
         out
     }
 
@@ -460,6 +492,12 @@ impl Status {
                 counters: crate::ask::AskCounters::from_array(core::array::from_fn(|index| {
                     u64_at(bytes, 192 + index * 8).unwrap_or(0)
                 })),
+            },
+            policy_updates: PolicyUpdates {
+                applied: word(272),
+                rejected: word(276),
+                last_rejected_status: word(280).cast_signed(),
+                source: crate::PolicySource::from_code(u32::from(bytes[284])),
             },
         })
     }
@@ -718,15 +756,25 @@ mod tests {
                 workers_waiting: 4,
                 counters: crate::ask::AskCounters::from_array([11, 12, 13, 14, 15, 16, 17, 18]),
             },
+            policy_updates: PolicyUpdates {
+                applied: 5,
+                rejected: 2,
+                last_rejected_status: -1_073_741_811,
+                source: Some(crate::PolicySource::Registry),
+            },
         };
         let bytes = status.to_bytes();
         assert_eq!(Status::from_bytes(&bytes), Ok(status));
+        assert_eq!(&bytes[272..276], &5u32.to_le_bytes(), "policies applied");
+        assert_eq!(&bytes[276..280], &2u32.to_le_bytes(), "policies rejected");
+        assert_eq!(&bytes[280..284], &0xC000_000Du32.to_le_bytes());
+        assert_eq!(bytes[284], 3, "policy source: registry");
+        assert!(bytes[285..].iter().all(|&byte| byte == 0), "reserved");
         assert_eq!(bytes[8], 7, "callbacks, notify, handler connected");
         assert_eq!(&bytes[188..192], &1234u32.to_le_bytes());
         assert_eq!(&bytes[192..200], &11u64.to_le_bytes());
         assert_eq!(&bytes[248..256], &18u64.to_le_bytes());
         assert_eq!(&bytes[268..272], &4u32.to_le_bytes());
-        assert!(bytes[272..].iter().all(|&b| b == 0), "reserved");
         assert_eq!(
             Status::from_bytes(&bytes[..319]),
             Err(ProtocolError::TooShort {

@@ -15,5 +15,5 @@ pub mod ioctl;
 pub mod memory_target;
 
 pub use audit_record::{
-    AuditMode, AuditObject, AuditRecord, AUDIT_RECORD_BYTES, AUDIT_RECORD_WORDS,
+    AuditMode, AuditObject, AuditRecord, PolicySource, AUDIT_RECORD_BYTES, AUDIT_RECORD_WORDS,
 };

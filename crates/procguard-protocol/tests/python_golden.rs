@@ -29,11 +29,11 @@ use procguard_protocol::dispatch::{
     STATUS_INVALID_PARAMETER, STATUS_SUCCESS,
 };
 use procguard_protocol::ioctl::{
-    Counters, EventsHeader, PolicyHeader, RuleCountersResponse, SetPolicyRequest, Status,
-    IOCTL_GET_POLICY, IOCTL_GET_RULE_COUNTERS, IOCTL_GET_STATUS, IOCTL_READ_EVENTS,
+    Counters, EventsHeader, PolicyHeader, PolicyUpdates, RuleCountersResponse, SetPolicyRequest,
+    Status, IOCTL_GET_POLICY, IOCTL_GET_RULE_COUNTERS, IOCTL_GET_STATUS, IOCTL_READ_EVENTS,
     IOCTL_RESET_COUNTERS, IOCTL_SET_POLICY, MAX_POLICY_BYTES, PROTOCOL_VERSION, USER_MODE_PATH,
 };
-use procguard_protocol::{AuditMode, AuditObject, AuditRecord, AUDIT_RECORD_BYTES};
+use procguard_protocol::{AuditMode, AuditObject, AuditRecord, PolicySource, AUDIT_RECORD_BYTES};
 use serde_json::{json, Value};
 
 fn golden_dir() -> PathBuf {
@@ -266,6 +266,12 @@ fn protocol_golden() -> Value {
             workers_waiting: 8,
             counters: AskCounters::from_array([100, 90, 4, 3, 2, 1, 0, 5]),
         },
+        policy_updates: PolicyUpdates {
+            applied: 3,
+            rejected: 1,
+            last_rejected_status: -1_073_741_811,
+            source: Some(PolicySource::Registry),
+        },
     };
     let status_json = |status: &Status| {
         let c = &status.counters;
@@ -297,6 +303,12 @@ fn protocol_golden() -> Value {
                     "unaskable": k.unaskable, "cancelled": k.cancelled,
                     "late_replies": k.late_replies,
                 },
+            },
+            "policy_updates": {
+                "applied": status.policy_updates.applied,
+                "rejected": status.policy_updates.rejected,
+                "last_rejected_status": status.policy_updates.last_rejected_status,
+                "source": status.policy_updates.source.map(PolicySource::name),
             },
             "hex": hex(&status.to_bytes()),
         })
@@ -478,6 +490,28 @@ fn sample_records() -> Vec<AuditRecord> {
             ..base
         });
     }
+    records.push(AuditRecord {
+        sequence: 49,
+        ..AuditRecord::policy_event(
+            base.timestamp,
+            PolicySource::Registry,
+            Ok(()),
+            0xBA8C_D4BC,
+            6,
+            (0, 0),
+        )
+    });
+    records.push(AuditRecord {
+        sequence: 50,
+        ..AuditRecord::policy_event(
+            base.timestamp,
+            PolicySource::Control,
+            Err(-1_073_741_811),
+            0xBA8C_D4BC,
+            6,
+            (5150, 5154),
+        )
+    });
     records
 }
 
@@ -485,7 +519,7 @@ fn record_json(record: &AuditRecord) -> Value {
     json!({
         "sequence": record.sequence,
         "timestamp": record.timestamp,
-        "object": match record.object { AuditObject::Process => "process", AuditObject::Thread => "thread" },
+        "object": record.object.name(),
         "duplication": record.duplication,
         "process_id": record.process_id,
         "thread_id": record.thread_id,
@@ -497,7 +531,7 @@ fn record_json(record: &AuditRecord) -> Value {
         "desired_access": record.desired_access,
         "result_code": record.result_code,
         "rule_id": record.rule_id,
-        "mode": match record.mode { AuditMode::Enforce => "enforce", AuditMode::Audit => "audit", AuditMode::Ask => "ask" },
+        "mode": record.mode.name(),
         "ask_outcome": record.ask_outcome.map(AskOutcome::name),
         "ask_wait_us": AuditRecord::from_bytes(&record.to_bytes()).expect("valid").ask_wait_us,
         "hex": hex(&record.to_bytes()),

@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 use procguard_protocol::audit_record::NO_RULE;
-use procguard_protocol::{AuditMode, AuditObject, AuditRecord};
+use procguard_protocol::{AuditMode, AuditObject, AuditRecord, PolicySource};
 
 /// Rule names of the policy in force, by rule id.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -107,19 +107,31 @@ pub(crate) fn json_string(out: &mut String, text: &str) {
     out.push('"');
 }
 
-const fn object_word(object: AuditObject) -> &'static str {
-    match object {
-        AuditObject::Process => "process",
-        AuditObject::Thread => "thread",
-    }
+/// An NTSTATUS as `procguardctl` prints it (`0xC000000D`).
+#[must_use]
+pub fn status_hex(status: i32) -> String {
+    format!("0x{:08X}", status.cast_unsigned())
 }
 
-const fn mode_word(mode: AuditMode) -> &'static str {
-    match mode {
-        AuditMode::Enforce => "enforce",
-        AuditMode::Audit => "audit",
-        AuditMode::Ask => "ask",
-    }
+/// A policy record (object `policy`) as a JSON object on one line:
+/// `UtcTime`, `Object`, `Mode` (`policy-applied` or `policy-rejected`),
+/// `PolicyId` (hex), `PolicySource` (`boot`, `control`, `registry`), `Rules`
+/// (in force afterwards), `Status` (NTSTATUS hex, `0x00000000` when applied),
+/// `SourceProcessId`/`SourceThreadId` (who sent it; 0 for the registry) and
+/// `Sequence`.
+fn policy_json_line(record: &AuditRecord) -> String {
+    let source = record.policy_source().map_or("unknown", PolicySource::name);
+    format!(
+        "{{\"UtcTime\":\"{}\",\"Object\":\"policy\",\"Mode\":\"{}\",\"PolicyId\":\"0x{:08x}\",\"PolicySource\":\"{source}\",\"Rules\":{},\"Status\":\"{}\",\"SourceProcessId\":{},\"SourceThreadId\":{},\"Sequence\":{}}}",
+        utc_time(record.timestamp),
+        record.mode.name(),
+        record.rule_id,
+        record.desired_access,
+        status_hex(record.result_code),
+        record.originator_process_id,
+        record.originator_thread_id,
+        record.sequence,
+    )
 }
 
 /// One record as a JSON object on one line (no trailing newline).
@@ -128,8 +140,14 @@ const fn mode_word(mode: AuditMode) -> &'static str {
 /// the record names no rule); `RuleId` is the number (or `null`).
 /// `AskOutcome` is `null` unless an ask rule applied; `AskWaitMicroseconds`
 /// and `ResultCode` (the handler's, a signed 32-bit number) are 0 then.
+///
+/// Policy records (object `policy`) have their own keys: see
+/// [`policy_json_line`].
 #[must_use]
 pub fn json_line(record: &AuditRecord, names: &RuleNames) -> String {
+    if record.object == AuditObject::Policy {
+        return policy_json_line(record);
+    }
     let mut out = String::with_capacity(512);
     out.push('{');
     let mut first = true;
@@ -153,7 +171,7 @@ pub fn json_line(record: &AuditRecord, names: &RuleNames) -> String {
         let _ = write!(out, "{value}");
     }
     key(&mut out, "Object");
-    json_string(&mut out, object_word(record.object));
+    json_string(&mut out, record.object.name());
     key(&mut out, "GrantedAccess");
     json_string(&mut out, &access_hex(record.desired_access));
     key(&mut out, "OriginalDesiredAccess");
@@ -172,7 +190,7 @@ pub fn json_line(record: &AuditRecord, names: &RuleNames) -> String {
         let _ = write!(out, "{}", record.rule_id);
     }
     key(&mut out, "Mode");
-    json_string(&mut out, mode_word(record.mode));
+    json_string(&mut out, record.mode.name());
     key(&mut out, "AskOutcome");
     match record.ask_outcome {
         Some(outcome) => json_string(&mut out, outcome.name()),
@@ -203,6 +221,24 @@ pub const TABLE_HEADER: &str = "SEQUENCE  UTC TIME                 MODE     OBJE
 /// One record as a table row (no trailing newline).
 #[must_use]
 pub fn table_row(record: &AuditRecord, names: &RuleNames) -> String {
+    if record.object == AuditObject::Policy {
+        let source = record.policy_source().map_or("unknown", PolicySource::name);
+        let what = if record.mode == AuditMode::PolicyApplied {
+            format!("applied ({} rules)", record.desired_access)
+        } else {
+            format!(
+                "REJECTED with {}; 0x{:08x} stays in force",
+                status_hex(record.result_code),
+                record.rule_id
+            )
+        };
+        return format!(
+            "{:<9} {:<24} policy 0x{:08x} from {source}: {what}",
+            record.sequence,
+            utc_time(record.timestamp),
+            record.rule_id,
+        );
+    }
     let rule = if record.rule_id == NO_RULE {
         "-".to_owned()
     } else {
@@ -220,8 +256,8 @@ pub fn table_row(record: &AuditRecord, names: &RuleNames) -> String {
         "{:<9} {:<24} {:<8} {:<8} {:<5} {:<16} {:<11} {:<11} {:<11} {rule}",
         record.sequence,
         utc_time(record.timestamp),
-        mode_word(record.mode),
-        object_word(record.object),
+        record.mode.name(),
+        record.object.name(),
         op,
         format!(
             "{}:{}",
@@ -318,6 +354,39 @@ mod tests {
             assert_eq!(civil_from_days_since_1601(days), expected, "day {days}");
         }
         assert_eq!(expected, (2400, 12, 31));
+    }
+
+    #[test]
+    fn policy_records_have_their_own_json_keys_and_row() {
+        let rejected = AuditRecord {
+            sequence: 7,
+            ..AuditRecord::policy_event(
+                0,
+                PolicySource::Registry,
+                Err(-1_073_741_811),
+                0xBA8C_D4BC,
+                6,
+                (0, 0),
+            )
+        };
+        let names = RuleNames(Vec::new());
+        assert_eq!(
+            json_line(&rejected, &names),
+            "{\"UtcTime\":\"1601-01-01 00:00:00.000\",\"Object\":\"policy\",\"Mode\":\"policy-rejected\",\"PolicyId\":\"0xba8cd4bc\",\"PolicySource\":\"registry\",\"Rules\":6,\"Status\":\"0xC000000D\",\"SourceProcessId\":0,\"SourceThreadId\":0,\"Sequence\":7}"
+        );
+        let row = table_row(&rejected, &names);
+        assert!(
+            row.contains("policy 0xba8cd4bc from registry: REJECTED with 0xC000000D"),
+            "{row}"
+        );
+        let applied = AuditRecord::policy_event(0, PolicySource::Control, Ok(()), 1, 2, (9, 10));
+        let line = json_line(&applied, &names);
+        assert!(line.contains("\"Mode\":\"policy-applied\""), "{line}");
+        assert!(
+            line.contains("\"SourceProcessId\":9,\"SourceThreadId\":10"),
+            "{line}"
+        );
+        assert!(table_row(&applied, &names).contains("applied (2 rules)"));
     }
 
     #[test]

@@ -83,6 +83,21 @@ fn altitude(status: &Status) -> String {
     String::from_utf16_lossy(units)
 }
 
+/// The `"PolicyUpdates"` object of `status --json`.
+fn policy_updates_json(status: &Status) -> String {
+    let updates = &status.policy_updates;
+    let source = updates.source.map_or_else(
+        || "null".to_owned(),
+        |source| format!("\"{}\"", source.name()),
+    );
+    format!(
+        "{{\"Applied\":{},\"Rejected\":{},\"LastRejectedStatus\":\"{}\",\"Source\":{source}}}",
+        updates.applied,
+        updates.rejected,
+        crate::events::status_hex(updates.last_rejected_status),
+    )
+}
+
 fn status_json(status: &Status) -> String {
     let c = &status.counters;
     let ask = &status.ask;
@@ -101,7 +116,7 @@ fn status_json(status: &Status) -> String {
          \"Ask\":{{\"HandlerConnected\":{},\"HandlerProcessId\":{},\"TimeoutMs\":{},\"Slots\":{},\
          \"InFlight\":{},\"WorkersWaiting\":{},\"Counters\":{{\"Asked\":{},\"Answered\":{},\
          \"TimedOut\":{},\"NoHandler\":{},\"PoolFull\":{},\"Unaskable\":{},\"Cancelled\":{},\
-         \"LateReplies\":{}}}}}}}",
+         \"LateReplies\":{}}}}},\"PolicyUpdates\":{}}}",
         status.protocol_version,
         version(status.driver_version),
         status.callbacks_registered,
@@ -134,6 +149,7 @@ fn status_json(status: &Status) -> String {
         a.unaskable,
         a.cancelled,
         a.late_replies,
+        policy_updates_json(status),
     )
 }
 
@@ -213,6 +229,25 @@ pub fn status(device: &mut dyn Device, json: bool, output: &mut Output<'_>) -> R
             status.policy_id, status.rule_count
         )?;
     }
+    let updates = &status.policy_updates;
+    writeln!(
+        out,
+        "  policy updates          {} applied, {} rejected{}{}",
+        updates.applied,
+        updates.rejected,
+        if updates.rejected == 0 {
+            String::new()
+        } else {
+            format!(
+                " (last: {})",
+                device::describe_ntstatus(updates.last_rejected_status)
+            )
+        },
+        updates.source.map_or_else(String::new, |source| format!(
+            "; in force from {}",
+            source.name()
+        )),
+    )?;
     writeln!(
         out,
         "  tracked processes       {}",

@@ -14,10 +14,10 @@ use procguard_protocol::ask::{
 use procguard_protocol::audit_record::NO_RULE;
 use procguard_protocol::dispatch::{STATUS_INVALID_DEVICE_REQUEST, STATUS_INVALID_PARAMETER};
 use procguard_protocol::ioctl::{
-    ctl_code, EventsHeader, DEVICE_TYPE, FILE_READ_ACCESS, IOCTL_GET_POLICY, IOCTL_GET_STATUS,
-    IOCTL_READ_EVENTS, IOCTL_RESET_COUNTERS, IOCTL_SET_POLICY, METHOD_BUFFERED,
+    ctl_code, EventsHeader, PolicyUpdates, DEVICE_TYPE, FILE_READ_ACCESS, IOCTL_GET_POLICY,
+    IOCTL_GET_STATUS, IOCTL_READ_EVENTS, IOCTL_RESET_COUNTERS, IOCTL_SET_POLICY, METHOD_BUFFERED,
 };
-use procguard_protocol::{AuditMode, AuditObject, AuditRecord};
+use procguard_protocol::{AuditMode, AuditObject, AuditRecord, PolicySource};
 use procguardctl::device::{Device, DeviceError};
 use procguardctl::fake_device::{FakeDevice, SimulatedRequest};
 
@@ -243,6 +243,7 @@ fn status_is_readable_and_its_json_has_every_field() {
   object callbacks        registered (altitude 385201)
   process notify          registered
   policy                  0xba8cd4bc, 4 rules
+  policy updates          0 applied, 0 rejected
   tracked processes       87
   audit ring              4096 records
   last error              none
@@ -274,7 +275,21 @@ fn status_is_readable_and_its_json_has_every_field() {
         state.status.counters.seen = 12;
         state.status.counters.skipped_self = 3;
         state.status.ask = connected_handler();
+        state.status.policy_updates = PolicyUpdates {
+            applied: 4,
+            rejected: 2,
+            last_rejected_status: STATUS_INVALID_PARAMETER,
+            source: Some(PolicySource::Registry),
+        };
     }
+    let (code, out, _) = run_with(&device, &["status"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains(
+            "  policy updates          4 applied, 2 rejected (last: STATUS_INVALID_PARAMETER (0xc000000d)); in force from registry\n"
+        ),
+        "{out}"
+    );
     let (code, out, _) = run_with(&device, &["status", "--json"]);
     assert_eq!(code, 0);
     assert_eq!(out.lines().count(), 1);
@@ -303,6 +318,10 @@ fn status_is_readable_and_its_json_has_every_field() {
                     "Asked": 11, "Answered": 12, "TimedOut": 13, "NoHandler": 14,
                     "PoolFull": 15, "Unaskable": 16, "Cancelled": 17, "LateReplies": 18
                 }
+            },
+            "PolicyUpdates": {
+                "Applied": 4, "Rejected": 2, "LastRejectedStatus": "0xC000000D",
+                "Source": "registry"
             }
         })
     );

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use procguard_protocol::ask::AskOutcome;
 use procguard_protocol::audit_record::NO_RULE;
-use procguard_protocol::{AuditMode, AuditObject, AuditRecord};
+use procguard_protocol::{AuditMode, AuditObject, AuditRecord, PolicySource};
 use procguardctl::events::{json_line, RuleNames};
 use serde_json::{json, Value};
 
@@ -76,6 +76,16 @@ fn records() -> Vec<AuditRecord> {
             result_code: if index == 0 { 0x2000_0001 } else { -5 },
             rule_id: 2,
             ..base
+        });
+    }
+    for (sequence, source, result, by) in [
+        (20, PolicySource::Boot, Ok(()), (0, 0)),
+        (21, PolicySource::Control, Ok(()), (5150, 5154)),
+        (22, PolicySource::Registry, Err(-1_073_741_811), (0, 0)),
+    ] {
+        records.push(AuditRecord {
+            sequence,
+            ..AuditRecord::policy_event(base.timestamp, source, result, 0xBA8C_D4BC, 6, by)
         });
     }
     records
