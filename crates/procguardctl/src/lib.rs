@@ -15,6 +15,7 @@ pub mod access;
 pub mod device;
 pub mod events;
 pub mod fake_device;
+pub mod metrics;
 mod offline;
 mod online;
 #[cfg(windows)]
@@ -120,6 +121,9 @@ pub enum Command {
         #[arg(long)]
         reset: bool,
     },
+    /// Print the driver's counters as Prometheus text, the format of
+    /// windows_exporter's textfile collector (Windows).
+    Metrics,
 }
 
 /// `policy` subcommands.
@@ -350,6 +354,14 @@ pub fn execute(
         Command::Counters { reset } => {
             let mut device = open()?;
             online::counters(device.as_mut(), *reset, output).map(|()| EXIT_OK)
+        }
+        Command::Metrics => {
+            let mut device = open()?;
+            let snapshot = metrics::snapshot(device.as_mut())?;
+            output
+                .out
+                .write_all(metrics::render(&snapshot).as_bytes())?;
+            Ok(EXIT_OK)
         }
     }
 }

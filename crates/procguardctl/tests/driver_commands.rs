@@ -1133,3 +1133,27 @@ fn the_fake_device_refuses_what_the_driver_refuses() {
     assert_eq!(device.ioctl(IOCTL_WAIT_EVENTS, &[], &mut waiting), Ok(8));
     assert_eq!(u64::from_le_bytes(waiting), 1);
 }
+
+#[test]
+fn metrics_are_prometheus_text_with_the_rules_names_and_modes() {
+    let device = fake_with_example();
+    {
+        let fake = device.0.borrow();
+        let mut state = fake.driver.state.borrow_mut();
+        state.rule_counters = vec![(9, 8), (7, 6), (5, 4), (3, 2)];
+        state.status.counters.seen = 41;
+    }
+    let (code, out, err) = run_with(&device, &["metrics"]);
+    assert_eq!((code, err.as_str()), (0, ""));
+    let policy = example_policy();
+    assert!(out.contains("procguard_requests_seen_total 41\n"), "{out}");
+    for (index, rule) in policy.rules.iter().enumerate() {
+        let hits = 9 - 2 * index;
+        let line = format!(
+            "procguard_rule_hits_total{{policy_id=\"0xba8cd4bc\",rule_id=\"{index}\",rule=\"{}\",mode=\"{}\"}} {hits}\n",
+            rule.name,
+            procguardctl::metrics::mode_label(rule.mode)
+        );
+        assert!(out.contains(&line), "missing {line:?} in\n{out}");
+    }
+}
