@@ -215,6 +215,46 @@ pub fn json_line(record: &AuditRecord, names: &RuleNames) -> String {
     out
 }
 
+/// Image paths of the processes a record names, looked up in user mode
+/// when the record is read (Sysmon's `SourceImage`/`TargetImage`). The
+/// driver's records carry process ids only; a process that has exited by
+/// then (or whose id was reused) cannot be told apart, so a writer marks
+/// what it could not resolve as `null`, never guesses.
+pub trait ImageLookup {
+    /// The NT image path (`\Device\HarddiskVolume3\...\x.exe`) of the
+    /// running process `pid`; `None` when it cannot be read.
+    fn image(&mut self, pid: u32) -> Option<String>;
+}
+
+/// [`json_line`] with `SourceImage` (the requester's image) and
+/// `TargetImage` (the target's) added before the closing brace, each a
+/// string or `null`. Policy records are returned unchanged. `procguardctl
+/// learn` needs `SourceImage` to propose requester exemptions.
+#[must_use]
+pub fn json_line_with_images(
+    record: &AuditRecord,
+    names: &RuleNames,
+    lookup: &mut dyn ImageLookup,
+) -> String {
+    let mut line = json_line(record, names);
+    if record.object == AuditObject::Policy {
+        return line;
+    }
+    line.pop();
+    for (key, pid) in [
+        ("SourceImage", record.originator_process_id),
+        ("TargetImage", record.process_id),
+    ] {
+        let _ = write!(line, ",\"{key}\":");
+        match lookup.image(pid) {
+            Some(path) => json_string(&mut line, &path),
+            None => line.push_str("null"),
+        }
+    }
+    line.push('}');
+    line
+}
+
 /// The table's heading line.
 pub const TABLE_HEADER: &str = "SEQUENCE  UTC TIME                 MODE     OBJECT   OP    SOURCE PID:TID   TARGET PID  REQUESTED   GRANTED     RULE";
 
@@ -354,6 +394,42 @@ mod tests {
             assert_eq!(civil_from_days_since_1601(days), expected, "day {days}");
         }
         assert_eq!(expected, (2400, 12, 31));
+    }
+
+    struct Images;
+
+    impl ImageLookup for Images {
+        fn image(&mut self, pid: u32) -> Option<String> {
+            (pid == 5150).then(|| "\\Device\\HarddiskVolume3\\Tools\\\"odd\".exe".to_owned())
+        }
+    }
+
+    #[test]
+    fn images_are_added_as_strings_or_null() {
+        let record = AuditRecord {
+            originator_process_id: 5150,
+            process_id: 4242,
+            ..AuditRecord::policy_event(0, PolicySource::Boot, Ok(()), 1, 1, (0, 0))
+        };
+        let names = RuleNames(Vec::new());
+        assert_eq!(
+            json_line_with_images(&record, &names, &mut Images),
+            json_line(&record, &names),
+            "policy records have no images"
+        );
+        let handle = AuditRecord {
+            object: AuditObject::Process,
+            mode: AuditMode::Audit,
+            source_process_id: 0,
+            ..record
+        };
+        let line = json_line_with_images(&handle, &names, &mut Images);
+        let plain = json_line(&handle, &names);
+        assert_eq!(line[..plain.len() - 1], plain[..plain.len() - 1]);
+        assert!(
+            line.ends_with(",\"SourceImage\":\"\\\\Device\\\\HarddiskVolume3\\\\Tools\\\\\\\"odd\\\".exe\",\"TargetImage\":null}"),
+            "{line}"
+        );
     }
 
     #[test]
