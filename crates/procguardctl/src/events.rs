@@ -142,7 +142,7 @@ fn policy_json_line(record: &AuditRecord) -> String {
 /// and `ResultCode` (the handler's, a signed 32-bit number) are 0 then.
 ///
 /// Policy records (object `policy`) have their own keys: see
-/// [`policy_json_line`].
+/// `policy_json_line` (private).
 #[must_use]
 pub fn json_line(record: &AuditRecord, names: &RuleNames) -> String {
     if record.object == AuditObject::Policy {
