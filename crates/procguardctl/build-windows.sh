@@ -26,7 +26,7 @@ root="$(cd "$here/../.." && pwd)"
 target=x86_64-pc-windows-gnu
 target_dir="$root/target/windows-user"
 # package:binary of every program built.
-programs=(procguardctl:procguardctl procguard-smoke:procguard-smoke)
+programs=(procguardctl:procguardctl procguard-smoke:procguard-smoke procguard-events:procguard-events)
 
 # Debian packages: rustc + cargo + std sources (rustc-web), the mingw-w64
 # linker and CRT, llvm-readobj-16 for the import check.

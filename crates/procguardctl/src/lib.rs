@@ -19,6 +19,8 @@ pub mod metrics;
 mod offline;
 mod online;
 #[cfg(windows)]
+pub mod process_images;
+#[cfg(windows)]
 pub mod windows_device;
 
 use std::ffi::OsString;
