@@ -20,6 +20,7 @@ mod offline;
 mod online;
 #[cfg(windows)]
 pub mod process_images;
+pub mod service;
 #[cfg(windows)]
 pub mod windows_device;
 
@@ -126,6 +127,14 @@ pub enum Command {
     /// Print the driver's counters as Prometheus text, the format of
     /// windows_exporter's textfile collector (Windows).
     Metrics,
+    /// Install or remove the procguard-events service, which writes the
+    /// audit records to the Event Log, a JSON-lines file and a Prometheus
+    /// textfile (Windows).
+    Service {
+        /// What to do.
+        #[command(subcommand)]
+        command: service::ServiceCommand,
+    },
 }
 
 /// `policy` subcommands.
@@ -365,6 +374,7 @@ pub fn execute(
                 .write_all(metrics::render(&snapshot).as_bytes())?;
             Ok(EXIT_OK)
         }
+        Command::Service { command } => service::run(command, output).map(|()| EXIT_OK),
     }
 }
 

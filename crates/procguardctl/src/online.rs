@@ -12,7 +12,7 @@ use procguard_protocol::dispatch::{STATUS_INVALID_DEVICE_REQUEST, STATUS_INVALID
 use procguard_protocol::ioctl::{Status, PROTOCOL_VERSION};
 
 use crate::device::{self, Device, DeviceError, RequestError};
-use crate::events::{json_line, table_row, RuleNames, TABLE_HEADER};
+use crate::events::{table_row, RuleNames, TABLE_HEADER};
 use crate::offline::{describe_rules, CompiledFile};
 use crate::{Failure, Output};
 
@@ -525,7 +525,16 @@ pub fn events(
         dropped_seen = Some(batch.dropped);
         for record in &batch.records {
             if options.json {
-                writeln!(output.out, "{}", json_line(record, &names))?;
+                // On Windows with SourceImage/TargetImage, looked up now.
+                #[cfg(windows)]
+                let line = crate::events::json_line_with_images(
+                    record,
+                    &names,
+                    &mut crate::process_images::ProcessImages,
+                );
+                #[cfg(not(windows))]
+                let line = crate::events::json_line(record, &names);
+                writeln!(output.out, "{line}")?;
             } else {
                 if !header_written {
                     writeln!(output.out, "{TABLE_HEADER}")?;
