@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Cross-compiles the Windows user-mode programs (x86_64, console) on Debian 12:
-# procguardctl.exe (the control tool) and procguard-smoke.exe (the VM smoke
-# test, crates/procguard-smoke), in one cargo invocation.
+# procguardctl.exe (the control tool), procguard-events.exe (the events
+# service, crates/procguard-events, with its message table) and
+# procguard-smoke.exe (the VM smoke test, crates/procguard-smoke), in one
+# cargo invocation.
 #
 #   crates/procguardctl/build-windows.sh        (as root if packages are missing)
 #
-# Output: target/windows-user/x86_64-pc-windows-gnu/release/{procguardctl,procguard-smoke}.exe
+# Output: target/windows-user/x86_64-pc-windows-gnu/release/{procguardctl,procguard-smoke,procguard-events}.exe
 #
 # Recipe: target x86_64-pc-windows-gnu, built with Debian's rustc-web (rustup
 # here has no Windows target and cannot download one), std rebuilt from

@@ -34,6 +34,7 @@ PACKAGE_FILE_KEYS = (
     "CertificateName",
     "ControlToolName",
     "SmokeTestName",
+    "EventsExeName",
     "ExamplePolicyName",
 )
 # Windows' own programs the scripts run or name.

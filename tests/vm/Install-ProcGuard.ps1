@@ -25,7 +25,13 @@
       5. starts the service (sc.exe start procguard) and waits until it runs;
       6. runs procguardctl.exe status, which must answer;
       7. with -ApplyExamplePolicy: procguardctl.exe apply protect-agent.toml
-         (with -Persist also --persist).
+         (with -Persist also --persist);
+      8. the events service (skipped with -NoEventsService): copies
+         procguard-events.exe to $env:ProgramFiles\procguard (stopping the
+         service first when it runs), then procguardctl.exe service install
+         --exe <the copy> [--json <EventsJson>] [--textfile <EventsTextfile>]
+         (the auto-start service procguard-events and the Event Log source
+         procguard), then sc.exe start procguard-events.
 
 .PARAMETER PackageDir
     The folder with procguard.inf, procguard.sys, procguard.cat, procguard.cer
@@ -37,6 +43,17 @@
 .PARAMETER Persist
     With -ApplyExamplePolicy: also store the policy in the registry
     (Parameters\Policy), so it is in force from the next boot on.
+
+.PARAMETER NoEventsService
+    Do not install the procguard-events service.
+
+.PARAMETER EventsJson
+    The events service also writes each audit record as a JSON line to this
+    file (rotated by size).
+
+.PARAMETER EventsTextfile
+    The events service keeps a Prometheus textfile here (a .prom name in
+    windows_exporter's textfile collector folder).
 
 .EXAMPLE
     .\Install-ProcGuard.ps1
@@ -50,6 +67,10 @@
     .\Install-ProcGuard.ps1 -PackageDir D:\procguard\package
     Installs from another folder.
 
+.EXAMPLE
+    .\Install-ProcGuard.ps1 -EventsTextfile 'C:\Program Files\windows_exporter\textfile_inputs\procguard.prom'
+    The same, the events service also keeping metrics for windows_exporter.
+
 .NOTES
     Exit codes: 0 installed and running, 1 failure (the message says which
     step; Get-ProcGuardDiagnostics.ps1 collects the details).
@@ -58,7 +79,10 @@
 param(
     [string]$PackageDir = $PSScriptRoot,
     [switch]$ApplyExamplePolicy,
-    [switch]$Persist
+    [switch]$Persist,
+    [switch]$NoEventsService,
+    [string]$EventsJson = '',
+    [string]$EventsTextfile = ''
 )
 
 Set-StrictMode -Version Latest
@@ -267,6 +291,45 @@ try {
             throw "$($ProcGuard.ControlToolName) apply failed (exit code $($result.ExitCode))."
         }
         Write-ProcGuardOk 'policy applied'
+    }
+
+    # 8. The events service.
+    if ($NoEventsService) {
+        Write-ProcGuardStep "Events service ($($ProcGuard.EventsServiceName))"
+        Write-ProcGuardSkip '-NoEventsService'
+    }
+    else {
+        Write-ProcGuardStep "Events service ($($ProcGuard.EventsServiceName))"
+        $eventsExe = Get-ProcGuardPackageFile -PackageDir $PackageDir -Name $ProcGuard.EventsExeName
+        $installedExe = Join-Path $ProcGuard.EventsInstallDir $ProcGuard.EventsExeName
+        $events = Get-Service -Name $ProcGuard.EventsServiceName -ErrorAction SilentlyContinue
+        if ($null -ne $events -and $events.Status -ne 'Stopped') {
+            Write-ProcGuardNote 'the events service runs: stopping it to replace its program'
+            Stop-Service -Name $ProcGuard.EventsServiceName
+            $events.WaitForStatus('Stopped', [TimeSpan]::FromSeconds(30))
+        }
+        $null = New-Item -ItemType Directory -Force -Path $ProcGuard.EventsInstallDir
+        Copy-Item -LiteralPath $eventsExe -Destination $installedExe -Force
+        Write-ProcGuardOk "copied to $installedExe"
+        $arguments = @('service', 'install', '--exe', $installedExe)
+        if ($EventsJson -ne '') {
+            $arguments += @('--json', $EventsJson)
+        }
+        if ($EventsTextfile -ne '') {
+            $arguments += @('--textfile', $EventsTextfile)
+        }
+        $result = Invoke-ProcGuardNative -FilePath $ctl -ArgumentList $arguments -Echo
+        if ($result.ExitCode -ne 0) {
+            throw "$($ProcGuard.ControlToolName) service install failed (exit code $($result.ExitCode))."
+        }
+        $sc = Get-ProcGuardSystemTool 'sc.exe'
+        $result = Invoke-ProcGuardNative -FilePath $sc -ArgumentList @('start', $ProcGuard.EventsServiceName)
+        # 1056: ERROR_SERVICE_ALREADY_RUNNING.
+        if ($result.ExitCode -ne 0 -and $result.ExitCode -ne 1056) {
+            throw "sc.exe start $($ProcGuard.EventsServiceName) failed: $(Get-ProcGuardWin32Message $result.ExitCode)`n$($result.Text)"
+        }
+        (Get-Service -Name $ProcGuard.EventsServiceName).WaitForStatus('Running', [TimeSpan]::FromSeconds(20))
+        Write-ProcGuardOk 'the events service runs'
     }
 
     Write-Host ''

@@ -33,6 +33,11 @@ $ProcGuard = [pscustomobject]@{
     CertificateName    = 'procguard.cer'
     ControlToolName    = 'procguardctl.exe'
     SmokeTestName      = 'procguard-smoke.exe'
+    # The events service (crates/procguard-events): its program in the
+    # package, its service name, and where Install-ProcGuard.ps1 copies it.
+    EventsExeName      = 'procguard-events.exe'
+    EventsServiceName  = 'procguard-events'
+    EventsInstallDir   = Join-Path $env:ProgramFiles 'procguard'
     ExamplePolicyName  = 'protect-agent.toml'
     # The scripts that call one another.
     InstallScript      = 'Install-ProcGuard.ps1'

@@ -7,6 +7,11 @@
 
 .DESCRIPTION
     Steps, each skipped when already done (running the script twice is safe):
+      0. removes the events service: procguardctl.exe service uninstall
+         (stops and deletes procguard-events, removes the Event Log source
+         procguard), or, without procguardctl.exe beside the script, the same
+         with sc.exe and the registry; then deletes the folder
+         $env:ProgramFiles\procguard Install-ProcGuard.ps1 copied it to;
       1. stops the procguard service (the driver unregisters its callbacks and
          unloads);
       2. removes every procguard driver package from the driver store:
@@ -66,6 +71,42 @@ try {
 
     # What the service loads, read before the service goes.
     $image = Get-ProcGuardImagePath
+
+    # 0. The events service (it holds the driver's device open).
+    Write-ProcGuardStep "Remove the $($ProcGuard.EventsServiceName) service"
+    $ctl = Join-Path $PackageDir $ProcGuard.ControlToolName
+    if (Test-Path -LiteralPath $ctl -PathType Leaf) {
+        $result = Invoke-ProcGuardNative -FilePath $ctl -ArgumentList @('service', 'uninstall') -Echo
+        if ($result.ExitCode -ne 0) {
+            throw "$($ProcGuard.ControlToolName) service uninstall failed (exit code $($result.ExitCode))."
+        }
+    }
+    else {
+        $events = Get-Service -Name $ProcGuard.EventsServiceName -ErrorAction SilentlyContinue
+        if ($null -eq $events) {
+            Write-ProcGuardSkip 'no such service'
+        }
+        else {
+            if ($events.Status -ne 'Stopped') {
+                Stop-Service -Name $ProcGuard.EventsServiceName
+                $events.WaitForStatus('Stopped', [TimeSpan]::FromSeconds(30))
+            }
+            $result = Invoke-ProcGuardNative -FilePath $sc -ArgumentList @('delete', $ProcGuard.EventsServiceName)
+            if ($result.ExitCode -ne 0 -and $result.ExitCode -ne 1060) {
+                throw "sc.exe delete $($ProcGuard.EventsServiceName) failed: $(Get-ProcGuardWin32Message $result.ExitCode)"
+            }
+            Write-ProcGuardOk 'deleted'
+        }
+        $source = Join-Path 'HKLM:\SYSTEM\CurrentControlSet\Services\EventLog\Application' $ProcGuard.ServiceName
+        if (Test-Path -LiteralPath $source) {
+            Remove-Item -LiteralPath $source -Recurse -Force
+            Write-ProcGuardOk 'removed the event source'
+        }
+    }
+    if (Test-Path -LiteralPath $ProcGuard.EventsInstallDir) {
+        Remove-Item -LiteralPath $ProcGuard.EventsInstallDir -Recurse -Force
+        Write-ProcGuardOk "deleted $($ProcGuard.EventsInstallDir)"
+    }
 
     # 1. Stop the driver.
     Write-ProcGuardStep "Stop the $($ProcGuard.ServiceName) service"

@@ -50,7 +50,7 @@ pub fn run(root: &Path) -> Result<PathBuf, String> {
         .map_err(|error| format!("build-windows.sh: {error}"))?;
     if !status.success() {
         return Err(format!(
-            "building procguardctl.exe and procguard-smoke.exe failed ({status})"
+            "building procguardctl.exe, procguard-smoke.exe and procguard-events.exe failed ({status})"
         ));
     }
     let exe = root.join("target/windows-user/x86_64-pc-windows-gnu/release/procguardctl.exe");
@@ -60,6 +60,11 @@ pub fn run(root: &Path) -> Result<PathBuf, String> {
     let smoke = root.join("target/windows-user/x86_64-pc-windows-gnu/release/procguard-smoke.exe");
     signing::sign(&certificate, &smoke, &out.join("procguard-smoke.exe"))?;
     signing::verify(&certificate, &out.join("procguard-smoke.exe"))?;
+    // The events service (crates/procguard-events, its message table linked
+    // in), installed by `procguardctl service install` from this folder.
+    let events = root.join("target/windows-user/x86_64-pc-windows-gnu/release/procguard-events.exe");
+    signing::sign(&certificate, &events, &out.join("procguard-events.exe"))?;
+    signing::verify(&certificate, &out.join("procguard-events.exe"))?;
 
     // The VM scripts (tests/vm, run from the package folder on the VM) and
     // the example policy Install-ProcGuard.ps1 -ApplyExamplePolicy applies.
@@ -90,7 +95,7 @@ pub fn run(root: &Path) -> Result<PathBuf, String> {
 
     println!("{signed}");
     println!(
-        "xtask: package ready in {} ({} s): procguard.sys ({} bytes unsigned, {} signed), procguard.inf, procguard.cat, procguard.cer, procguardctl.exe, procguard-smoke.exe, the VM scripts, protect-agent.toml and {}",
+        "xtask: package ready in {} ({} s): procguard.sys ({} bytes unsigned, {} signed), procguard.inf, procguard.cat, procguard.cer, procguardctl.exe, procguard-smoke.exe, procguard-events.exe, the VM scripts, protect-agent.toml and {}",
         out.display(),
         started.elapsed().as_secs(),
         unsigned.size,
