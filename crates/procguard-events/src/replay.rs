@@ -46,6 +46,8 @@ pub fn fake_with(records: &[AuditRecord], queued: bool) -> FakeDevice {
     {
         let mut state = device.driver.state.borrow_mut();
         state.capacity = records.len().max(1);
+        // No processes are tracked: there is no driver.
+        state.status.tracked_processes = 0;
         for record in records {
             let counters = &mut state.status.counters;
             match record.mode {
