@@ -352,6 +352,7 @@ impl Drainer {
                 };
                 self.account(cursor, &batch);
                 for record in &batch.records {
+                    self.before_record(cursor, record);
                     self.stats.read.fetch_add(1, Ordering::SeqCst);
                     self.write_record(record, &names);
                     // A new policy renames the rules of the records after it.
@@ -396,8 +397,9 @@ impl Drainer {
         });
     }
 
-    /// Counts the batch's loss against the instance it comes from and
-    /// reports any increase (see the module documentation).
+    /// Counts the batch's `dropped` against the instance it comes from and
+    /// reports any increase of the loss (see the module documentation);
+    /// gaps are counted record by record ([`Drainer::before_record`]).
     fn account(&mut self, cursor: &mut Cursor, batch: &device::EventBatch) {
         let first = batch.records.first().map(|record| record.sequence);
         let went_back = matches!((cursor.last_sequence, first), (Some(last), Some(first)) if first <= last);
@@ -409,35 +411,35 @@ impl Drainer {
                 self.report(batch.dropped, batch.dropped, BEFORE_START);
             }
         } else if went_back || batch.dropped < cursor.dropped_seen {
-            // A new driver instance: count from its start.
+            // A new driver instance: count from its start. Its records are
+            // numbered from 0: any before the first one read are missing.
             *cursor = Cursor {
                 started: true,
-                dropped_base: 0,
-                last_sequence: None,
+                gap_loss: first.unwrap_or(0),
                 ..Cursor::default()
             };
-            // Its first records are numbered from 0: any before the first
-            // one read are missing.
-            if let Some(first) = first {
-                cursor.gap_loss = first;
-            }
         }
         cursor.dropped_seen = batch.dropped;
-        for record in &batch.records {
-            if let Some(last) = cursor.last_sequence {
-                cursor.gap_loss += record.sequence.saturating_sub(last + 1);
-            }
-            cursor.last_sequence = Some(record.sequence);
+        self.settle(cursor, RING_FULL);
+    }
+
+    /// Counts the gap before `record` and reports any increase of the loss
+    /// before the record is written.
+    fn before_record(&mut self, cursor: &mut Cursor, record: &AuditRecord) {
+        if let Some(last) = cursor.last_sequence {
+            cursor.gap_loss += record.sequence.saturating_sub(last + 1);
         }
-        let counted = batch.dropped.saturating_sub(cursor.dropped_base);
+        cursor.last_sequence = Some(record.sequence);
+        self.settle(cursor, SEQUENCE_GAP);
+    }
+
+    /// Reports the increase of the instance's loss, the larger of the
+    /// ring's count and the sequence gaps.
+    fn settle(&mut self, cursor: &mut Cursor, reason: &'static str) {
+        let counted = cursor.dropped_seen.saturating_sub(cursor.dropped_base);
         let total = counted.max(cursor.gap_loss);
         if total > cursor.reported {
-            let reason = if counted >= cursor.gap_loss {
-                RING_FULL
-            } else {
-                SEQUENCE_GAP
-            };
-            self.report(total - cursor.reported, batch.dropped, reason);
+            self.report(total - cursor.reported, cursor.dropped_seen, reason);
             cursor.reported = total;
         }
     }

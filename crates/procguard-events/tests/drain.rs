@@ -409,3 +409,21 @@ fn stop_ends_a_blocked_wait() {
         lines(&["started a", "record 0 -", "record 1 -", "stopped 2 0"])
     );
 }
+
+#[test]
+fn a_gap_inside_one_batch_is_reported_right_before_the_record_after_it() {
+    let device = fake(vec![record(0), record(1), record(4), record(5)], vec![], 0);
+    let run = run_with(vec![Ok(Box::new(device))], false, false);
+    assert_eq!(
+        run.a.lines(),
+        lines(&[
+            "started a,b",
+            "record 0 -",
+            "record 1 -",
+            &format!("dropped 2 ({SEQUENCE_GAP})"),
+            "record 4 -",
+            "record 5 -",
+            "stopped 4 2",
+        ])
+    );
+}
