@@ -97,11 +97,16 @@ def drop_last_brace(text):
 
 
 # (mutation of Install-ProcGuard.ps1, what the error says, its line or None)
+# Where the broken lines go (1-based): in Test-ServiceLoadsPackage, before
+# the brace closing its second `if`, the line before its last statement
+# (found, not hard-coded, so the help text may grow).
+AT = text_of(INSTALL).split("\n").index("    return (Get-FileHash -LiteralPath $image -Algorithm SHA256).Hash -eq $DriverHash")
+
 BROKEN_SYNTAX = {
     "unclosed-brace": (drop_last_brace, "missing '}'", None),
-    "unterminated-string": (lambda t: insert_line(t, 120, "    Write-Host 'never closed"), "cannot parse", 120),
-    "unclosed-parenthesis": (lambda t: insert_line(t, 120, "    if ($x -eq 1 {"), "cannot parse", 120),
-    "powershell-7-null-coalescing": (lambda t: insert_line(t, 120, "    $a = $b ?? 'default'"), "cannot parse", 120),
+    "unterminated-string": (lambda t: insert_line(t, AT, "    Write-Host 'never closed"), "cannot parse", AT),
+    "unclosed-parenthesis": (lambda t: insert_line(t, AT, "    if ($x -eq 1 {"), "cannot parse", AT),
+    "powershell-7-null-coalescing": (lambda t: insert_line(t, AT, "    $a = $b ?? 'default'"), "cannot parse", AT),
 }
 
 

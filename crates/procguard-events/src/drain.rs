@@ -30,10 +30,10 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
 use procguard_policy::decode;
-use procguardctl::device::{self, Device, DeviceError, RequestError};
-use procguardctl::events::RuleNames;
-use procguardctl::events::ImageLookup;
 use procguard_protocol::{AuditMode, AuditObject, AuditRecord};
+use procguardctl::device::{self, Device, DeviceError, RequestError};
+use procguardctl::events::ImageLookup;
+use procguardctl::events::RuleNames;
 
 /// Records asked for per `IOCTL_READ_EVENTS`.
 pub const RECORDS_PER_READ: usize = 256;
@@ -107,7 +107,8 @@ pub const BEFORE_START: &str = "dropped by the driver before the service started
 /// Reason: the ring was full.
 pub const RING_FULL: &str = "the driver's audit ring was full";
 /// Reason: sequence numbers are missing (another reader, or a drop).
-pub const SEQUENCE_GAP: &str = "sequence numbers missing (another reader took them, or the driver dropped them)";
+pub const SEQUENCE_GAP: &str =
+    "sequence numbers missing (another reader took them, or the driver dropped them)";
 
 /// What the loop hands to the sinks.
 #[derive(Debug, Clone, Copy)]
@@ -402,7 +403,8 @@ impl Drainer {
     /// gaps are counted record by record ([`Drainer::before_record`]).
     fn account(&mut self, cursor: &mut Cursor, batch: &device::EventBatch) {
         let first = batch.records.first().map(|record| record.sequence);
-        let went_back = matches!((cursor.last_sequence, first), (Some(last), Some(first)) if first <= last);
+        let went_back =
+            matches!((cursor.last_sequence, first), (Some(last), Some(first)) if first <= last);
         if !cursor.started {
             cursor.started = true;
             cursor.dropped_seen = batch.dropped;
@@ -468,7 +470,13 @@ pub fn rule_names(device: &mut dyn Device) -> Result<RuleNames, RequestError> {
     }
     Ok(RuleNames(decode(&blob).map_or_else(
         |_| Vec::new(),
-        |policy| policy.rules.iter().map(|rule| rule.name.to_string()).collect(),
+        |policy| {
+            policy
+                .rules
+                .iter()
+                .map(|rule| rule.name.to_string())
+                .collect()
+        },
     )))
 }
 

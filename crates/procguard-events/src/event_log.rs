@@ -50,7 +50,8 @@ impl EventLogSink {
     pub fn report(&self, event: &LogEvent) -> io::Result<()> {
         let strings: Vec<Vec<u16>> = event.strings.iter().map(|s| wide(s)).collect();
         let pointers: Vec<*const u16> = strings.iter().map(|s| s.as_ptr()).collect();
-        let count = u16::try_from(pointers.len()).map_err(|_| io::Error::other("too many strings"))?;
+        let count =
+            u16::try_from(pointers.len()).map_err(|_| io::Error::other("too many strings"))?;
         // SAFETY: the handle is registered; `pointers` holds `count`
         // NUL-terminated strings that outlive the call; no SID, no raw data.
         let ok = unsafe {

@@ -121,7 +121,10 @@ impl RotatingFile {
         let mut text = String::with_capacity(line.len() + 1);
         text.push_str(line);
         text.push('\n');
-        let file = self.file.as_mut().ok_or_else(|| io::Error::other("not open"))?;
+        let file = self
+            .file
+            .as_mut()
+            .ok_or_else(|| io::Error::other("not open"))?;
         if let Err(error) = file.write_all(text.as_bytes()) {
             // Whatever part was written is cut on the next open.
             self.file = None;

@@ -242,7 +242,9 @@ pub fn record_event(
         } else {
             let id = record.rule_id.to_string();
             (
-                names.get(record.rule_id).map_or_else(|| id.clone(), str::to_owned),
+                names
+                    .get(record.rule_id)
+                    .map_or_else(|| id.clone(), str::to_owned),
                 id,
             )
         };
@@ -255,7 +257,12 @@ pub fn record_event(
             images.1.unwrap_or("-").to_owned(),
             record.thread_id.to_string(),
             record.object.name().to_owned(),
-            if record.duplication { "duplicate" } else { "open" }.to_owned(),
+            if record.duplication {
+                "duplicate"
+            } else {
+                "open"
+            }
+            .to_owned(),
             access_hex(record.desired_access),
             access_hex(record.original_desired_access),
             rule,
@@ -314,7 +321,6 @@ pub fn log_event(event: &Event<'_>) -> LogEvent {
         } => record_event(record, names, *images),
     }
 }
-
 
 #[cfg(test)]
 mod tests {

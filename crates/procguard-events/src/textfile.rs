@@ -79,7 +79,10 @@ pub fn service_families(stats: &Stats) -> String {
     ] {
         family(&mut out, name, "counter", help);
         for (sink, value) in map {
-            out.push_str(&format!("{name}{{sink=\"{}\"}} {value}\n", escape_label(sink)));
+            out.push_str(&format!(
+                "{name}{{sink=\"{}\"}} {value}\n",
+                escape_label(sink)
+            ));
         }
     }
     out

@@ -228,7 +228,10 @@ fn waits_never_poll_and_reads_drain_everything_first() {
         .iter()
         .filter(|&&code| code == procguard_protocol::ioctl::IOCTL_READ_EVENTS)
         .count();
-    let waits = codes.iter().filter(|&&code| code == IOCTL_WAIT_EVENTS).count();
+    let waits = codes
+        .iter()
+        .filter(|&&code| code == IOCTL_WAIT_EVENTS)
+        .count();
     assert_eq!(reads, 3, "{codes:x?}");
     assert_eq!(waits, 1, "one wait, ended by Ctrl-C: {codes:x?}");
     assert_eq!(*codes.last().unwrap(), IOCTL_WAIT_EVENTS);
@@ -329,11 +332,19 @@ fn a_restarted_driver_that_lost_records_is_reported() {
     // The new instance's first record read is number 3, and it dropped 3.
     let first = Unloading(fake(records(0..5), vec![], 0));
     let second = fake(records(3..4), vec![], 3);
-    let run = run_with(vec![Ok(Box::new(first)), Ok(Box::new(second))], false, false);
+    let run = run_with(
+        vec![Ok(Box::new(first)), Ok(Box::new(second))],
+        false,
+        false,
+    );
     let log = run.a.lines();
     assert_eq!(
         log[6..9],
-        lines(&["unreachable", &format!("dropped 3 ({RING_FULL})"), "record 3 -"]),
+        lines(&[
+            "unreachable",
+            &format!("dropped 3 ({RING_FULL})"),
+            "record 3 -"
+        ]),
         "{log:?}"
     );
 }

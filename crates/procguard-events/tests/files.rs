@@ -7,7 +7,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use procguard_events::drain::{Event, Loss, Sink, Stats};
-use procguard_events::json_file::{rotated, JsonSink, Rotation, RotatingFile};
+use procguard_events::json_file::{rotated, JsonSink, RotatingFile, Rotation};
 use procguard_events::textfile::{self, temporary, write_atomically};
 use procguard_protocol::{AuditMode, AuditObject, AuditRecord};
 use procguardctl::device::{Device, DeviceError};
@@ -15,10 +15,7 @@ use procguardctl::events::RuleNames;
 use procguardctl::fake_device::FakeDevice;
 
 fn tempdir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "procguard-events-{name}-{}",
-        std::process::id()
-    ));
+    let dir = std::env::temp_dir().join(format!("procguard-events-{name}-{}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).unwrap();
     dir
@@ -38,7 +35,9 @@ fn rotation_keeps_n_files_under_the_size_and_never_splits_a_line() {
     };
     let mut file = RotatingFile::open(&path, rotation).unwrap();
     // Lines of 30 bytes with the newline: 3 per file.
-    let lines: Vec<String> = (0..20).map(|n| format!("{{\"n\":{n:02},\"pad\":\"xxxxxxxxxxxx\"}}")).collect();
+    let lines: Vec<String> = (0..20)
+        .map(|n| format!("{{\"n\":{n:02},\"pad\":\"xxxxxxxxxxxx\"}}"))
+        .collect();
     assert_eq!(lines[0].len() + 1, 30);
     for line in &lines {
         file.write_line(line).unwrap();
@@ -51,7 +50,12 @@ fn rotation_keeps_n_files_under_the_size_and_never_splits_a_line() {
         let text = read(&rotated(&path, n));
         assert_eq!(
             text,
-            format!("{}\n{}\n{}\n", lines[first], lines[first + 1], lines[first + 2]),
+            format!(
+                "{}\n{}\n{}\n",
+                lines[first],
+                lines[first + 1],
+                lines[first + 2]
+            ),
             "{}",
             rotated(&path, n).display()
         );
@@ -240,7 +244,10 @@ fn the_textfile_has_the_driver_and_service_families_and_parses() {
         7.0
     );
     assert_eq!(
-        value("procguard_events_records_written_total", "sink=\"eventlog\""),
+        value(
+            "procguard_events_records_written_total",
+            "sink=\"eventlog\""
+        ),
         6.0
     );
     assert_eq!(
@@ -249,19 +256,34 @@ fn the_textfile_has_the_driver_and_service_families_and_parses() {
     );
     // The driver's families, from its status (metrics::render).
     assert!(
-        samples.iter().any(|(name, _, _)| name.starts_with("procguard_")
-            && !name.starts_with("procguard_events_")),
+        samples
+            .iter()
+            .any(|(name, _, _)| name.starts_with("procguard_")
+                && !name.starts_with("procguard_events_")),
         "{text}"
     );
     // Without a driver: the service's families alone.
     let (cue, cued) = mpsc::channel::<()>();
     drop(cue);
-    let mut unreachable = || -> Result<Box<dyn Device>, DeviceError> { Err(DeviceError::NotInstalled) };
+    let mut unreachable =
+        || -> Result<Box<dyn Device>, DeviceError> { Err(DeviceError::NotInstalled) };
     stats.reachable.store(false, Ordering::SeqCst);
-    textfile::run(&path, Duration::from_secs(60), &mut unreachable, &stats, &cued);
+    textfile::run(
+        &path,
+        Duration::from_secs(60),
+        &mut unreachable,
+        &stats,
+        &cued,
+    );
     let samples = parse_prometheus(&read(&path));
-    assert!(samples.iter().all(|(name, _, _)| name.starts_with("procguard_events_")));
-    assert!(samples.contains(&("procguard_events_driver_reachable".into(), String::new(), 0.0)));
+    assert!(samples
+        .iter()
+        .all(|(name, _, _)| name.starts_with("procguard_events_")));
+    assert!(samples.contains(&(
+        "procguard_events_driver_reachable".into(),
+        String::new(),
+        0.0
+    )));
     let _ = fs::remove_dir_all(&dir);
 }
 
@@ -274,8 +296,15 @@ fn the_textfile_is_rewritten_at_least_every_interval() {
     let writer_stats = stats.clone();
     let writer_path = path.clone();
     let writer = std::thread::spawn(move || {
-        let mut open = || -> Result<Box<dyn Device>, DeviceError> { Err(DeviceError::NotInstalled) };
-        textfile::run(&writer_path, Duration::from_millis(100), &mut open, &writer_stats, &cued);
+        let mut open =
+            || -> Result<Box<dyn Device>, DeviceError> { Err(DeviceError::NotInstalled) };
+        textfile::run(
+            &writer_path,
+            Duration::from_millis(100),
+            &mut open,
+            &writer_stats,
+            &cued,
+        );
     });
     std::thread::sleep(Duration::from_millis(50));
     stats.read.store(42, Ordering::SeqCst);

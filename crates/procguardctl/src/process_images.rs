@@ -7,8 +7,7 @@
 
 use windows_sys::Win32::Foundation::{CloseHandle, FALSE};
 use windows_sys::Win32::System::Threading::{
-    OpenProcess, QueryFullProcessImageNameW, PROCESS_NAME_NATIVE,
-    PROCESS_QUERY_LIMITED_INFORMATION,
+    OpenProcess, QueryFullProcessImageNameW, PROCESS_NAME_NATIVE, PROCESS_QUERY_LIMITED_INFORMATION,
 };
 
 use crate::events::ImageLookup;
@@ -45,8 +44,6 @@ impl ImageLookup for ProcessImages {
         if ok == 0 {
             return None;
         }
-        buffer
-            .get(..length as usize)
-            .map(String::from_utf16_lossy)
+        buffer.get(..length as usize).map(String::from_utf16_lossy)
     }
 }

@@ -71,8 +71,7 @@ pub struct InstallArgs {
 /// An absolute path (relative ones against the current folder), as the
 /// service, started elsewhere, needs.
 fn absolute(path: &std::path::Path) -> Result<PathBuf, Failure> {
-    std::path::absolute(path)
-        .map_err(|e| Failure::error(format!("{}: {e}", path.display())))
+    std::path::absolute(path).map_err(|e| Failure::error(format!("{}: {e}", path.display())))
 }
 
 impl InstallArgs {
@@ -143,7 +142,9 @@ pub fn run(command: &ServiceCommand, output: &mut Output<'_>) -> Result<(), Fail
         let _ = (command, output);
         Err(Failure {
             code: crate::EXIT_UNSUPPORTED,
-            message: "installing the events service needs Windows' service control manager: Windows only".to_owned(),
+            message:
+                "installing the events service needs Windows' service control manager: Windows only"
+                    .to_owned(),
         })
     }
 }
@@ -151,7 +152,6 @@ pub fn run(command: &ServiceCommand, output: &mut Output<'_>) -> Result<(), Fail
 #[cfg(windows)]
 mod windows {
     use std::ffi::OsString;
-    use std::io::Write;
     use std::path::Path;
     use std::ptr;
     use std::time::{Duration, Instant};
@@ -210,8 +210,10 @@ mod windows {
             account_name: None,
             account_password: None,
         };
-        let manager = manager(ServiceManagerAccess::CONNECT | ServiceManagerAccess::CREATE_SERVICE)?;
-        let access = ServiceAccess::QUERY_STATUS | ServiceAccess::CHANGE_CONFIG | ServiceAccess::START;
+        let manager =
+            manager(ServiceManagerAccess::CONNECT | ServiceManagerAccess::CREATE_SERVICE)?;
+        let access =
+            ServiceAccess::QUERY_STATUS | ServiceAccess::CHANGE_CONFIG | ServiceAccess::START;
         let service = match manager.open_service(SERVICE_NAME, access) {
             Ok(service) => {
                 service
@@ -298,9 +300,8 @@ mod windows {
             let length = u32::try_from(data.len()).unwrap_or(u32::MAX);
             // SAFETY: `key` is open with KEY_SET_VALUE; `value` is
             // NUL-terminated; `data` holds `length` bytes.
-            let status = unsafe {
-                RegSetValueExW(key, value.as_ptr(), 0, kind, data.as_ptr(), length)
-            };
+            let status =
+                unsafe { RegSetValueExW(key, value.as_ptr(), 0, kind, data.as_ptr(), length) };
             if status != ERROR_SUCCESS {
                 result = Err(failed(
                     &format!("writing {name} under HKLM\\{EVENT_SOURCE_KEY}"),
@@ -350,7 +351,9 @@ mod windows {
         let status = unsafe { RegDeleteTreeW(HKEY_LOCAL_MACHINE, key_name.as_ptr()) };
         match status {
             ERROR_SUCCESS => writeln!(output.out, "removed event source procguard")?,
-            ERROR_FILE_NOT_FOUND => writeln!(output.out, "event source procguard is not registered")?,
+            ERROR_FILE_NOT_FOUND => {
+                writeln!(output.out, "event source procguard is not registered")?
+            }
             other => {
                 return Err(failed(
                     &format!("removing HKLM\\{EVENT_SOURCE_KEY}"),

@@ -62,7 +62,8 @@ pub fn run(root: &Path) -> Result<PathBuf, String> {
     signing::verify(&certificate, &out.join("procguard-smoke.exe"))?;
     // The events service (crates/procguard-events, its message table linked
     // in), installed by `procguardctl service install` from this folder.
-    let events = root.join("target/windows-user/x86_64-pc-windows-gnu/release/procguard-events.exe");
+    let events =
+        root.join("target/windows-user/x86_64-pc-windows-gnu/release/procguard-events.exe");
     signing::sign(&certificate, &events, &out.join("procguard-events.exe"))?;
     signing::verify(&certificate, &out.join("procguard-events.exe"))?;
 
