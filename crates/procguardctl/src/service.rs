@@ -364,3 +364,85 @@ mod windows {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn install(args: &[&str]) -> InstallArgs {
+        let mut line = vec!["procguardctl", "service", "install"];
+        line.extend_from_slice(args);
+        match crate::Cli::try_parse_from(line).expect("parses").command {
+            crate::Command::Service {
+                command: ServiceCommand::Install(args),
+            } => args,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_service_command_line_is_run_with_absolute_paths() {
+        let args = install(&[
+            "--json",
+            "events.jsonl",
+            "--json-keep",
+            "3",
+            "--textfile",
+            "/var/procguard.prom",
+        ]);
+        let line = args.service_arguments().unwrap();
+        let here = std::env::current_dir().unwrap();
+        assert_eq!(
+            line,
+            [
+                "run".to_owned(),
+                "--json".to_owned(),
+                here.join("events.jsonl").display().to_string(),
+                "--textfile".to_owned(),
+                "/var/procguard.prom".to_owned(),
+                "--json-keep".to_owned(),
+                "3".to_owned(),
+            ]
+        );
+        assert_eq!(install(&[]).service_arguments().unwrap(), ["run"]);
+        // The hidden replay source is passed on too.
+        let replay = install(&["--replay", "/r.bin"])
+            .service_arguments()
+            .unwrap();
+        assert_eq!(replay, ["run", "--replay", "/r.bin"]);
+    }
+
+    #[test]
+    fn a_missing_program_is_named() {
+        let args = install(&["--exe", "/no/such/procguard-events.exe"]);
+        let failure = args.program().unwrap_err();
+        assert_eq!(failure.code, crate::EXIT_ERROR);
+        assert!(
+            failure
+                .message
+                .starts_with("/no/such/procguard-events.exe does not exist"),
+            "{}",
+            failure.message
+        );
+    }
+
+    #[cfg(not(windows))]
+    #[test]
+    fn elsewhere_than_windows_it_says_so_with_exit_code_3() {
+        let mut out = Vec::new();
+        let mut err = Vec::new();
+        let code = crate::run(
+            ["procguardctl", "service", "uninstall"],
+            &mut out,
+            &mut err,
+            &mut || panic!("the service commands do not open the driver"),
+        );
+        assert_eq!(code, crate::EXIT_UNSUPPORTED);
+        assert_eq!(
+            String::from_utf8(err).unwrap(),
+            "error: installing the events service needs Windows' service control manager: Windows only\n"
+        );
+        assert!(out.is_empty());
+    }
+}
