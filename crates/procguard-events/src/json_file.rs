@@ -5,7 +5,9 @@
 //! deleted), ..., `PATH` becomes `PATH.1`, and a new `PATH` begins. A line is
 //! never split: it goes whole into one file (a line longer than
 //! `max_bytes` gets a file of its own). A partial last line that a crash
-//! left behind is cut off when the file is opened again.
+//! left behind is cut off when the file is opened again. When a rotation
+//! fails (a reader holds the file without sharing delete), the line is
+//! appended anyway and the next line tries again: records are not lost.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -31,6 +33,7 @@ pub struct RotatingFile {
     rotation: Rotation,
     file: Option<File>,
     size: u64,
+    rotation_failures: u64,
 }
 
 /// `PATH.n`.
@@ -52,6 +55,7 @@ impl RotatingFile {
             rotation,
             file: None,
             size: 0,
+            rotation_failures: 0,
         };
         this.reopen()?;
         Ok(this)
@@ -112,8 +116,11 @@ impl RotatingFile {
     /// Writing or rotating failed.
     pub fn write_line(&mut self, line: &str) -> io::Result<()> {
         let bytes = line.len() as u64 + 1;
-        if self.size > 0 && self.size + bytes > self.rotation.max_bytes {
-            self.rotate()?;
+        if self.size > 0 && self.size + bytes > self.rotation.max_bytes && self.rotate().is_err() {
+            // A reader holding the file without FILE_SHARE_DELETE blocks
+            // the renames: keep appending (the next line tries again)
+            // rather than lose records.
+            self.rotation_failures += 1;
         }
         if self.file.is_none() {
             self.reopen()?;
@@ -132,6 +139,12 @@ impl RotatingFile {
         }
         self.size += bytes;
         Ok(())
+    }
+
+    /// Rotations that failed (the file then grew past the limit).
+    #[must_use]
+    pub const fn rotation_failures(&self) -> u64 {
+        self.rotation_failures
     }
 
     /// Flushes to the disk.

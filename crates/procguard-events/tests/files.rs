@@ -315,3 +315,31 @@ fn the_textfile_is_rewritten_at_least_every_interval() {
     writer.join().unwrap();
     let _ = fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_failed_rotation_keeps_appending_instead_of_losing_lines() {
+    let dir = tempdir("blocked");
+    let path = dir.join("events.jsonl");
+    let mut file = RotatingFile::open(
+        &path,
+        Rotation {
+            max_bytes: 10,
+            keep: 1,
+        },
+    )
+    .unwrap();
+    file.write_line("{\"a\":1}").unwrap();
+    // PATH.1 is a folder with a file in it: neither deleted nor replaced,
+    // so the rotation fails (as when a reader holds the file on Windows).
+    fs::create_dir(rotated(&path, 1)).unwrap();
+    fs::write(rotated(&path, 1).join("x"), "").unwrap();
+    file.write_line("{\"b\":2}").unwrap();
+    assert_eq!(read(&path), "{\"a\":1}\n{\"b\":2}\n");
+    assert_eq!(file.rotation_failures(), 1);
+    // Unblocked: the next line rotates.
+    fs::remove_dir_all(rotated(&path, 1)).unwrap();
+    file.write_line("{\"c\":3}").unwrap();
+    assert_eq!(read(&rotated(&path, 1)), "{\"a\":1}\n{\"b\":2}\n");
+    assert_eq!(read(&path), "{\"c\":3}\n");
+    let _ = fs::remove_dir_all(&dir);
+}
