@@ -46,7 +46,11 @@ impl Sink for Recorder {
             Event::Unreachable { .. } => "unreachable".to_owned(),
             Event::Dropped(loss) => format!("dropped {} ({})", loss.count, loss.reason),
             Event::Record { record, names, .. } => {
-                let rule = names.get(record.rule_id).unwrap_or("-");
+                let rule = if record.object == AuditObject::Policy {
+                    "-"
+                } else {
+                    names.get(record.rule_id).unwrap_or("-")
+                };
                 format!("record {} {rule}", record.sequence)
             }
         };
@@ -435,6 +439,70 @@ fn a_gap_inside_one_batch_is_reported_right_before_the_record_after_it() {
             "record 4 -",
             "record 5 -",
             "stopped 4 2",
+        ])
+    );
+}
+
+/// Applies `blob` as the driver's policy right after the read that returned
+/// a policy-applied record (what happened in the driver before it queued
+/// the record).
+struct ApplyingOnRead(FakeDevice, Option<Vec<u8>>);
+
+impl Device for ApplyingOnRead {
+    fn ioctl(&mut self, code: u32, input: &[u8], output: &mut [u8]) -> Result<usize, DeviceError> {
+        let result = self.0.ioctl(code, input, output);
+        if code == procguard_protocol::ioctl::IOCTL_READ_EVENTS {
+            if let Some(blob) = self.1.take() {
+                use procguard_protocol::dispatch::ControlTarget;
+                assert!(self.0.driver.set_policy(&blob, false).is_ok());
+            }
+        }
+        result
+    }
+
+    fn interrupted(&self) -> bool {
+        self.0.interrupted()
+    }
+}
+
+#[test]
+fn a_new_policy_renames_the_rules_of_the_records_after_it() {
+    let source = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../procguardctl/examples/protect-agent.toml"
+    ))
+    .unwrap();
+    let old = procguard_policy::toml::parse_policy(&source).unwrap();
+    let mut new = old.clone();
+    new.rules[0].name = "renamed".into();
+    let device = FakeDevice::with_policy(&procguard_policy::encode(&old));
+    let applied = AuditRecord {
+        sequence: 1,
+        ..AuditRecord::policy_event(
+            0,
+            procguard_protocol::PolicySource::Control,
+            Ok(()),
+            1,
+            1,
+            (9, 10),
+        )
+    };
+    device
+        .driver
+        .state
+        .borrow_mut()
+        .events
+        .extend([record(0), applied, record(2)]);
+    let device = ApplyingOnRead(device, Some(procguard_policy::encode(&new)));
+    let run = run_with(vec![Ok(Box::new(device))], false, false);
+    let old_name = old.rules[0].name.to_string();
+    assert_ne!(old_name, "renamed");
+    assert_eq!(
+        run.a.lines()[1..4],
+        lines(&[
+            &format!("record 0 {old_name}"),
+            "record 1 -",
+            "record 2 renamed"
         ])
     );
 }
