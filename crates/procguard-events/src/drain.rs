@@ -20,9 +20,10 @@
 //!   read with it. At the service's first read, what the driver had already
 //!   dropped is reported once as dropped before the service started.
 //! - **Stop.** [`Stop::request`] makes the loop end at its next look; the
-//!   caller also cancels the pended wait (the service's stop handler, the
-//!   console's Ctrl-C: see `main.rs`), which then fails with
-//!   `STATUS_CANCELLED`, and the loop sees the stop and ends.
+//!   caller also cancels the pended wait while [`Stop::waiting`] says the
+//!   loop is in it (the service's stop handler, the console's Ctrl-C: see
+//!   `main.rs`), which then fails with `STATUS_CANCELLED`, and the loop
+//!   sees the stop and ends. Records the driver still holds stay there.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -42,9 +43,18 @@ pub const RECORDS_PER_READ: usize = 256;
 /// failure).
 pub type Open<'a> = dyn FnMut() -> Result<Box<dyn Device>, DeviceError> + 'a;
 
-/// A stop request, shared by the loop and whoever stops it.
+/// A stop request, shared by the loop and whoever stops it, and whether
+/// the loop is in its wait (the only request the stopper may cancel: a
+/// cancel elsewhere could fail a sink's write).
 #[derive(Debug, Clone, Default)]
-pub struct Stop(Arc<(Mutex<bool>, Condvar)>);
+pub struct Stop(Arc<StopState>);
+
+#[derive(Debug, Default)]
+struct StopState {
+    requested: Mutex<bool>,
+    changed: Condvar,
+    waiting: AtomicBool,
+}
 
 impl Stop {
     /// A stop not yet requested.
@@ -55,23 +65,45 @@ impl Stop {
 
     /// Asks the loop (and every [`Stop::sleep`]) to end.
     pub fn request(&self) {
-        let (flag, changed) = &*self.0;
-        *flag.lock().unwrap_or_else(PoisonError::into_inner) = true;
-        changed.notify_all();
+        *self
+            .0
+            .requested
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = true;
+        self.0.changed.notify_all();
     }
 
     /// Whether a stop was requested.
     #[must_use]
     pub fn requested(&self) -> bool {
-        *self.0 .0.lock().unwrap_or_else(PoisonError::into_inner)
+        *self
+            .0
+            .requested
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether the loop is in (or about to enter) `IOCTL_WAIT_EVENTS`.
+    #[must_use]
+    pub fn waiting(&self) -> bool {
+        self.0.waiting.load(Ordering::SeqCst)
+    }
+
+    fn set_waiting(&self, waiting: bool) {
+        self.0.waiting.store(waiting, Ordering::SeqCst);
     }
 
     /// Sleeps `duration` unless a stop comes first; true when stopped.
     #[must_use]
     pub fn sleep(&self, duration: Duration) -> bool {
-        let (flag, changed) = &*self.0;
-        let guard = flag.lock().unwrap_or_else(PoisonError::into_inner);
-        let (guard, _) = changed
+        let guard = self
+            .0
+            .requested
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let (guard, _) = self
+            .0
+            .changed
             .wait_timeout_while(guard, duration, |stopped| !*stopped)
             .unwrap_or_else(PoisonError::into_inner);
         *guard
@@ -79,10 +111,14 @@ impl Stop {
 
     /// Blocks until a stop is requested.
     pub fn wait(&self) {
-        let (flag, changed) = &*self.0;
-        let guard = flag.lock().unwrap_or_else(PoisonError::into_inner);
+        let guard = self
+            .0
+            .requested
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         drop(
-            changed
+            self.0
+                .changed
                 .wait_while(guard, |stopped| !*stopped)
                 .unwrap_or_else(PoisonError::into_inner),
         );
@@ -374,7 +410,15 @@ impl Drainer {
             if self.once || self.stopping(device) {
                 return SessionEnd::Stopped;
             }
-            match device::wait_events(device) {
+            self.stop.set_waiting(true);
+            let woken = if self.stopping(device) {
+                Ok(0)
+            } else {
+                device::wait_events(device)
+            };
+            self.stop.set_waiting(false);
+            match woken {
+                Ok(_) if self.stopping(device) => return SessionEnd::Stopped,
                 Ok(_) => {}
                 Err(_) if self.stopping(device) => return SessionEnd::Stopped,
                 Err(error) => return lost(error),

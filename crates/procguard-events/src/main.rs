@@ -3,10 +3,10 @@
 //! Stopping: the drain loop runs on a worker thread, blocked in a
 //! synchronous `DeviceIoControl(IOCTL_WAIT_EVENTS)` most of the time. The
 //! service's stop control (or Ctrl-C in console mode) requests the stop and
-//! then cancels the worker's pended request with `CancelSynchronousIo`,
-//! every 50 ms until the worker has ended (a cancel that comes while the
-//! worker is between two requests finds nothing; the next one does), for
-//! at most 5 s. The wait fails with `STATUS_CANCELLED`, the loop sees the
+//! then, while the worker is in its wait (never during a sink's write),
+//! cancels the worker's pended request with `CancelSynchronousIo`, every
+//! 50 ms until the worker has ended (a cancel that comes just before the
+//! request starts finds nothing; the next one does), for at most 5 s. The wait fails with `STATUS_CANCELLED`, the loop sees the
 //! stop, writes "service stopped" and ends.
 
 use std::process::ExitCode;
@@ -29,8 +29,11 @@ fn supervise(options: Options, stop: &Stop) -> Result<(), String> {
     stop.wait();
     let deadline = Instant::now() + Duration::from_secs(5);
     while !worker.is_finished() && Instant::now() < deadline {
+        // Only the wait is cancelled, never a sink's write.
         #[cfg(windows)]
-        platform::cancel_io(&worker);
+        if stop.waiting() {
+            platform::cancel_io(&worker);
+        }
         thread::sleep(Duration::from_millis(50));
     }
     if !worker.is_finished() {

@@ -405,8 +405,15 @@ fn stop_ends_a_blocked_wait() {
         on_batch: Box::new(|| {}),
     };
     let stopper = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(200));
+        // The loop says when it is in its wait (when the service may cancel
+        // its request): only after both records were written.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !stop.waiting() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let waited = stop.waiting();
         stop.request();
+        waited
     });
     let started = std::time::Instant::now();
     let mut device = Some(device);
@@ -417,7 +424,8 @@ fn stop_ends_a_blocked_wait() {
             .ok_or(DeviceError::NotInstalled)
     };
     drainer.run(&mut open);
-    stopper.join().unwrap();
+    assert!(stopper.join().unwrap(), "the loop never said it waits");
+    assert!(!drainer.stop.waiting(), "out of the wait once stopped");
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(
         log.lines(),
