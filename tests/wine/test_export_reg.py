@@ -196,8 +196,10 @@ def test_the_powershell_script_parses_and_follows_the_scripts_rules(scripts):
         assert any(name == "Set-StrictMode" and args == ["-Version", "Latest"] for name, args, _ in commands)
         assert ("$ErrorActionPreference", "'Stop'") in ps_rules.top_level_assignments(tree)
         # A top-level try whose catch exits non-zero; every exit is 0 or 1.
-        tries = [node for node in tree.root_node.named_children if node.type == "try_statement"]
+        tries = [node for node in _walk(tree.root_node) if node.type == "try_statement"]
         assert len(tries) == 1
+        functions = [node for node in _walk(tree.root_node) if node.type == "function_statement"]
+        assert not any(f.start_byte < tries[0].start_byte < f.end_byte for f in functions), "try at top level"
         exits = [
             node.text.decode() for node in _walk(tries[0])
             if node.type == "flow_control_statement" and node.text.decode().startswith("exit")
