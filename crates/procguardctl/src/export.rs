@@ -28,7 +28,8 @@ use crate::{Failure, Output, EXIT_USAGE};
 pub const PARAMETERS_KEY: &str =
     r"HKEY_LOCAL_MACHINE\SYSTEM\CurrentControlSet\Services\procguard\Parameters";
 /// The key as a PowerShell registry-provider path.
-pub const PARAMETERS_PS_PATH: &str = r"HKLM:\SYSTEM\CurrentControlSet\Services\procguard\Parameters";
+pub const PARAMETERS_PS_PATH: &str =
+    r"HKLM:\SYSTEM\CurrentControlSet\Services\procguard\Parameters";
 /// The REG_BINARY value that holds the compiled policy.
 pub const POLICY_VALUE: &str = "Policy";
 
@@ -315,9 +316,10 @@ pub fn export(
     let (bytes, what) = match format {
         ExportFormat::Reg => (reg_file(&file.blob), "a .reg file"),
         ExportFormat::PowerShell { detect } => {
-            let source = path
-                .file_name()
-                .map_or_else(|| path.display().to_string(), |name| name.to_string_lossy().into_owned());
+            let source = path.file_name().map_or_else(
+                || path.display().to_string(),
+                |name| name.to_string_lossy().into_owned(),
+            );
             let what = if detect {
                 "a PowerShell detection script"
             } else {

@@ -145,12 +145,19 @@ fn export_reg_holds_the_compiled_blob() {
     let dir = scratch("reg");
     let blob = compiled(EXAMPLE, &dir);
     let reg = dir.join("policy.reg");
-    let (code, out, err) = procguardctl(&["export", "--reg", EXAMPLE, "-o", reg.to_str().expect("path")]);
+    let (code, out, err) = procguardctl(&[
+        "export",
+        "--reg",
+        EXAMPLE,
+        "-o",
+        reg.to_str().expect("path"),
+    ]);
     assert_eq!(code, 0, "{err}");
     let out = String::from_utf8(out).expect("UTF-8");
     let id = blob_checksum(&blob);
     assert!(
-        out.contains(&format!("policy id {id:#010x}")) && out.contains(&format!("{} bytes", blob.len())),
+        out.contains(&format!("policy id {id:#010x}"))
+            && out.contains(&format!("{} bytes", blob.len())),
         "{out}"
     );
     let bytes = std::fs::read(&reg).expect("the .reg file");
@@ -159,10 +166,18 @@ fn export_reg_holds_the_compiled_blob() {
     // Every line as regedit writes it: at most 80 characters, continuation
     // lines indented by two spaces with 25 bytes each but the last.
     let text = utf16le(&bytes[2..]);
-    let value_lines: Vec<&str> = text.split("\r\n").skip(3).take_while(|l| !l.is_empty()).collect();
+    let value_lines: Vec<&str> = text
+        .split("\r\n")
+        .skip(3)
+        .take_while(|l| !l.is_empty())
+        .collect();
     assert!(value_lines.len() > 3, "a blob this size wraps");
     for (index, line) in value_lines.iter().enumerate() {
-        assert!(line.len() <= 80, "line {index} is {} long: {line}", line.len());
+        assert!(
+            line.len() <= 80,
+            "line {index} is {} long: {line}",
+            line.len()
+        );
         if index > 0 {
             assert!(line.starts_with("  ") && !line.starts_with("   "), "{line}");
         }
@@ -170,7 +185,11 @@ fn export_reg_holds_the_compiled_blob() {
             assert_eq!(line.len(), 78, "{line}");
             assert_eq!(line.matches(',').count(), 25, "{line}");
         }
-        assert_eq!(line.ends_with('\\'), index + 1 < value_lines.len(), "{line}");
+        assert_eq!(
+            line.ends_with('\\'),
+            index + 1 < value_lines.len(),
+            "{line}"
+        );
     }
 }
 
@@ -196,8 +215,14 @@ fn the_powershell_script_holds_the_compiled_blob_and_its_id() {
     let (code, out, err) = procguardctl(&["export", "--powershell", EXAMPLE]);
     assert_eq!(code, 0, "{err}");
     let script = String::from_utf8(out).expect("UTF-8");
-    assert!(script.is_ascii(), "Windows PowerShell 5.1 reads BOM-less files as ANSI");
-    assert!(!script.replace("\r\n", "").contains('\n'), "CRLF line ends only");
+    assert!(
+        script.is_ascii(),
+        "Windows PowerShell 5.1 reads BOM-less files as ANSI"
+    );
+    assert!(
+        !script.replace("\r\n", "").contains('\n'),
+        "CRLF line ends only"
+    );
     assert_eq!(script_bytes(&script), blob);
     assert!(script.contains(&format!("[int64]$PolicyId = {id}\r\n")));
     assert!(script.contains(&format!("policy 0x{id:08x}")));
@@ -205,7 +230,8 @@ fn the_powershell_script_holds_the_compiled_blob_and_its_id() {
     assert!(script.contains(
         "$KeyPath = 'HKLM:\\SYSTEM\\CurrentControlSet\\Services\\procguard\\Parameters'\r\n"
     ));
-    assert!(script.contains("Set-ItemProperty -Path $KeyPath -Name $ValueName -Value $Policy -Type Binary"));
+    assert!(script
+        .contains("Set-ItemProperty -Path $KeyPath -Name $ValueName -Value $Policy -Type Binary"));
     // The detection variant differs in its default only.
     let (code, out, err) = procguardctl(&["export", "--powershell", "--detect", EXAMPLE]);
     assert_eq!(code, 0, "{err}");
@@ -213,14 +239,20 @@ fn the_powershell_script_holds_the_compiled_blob_and_its_id() {
     assert_eq!(script_bytes(&detect), blob);
     assert!(detect.contains("[switch]$Detect = $true\r\n"));
     // --detect only goes with --powershell.
-    assert_eq!(procguardctl(&["export", "--reg", "--detect", EXAMPLE, "-o", "-"]).0, 64);
+    assert_eq!(
+        procguardctl(&["export", "--reg", "--detect", EXAMPLE, "-o", "-"]).0,
+        64
+    );
     // A file name outside ASCII does not make the script non-ASCII.
     let named = dir.join("Agënt <policy>.toml");
     std::fs::copy(crate_dir().join(EXAMPLE), &named).expect("copy");
     let (code, out, err) = procguardctl(&["export", "--powershell", named.to_str().expect("path")]);
     assert_eq!(code, 0, "{err}");
     let script = String::from_utf8(out).expect("UTF-8");
-    assert!(script.is_ascii() && script.contains("Ag?nt ?policy?.toml: "), "{script}");
+    assert!(
+        script.is_ascii() && script.contains("Ag?nt ?policy?.toml: "),
+        "{script}"
+    );
 }
 
 #[test]
@@ -253,7 +285,8 @@ fn an_invalid_policy_writes_nothing() {
     assert_eq!(code, 1);
     assert_eq!(std::fs::read(&target).expect("read"), b"old");
     // Standard output stays empty too.
-    let (code, out, _) = procguardctl(&["export", "--powershell", "tests/policies/bad-values.toml"]);
+    let (code, out, _) =
+        procguardctl(&["export", "--powershell", "tests/policies/bad-values.toml"]);
     assert_eq!((code, out.len()), (1, 0));
 }
 
@@ -263,7 +296,13 @@ fn warnings_are_printed_and_the_file_is_written() {
     let policy = "tests/policies/warnings.toml";
     let blob = compiled(policy, &dir);
     let target = dir.join("warnings.reg");
-    let (code, _, err) = procguardctl(&["export", "--reg", policy, "-o", target.to_str().expect("path")]);
+    let (code, _, err) = procguardctl(&[
+        "export",
+        "--reg",
+        policy,
+        "-o",
+        target.to_str().expect("path"),
+    ]);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains(": warning: "), "{err}");
     assert_eq!(parse_reg(&std::fs::read(&target).expect("read")), blob);
