@@ -10,7 +10,8 @@
 //! Exit codes: 0 success; 1 error (invalid policy, unreadable file, the
 //! driver refused or is unreachable); 2 `check --deny-warnings` found only
 //! warnings; 3 a command that talks to the driver was run on another OS than
-//! Windows; 64 a command line clap cannot parse.
+//! Windows; 64 a bad command line (one clap cannot parse, or `export --reg`
+//! without `-o`).
 
 pub mod access;
 pub mod device;
