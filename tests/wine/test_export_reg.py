@@ -138,6 +138,18 @@ def test_an_invalid_policy_exports_nothing(wine, workdir):
     assert not (workdir / "bad.reg").exists() and not (workdir / "bad.ps1").exists()
 
 
+def test_the_windows_build_writes_the_same_script_as_the_host_build(wine, host, workdir):
+    for extra in ([], ["--detect"]):
+        args = ["export", "--powershell", *extra, EXAMPLE, "-o", "windows.ps1"]
+        code, out, err = wine([packaged("procguardctl.exe"), *args], workdir)
+        assert code == EXIT_OK, out + err
+        code, _, err = host("procguardctl", [*args[:-1], "linux.ps1"], workdir)
+        assert code == EXIT_OK, err
+        script = (workdir / "windows.ps1").read_bytes()
+        assert script == (workdir / "linux.ps1").read_bytes()
+        assert script.startswith(b"<#\r\n.SYNOPSIS\r\n")
+
+
 # ---- the PowerShell script (structure only: no PowerShell here) -------------
 
 
