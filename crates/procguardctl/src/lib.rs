@@ -1,6 +1,7 @@
 //! `procguardctl`, procguard's control tool.
 //!
-//! Offline, on any OS: `check`, `compile` and `explain` a TOML policy.
+//! Offline, on any OS: `check`, `compile` and `explain` a TOML policy, and
+//! `export` it as a `.reg` file or a PowerShell script for fleet tools.
 //! Against the driver (Windows): `apply`, `status`, `policy show`, `events`,
 //! `counters`. The binary is a thin `main` over [`run`], which takes the
 //! output streams and the way to open the device, so every command is tested
@@ -9,11 +10,13 @@
 //! Exit codes: 0 success; 1 error (invalid policy, unreadable file, the
 //! driver refused or is unreachable); 2 `check --deny-warnings` found only
 //! warnings; 3 a command that talks to the driver was run on another OS than
-//! Windows; 64 a command line clap cannot parse.
+//! Windows; 64 a bad command line (one clap cannot parse, or `export --reg`
+//! without `-o`).
 
 pub mod access;
 pub mod device;
 pub mod events;
+pub mod export;
 pub mod fake_device;
 pub mod metrics;
 mod offline;
@@ -80,6 +83,11 @@ pub enum Command {
     },
     /// Explain how a policy decides one handle request (any OS).
     Explain(ExplainArgs),
+    /// Write a policy as a .reg file or a PowerShell script that sets the
+    /// driver's Parameters\Policy value, for GPO, Intune, Configuration
+    /// Manager or Ansible to push (any OS). Writes nothing unless the
+    /// policy is valid.
+    Export(ExportArgs),
     /// Compile a policy and make it the driver's policy (Windows).
     Apply {
         /// The policy file.
@@ -198,6 +206,32 @@ pub struct ExplainArgs {
     /// text: for scripts and the emulator's differential test.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `export`'s arguments.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("format").required(true).args(["reg", "powershell"])))]
+pub struct ExportArgs {
+    /// The policy file.
+    pub policy: PathBuf,
+    /// A .reg file as regedit writes it (UTF-16LE, CRLF), for `regedit /s`,
+    /// `reg import` and tools that deploy .reg files. Needs -o.
+    #[arg(long)]
+    pub reg: bool,
+    /// A Windows PowerShell 5.1 script that writes the value (Set-ItemProperty
+    /// -Type Binary) and reads it back, or with -Detect only checks it (exit 0
+    /// when the value holds the policy, 1 otherwise).
+    #[arg(long)]
+    pub powershell: bool,
+    /// With --powershell: checking (-Detect) is the script's default, for
+    /// Intune and Configuration Manager, which run scripts without arguments.
+    #[arg(long, conflicts_with = "reg")]
+    pub detect: bool,
+    /// Where to write (`-`: standard output). --powershell writes to standard
+    /// output without it; --reg needs it (UTF-16 text on a terminal, or
+    /// re-encoded by Windows PowerShell's `>`, is no .reg file).
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
 }
 
 /// A command's failure: what to print and the exit code.
@@ -332,6 +366,16 @@ pub fn execute(
             output: blob,
         } => offline::compile(policy, blob, output).map(|()| EXIT_OK),
         Command::Explain(args) => offline::explain(args, output).map(|()| EXIT_OK),
+        Command::Export(args) => {
+            let format = if args.reg {
+                export::ExportFormat::Reg
+            } else {
+                export::ExportFormat::PowerShell {
+                    detect: args.detect,
+                }
+            };
+            export::export(&args.policy, format, args.output.as_ref(), output).map(|()| EXIT_OK)
+        }
         Command::Apply { policy, persist } => {
             let compiled = offline::load(policy, output)?;
             let mut device = open()?;

@@ -108,9 +108,24 @@ pub fn escape_label(value: &str) -> String {
     out
 }
 
-/// Writes a family's `# HELP` and `# TYPE` lines.
+/// A `# HELP` text, escaped for the text format (`\\` and `\n`; quotes
+/// stay as they are).
+#[must_use]
+pub fn escape_help(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Writes a family's `# HELP` (escaped) and `# TYPE` lines.
 pub fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# HELP {name} {}", escape_help(help));
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
@@ -405,5 +420,6 @@ mod tests {
     #[test]
     fn label_escapes_are_the_formats() {
         assert_eq!(escape_label("a\\b\"c\nd"), "a\\\\b\\\"c\\nd");
+        assert_eq!(escape_help("a\\b\"c\nd"), "a\\\\b\"c\\nd");
     }
 }

@@ -15,8 +15,9 @@
 //!    emulator suite, the packaged `.sys` run in Speakeasy (`tests/emulator`);
 //!    the packaged `.exe` programs run under Wine (`tests/wine`);
 //! 6. the Python package's suite (`python/tests`: wire format against the
-//!    Rust golden files, the API against an in-memory driver), run after the
-//!    host tests.
+//!    Rust golden files, the API against an in-memory driver) and the fleet
+//!    formats (`tests/fleet`: the metrics text read by a Prometheus parser),
+//!    run after the host tests.
 
 use std::path::Path;
 use std::process::Command;
@@ -159,12 +160,15 @@ pub fn run(root: &Path) -> Result<(), String> {
         test.env("PROCGUARD_LAYOUT_JSON", &layout_json);
         status_of(test, "cargo test")
     });
-    step("Python package (pytest python/tests)", &mut || {
-        status_of(
-            pytest_command(root, &["python/tests"])?,
-            "pytest python/tests",
-        )
-    });
+    step(
+        "Python package and fleet formats (pytest python/tests tests/fleet)",
+        &mut || {
+            status_of(
+                pytest_command(root, &["python/tests", "tests/fleet"])?,
+                "pytest python/tests tests/fleet",
+            )
+        },
+    );
     let policy_crate = root.join("crates").join("procguard-policy");
     for (name, script, seconds) in [
         (
