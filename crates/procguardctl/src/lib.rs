@@ -1,6 +1,7 @@
 //! `procguardctl`, procguard's control tool.
 //!
-//! Offline, on any OS: `check`, `compile` and `explain` a TOML policy.
+//! Offline, on any OS: `check`, `compile` and `explain` a TOML policy, and
+//! `learn` requester exemptions from recorded events ([`learn`]).
 //! Against the driver (Windows): `apply`, `status`, `policy show`, `events`,
 //! `counters`. The binary is a thin `main` over [`run`], which takes the
 //! output streams and the way to open the device, so every command is tested
@@ -15,6 +16,7 @@ pub mod access;
 pub mod device;
 pub mod events;
 pub mod fake_device;
+pub mod learn;
 pub mod metrics;
 mod offline;
 mod online;
@@ -77,6 +79,9 @@ pub enum Command {
     },
     /// Explain how a policy decides one handle request (any OS).
     Explain(ExplainArgs),
+    /// Propose the requester exemptions that would have let recorded
+    /// requests through, as a reviewed diff of the policy (any OS).
+    Learn(learn::LearnArgs),
     /// Compile a policy and make it the driver's policy (Windows).
     Apply {
         /// The policy file.
@@ -321,6 +326,7 @@ pub fn execute(
             output: blob,
         } => offline::compile(policy, blob, output).map(|()| EXIT_OK),
         Command::Explain(args) => offline::explain(args, output).map(|()| EXIT_OK),
+        Command::Learn(args) => learn::run(args, output),
         Command::Apply { policy, persist } => {
             let compiled = offline::load(policy, output)?;
             let mut device = open()?;
