@@ -109,7 +109,8 @@ fn except_any(table: &mut Table, patterns: &[&str]) -> Result<(), String> {
 
 /// Extends `requester = { except = { ... } }` with `path` entries.
 fn extend_except(table: &mut Table, rule: &str, patterns: &[&str]) -> Result<(), String> {
-    let unexpected = || format!("rule {rule:?}: its requester exceptions are not a table learn can edit");
+    let unexpected =
+        || format!("rule {rule:?}: its requester exceptions are not a table learn can edit");
     let except = table
         .get_mut("requester")
         .and_then(Item::as_table_like_mut)
@@ -160,8 +161,20 @@ fn push_in_layout(array: &mut Array, values: Vec<Value>) {
         _ if array.is_empty() => String::new(),
         _ => " ".to_owned(),
     };
+    // A comment after the last entry's comma is in the array's trailing
+    // text: it stays with that entry, the new ones go below it.
+    let trailing = array.trailing().as_str().unwrap_or_default().to_owned();
+    let mut first_prefix = None;
+    if prefix.contains('\n') && trailing.contains('#') {
+        if let Some(end) = trailing.find('\n') {
+            let indent = prefix.rsplit('\n').next().unwrap_or_default();
+            first_prefix = Some(format!("{}{indent}", &trailing[..=end]));
+            array.set_trailing(format!("\n{}", &trailing[end + 1..]));
+        }
+    }
     for mut value in values {
-        value.decor_mut().set_prefix(prefix.clone());
+        let prefix = first_prefix.take().unwrap_or_else(|| prefix.clone());
+        value.decor_mut().set_prefix(prefix);
         value.decor_mut().set_suffix("");
         array.push_formatted(value);
     }

@@ -138,8 +138,9 @@ pub fn learn(policy_text: &str, events_text: &str) -> Result<Learned, LearnError
     } else {
         body.to_owned()
     };
-    let proposed = parse_policy(&text)
-        .map_err(|errors| LearnError::Check(format!("the proposed policy fails check: {errors}")))?;
+    let proposed = parse_policy(&text).map_err(|errors| {
+        LearnError::Check(format!("the proposed policy fails check: {errors}"))
+    })?;
     verify(&proposal, &proposed)?;
     let old_warnings: Vec<String> = lint(&policy).into_iter().map(|w| w.to_string()).collect();
     let new_warnings = lint(&proposed)
@@ -149,7 +150,11 @@ pub fn learn(policy_text: &str, events_text: &str) -> Result<Learned, LearnError
         .collect();
     Ok(Learned {
         proposal,
-        text: if mark { format!("\u{feff}{text}") } else { text },
+        text: if mark {
+            format!("\u{feff}{text}")
+        } else {
+            text
+        },
         policy: proposed,
         new_warnings,
     })
@@ -255,7 +260,10 @@ pub fn run(args: &LearnArgs, output: &mut Output<'_>) -> Result<u8, Failure> {
         &policy_name,
         &format!("{policy_name} (proposed)"),
     );
-    writeln!(output.out, "\nproposed change (review it; nothing is applied):")?;
+    writeln!(
+        output.out,
+        "\nproposed change (review it; nothing is applied):"
+    )?;
     output.out.write_all(diff.as_bytes())?;
     let blob = encode(&learned.policy);
     writeln!(
@@ -287,7 +295,8 @@ pub fn run(args: &LearnArgs, output: &mut Output<'_>) -> Result<u8, Failure> {
 
 /// Writes a file that must not exist yet.
 fn write_new(path: &Path, text: &str) -> Result<(), Failure> {
-    let cannot = |error: std::io::Error| Failure::error(format!("cannot write {}: {error}", path.display()));
+    let cannot =
+        |error: std::io::Error| Failure::error(format!("cannot write {}: {error}", path.display()));
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)

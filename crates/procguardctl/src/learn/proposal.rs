@@ -29,7 +29,7 @@ use procguard_policy::{
     is_critical_system_process, Operation, Policy, ProcessIdentity, Requester, Selector,
 };
 
-use super::records::{HandleRecord, RecordMode, RecordedImage, Recorded};
+use super::records::{HandleRecord, RecordMode, Recorded, RecordedImage};
 
 /// Examples kept per exemption.
 pub const EXAMPLES: usize = 3;
@@ -248,8 +248,8 @@ pub fn propose(policy: &Policy, recorded: &Recorded) -> Proposal {
             pid: record.requester_pid(),
             image_path: image,
         };
-        let critical_exempt = policy.settings.exempt_critical_requesters
-            && is_critical_system_process(&requester);
+        let critical_exempt =
+            policy.settings.exempt_critical_requesters && is_critical_system_process(&requester);
         if critical_exempt || !requester_restricted(&rule.requester, &requester) {
             count(&mut not.already_exempt, rule_name);
             continue;
@@ -284,7 +284,11 @@ pub fn propose(policy: &Policy, recorded: &Recorded) -> Proposal {
                 audit: 0,
                 examples: Vec::new(),
             });
-        if !exemption.images.iter().any(|known| known.eq_ignore_ascii_case(image)) {
+        if !exemption
+            .images
+            .iter()
+            .any(|known| known.eq_ignore_ascii_case(image))
+        {
             exemption.images.push(image.clone());
         }
         exemption.requests += 1;
@@ -337,13 +341,16 @@ fn only_entries(selector: &Selector, exemption: &Exemption) -> Vec<OnlyEntry> {
         pid: u32::MAX,
         image_path: image,
     });
-    let by_pid = exemption.examples.iter().filter_map(|example| match &example.source_image {
-        RecordedImage::Path(image) => Some(ProcessIdentity {
-            pid: example.requester_pid(),
-            image_path: image,
-        }),
-        _ => None,
-    });
+    let by_pid = exemption
+        .examples
+        .iter()
+        .filter_map(|example| match &example.source_image {
+            RecordedImage::Path(image) => Some(ProcessIdentity {
+                pid: example.requester_pid(),
+                image_path: image,
+            }),
+            _ => None,
+        });
     let mut entries = Vec::new();
     for id in by_image.chain(by_pid) {
         for entry in selecting_entries(selector, &id) {

@@ -131,8 +131,8 @@ pub fn read_records(text: &str) -> Result<Recorded, RecordError> {
             continue;
         }
         let error = |message: String| RecordError { line, message };
-        let value: Value = serde_json::from_str(raw)
-            .map_err(|e| error(format!("not a JSON object: {e}")))?;
+        let value: Value =
+            serde_json::from_str(raw).map_err(|e| error(format!("not a JSON object: {e}")))?;
         let Value::Object(fields) = value else {
             return Err(error("not a JSON object".to_owned()));
         };
@@ -168,7 +168,9 @@ fn mask(fields: &Map<String, Value>, name: &str) -> Result<u32, String> {
     text.strip_prefix("0x")
         .or_else(|| text.strip_prefix("0X"))
         .and_then(|hex| u32::from_str_radix(hex, 16).ok())
-        .ok_or_else(|| format!("field {name:?} is not an access mask in hex (\"0x1fffff\"): {text:?}"))
+        .ok_or_else(|| {
+            format!("field {name:?} is not an access mask in hex (\"0x1fffff\"): {text:?}")
+        })
 }
 
 fn optional_string(fields: &Map<String, Value>, name: &str) -> Result<Option<String>, String> {
@@ -309,10 +311,22 @@ mod tests {
         let cases = [
             ("{not json", "not a JSON object"),
             ("[1, 2]", "not a JSON object"),
-            (&good.replace("\"Mode\"", "\"Mood\""), "missing field \"Mode\""),
-            (&good.replace("\"audit\"", "\"loud\""), "field \"Mode\" is \"loud\""),
-            (&good.replace("\"0x1fffff\"", "\"lots\""), "not an access mask in hex"),
-            (&good.replace("\"SourceProcessId\":700", "\"SourceProcessId\":-1"), "not a process id"),
+            (
+                &good.replace("\"Mode\"", "\"Mood\""),
+                "missing field \"Mode\"",
+            ),
+            (
+                &good.replace("\"audit\"", "\"loud\""),
+                "field \"Mode\" is \"loud\"",
+            ),
+            (
+                &good.replace("\"0x1fffff\"", "\"lots\""),
+                "not an access mask in hex",
+            ),
+            (
+                &good.replace("\"SourceProcessId\":700", "\"SourceProcessId\":-1"),
+                "not a process id",
+            ),
         ];
         for (bad, expected) in cases {
             let text = format!("{good}\n\n{bad}\n{good}\n");

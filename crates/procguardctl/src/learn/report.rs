@@ -116,8 +116,7 @@ pub fn render(proposal: &Proposal, events_name: &str, policy_name: &str) -> Stri
                     .first()
                     .is_some_and(|image| image != &exemption.pattern)
             {
-                let images: Vec<String> =
-                    exemption.images.iter().map(|i| toml_string(i)).collect();
+                let images: Vec<String> = exemption.images.iter().map(|i| toml_string(i)).collect();
                 let _ = writeln!(out, "      recorded as {}", images.join(", "));
             }
             if rule.form == RequesterForm::Only {
@@ -144,11 +143,7 @@ fn not_learned(out: &mut String, not: &NotLearned, policy_name: &str) {
     if not.total() == 0 {
         return;
     }
-    let _ = writeln!(
-        out,
-        "\nnot learned ({}):",
-        plural(not.total(), "record")
-    );
+    let _ = writeln!(out, "\nnot learned ({}):", plural(not.total(), "record"));
     if not.no_rule != 0 {
         let _ = writeln!(out, "  {} naming no rule", plural(not.no_rule, "record"));
     }
