@@ -2,6 +2,7 @@
 //!
 //! Offline, on any OS: `check`, `compile` and `explain` a TOML policy, and
 //! `export` it as a `.reg` file or a PowerShell script for fleet tools.
+//! `learn` requester exemptions from recorded events ([`learn`]).
 //! Against the driver (Windows): `apply`, `status`, `policy show`, `events`,
 //! `counters`. The binary is a thin `main` over [`run`], which takes the
 //! output streams and the way to open the device, so every command is tested
@@ -18,6 +19,7 @@ pub mod device;
 pub mod events;
 pub mod export;
 pub mod fake_device;
+pub mod learn;
 pub mod metrics;
 mod offline;
 mod online;
@@ -88,6 +90,9 @@ pub enum Command {
     /// Manager or Ansible to push (any OS). Writes nothing unless the
     /// policy is valid.
     Export(ExportArgs),
+    /// Propose the requester exemptions that would have let recorded
+    /// requests through, as a reviewed diff of the policy (any OS).
+    Learn(learn::LearnArgs),
     /// Compile a policy and make it the driver's policy (Windows).
     Apply {
         /// The policy file.
@@ -376,6 +381,7 @@ pub fn execute(
             };
             export::export(&args.policy, format, args.output.as_ref(), output).map(|()| EXIT_OK)
         }
+        Command::Learn(args) => learn::run(args, output),
         Command::Apply { policy, persist } => {
             let compiled = offline::load(policy, output)?;
             let mut device = open()?;
