@@ -31,27 +31,41 @@ use procguard_policy::CompiledPolicy;
 use crate::callbacks::object_callbacks::Registration;
 use crate::callbacks::process_tracking;
 use crate::control::control_device::ControlDevice;
-use crate::control::parameters::read_settings;
+use crate::control::parameters::{self, read_settings, Settings};
+use crate::control::policy_apply;
 use crate::driver_state::DriverState;
 use crate::ffi::{
     call_unsafe_wdf_function_binding, _WDF_DRIVER_INIT_FLAGS, NTSTATUS, PCUNICODE_STRING,
-    PDRIVER_OBJECT, STATUS_INSUFFICIENT_RESOURCES, STATUS_SUCCESS, ULONG, WDFDRIVER,
-    WDF_DRIVER_CONFIG, WDF_NO_OBJECT_ATTRIBUTES,
+    PDRIVER_OBJECT, STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_PARAMETER, STATUS_SUCCESS, ULONG,
+    WDFDRIVER, WDF_DRIVER_CONFIG, WDF_NO_OBJECT_ATTRIBUTES,
 };
 use crate::platform::trace;
 
-/// Compiles the registry's policy; a corrupt one becomes the empty policy.
-fn compile_policy(blob: Vec<u8>) -> (CompiledPolicy, Vec<u8>) {
+/// Compiles the registry's policy; a corrupt one becomes the empty policy
+/// (`Err` with the refusal's status, for the boot policy record).
+fn compile_policy(settings: &mut Settings) -> (CompiledPolicy, Vec<u8>, Result<(), NTSTATUS>) {
+    if let Some(problem) = settings.problems[2] {
+        return (
+            CompiledPolicy::empty(),
+            Vec::new(),
+            Err(parameters::problem_status(problem)),
+        );
+    }
+    let blob = core::mem::take(&mut settings.policy_blob);
     if blob.is_empty() {
-        return (CompiledPolicy::empty(), blob);
+        return (CompiledPolicy::empty(), blob, Ok(()));
     }
     match CompiledPolicy::from_blob(&blob) {
-        Ok(policy) => (policy, blob),
+        Ok(policy) => (policy, blob, Ok(())),
         Err(error) => {
             trace::error(format_args!(
                 "Parameters\\Policy: {error}; starting with no rules"
             ));
-            (CompiledPolicy::empty(), Vec::new())
+            let status = match error {
+                procguard_policy::DecodeError::OutOfMemory => STATUS_INSUFFICIENT_RESOURCES,
+                _ => STATUS_INVALID_PARAMETER,
+            };
+            (CompiledPolicy::empty(), Vec::new(), Err(status))
         }
     }
 }
@@ -91,7 +105,7 @@ pub unsafe extern "system" fn driver_entry(
     let pool_routine = crate::platform::pool::resolve_allocator();
     trace::info(format_args!("pool allocations use {pool_routine:?}"));
     // SAFETY: the registry path DriverEntry received.
-    let settings = unsafe { read_settings(registry_path) };
+    let mut settings = unsafe { read_settings(registry_path) };
 
     let mut config = WDF_DRIVER_CONFIG {
         Size: core::mem::size_of::<WDF_DRIVER_CONFIG>() as ULONG,
@@ -134,7 +148,7 @@ pub unsafe extern "system" fn driver_entry(
     };
     DriverState::publish_global(&state);
 
-    let (policy, blob) = compile_policy(settings.policy_blob);
+    let (policy, blob, boot_result) = compile_policy(&mut settings);
     let rules = policy.rule_count();
     {
         let mut writer = state.writer();
@@ -148,9 +162,13 @@ pub unsafe extern "system" fn driver_entry(
             return status;
         }
         match state.install_policy(&mut writer, policy, blob) {
-            Ok(tracked) => trace::info(format_args!(
-                "policy of {rules} rule(s) in force; {tracked} running process(es) classified"
-            )),
+            Ok(tracked) => {
+                trace::info(format_args!(
+                    "policy of {rules} rule(s) in force; {tracked} running process(es) classified"
+                ));
+                drop(writer);
+                policy_apply::record_boot(&state, boot_result);
+            }
             Err(error) => {
                 trace::error(format_args!("no memory to install the policy ({error:?})"));
                 drop(writer);

@@ -79,6 +79,8 @@ pub struct DriverState {
     pub ask: crate::ask::AskBroker,
     /// Readers waiting for audit records (`IOCTL_WAIT_EVENTS`).
     pub events_wait: crate::control::events_wait::EventsWait,
+    /// Policies applied and refused (`Status.policy_updates`).
+    pub policy_updates: crate::control::policy_apply::PolicyUpdateCounters,
 }
 
 /// The loaded driver's state, for routines the kernel calls without a
@@ -126,6 +128,7 @@ impl DriverState {
             pending: crate::tracking::pending_classification::PendingClassification::default(),
             ask: crate::ask::AskBroker::new()?,
             events_wait: crate::control::events_wait::EventsWait::default(),
+            policy_updates: crate::control::policy_apply::PolicyUpdateCounters::default(),
         })?;
         // SAFETY: boxed, so the address is final; called once each, before any lock.
         unsafe { state.writer.init() };

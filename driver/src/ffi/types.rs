@@ -631,6 +631,10 @@ pub const STATUS_ACCESS_DENIED: NTSTATUS = 0xC000_0022_u32 as i32;
 pub const STATUS_BUFFER_TOO_SMALL: NTSTATUS = 0xC000_0023_u32 as i32;
 pub const STATUS_OBJECT_NAME_NOT_FOUND: NTSTATUS = 0xC000_0034_u32 as i32;
 pub const STATUS_INSUFFICIENT_RESOURCES: NTSTATUS = 0xC000_009A_u32 as i32;
+/// A registry value of the wrong type (`Parameters\\Policy` not `REG_BINARY`).
+pub const STATUS_OBJECT_TYPE_MISMATCH: NTSTATUS = 0xC000_0024_u32 as i32;
+/// A registry value of an unusable size (larger than the driver reads).
+pub const STATUS_INVALID_BUFFER_SIZE: NTSTATUS = 0xC000_0206_u32 as i32;
 pub const STATUS_NAME_TOO_LONG: NTSTATUS = 0xC000_0106_u32 as i32;
 pub const STATUS_BUFFER_OVERFLOW: NTSTATUS = 0x8000_0005_u32 as i32;
 pub const STATUS_INFO_LENGTH_MISMATCH: NTSTATUS = 0xC000_0004_u32 as i32;
