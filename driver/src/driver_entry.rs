@@ -30,9 +30,11 @@ use procguard_policy::CompiledPolicy;
 
 use crate::callbacks::object_callbacks::Registration;
 use crate::callbacks::process_tracking;
+use crate::control::altitude::Altitude;
 use crate::control::control_device::ControlDevice;
 use crate::control::parameters::{self, read_settings, Settings};
 use crate::control::policy_apply;
+use crate::control::registry_callback::RegistryWatch;
 use crate::driver_state::DriverState;
 use crate::ffi::{
     call_unsafe_wdf_function_binding, _WDF_DRIVER_INIT_FLAGS, NTSTATUS, PCUNICODE_STRING,
@@ -204,7 +206,30 @@ pub unsafe extern "system" fn driver_entry(
     }
     // SAFETY: the handle WdfDriverCreate returned above.
     match unsafe { ControlDevice::create(wdf_driver) } {
-        Ok(device) => state.load_info.lock().control_device = Some(device),
+        Ok(device) => {
+            let handle = device.handle();
+            let mut load_info = state.load_info.lock();
+            load_info.control_device = Some(device);
+            let altitude = load_info
+                .altitude
+                .unwrap_or_else(Altitude::default_altitude);
+            // SAFETY: DriverEntry's driver object, the control device just
+            // created, the published state.
+            let watch =
+                unsafe { RegistryWatch::start(driver, handle, &altitude, &state.service_key_path) };
+            match watch {
+                Ok(watch) => load_info.registry_watch = Some(watch),
+                Err(status) => {
+                    // Not fatal: the policy still changes through the IOCTL
+                    // and at the next start.
+                    trace::error(format_args!(
+                        "registering the registry callback failed with {}; Parameters\\Policy changes apply at the next start",
+                        trace::Status(status)
+                    ));
+                    state.note_error(status);
+                }
+            }
+        }
         Err(status) => {
             trace::error(format_args!(
                 "creating the control device failed with {}",
@@ -235,6 +260,11 @@ pub unsafe extern "C" fn evt_driver_unload(_driver: WDFDRIVER) {
     let Some(state) = DriverState::global() else {
         return;
     };
+    // First: no registry callback, no work item queued or running.
+    let watch = state.load_info.lock().registry_watch.take();
+    if let Some(watch) = watch {
+        watch.stop();
+    }
     let (device, registration, notify_registered) = {
         let mut load_info = state.load_info.lock();
         (

@@ -1967,4 +1967,199 @@ mod policy_updates {
         with_host(|host| host.parameters = None);
         assert_eq!(apply_from_registry(loaded.state()), Ok(Applied::Unchanged));
     }
+
+    const PARAMETERS_KEY_NAME: &str =
+        "\\REGISTRY\\MACHINE\\SYSTEM\\ControlSet001\\Services\\procguard\\Parameters";
+    const PARAMETERS_OBJECT: usize = 0x7E60;
+    const OTHER_OBJECT: usize = 0x7E70;
+
+    /// Calls the registered registry callback as the configuration manager
+    /// does after a set (or delete) of `value` on the key `object`.
+    fn notify(delete: bool, status: i32, value: &str, object: usize) -> i32 {
+        use crate::ffi::{
+            REG_DELETE_VALUE_KEY_INFORMATION, REG_POST_OPERATION_INFORMATION,
+            REG_SET_VALUE_KEY_INFORMATION,
+        };
+        let record = with_host(|host| host.registry_callback.clone()).expect("registered");
+        let mut units: Vec<u16> = value.encode_utf16().collect();
+        let mut name = UNICODE_STRING {
+            Length: (units.len() * 2) as u16,
+            MaximumLength: (units.len() * 2) as u16,
+            Buffer: units.as_mut_ptr(),
+        };
+        let mut set = REG_SET_VALUE_KEY_INFORMATION {
+            Object: object as PVOID,
+            ValueName: &raw mut name,
+            TitleIndex: 0,
+            Type: REG_BINARY,
+            Data: core::ptr::null_mut(),
+            DataSize: 0,
+            CallContext: core::ptr::null_mut(),
+            ObjectContext: core::ptr::null_mut(),
+            Reserved: core::ptr::null_mut(),
+        };
+        let mut removed = REG_DELETE_VALUE_KEY_INFORMATION {
+            Object: object as PVOID,
+            ValueName: &raw mut name,
+            CallContext: core::ptr::null_mut(),
+            ObjectContext: core::ptr::null_mut(),
+            Reserved: core::ptr::null_mut(),
+        };
+        let pre: PVOID = if delete {
+            (&raw mut removed).cast()
+        } else {
+            (&raw mut set).cast()
+        };
+        let mut post = REG_POST_OPERATION_INFORMATION {
+            Object: object as PVOID,
+            Status: status,
+            PreInformation: pre,
+            ReturnStatus: status,
+            CallContext: core::ptr::null_mut(),
+            ObjectContext: core::ptr::null_mut(),
+            Reserved: core::ptr::null_mut(),
+        };
+        let class: usize = if delete { 17 } else { 16 };
+        // SAFETY: the registered EX_CALLBACK_FUNCTION and its context.
+        let callback: unsafe extern "C" fn(PVOID, PVOID, PVOID) -> i32 =
+            unsafe { core::mem::transmute(record.function) };
+        // SAFETY: as the configuration manager calls it.
+        unsafe {
+            callback(
+                record.context as PVOID,
+                class as PVOID,
+                (&raw mut post).cast(),
+            )
+        }
+    }
+
+    fn queued() -> bool {
+        with_host(|host| host.work_items.iter().any(|item| item.queued))
+    }
+
+    fn watched() -> Loaded {
+        let loaded = loaded();
+        with_host(|host| {
+            host.key_names
+                .insert(PARAMETERS_OBJECT, PARAMETERS_KEY_NAME.into());
+            host.key_names.insert(
+                OTHER_OBJECT,
+                "\\REGISTRY\\MACHINE\\SYSTEM\\ControlSet001\\Services\\other\\Parameters".into(),
+            );
+        });
+        loaded
+    }
+
+    #[test]
+    fn the_registry_callback_is_registered_at_the_altitude_with_a_work_item_under_the_device() {
+        let loaded = watched();
+        let record = with_host(|host| host.registry_callback.clone()).expect("registered");
+        let altitude = loaded.state().status().altitude_len;
+        assert!(altitude > 0);
+        let expected = with_host(|host| host.registrations.last().map(|r| r.altitude.clone()));
+        assert_eq!(
+            Some(record.altitude),
+            expected,
+            "the object callbacks' altitude"
+        );
+        assert_ne!(record.driver, 0, "DriverEntry's driver object");
+        let items = with_host(|host| host.work_items.clone());
+        assert_eq!(items.len(), 1);
+        assert_eq!(items[0].parent, crate::ffi::ntddk::FAKE_DEVICE);
+        assert!(!items[0].queued);
+    }
+
+    #[test]
+    fn a_policy_change_enqueues_the_work_item_which_applies_the_value() {
+        let loaded = watched();
+        set_registry(REG_BINARY, blob(TOOL_POLICY));
+        assert_eq!(
+            notify(false, 0, "Policy", PARAMETERS_OBJECT),
+            STATUS_SUCCESS
+        );
+        assert!(queued());
+        assert!(
+            loaded.drain().is_empty(),
+            "nothing applied in the writer's thread"
+        );
+        assert_eq!(crate::ffi::ntddk::run_work_items(), 1);
+        let record = only(&loaded.drain());
+        assert_eq!(record.policy_source(), Some(PolicySource::Registry));
+        assert_eq!(record.mode, AuditMode::PolicyApplied);
+        assert_eq!(
+            loaded.open_process(ATTACKER, AGENT, PROCESS_TERMINATE),
+            PROCESS_TERMINATE
+        );
+        // Case does not matter; a delete counts too.
+        assert_eq!(notify(true, 0, "POLICY", PARAMETERS_OBJECT), STATUS_SUCCESS);
+        assert!(queued());
+    }
+
+    #[test]
+    fn a_storm_queues_one_work_item_and_the_last_value_wins() {
+        let loaded = watched();
+        for policy in [POLICY, TOOL_POLICY, POLICY, TOOL_POLICY] {
+            set_registry(REG_BINARY, blob(policy));
+            notify(false, 0, "Policy", PARAMETERS_OBJECT);
+        }
+        assert_eq!(with_host(|host| host.work_item_enqueues), 4);
+        assert_eq!(crate::ffi::ntddk::run_work_items(), 1, "one run");
+        let record = only(&loaded.drain());
+        assert_eq!(record.rule_id, loaded.state().status().policy_id);
+        assert_eq!(record.desired_access, 1, "the tool policy's one rule");
+        assert_eq!(updates(&loaded).applied, 2);
+    }
+
+    #[test]
+    fn unrelated_values_keys_and_failed_operations_enqueue_nothing() {
+        let _loaded = watched();
+        notify(false, 0, "Altitude", PARAMETERS_OBJECT);
+        notify(false, 0, "Policy", OTHER_OBJECT);
+        notify(false, 0xC000_0022_u32 as i32, "Policy", PARAMETERS_OBJECT);
+        notify(true, 0, "Policy2", PARAMETERS_OBJECT);
+        assert!(!queued());
+        assert_eq!(with_host(|host| host.work_item_enqueues), 0);
+        // A key whose name cannot be had: enqueued (never miss a change).
+        notify(false, 0, "Policy", 0x7E80);
+        assert!(queued());
+    }
+
+    #[test]
+    fn unload_unregisters_the_callback_then_flushes_the_queued_work_item() {
+        let mut loaded = watched();
+        set_registry(REG_BINARY, blob(TOOL_POLICY));
+        notify(false, 0, "Policy", PARAMETERS_OBJECT);
+        assert!(queued());
+        loaded.unload();
+        let (unregistered, items, deleted) = with_host(|host| {
+            (
+                host.registry_unregistered.clone(),
+                host.work_items.clone(),
+                host.control.deleted.clone(),
+            )
+        });
+        assert_eq!(unregistered, std::vec![0x00C0_FFEE]);
+        assert!(with_host(|host| host.registry_callback.is_none()));
+        assert_eq!(items[0].flushes, 1);
+        assert!(!items[0].queued, "the flush ran it");
+        assert!(
+            !deleted.is_empty(),
+            "the device (the work item's parent) went after"
+        );
+        assert!(DriverState::global().is_none());
+    }
+
+    #[test]
+    fn a_failed_callback_registration_leaves_the_driver_loaded() {
+        let (loaded, status) = Loaded::with_setup(Some(blob(POLICY)), &[], |host| {
+            host.registry_callback_result =
+                Some(crate::ffi::STATUS_FLT_INSTANCE_ALTITUDE_COLLISION);
+        });
+        assert_eq!(status, STATUS_SUCCESS);
+        assert_eq!(
+            loaded.state().status().last_error,
+            crate::ffi::STATUS_FLT_INSTANCE_ALTITUDE_COLLISION
+        );
+        assert!(with_host(|host| host.registry_callback.is_none()));
+    }
 }

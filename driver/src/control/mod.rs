@@ -13,4 +13,5 @@ pub mod control_target;
 pub mod events_wait;
 pub mod parameters;
 pub mod policy_apply;
+pub mod registry_callback;
 pub mod registry_watch;

@@ -269,6 +269,8 @@ pub fn apply_policy(
 /// The refusal's status (the policy in force is unchanged).
 pub fn apply_from_registry(state: &DriverState) -> Result<Applied, i32> {
     let origin = Origin::registry(PolicySource::Registry);
+    // One read-and-apply at a time: the value read last is applied last.
+    let _serial = state.registry_apply.lock();
     match parameters::read_policy(&state.service_key_path) {
         Ok(blob) => apply_policy(state, &blob, origin, false),
         Err(problem) => {

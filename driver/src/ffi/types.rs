@@ -361,6 +361,70 @@ pub struct WDFFILEOBJECT__ {
     _opaque: [u8; 0],
 }
 pub type WDFFILEOBJECT = *mut WDFFILEOBJECT__;
+#[repr(C)]
+pub struct WDFWORKITEM__ {
+    _opaque: [u8; 0],
+}
+pub type WDFWORKITEM = *mut WDFWORKITEM__;
+/// `EVT_WDF_WORKITEM`: runs at PASSIVE_LEVEL in a system thread.
+pub type PFN_WDF_WORKITEM = Option<unsafe extern "C" fn(WorkItem: WDFWORKITEM)>;
+/// `WDF_WORKITEM_CONFIG` (wdfworkitem.h), 24 bytes on x64.
+#[repr(C)]
+#[derive(Debug, Copy, Clone, Default)]
+pub struct _WDF_WORKITEM_CONFIG {
+    pub Size: ULONG,
+    pub EvtWorkItemFunc: PFN_WDF_WORKITEM,
+    pub AutomaticSerialization: BOOLEAN,
+}
+pub type WDF_WORKITEM_CONFIG = _WDF_WORKITEM_CONFIG;
+pub type PWDF_WORKITEM_CONFIG = *mut WDF_WORKITEM_CONFIG;
+
+/// `EX_CALLBACK_FUNCTION` (wdm.h): a registry callback.
+pub type PEX_CALLBACK_FUNCTION = Option<
+    unsafe extern "C" fn(CallbackContext: PVOID, Argument1: PVOID, Argument2: PVOID) -> NTSTATUS,
+>;
+/// `REG_POST_OPERATION_INFORMATION` (wdm.h): a post-notification's Argument2.
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct _REG_POST_OPERATION_INFORMATION {
+    pub Object: PVOID,
+    pub Status: NTSTATUS,
+    pub PreInformation: PVOID,
+    pub ReturnStatus: NTSTATUS,
+    pub CallContext: PVOID,
+    pub ObjectContext: PVOID,
+    pub Reserved: PVOID,
+}
+pub type REG_POST_OPERATION_INFORMATION = _REG_POST_OPERATION_INFORMATION;
+pub type PREG_POST_OPERATION_INFORMATION = *mut REG_POST_OPERATION_INFORMATION;
+/// `REG_SET_VALUE_KEY_INFORMATION` (wdm.h).
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct _REG_SET_VALUE_KEY_INFORMATION {
+    pub Object: PVOID,
+    pub ValueName: PUNICODE_STRING,
+    pub TitleIndex: ULONG,
+    pub Type: ULONG,
+    pub Data: PVOID,
+    pub DataSize: ULONG,
+    pub CallContext: PVOID,
+    pub ObjectContext: PVOID,
+    pub Reserved: PVOID,
+}
+pub type REG_SET_VALUE_KEY_INFORMATION = _REG_SET_VALUE_KEY_INFORMATION;
+pub type PREG_SET_VALUE_KEY_INFORMATION = *mut REG_SET_VALUE_KEY_INFORMATION;
+/// `REG_DELETE_VALUE_KEY_INFORMATION` (wdm.h).
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct _REG_DELETE_VALUE_KEY_INFORMATION {
+    pub Object: PVOID,
+    pub ValueName: PUNICODE_STRING,
+    pub CallContext: PVOID,
+    pub ObjectContext: PVOID,
+    pub Reserved: PVOID,
+}
+pub type REG_DELETE_VALUE_KEY_INFORMATION = _REG_DELETE_VALUE_KEY_INFORMATION;
+pub type PREG_DELETE_VALUE_KEY_INFORMATION = *mut REG_DELETE_VALUE_KEY_INFORMATION;
 pub type ULONG_PTR = u64;
 
 pub type PFN_WDF_IO_QUEUE_IO_DEFAULT =
