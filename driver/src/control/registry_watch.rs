@@ -52,17 +52,30 @@ pub fn is_policy_value(name: &[u16]) -> bool {
 /// (`\REGISTRY\MACHINE\SYSTEM\CurrentControlSet\Services\<name>`).
 #[must_use]
 pub fn service_name(service_key_path: &[u16]) -> &[u16] {
-    let trimmed = match service_key_path
-        .iter()
-        .rposition(|&unit| unit != u16::from(b'\\'))
-    {
-        Some(last) => &service_key_path[..=last],
-        None => &[],
-    };
-    match trimmed.iter().rposition(|&unit| unit == u16::from(b'\\')) {
-        Some(separator) => &trimmed[separator + 1..],
-        None => trimmed,
+    let backslash = u16::from(b'\\');
+    let mut trimmed = service_key_path;
+    while let [head @ .., last] = trimmed {
+        if *last != backslash {
+            break;
+        }
+        trimmed = head;
     }
+    // No indexing (no panic path in the driver image): walk back to the
+    // last separator.
+    let mut name = trimmed;
+    let mut rest = trimmed;
+    let mut length = 0;
+    while let [head @ .., last] = rest {
+        if *last == backslash {
+            break;
+        }
+        rest = head;
+        length += 1;
+    }
+    if let Some(start) = trimmed.len().checked_sub(length) {
+        name = name.get(start..).unwrap_or_default();
+    }
+    name
 }
 
 /// Whether a key's full name ends with `\Services\<service>\Parameters`
@@ -84,13 +97,17 @@ pub fn is_parameters_key(key_name: &[u16], service: &[u16]) -> bool {
     // Components from the end: Parameters, <service>, Services, and a
     // separator before Services.
     for expected in [PARAMETERS, service, SERVICES] {
-        let Some(split) = rest.len().checked_sub(expected.len()) else {
+        let Some((before, tail)) = rest
+            .len()
+            .checked_sub(expected.len())
+            .and_then(|split| rest.split_at_checked(split))
+        else {
             return false;
         };
-        if !equal_ignoring_case(&rest[split..], expected) {
+        if !equal_ignoring_case(tail, expected) {
             return false;
         }
-        let Some((&separator, before)) = rest[..split].split_last() else {
+        let Some((&separator, before)) = before.split_last() else {
             return false;
         };
         if separator != backslash {
