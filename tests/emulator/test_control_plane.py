@@ -148,7 +148,23 @@ def decode_status(data: bytes) -> dict:
         "altitude_padding": data[106 + 2 * altitude_len : 186],
         # Protocol version 2 (issue 12): the ask part at 188..272.
         "ask": decode_ask_status(data),
-        "reserved": data[186:188] + data[272:],
+        # Issue 13: policy updates at 272..285.
+        "policy_updates": decode_policy_updates(data),
+        "reserved": data[186:188] + data[285:],
+    }
+
+
+POLICY_SOURCE_NAMES = {0: None, 1: "boot", 2: "control", 3: "registry"}
+
+
+def decode_policy_updates(data: bytes) -> dict:
+    """Status.policy_updates (crates/procguard-protocol/src/ioctl.rs, offsets 272..285)."""
+    applied, rejected, last_rejected_status = struct.unpack_from("<IIi", data, 272)
+    return {
+        "applied": applied,
+        "rejected": rejected,
+        "last_rejected_status": last_rejected_status & 0xFFFFFFFF,
+        "source": POLICY_SOURCE_NAMES.get(data[284], f"invalid({data[284]})"),
     }
 
 
@@ -322,7 +338,7 @@ def test_status_reports_version_altitude_registration_policy_processes_counters_
     assert report["audit_capacity"] == 4096
     assert report["altitude"] == "385201"
     assert report["altitude_padding"] == bytes(len(report["altitude_padding"]))
-    assert report["reserved"] == bytes(2 + 48)
+    assert report["reserved"] == bytes(2 + 35)
     assert report["ask"]["handler_pid"] == 0
     assert report["ask"]["counters"] == dict.fromkeys(ASK_COUNTER_NAMES, 0), "no ask rule: nothing asked"
     assert report["counters"] == {
