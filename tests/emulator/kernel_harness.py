@@ -1081,10 +1081,17 @@ class KernelHarness(IrqlVerifier, KernelThreads):
         return self.driver_entry_status
 
     def load(self) -> None:
-        """DriverEntry, which must succeed."""
+        """DriverEntry, which must succeed. The boot policy record (issue 13:
+        one policy record at start) is drained into ``policy_records``, so
+        the ring holds only what a test causes (its sequence number, 0, is
+        used: the test's first record is sequence 1)."""
         status = self.driver_entry()
         if status != STATUS_SUCCESS:
             raise KernelFault(f"DriverEntry failed with {status:#010x}; trace: {self.trace_text()}")
+        records = self._drain_all_records(64)
+        if [r.object for r in records] != ["policy"] or records[0].policy_source != "boot":
+            raise KernelFault(f"DriverEntry left {records}, expected one boot policy record")
+        self.policy_records.extend(records)
 
     def driver_unload_routine(self) -> int:
         return self._read_u64(self.driver_object + DRIVER_OBJECT_DRIVER_UNLOAD)

@@ -56,7 +56,7 @@ def driver(kernel, blob):
     kernel.parameters = {"Policy": reg_binary(blob)}
     for pid, path in IMAGES.items():
         kernel.new_process(pid, path)
-    kernel.load()
+    kernel.load()  # drains the boot record into policy_records
     (boot,) = kernel.drain_policy_records()
     assert (boot.mode, boot.policy_source, boot.policy_id, boot.rules) == ("policy-applied", "boot", policy_id(blob), 3)
     return kernel
