@@ -425,6 +425,13 @@ pub struct _REG_DELETE_VALUE_KEY_INFORMATION {
 }
 pub type REG_DELETE_VALUE_KEY_INFORMATION = _REG_DELETE_VALUE_KEY_INFORMATION;
 pub type PREG_DELETE_VALUE_KEY_INFORMATION = *mut REG_DELETE_VALUE_KEY_INFORMATION;
+// x64 sizes (wdm.h, wdfworkitem.h), as the emulator harness builds them.
+const _: () = assert!(core::mem::size_of::<WDF_WORKITEM_CONFIG>() == 24);
+const _: () = assert!(core::mem::size_of::<REG_SET_VALUE_KEY_INFORMATION>() == 64);
+const _: () = assert!(core::mem::size_of::<REG_DELETE_VALUE_KEY_INFORMATION>() == 40);
+const _: () = assert!(core::mem::size_of::<REG_POST_OPERATION_INFORMATION>() == 56);
+const _: () = assert!(core::mem::offset_of!(REG_POST_OPERATION_INFORMATION, PreInformation) == 16);
+const _: () = assert!(core::mem::offset_of!(REG_SET_VALUE_KEY_INFORMATION, DataSize) == 32);
 pub type ULONG_PTR = u64;
 
 pub type PFN_WDF_IO_QUEUE_IO_DEFAULT =
