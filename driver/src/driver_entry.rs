@@ -30,28 +30,44 @@ use procguard_policy::CompiledPolicy;
 
 use crate::callbacks::object_callbacks::Registration;
 use crate::callbacks::process_tracking;
+use crate::control::altitude::Altitude;
 use crate::control::control_device::ControlDevice;
-use crate::control::parameters::read_settings;
+use crate::control::parameters::{self, read_settings, Settings};
+use crate::control::policy_apply;
+use crate::control::registry_callback::RegistryWatch;
 use crate::driver_state::DriverState;
 use crate::ffi::{
     call_unsafe_wdf_function_binding, _WDF_DRIVER_INIT_FLAGS, NTSTATUS, PCUNICODE_STRING,
-    PDRIVER_OBJECT, STATUS_INSUFFICIENT_RESOURCES, STATUS_SUCCESS, ULONG, WDFDRIVER,
-    WDF_DRIVER_CONFIG, WDF_NO_OBJECT_ATTRIBUTES,
+    PDRIVER_OBJECT, STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_PARAMETER, STATUS_SUCCESS, ULONG,
+    WDFDRIVER, WDF_DRIVER_CONFIG, WDF_NO_OBJECT_ATTRIBUTES,
 };
 use crate::platform::trace;
 
-/// Compiles the registry's policy; a corrupt one becomes the empty policy.
-fn compile_policy(blob: Vec<u8>) -> (CompiledPolicy, Vec<u8>) {
+/// Compiles the registry's policy; a corrupt one becomes the empty policy
+/// (`Err` with the refusal's status, for the boot policy record).
+fn compile_policy(settings: &mut Settings) -> (CompiledPolicy, Vec<u8>, Result<(), NTSTATUS>) {
+    if let Some(problem) = settings.problems[2] {
+        return (
+            CompiledPolicy::empty(),
+            Vec::new(),
+            Err(parameters::problem_status(problem)),
+        );
+    }
+    let blob = core::mem::take(&mut settings.policy_blob);
     if blob.is_empty() {
-        return (CompiledPolicy::empty(), blob);
+        return (CompiledPolicy::empty(), blob, Ok(()));
     }
     match CompiledPolicy::from_blob(&blob) {
-        Ok(policy) => (policy, blob),
+        Ok(policy) => (policy, blob, Ok(())),
         Err(error) => {
             trace::error(format_args!(
                 "Parameters\\Policy: {error}; starting with no rules"
             ));
-            (CompiledPolicy::empty(), Vec::new())
+            let status = match error {
+                procguard_policy::DecodeError::OutOfMemory => STATUS_INSUFFICIENT_RESOURCES,
+                _ => STATUS_INVALID_PARAMETER,
+            };
+            (CompiledPolicy::empty(), Vec::new(), Err(status))
         }
     }
 }
@@ -91,7 +107,7 @@ pub unsafe extern "system" fn driver_entry(
     let pool_routine = crate::platform::pool::resolve_allocator();
     trace::info(format_args!("pool allocations use {pool_routine:?}"));
     // SAFETY: the registry path DriverEntry received.
-    let settings = unsafe { read_settings(registry_path) };
+    let mut settings = unsafe { read_settings(registry_path) };
 
     let mut config = WDF_DRIVER_CONFIG {
         Size: core::mem::size_of::<WDF_DRIVER_CONFIG>() as ULONG,
@@ -134,7 +150,7 @@ pub unsafe extern "system" fn driver_entry(
     };
     DriverState::publish_global(&state);
 
-    let (policy, blob) = compile_policy(settings.policy_blob);
+    let (policy, blob, boot_result) = compile_policy(&mut settings);
     let rules = policy.rule_count();
     {
         let mut writer = state.writer();
@@ -148,9 +164,13 @@ pub unsafe extern "system" fn driver_entry(
             return status;
         }
         match state.install_policy(&mut writer, policy, blob) {
-            Ok(tracked) => trace::info(format_args!(
-                "policy of {rules} rule(s) in force; {tracked} running process(es) classified"
-            )),
+            Ok(tracked) => {
+                trace::info(format_args!(
+                    "policy of {rules} rule(s) in force; {tracked} running process(es) classified"
+                ));
+                drop(writer);
+                policy_apply::record_boot(&state, boot_result);
+            }
             Err(error) => {
                 trace::error(format_args!("no memory to install the policy ({error:?})"));
                 drop(writer);
@@ -186,7 +206,30 @@ pub unsafe extern "system" fn driver_entry(
     }
     // SAFETY: the handle WdfDriverCreate returned above.
     match unsafe { ControlDevice::create(wdf_driver) } {
-        Ok(device) => state.load_info.lock().control_device = Some(device),
+        Ok(device) => {
+            let handle = device.handle();
+            let mut load_info = state.load_info.lock();
+            load_info.control_device = Some(device);
+            let altitude = load_info
+                .altitude
+                .unwrap_or_else(Altitude::default_altitude);
+            // SAFETY: DriverEntry's driver object, the control device just
+            // created, the published state.
+            let watch =
+                unsafe { RegistryWatch::start(driver, handle, &altitude, &state.service_key_path) };
+            match watch {
+                Ok(watch) => load_info.registry_watch = Some(watch),
+                Err(status) => {
+                    // Not fatal: the policy still changes through the IOCTL
+                    // and at the next start.
+                    trace::error(format_args!(
+                        "registering the registry callback failed with {}; Parameters\\Policy changes apply at the next start",
+                        trace::Status(status)
+                    ));
+                    state.note_error(status);
+                }
+            }
+        }
         Err(status) => {
             trace::error(format_args!(
                 "creating the control device failed with {}",
@@ -217,6 +260,11 @@ pub unsafe extern "C" fn evt_driver_unload(_driver: WDFDRIVER) {
     let Some(state) = DriverState::global() else {
         return;
     };
+    // First: no registry callback, no work item queued or running.
+    let watch = state.load_info.lock().registry_watch.take();
+    if let Some(watch) = watch {
+        watch.stop();
+    }
     let (device, registration, notify_registered) = {
         let mut load_info = state.load_info.lock();
         (

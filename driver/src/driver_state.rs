@@ -54,6 +54,8 @@ pub struct LoadInfo {
     pub altitude: Option<Altitude>,
     /// The control device (`\\Device\\ProcGuard`), deleted first at unload.
     pub control_device: Option<crate::control::control_device::ControlDevice>,
+    /// The registry callback and its work item (`Parameters\\Policy` changes).
+    pub registry_watch: Option<crate::control::registry_callback::RegistryWatch>,
 }
 
 /// The driver's state.
@@ -79,6 +81,12 @@ pub struct DriverState {
     pub ask: crate::ask::AskBroker,
     /// Readers waiting for audit records (`IOCTL_WAIT_EVENTS`).
     pub events_wait: crate::control::events_wait::EventsWait,
+    /// Policies applied and refused (`Status.policy_updates`).
+    pub policy_updates: crate::control::policy_apply::PolicyUpdateCounters,
+    /// Serialises the registry work item's read-and-apply (a WDF work item
+    /// enqueued again while it runs may run twice at once: the later read
+    /// must be applied last).
+    pub registry_apply: PassiveLock<()>,
 }
 
 /// The loaded driver's state, for routines the kernel calls without a
@@ -126,11 +134,15 @@ impl DriverState {
             pending: crate::tracking::pending_classification::PendingClassification::default(),
             ask: crate::ask::AskBroker::new()?,
             events_wait: crate::control::events_wait::EventsWait::default(),
+            policy_updates: crate::control::policy_apply::PolicyUpdateCounters::default(),
+            registry_apply: PassiveLock::new(()),
         })?;
         // SAFETY: boxed, so the address is final; called once each, before any lock.
         unsafe { state.writer.init() };
         // SAFETY: as above.
         unsafe { state.load_info.init() };
+        // SAFETY: as above.
+        unsafe { state.registry_apply.init() };
         Some(state)
     }
 

@@ -9,7 +9,8 @@ use std::string::String;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::vec::Vec;
 
-use procguard_protocol::{AuditMode, AuditObject, AuditRecord};
+use procguard_protocol::dispatch::ControlTarget as _;
+use procguard_protocol::{AuditMode, AuditObject, AuditRecord, PolicySource};
 
 use crate::callbacks::object_callbacks::{process_pre_operation, thread_pre_operation};
 use crate::callbacks::process_tracking::process_notify;
@@ -74,6 +75,8 @@ fn image(name: &str) -> String {
 struct Loaded {
     _turn: MutexGuard<'static, ()>,
     loaded: bool,
+    /// The boot policy record (drained at load).
+    boot: Option<AuditRecord>,
 }
 
 impl Loaded {
@@ -121,13 +124,24 @@ impl Loaded {
         let mut driver: DRIVER_OBJECT = unsafe { core::mem::zeroed() };
         // SAFETY: valid object and path.
         let status = unsafe { driver_entry(&raw mut driver, &raw const registry_path) };
-        (
-            Self {
-                _turn: turn,
-                loaded: status == STATUS_SUCCESS,
-            },
-            status,
-        )
+        let mut loaded = Self {
+            _turn: turn,
+            loaded: status == STATUS_SUCCESS,
+            boot: None,
+        };
+        if loaded.loaded {
+            // The start leaves exactly one record: the boot policy's.
+            let boot = loaded.drain();
+            assert_eq!(boot.len(), 1, "{boot:?}");
+            assert_eq!(boot[0].object, AuditObject::Policy, "{boot:?}");
+            assert_eq!(boot[0].policy_source(), Some(PolicySource::Boot));
+            assert_eq!(
+                loaded.state().status().policy_updates.source,
+                Some(PolicySource::Boot)
+            );
+            loaded.boot = Some(boot[0]);
+        }
+        (loaded, status)
     }
 
     fn state(&self) -> &'static DriverState {
@@ -320,7 +334,8 @@ fn stripped_and_audit_only_requests_leave_complete_audit_records() {
     let records = loaded.drain();
     assert_eq!(records.len(), 2, "{records:?}");
     let enforced = records[0];
-    assert_eq!(enforced.sequence, 0);
+    // Sequence 0 is the boot policy record (drained by `Loaded::with`).
+    assert_eq!(enforced.sequence, 1);
     assert_eq!(enforced.object, AuditObject::Process);
     assert!(!enforced.duplication);
     assert_eq!((enforced.process_id, enforced.thread_id), (AGENT, 0));
@@ -344,7 +359,7 @@ fn stripped_and_audit_only_requests_leave_complete_audit_records() {
     assert_eq!(enforced.rule_id, 0, "agent-no-kill is rule 0");
     assert!(enforced.timestamp > 0);
     let audited = records[1];
-    assert_eq!(audited.sequence, 1);
+    assert_eq!(audited.sequence, 2);
     assert_eq!(audited.mode, AuditMode::Audit);
     assert_eq!(audited.desired_access, PROCESS_VM_READ);
     assert_eq!(audited.rule_id, 2, "agent-reads-watched is rule 2");
@@ -864,7 +879,8 @@ mod control_plane {
                 first.process_id,
                 first.originator_process_id
             ),
-            (0, AGENT, ATTACKER)
+            // After the boot policy record (sequence 0).
+            (1, AGENT, ATTACKER)
         );
         assert_eq!(
             (
@@ -878,7 +894,7 @@ mod control_plane {
             AuditRecord::from_bytes(&records[64..])
                 .expect("record")
                 .sequence,
-            1
+            2
         );
         let (_, rest) = ioctl(IOCTL_READ_EVENTS, &[], 4096);
         let (header, records) = EventsHeader::parse(&rest).expect("whole response");
@@ -1677,5 +1693,473 @@ strip = ["PROCESS_VM_WRITE"]
         assert_eq!(at_ask_shutdown(), Some((0, 0)));
         assert_eq!(with_host(|host| host.unregistered.len()), 1);
         assert!(DriverState::global().is_none());
+    }
+}
+
+/// Policy updates from every source: counted in `Status.policy_updates`
+/// and recorded in the audit ring (`control/policy_apply.rs`), and the
+/// registry work item's re-read (`policy_apply::apply_from_registry`).
+mod policy_updates {
+    use super::*;
+    use crate::control::policy_apply::{apply_from_registry, Applied};
+    use crate::ffi::{
+        REG_SZ, STATUS_INVALID_BUFFER_SIZE, STATUS_INVALID_PARAMETER, STATUS_OBJECT_TYPE_MISMATCH,
+    };
+    use procguard_protocol::ioctl::PolicyUpdates;
+
+    const TOOL_POLICY: &str = "[[rule]]\nname = \"tool\"\ntarget = { name = \"tool.exe\" }\nstrip = [\"PROCESS_TERMINATE\"]\n";
+
+    fn loaded() -> Loaded {
+        let (loaded, status) = Loaded::with(
+            Some(blob(POLICY)),
+            &[(AGENT, "agent.exe"), (ATTACKER, "tool.exe")],
+        );
+        assert_eq!(status, STATUS_SUCCESS);
+        loaded
+    }
+
+    /// The id status and records give the empty policy (no rules).
+    fn empty_id() -> u32 {
+        procguard_policy::CompiledPolicy::empty().policy_id()
+    }
+
+    fn updates(loaded: &Loaded) -> PolicyUpdates {
+        loaded.state().status().policy_updates
+    }
+
+    fn set_registry(value_type: u32, data: Vec<u8>) {
+        with_host(|host| {
+            host.parameters
+                .get_or_insert_with(Default::default)
+                .insert("Policy".into(), FakeValue { value_type, data });
+        });
+    }
+
+    fn only(records: &[AuditRecord]) -> AuditRecord {
+        assert_eq!(records.len(), 1, "{records:?}");
+        records[0]
+    }
+
+    #[test]
+    fn the_boot_policy_is_counted_and_recorded() {
+        let (loaded, _) = Loaded::with(Some(blob(POLICY)), &[]);
+        let status = loaded.state().status();
+        assert_eq!(
+            status.policy_updates,
+            PolicyUpdates {
+                applied: 1,
+                rejected: 0,
+                last_rejected_status: 0,
+                source: Some(PolicySource::Boot),
+            }
+        );
+        assert_eq!(status.rule_count, 3);
+        let record = loaded.boot.expect("boot record");
+        assert_eq!(record.mode, AuditMode::PolicyApplied);
+        assert_eq!(
+            (record.rule_id, record.desired_access),
+            (status.policy_id, 3)
+        );
+        assert_eq!(
+            (record.originator_process_id, record.originator_thread_id),
+            (0, 0)
+        );
+        assert!(record.timestamp > 0);
+    }
+
+    #[test]
+    fn a_refused_boot_policy_is_counted_and_recorded_with_its_status() {
+        let mut corrupt = blob(POLICY);
+        let last = corrupt.len() - 1;
+        corrupt[last] ^= 0x55;
+        for (value_type, data, expected) in [
+            (REG_BINARY, corrupt, STATUS_INVALID_PARAMETER),
+            (REG_SZ, blob(POLICY), STATUS_OBJECT_TYPE_MISMATCH),
+        ] {
+            let (loaded, status) = Loaded::with_setup(None, &[], |host| {
+                host.parameters
+                    .get_or_insert_with(Default::default)
+                    .insert("Policy".into(), FakeValue { value_type, data });
+            });
+            assert_eq!(status, STATUS_SUCCESS, "the driver loads with no rules");
+            let status = loaded.state().status();
+            assert_eq!(
+                status.policy_updates,
+                PolicyUpdates {
+                    applied: 0,
+                    rejected: 1,
+                    last_rejected_status: expected,
+                    source: Some(PolicySource::Boot),
+                }
+            );
+            assert_eq!((status.policy_id, status.rule_count), (empty_id(), 0));
+            let record = loaded.boot.expect("boot record");
+            assert_eq!(record.mode, AuditMode::PolicyRejected);
+            assert_eq!(record.result_code, expected);
+            assert_eq!((record.rule_id, record.desired_access), (empty_id(), 0));
+        }
+    }
+
+    #[test]
+    fn control_updates_are_recorded_with_the_sender_and_refusals_keep_the_old_policy() {
+        let loaded = loaded();
+        let in_force = loaded.state().status().policy_id;
+        with_host(|host| {
+            host.current_process_id = EDITOR;
+            host.current_thread_id = 321;
+        });
+        let replacement = blob(TOOL_POLICY);
+        assert_eq!(loaded.state().set_policy(&replacement, false), Ok(()));
+        let record = only(&loaded.drain());
+        assert_eq!(record.object, AuditObject::Policy);
+        assert_eq!(record.mode, AuditMode::PolicyApplied);
+        assert_eq!(record.policy_source(), Some(PolicySource::Control));
+        assert_eq!(
+            (record.originator_process_id, record.originator_thread_id),
+            (EDITOR, 321)
+        );
+        let new_id = loaded.state().status().policy_id;
+        assert_ne!(new_id, in_force);
+        assert_eq!(record.rule_id, new_id, "the policy id");
+        assert_eq!(record.desired_access, 1, "one rule");
+
+        assert_eq!(
+            loaded.state().set_policy(b"PGPB", false),
+            Err(STATUS_INVALID_PARAMETER)
+        );
+        let record = only(&loaded.drain());
+        assert_eq!(record.mode, AuditMode::PolicyRejected);
+        assert_eq!(record.result_code, STATUS_INVALID_PARAMETER);
+        assert_eq!(record.rule_id, new_id, "the policy still in force");
+        assert_eq!(
+            updates(&loaded),
+            PolicyUpdates {
+                applied: 2,
+                rejected: 1,
+                last_rejected_status: STATUS_INVALID_PARAMETER,
+                source: Some(PolicySource::Control),
+            }
+        );
+        // The same blob again through the control plane is applied again.
+        assert_eq!(loaded.state().set_policy(&replacement, false), Ok(()));
+        assert_eq!(only(&loaded.drain()).mode, AuditMode::PolicyApplied);
+        assert_eq!(updates(&loaded).applied, 3);
+    }
+
+    #[test]
+    fn a_registry_change_is_applied_and_recorded() {
+        let loaded = loaded();
+        assert_eq!(
+            loaded.open_process(ATTACKER, AGENT, PROCESS_TERMINATE),
+            0,
+            "the boot policy protects the agent"
+        );
+        loaded.drain();
+        set_registry(REG_BINARY, blob(TOOL_POLICY));
+        assert!(matches!(
+            apply_from_registry(loaded.state()),
+            Ok(Applied::InForce(_))
+        ));
+        assert_eq!(
+            loaded.open_process(ATTACKER, AGENT, PROCESS_TERMINATE),
+            PROCESS_TERMINATE,
+            "the registry's policy decides"
+        );
+        assert_eq!(loaded.open_process(AGENT, ATTACKER, PROCESS_TERMINATE), 0);
+        let records = loaded.drain();
+        let record = records[0];
+        assert_eq!(record.object, AuditObject::Policy);
+        assert_eq!(record.mode, AuditMode::PolicyApplied);
+        assert_eq!(record.policy_source(), Some(PolicySource::Registry));
+        assert_eq!(
+            (record.originator_process_id, record.originator_thread_id),
+            (0, 0)
+        );
+        assert_eq!(record.rule_id, loaded.state().status().policy_id);
+        assert_eq!(
+            updates(&loaded),
+            PolicyUpdates {
+                applied: 2,
+                rejected: 0,
+                last_rejected_status: 0,
+                source: Some(PolicySource::Registry),
+            }
+        );
+        assert_eq!(with_host(|host| host.open_keys), 0, "every key closed");
+    }
+
+    #[test]
+    fn an_unchanged_registry_blob_is_neither_applied_nor_counted_nor_recorded() {
+        let loaded = loaded();
+        // What `apply --persist` does: the IOCTL writes the value, whose
+        // change the registry callback then reports.
+        let replacement = blob(TOOL_POLICY);
+        assert_eq!(loaded.state().set_policy(&replacement, true), Ok(()));
+        loaded.drain();
+        let before = updates(&loaded);
+        assert_eq!(apply_from_registry(loaded.state()), Ok(Applied::Unchanged));
+        assert_eq!(apply_from_registry(loaded.state()), Ok(Applied::Unchanged));
+        assert!(loaded.drain().is_empty());
+        assert_eq!(updates(&loaded), before);
+        assert_eq!(before.applied, 2);
+        assert_eq!(before.source, Some(PolicySource::Control));
+    }
+
+    #[test]
+    fn unusable_registry_values_are_refused_and_the_old_policy_stays() {
+        let loaded = loaded();
+        let in_force = loaded.state().status().policy_id;
+        let mut corrupt = blob(TOOL_POLICY);
+        corrupt[4] = 99;
+        let oversize = vec![0u8; crate::control::parameters::MAX_VALUE_BYTES + 1];
+        for (count, (value_type, data, expected)) in [
+            (REG_BINARY, corrupt, STATUS_INVALID_PARAMETER),
+            (REG_SZ, blob(TOOL_POLICY), STATUS_OBJECT_TYPE_MISMATCH),
+            (REG_BINARY, oversize, STATUS_INVALID_BUFFER_SIZE),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            set_registry(value_type, data);
+            assert_eq!(apply_from_registry(loaded.state()), Err(expected));
+            let record = only(&loaded.drain());
+            assert_eq!(record.mode, AuditMode::PolicyRejected);
+            assert_eq!(record.policy_source(), Some(PolicySource::Registry));
+            assert_eq!(record.result_code, expected);
+            assert_eq!((record.rule_id, record.desired_access), (in_force, 3));
+            let updates = updates(&loaded);
+            assert_eq!(updates.rejected, count as u32 + 1);
+            assert_eq!(updates.last_rejected_status, expected);
+            assert_eq!(updates.applied, 1);
+            assert_eq!(updates.source, Some(PolicySource::Boot));
+            assert_eq!(
+                loaded.open_process(ATTACKER, AGENT, PROCESS_TERMINATE),
+                0,
+                "the boot policy still protects the agent"
+            );
+            loaded.drain();
+        }
+    }
+
+    #[test]
+    fn a_deleted_value_means_no_rules() {
+        let loaded = loaded();
+        with_host(|host| {
+            host.parameters
+                .as_mut()
+                .expect("parameters")
+                .remove("Policy")
+        });
+        assert!(matches!(
+            apply_from_registry(loaded.state()),
+            Ok(Applied::InForce(_))
+        ));
+        let record = only(&loaded.drain());
+        assert_eq!(record.mode, AuditMode::PolicyApplied);
+        assert_eq!((record.rule_id, record.desired_access), (empty_id(), 0));
+        let status = loaded.state().status();
+        assert_eq!((status.policy_id, status.rule_count), (empty_id(), 0));
+        assert_eq!(
+            loaded.open_process(ATTACKER, AGENT, PROCESS_TERMINATE),
+            PROCESS_TERMINATE
+        );
+        // And the whole key gone: the same.
+        with_host(|host| host.parameters = None);
+        assert_eq!(apply_from_registry(loaded.state()), Ok(Applied::Unchanged));
+    }
+
+    const PARAMETERS_KEY_NAME: &str =
+        "\\REGISTRY\\MACHINE\\SYSTEM\\ControlSet001\\Services\\procguard\\Parameters";
+    const PARAMETERS_OBJECT: usize = 0x7E60;
+    const OTHER_OBJECT: usize = 0x7E70;
+
+    /// Calls the registered registry callback as the configuration manager
+    /// does after a set (or delete) of `value` on the key `object`.
+    fn notify(delete: bool, status: i32, value: &str, object: usize) -> i32 {
+        use crate::ffi::{
+            REG_DELETE_VALUE_KEY_INFORMATION, REG_POST_OPERATION_INFORMATION,
+            REG_SET_VALUE_KEY_INFORMATION,
+        };
+        let record = with_host(|host| host.registry_callback.clone()).expect("registered");
+        let mut units: Vec<u16> = value.encode_utf16().collect();
+        let mut name = UNICODE_STRING {
+            Length: (units.len() * 2) as u16,
+            MaximumLength: (units.len() * 2) as u16,
+            Buffer: units.as_mut_ptr(),
+        };
+        let mut set = REG_SET_VALUE_KEY_INFORMATION {
+            Object: object as PVOID,
+            ValueName: &raw mut name,
+            TitleIndex: 0,
+            Type: REG_BINARY,
+            Data: core::ptr::null_mut(),
+            DataSize: 0,
+            CallContext: core::ptr::null_mut(),
+            ObjectContext: core::ptr::null_mut(),
+            Reserved: core::ptr::null_mut(),
+        };
+        let mut removed = REG_DELETE_VALUE_KEY_INFORMATION {
+            Object: object as PVOID,
+            ValueName: &raw mut name,
+            CallContext: core::ptr::null_mut(),
+            ObjectContext: core::ptr::null_mut(),
+            Reserved: core::ptr::null_mut(),
+        };
+        let pre: PVOID = if delete {
+            (&raw mut removed).cast()
+        } else {
+            (&raw mut set).cast()
+        };
+        let mut post = REG_POST_OPERATION_INFORMATION {
+            Object: object as PVOID,
+            Status: status,
+            PreInformation: pre,
+            ReturnStatus: status,
+            CallContext: core::ptr::null_mut(),
+            ObjectContext: core::ptr::null_mut(),
+            Reserved: core::ptr::null_mut(),
+        };
+        let class: usize = if delete { 17 } else { 16 };
+        // SAFETY: the registered EX_CALLBACK_FUNCTION and its context.
+        let callback: unsafe extern "C" fn(PVOID, PVOID, PVOID) -> i32 =
+            unsafe { core::mem::transmute(record.function) };
+        // SAFETY: as the configuration manager calls it.
+        unsafe {
+            callback(
+                record.context as PVOID,
+                class as PVOID,
+                (&raw mut post).cast(),
+            )
+        }
+    }
+
+    fn queued() -> bool {
+        with_host(|host| host.work_items.iter().any(|item| item.queued))
+    }
+
+    fn watched() -> Loaded {
+        let loaded = loaded();
+        with_host(|host| {
+            host.key_names
+                .insert(PARAMETERS_OBJECT, PARAMETERS_KEY_NAME.into());
+            host.key_names.insert(
+                OTHER_OBJECT,
+                "\\REGISTRY\\MACHINE\\SYSTEM\\ControlSet001\\Services\\other\\Parameters".into(),
+            );
+        });
+        loaded
+    }
+
+    #[test]
+    fn the_registry_callback_is_registered_at_the_altitude_with_a_work_item_under_the_device() {
+        let loaded = watched();
+        let record = with_host(|host| host.registry_callback.clone()).expect("registered");
+        let altitude = loaded.state().status().altitude_len;
+        assert!(altitude > 0);
+        let expected = with_host(|host| host.registrations.last().map(|r| r.altitude.clone()));
+        assert_eq!(
+            Some(record.altitude),
+            expected,
+            "the object callbacks' altitude"
+        );
+        assert_ne!(record.driver, 0, "DriverEntry's driver object");
+        let items = with_host(|host| host.work_items.clone());
+        assert_eq!(items.len(), 1);
+        assert_eq!(items[0].parent, crate::ffi::ntddk::FAKE_DEVICE);
+        assert!(!items[0].queued);
+    }
+
+    #[test]
+    fn a_policy_change_enqueues_the_work_item_which_applies_the_value() {
+        let loaded = watched();
+        set_registry(REG_BINARY, blob(TOOL_POLICY));
+        assert_eq!(
+            notify(false, 0, "Policy", PARAMETERS_OBJECT),
+            STATUS_SUCCESS
+        );
+        assert!(queued());
+        assert!(
+            loaded.drain().is_empty(),
+            "nothing applied in the writer's thread"
+        );
+        assert_eq!(crate::ffi::ntddk::run_work_items(), 1);
+        let record = only(&loaded.drain());
+        assert_eq!(record.policy_source(), Some(PolicySource::Registry));
+        assert_eq!(record.mode, AuditMode::PolicyApplied);
+        assert_eq!(
+            loaded.open_process(ATTACKER, AGENT, PROCESS_TERMINATE),
+            PROCESS_TERMINATE
+        );
+        // Case does not matter; a delete counts too.
+        assert_eq!(notify(true, 0, "POLICY", PARAMETERS_OBJECT), STATUS_SUCCESS);
+        assert!(queued());
+    }
+
+    #[test]
+    fn a_storm_queues_one_work_item_and_the_last_value_wins() {
+        let loaded = watched();
+        for policy in [POLICY, TOOL_POLICY, POLICY, TOOL_POLICY] {
+            set_registry(REG_BINARY, blob(policy));
+            notify(false, 0, "Policy", PARAMETERS_OBJECT);
+        }
+        assert_eq!(with_host(|host| host.work_item_enqueues), 4);
+        assert_eq!(crate::ffi::ntddk::run_work_items(), 1, "one run");
+        let record = only(&loaded.drain());
+        assert_eq!(record.rule_id, loaded.state().status().policy_id);
+        assert_eq!(record.desired_access, 1, "the tool policy's one rule");
+        assert_eq!(updates(&loaded).applied, 2);
+    }
+
+    #[test]
+    fn unrelated_values_keys_and_failed_operations_enqueue_nothing() {
+        let _loaded = watched();
+        notify(false, 0, "Altitude", PARAMETERS_OBJECT);
+        notify(false, 0, "Policy", OTHER_OBJECT);
+        notify(false, 0xC000_0022_u32 as i32, "Policy", PARAMETERS_OBJECT);
+        notify(true, 0, "Policy2", PARAMETERS_OBJECT);
+        assert!(!queued());
+        assert_eq!(with_host(|host| host.work_item_enqueues), 0);
+        // A key whose name cannot be had: enqueued (never miss a change).
+        notify(false, 0, "Policy", 0x7E80);
+        assert!(queued());
+    }
+
+    #[test]
+    fn unload_unregisters_the_callback_then_flushes_the_queued_work_item() {
+        let mut loaded = watched();
+        set_registry(REG_BINARY, blob(TOOL_POLICY));
+        notify(false, 0, "Policy", PARAMETERS_OBJECT);
+        assert!(queued());
+        loaded.unload();
+        let (unregistered, items, deleted) = with_host(|host| {
+            (
+                host.registry_unregistered.clone(),
+                host.work_items.clone(),
+                host.control.deleted.clone(),
+            )
+        });
+        assert_eq!(unregistered, std::vec![0x00C0_FFEE]);
+        assert!(with_host(|host| host.registry_callback.is_none()));
+        assert_eq!(items[0].flushes, 1);
+        assert!(!items[0].queued, "the flush ran it");
+        assert!(
+            !deleted.is_empty(),
+            "the device (the work item's parent) went after"
+        );
+        assert!(DriverState::global().is_none());
+    }
+
+    #[test]
+    fn a_failed_callback_registration_leaves_the_driver_loaded() {
+        let (loaded, status) = Loaded::with_setup(Some(blob(POLICY)), &[], |host| {
+            host.registry_callback_result =
+                Some(crate::ffi::STATUS_FLT_INSTANCE_ALTITUDE_COLLISION);
+        });
+        assert_eq!(status, STATUS_SUCCESS);
+        assert_eq!(
+            loaded.state().status().last_error,
+            crate::ffi::STATUS_FLT_INSTANCE_ALTITUDE_COLLISION
+        );
+        assert!(with_host(|host| host.registry_callback.is_none()));
     }
 }

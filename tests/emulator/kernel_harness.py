@@ -125,6 +125,14 @@ WDF_BIND_INFO_SIZE = 48
 # Names of the slots past Speakeasy's 422-slot table, up to 1.33's 458
 # (WDFFUNCENUM in Windows-Driver-Frameworks publicinc/wdf/kmdf/1.33/wdffuncenum.h):
 # 454 and later exist only from KMDF 1.31 on.
+# Slots Speakeasy's table leaves unnamed (``unknownN`` fillers) that the
+# driver calls (same WDFFUNCENUM source).
+WDF_FUNCTION_NAMES_UNNAMED_BY_SPEAKEASY = {
+    379: "WdfWorkItemCreate",
+    380: "WdfWorkItemEnqueue",
+    381: "WdfWorkItemGetParentObject",
+    382: "WdfWorkItemFlush",
+}
 WDF_FUNCTION_NAMES_PAST_SPEAKEASY = {
     453: "WdfPdoInitRemovePowerDependencyOnParent",
     454: "WdfCxDeviceInitAllocateContext",
@@ -170,6 +178,20 @@ SERVICE_NAME = "procguard"
 KERNEL_HANDLE_BASE = 0xFFFFFFFF80000000
 REGISTRATION_HANDLE_BASE = 0xFFFFC0B000000000
 WDFDRIVER_HANDLE = 0x00000000DD0D0001
+WDFWORKITEM_HANDLE_BASE = 0x00000000DD0F0000
+# REG_NOTIFY_CLASS (wdm.h) values the harness delivers.
+REG_NT_PRE_SET_VALUE_KEY = 1
+REG_NT_PRE_DELETE_VALUE_KEY = 2
+REG_NT_POST_SET_VALUE_KEY = 16
+REG_NT_POST_DELETE_VALUE_KEY = 17
+# x64 sizes (wdm.h): REG_SET_VALUE_KEY_INFORMATION, REG_DELETE_VALUE_KEY_INFORMATION,
+# REG_POST_OPERATION_INFORMATION.
+REG_SET_VALUE_KEY_INFORMATION_SIZE = 64
+REG_DELETE_VALUE_KEY_INFORMATION_SIZE = 40
+REG_POST_OPERATION_INFORMATION_SIZE = 56
+# WDF_WORKITEM_CONFIG (wdfworkitem.h, x64): Size, EvtWorkItemFunc at 8,
+# AutomaticSerialization at 16.
+WDF_WORKITEM_CONFIG_SIZE = 24
 WDFQUEUE_HANDLE = 0x00000000DD0E0001  # the driver asks for no queue handle; the framework still has one
 WDFREQUEST_HANDLE_BASE = 0x00000000DD0F0000
 WDFFILEOBJECT_HANDLE_BASE = 0x00000000DD110000
@@ -468,9 +490,9 @@ class AuditRecord:
     desired_access: int
     result_code: int
     rule_id: int
-    object: str  # "process" | "thread"
+    object: str  # "process" | "thread" | "policy"
     duplication: bool
-    mode: str  # "enforce" | "audit" | "ask"
+    mode: str  # "enforce" | "audit" | "ask" | "policy-applied" | "policy-rejected"
     reserved: int
     ask_outcome: Optional[str] = None  # ASK_OUTCOMES names; None: not asked
     ask_wait_us: int = 0
@@ -498,15 +520,38 @@ class AuditRecord:
             desired_access=high(words[5]),
             result_code=low(words[6]),
             rule_id=high(words[6]),
-            object={1: "process", 2: "thread"}.get(object_code, f"invalid({object_code})"),
+            object={1: "process", 2: "thread", 3: "policy"}.get(object_code, f"invalid({object_code})"),
             duplication=bool(flags & 0x100),
-            mode={1: "enforce", 2: "audit", 3: "ask"}.get(mode_code, f"invalid({mode_code})"),
+            mode={1: "enforce", 2: "audit", 3: "ask", 4: "policy-applied", 5: "policy-rejected"}.get(
+                mode_code, f"invalid({mode_code})"
+            ),
             # Bits 9-15 and 24-31 must be zero (32-63: the ask outcome and wait).
             reserved=flags & 0xFF00FE00,
             ask_outcome=ASK_OUTCOMES.get((flags >> 32) & 0xFF, f"invalid({(flags >> 32) & 0xFF})"),
             ask_wait_us=flags >> 40,
         )
 
+
+    @property
+    def policy_source(self) -> Optional[str]:
+        """A policy record's source (PolicySource: the source_process_id field)."""
+        if self.object != "policy":
+            return None
+        return POLICY_SOURCES.get(self.source_process_id, f"invalid({self.source_process_id})")
+
+    @property
+    def policy_id(self) -> int:
+        """A policy record's policy id (the rule_id field)."""
+        return self.rule_id
+
+    @property
+    def rules(self) -> int:
+        """A policy record's rule count (the desired_access field)."""
+        return self.desired_access
+
+
+# PolicySource codes (crates/procguard-protocol/src/audit_record.rs).
+POLICY_SOURCES = {1: "boot", 2: "control", 3: "registry"}
 
 # AskOutcome codes (crates/procguard-protocol/src/ask.rs); 0: not asked.
 ASK_OUTCOMES = {0: None, 1: "answered", 2: "timed-out", 3: "no-handler", 4: "pool-full", 5: "unaskable", 6: "cancelled"}
@@ -649,6 +694,18 @@ class KernelHarness(IrqlVerifier, KernelThreads):
         self.key_creates: list[tuple[str, int, int]] = []  # (path, access, status)
         self.registry_writes: list[RegistryWrite] = []  # successful ZwSetValueKey calls
         self.set_value_attempts = 0
+        # The registry callback (CmRegisterCallbackEx) and WDF work items.
+        self.registry_callbacks: dict[int, dict] = {}  # cookie -> registration
+        self.registry_callback_status: Optional[int] = None  # CmRegisterCallbackEx fails
+        self.registry_unregistered: list[int] = []
+        self.registry_notifications_pending: list[tuple] = []  # delivered after the current run
+        self.key_objects: dict[int, str] = {}  # key object address -> full name
+        self.work_items: dict[int, dict] = {}  # handle -> {callback, parent, queued, ...}
+        self.work_item_enqueues = 0
+        self.work_item_runs = 0
+        # Policy records drained by drain_audit_records (which returns the
+        # handle records only unless asked).
+        self.policy_records: list[AuditRecord] = []
         # Every kernel/WDF function the driver called, by name, in order.
         self.api_calls: list[str] = []
 
@@ -882,6 +939,14 @@ class KernelHarness(IrqlVerifier, KernelThreads):
         # Persisting a policy (IOCTL_SET_POLICY with PERSIST).
         hook("ntoskrnl", "ZwCreateKey", 7, self._zw_create_key)
         hook("ntoskrnl", "ZwSetValueKey", 6, self._zw_set_value_key)
+        # Parameters\Policy applied live (issue 13): the registry callback and
+        # the work item it enqueues.
+        hook("ntoskrnl", "CmRegisterCallbackEx", 6, self._cm_register_callback_ex)
+        hook("ntoskrnl", "CmUnRegisterCallback", 1, self._cm_unregister_callback)
+        hook("ntoskrnl", "CmCallbackGetKeyObjectID", 4, self._cm_callback_get_key_object_id)
+        hook("wdfldr", "WdfWorkItemCreate", 4, self._wdf_work_item_create)
+        hook("wdfldr", "WdfWorkItemEnqueue", 2, self._wdf_work_item_enqueue)
+        hook("wdfldr", "WdfWorkItemFlush", 2, self._wdf_work_item_flush)
 
     # ------------------------------------------------------------ memory I/O
 
@@ -1016,10 +1081,17 @@ class KernelHarness(IrqlVerifier, KernelThreads):
         return self.driver_entry_status
 
     def load(self) -> None:
-        """DriverEntry, which must succeed."""
+        """DriverEntry, which must succeed. The boot policy record (issue 13:
+        one policy record at start) is drained into ``policy_records``, so
+        the ring holds only what a test causes (its sequence number, 0, is
+        used: the test's first record is sequence 1)."""
         status = self.driver_entry()
         if status != STATUS_SUCCESS:
             raise KernelFault(f"DriverEntry failed with {status:#010x}; trace: {self.trace_text()}")
+        records = self._drain_all_records(64)
+        if [r.object for r in records] != ["policy"] or records[0].policy_source != "boot":
+            raise KernelFault(f"DriverEntry left {records}, expected one boot policy record")
+        self.policy_records.extend(records)
 
     def driver_unload_routine(self) -> int:
         return self._read_u64(self.driver_object + DRIVER_OBJECT_DRIVER_UNLOAD)
@@ -1176,7 +1248,9 @@ class KernelHarness(IrqlVerifier, KernelThreads):
         if self.switched:
             raise KernelFault("ioctl() inside a switched wait: use thread_ioctl()")
         request = self._prepare_request(code, input, output_length, file)
-        return self._run_step(self._ioctl_step(request))
+        result = self._run_step(self._ioctl_step(request))
+        self._deliver_registry_notifications()
+        return result
 
     def thread_ioctl(
         self, code: int, input: bytes = b"", output_length: int = 0, *, file: Optional[FileHandle] = None,
@@ -1280,10 +1354,25 @@ class KernelHarness(IrqlVerifier, KernelThreads):
         """Requests sent and not completed (optionally of one code), oldest first."""
         return [r for r in self.sent_requests if r.pending and (code is None or r.code == code)]
 
-    def drain_audit_records(self, batch: int = 64) -> list[AuditRecord]:
+    def drain_audit_records(self, batch: int = 64, *, policy: bool = False) -> list[AuditRecord]:
         """Every audit record waiting in the driver's ring, oldest first,
         read with IOCTL_READ_EVENTS (``batch`` records per request) until
-        none remain. Each response is checked against its header."""
+        none remain. Each response is checked against its header. Policy
+        records (object 3) are kept in ``policy_records`` and left out
+        unless ``policy``."""
+        records = self._drain_all_records(batch)
+        self.policy_records.extend(r for r in records if r.object == "policy")
+        if policy:
+            return records
+        return [r for r in records if r.object != "policy"]
+
+    def drain_policy_records(self) -> list[AuditRecord]:
+        """The policy records drained so far and now, oldest first (then forgotten)."""
+        self.drain_audit_records()
+        records, self.policy_records = self.policy_records, []
+        return records
+
+    def _drain_all_records(self, batch: int) -> list[AuditRecord]:
         records: list[AuditRecord] = []
         while True:
             result = self.ioctl(IOCTL_READ_EVENTS, b"", EVENTS_HEADER_SIZE + batch * AUDIT_RECORD_BYTES)
@@ -1980,6 +2069,11 @@ class KernelHarness(IrqlVerifier, KernelThreads):
         value = self.read(data, size) if size else b""
         self.registry_writes.append(RegistryWrite(path, name, value_type, value))
         self.parameters[name] = (value_type, value)
+        # Windows calls the registry callbacks inside ZwSetValueKey; a hook
+        # cannot call back into emulated code, so the notification is
+        # delivered when the driver code that wrote returns (the callback
+        # only enqueues a work item, which runs later anyway).
+        self.registry_notifications_pending.append((name, value_type, value, False))
         return STATUS_SUCCESS
 
     def _zw_query_value_key(self, argv, _original):
@@ -2246,6 +2340,11 @@ class KernelHarness(IrqlVerifier, KernelThreads):
         device = self.devices.pop(handle, None)
         if device is None:
             raise KernelFault(f"WdfObjectDelete({handle:#x}): not a live framework object")
+        for item_handle, item in self.work_items.items():
+            if item["parent"] == handle and not item["deleted"]:
+                if item["queued"]:
+                    raise KernelFault(f"control device deleted with work item {item_handle:#x} still queued (flush first)")
+                item["deleted"] = True
         # Deleting the device deletes its queues: requests still in a manual
         # queue are cancelled (EvtIoCanceledOnQueue cannot run from inside
         # this call here: the harness completes them as KMDF does without one).
@@ -2436,6 +2535,197 @@ class KernelHarness(IrqlVerifier, KernelThreads):
             raise KernelFault("WdfRequestUnmarkCancelable on a request not marked cancelable")
         return STATUS_SUCCESS
 
+    # ----------------------------------------- the registry callback (issue 13)
+
+    def _cm_register_callback_ex(self, argv, _original):
+        function, altitude, driver, context, cookie_out, reserved = argv[:6]
+        if reserved:
+            raise KernelFault("CmRegisterCallbackEx: Reserved must be NULL")
+        if not function or not cookie_out:
+            raise KernelFault("CmRegisterCallbackEx without a function or a cookie")
+        name = self._read_unicode_string(altitude) if altitude else None
+        self.events.append(("CmRegisterCallbackEx", name))
+        if self.registry_callback_status is not None:
+            return self.registry_callback_status
+        if any(r["altitude"] == name for r in self.registry_callbacks.values()):
+            return STATUS_FLT_INSTANCE_ALTITUDE_COLLISION
+        cookie = 0x1C00C1E0000 + len(self.registry_unregistered) + len(self.registry_callbacks)
+        self.registry_callbacks[cookie] = {
+            "function": function, "altitude": name, "driver": driver, "context": context,
+        }
+        self._write_u64(cookie_out, cookie)
+        return STATUS_SUCCESS
+
+    def _cm_unregister_callback(self, argv, _original):
+        cookie = argv[0]  # LARGE_INTEGER by value: in RCX
+        self.events.append(("CmUnRegisterCallback", cookie))
+        if cookie not in self.registry_callbacks:
+            return STATUS_INVALID_PARAMETER
+        del self.registry_callbacks[cookie]
+        self.registry_unregistered.append(cookie)
+        return STATUS_SUCCESS
+
+    def _cm_callback_get_key_object_id(self, argv, _original):
+        cookie_address, key_object, id_out, name_out = argv[:4]
+        cookie = self._read_u64(cookie_address) if cookie_address else None
+        if cookie not in self.registry_callbacks or key_object not in self.key_objects:
+            return STATUS_INVALID_PARAMETER
+        if id_out:
+            self._write_u64(id_out, key_object)
+        if name_out:
+            # The system's name: the caller must not write or free it.
+            self._write_u64(name_out, self.unicode_string(self.key_objects[key_object]))
+        return STATUS_SUCCESS
+
+    def _wdf_work_item_create(self, argv, _original):
+        config, attributes, item_out = argv[1], argv[2], argv[3]
+        raw = self.read(config, WDF_WORKITEM_CONFIG_SIZE)
+        if _u32(raw, 0) != WDF_WORKITEM_CONFIG_SIZE:
+            raise KernelFault(f"WdfWorkItemCreate: WDF_WORKITEM_CONFIG.Size {_u32(raw, 0)}")
+        callback = _u64(raw, 8)
+        if not callback or not self.in_image(callback):
+            raise KernelFault(f"WdfWorkItemCreate: EvtWorkItemFunc {callback:#x} is not driver code")
+        if not attributes:
+            raise KernelFault("WdfWorkItemCreate without attributes: a work item needs a parent")
+        attrs = self.read(attributes, WDF_OBJECT_ATTRIBUTES_SIZE)
+        if _u32(attrs, 0) != WDF_OBJECT_ATTRIBUTES_SIZE:
+            raise KernelFault(f"WdfWorkItemCreate: WDF_OBJECT_ATTRIBUTES.Size {_u32(attrs, 0)}")
+        parent = _u64(attrs, 32)
+        if parent not in self.devices:
+            raise KernelFault(f"WdfWorkItemCreate: parent {parent:#x} is not a live device")
+        if _u32(attrs, 24) == 0 or _u32(attrs, 28) == 0:
+            raise KernelFault("WdfWorkItemCreate: attributes with an invalid execution level or synchronization scope")
+        handle = WDFWORKITEM_HANDLE_BASE + 0x10 * len(self.work_items)
+        self.work_items[handle] = {
+            "callback": callback, "parent": parent, "queued": False, "deleted": False,
+            "serialized": raw[16], "flushes": 0,
+        }
+        self._write_u64(item_out, handle)
+        self.events.append(("WdfWorkItemCreate", handle))
+        return STATUS_SUCCESS
+
+    def _live_work_item(self, handle: int, api: str) -> dict:
+        item = self.work_items.get(handle)
+        if item is None or item["deleted"]:
+            raise KernelFault(f"{api}({handle:#x}): not a live work item")
+        return item
+
+    def _wdf_work_item_enqueue(self, argv, _original):
+        item = self._live_work_item(argv[1], "WdfWorkItemEnqueue")
+        self.work_item_enqueues += 1
+        # An item already queued is not queued again (WdfWorkItemEnqueue).
+        item["queued"] = True
+        return None
+
+    def _wdf_work_item_flush(self, argv, _original):
+        handle = argv[1]
+        item = self._live_work_item(handle, "WdfWorkItemFlush")
+        item["flushes"] += 1
+        self.events.append(("WdfWorkItemFlush", handle))
+        if not item["queued"]:
+            return None
+        # Queued: the flush runs it and returns after. A hook cannot call
+        # driver code, so (as for FxFrameworkDriverUnload) "return" into the
+        # callback with the handle in RCX; it returns to the flush's caller.
+        item["queued"] = False
+        self.work_item_runs += 1
+        emu = self.emu
+        rsp = emu.reg_read(se_arch.AMD64_REG_RSP) - 8
+        self._write_u64(rsp, item["callback"])
+        emu.reg_write(se_arch.AMD64_REG_RSP, rsp)
+        emu.reg_write(se_arch.AMD64_REG_RCX, handle)
+        return None
+
+    def queued_work_items(self) -> list[int]:
+        return [h for h, item in self.work_items.items() if item["queued"] and not item["deleted"]]
+
+    def run_work_items(self) -> int:
+        """Runs every queued work item as a system worker thread would
+        (PASSIVE_LEVEL, under the IRQL verifier); returns how many ran."""
+        ran = 0
+        while True:
+            queued = self.queued_work_items()
+            if not queued:
+                return ran
+            handle = queued[0]
+            item = self.work_items[handle]
+            item["queued"] = False
+            assert self.irql == 0, "work items run at PASSIVE_LEVEL"
+            self._run(item["callback"], [handle], f"EvtWorkItem({handle:#x})")
+            self.work_item_runs += 1
+            ran += 1
+            self._deliver_registry_notifications()
+
+    def parameters_key_name(self) -> str:
+        """The Parameters key's full name as a registry callback sees it
+        (ControlSet001 where the driver's registry path says CurrentControlSet)."""
+        service = self._service_path()
+        lower = service.lower()
+        marker = "\\currentcontrolset\\"
+        if marker in lower:
+            index = lower.index(marker)
+            service = service[:index] + "\\ControlSet001\\" + service[index + len(marker):]
+        return service + "\\Parameters"
+
+    def key_object(self, name: str) -> int:
+        """A registry key object (for the callback's Object fields) named ``name``."""
+        for address, known in self.key_objects.items():
+            if known == name:
+                return address
+        address = self._arena_alloc("harness.KEY_OBJECT", 0x40)
+        self.key_objects[address] = name
+        return address
+
+    def registry_set_value(
+        self, name: str, value: Optional[tuple[int, bytes]], *, key: Optional[str] = None, status: int = STATUS_SUCCESS
+    ) -> None:
+        """Another thread sets (``value``) or deletes (None) ``name`` under
+        ``key`` (default: the driver's Parameters key): the registry (when
+        ``status`` succeeds) changes, and every registered registry callback
+        is called as Windows calls it, at PASSIVE_LEVEL: the pre-notification,
+        then the post-notification with REG_POST_OPERATION_INFORMATION."""
+        parameters_key = self.parameters_key_name()
+        key = key or parameters_key
+        if status == STATUS_SUCCESS and key == parameters_key:
+            if value is None:
+                if self.parameters is not None:
+                    self.parameters.pop(name, None)
+            else:
+                if self.parameters is None:
+                    self.parameters = {}
+                self.parameters[name] = value
+        self._notify_registry(key, name, value, value is None, status)
+
+    def _deliver_registry_notifications(self) -> None:
+        pending, self.registry_notifications_pending = self.registry_notifications_pending, []
+        for name, value_type, data, delete in pending:
+            self._notify_registry(self.parameters_key_name(), name, (value_type, data), delete, STATUS_SUCCESS)
+
+    def _notify_registry(self, key: str, name: str, value: Optional[tuple[int, bytes]], delete: bool, status: int) -> None:
+        key_object = self.key_object(key)
+        name_string = self.unicode_string(name)
+        if delete:
+            pre = self.se.mem_alloc(REG_DELETE_VALUE_KEY_INFORMATION_SIZE, tag="harness.REG_DELETE_VALUE_KEY_INFORMATION")
+            self.write(pre, struct.pack("<QQQQQ", key_object, name_string, 0, 0, 0))
+            pre_class, post_class = REG_NT_PRE_DELETE_VALUE_KEY, REG_NT_POST_DELETE_VALUE_KEY
+        else:
+            value_type, data = value
+            buffer = self.se.mem_alloc(max(len(data), 1), tag="harness.registry value")
+            self.write(buffer, data)
+            pre = self.se.mem_alloc(REG_SET_VALUE_KEY_INFORMATION_SIZE, tag="harness.REG_SET_VALUE_KEY_INFORMATION")
+            self.write(pre, struct.pack("<QQIIQIIQQQ", key_object, name_string, 0, value_type, buffer, len(data), 0, 0, 0, 0))
+            pre_class, post_class = REG_NT_PRE_SET_VALUE_KEY, REG_NT_POST_SET_VALUE_KEY
+        post = self.se.mem_alloc(REG_POST_OPERATION_INFORMATION_SIZE, tag="harness.REG_POST_OPERATION_INFORMATION")
+        self.write(post, struct.pack("<QIIQIIQQQ", key_object, status & 0xFFFFFFFF, 0, pre, status & 0xFFFFFFFF, 0, 0, 0, 0))
+        for registration in list(self.registry_callbacks.values()):
+            for notify_class, argument in ((pre_class, pre), (post_class, post)):
+                result = self._run(
+                    registration["function"], [registration["context"], notify_class, argument],
+                    f"RegistryCallback({notify_class})",
+                ) & 0xFFFFFFFF
+                if result != STATUS_SUCCESS:
+                    raise KernelFault(f"the registry callback returned {result:#010x} for class {notify_class}")
+
     def _fx_framework_driver_unload(self, argv, _original):
         """The framework's DriverUnload: calls EvtDriverUnload(WDFDRIVER).
 
@@ -2481,6 +2771,8 @@ def wdf_function_name(index: int) -> str:
     names = speakeasy_wdf_function_names()
     if index < len(names) and names[index]:
         return names[index]
+    if index in WDF_FUNCTION_NAMES_UNNAMED_BY_SPEAKEASY:
+        return WDF_FUNCTION_NAMES_UNNAMED_BY_SPEAKEASY[index]
     return WDF_FUNCTION_NAMES_PAST_SPEAKEASY.get(index, f"WdfFunctionIndex{index}")
 
 

@@ -148,7 +148,23 @@ def decode_status(data: bytes) -> dict:
         "altitude_padding": data[106 + 2 * altitude_len : 186],
         # Protocol version 2 (issue 12): the ask part at 188..272.
         "ask": decode_ask_status(data),
-        "reserved": data[186:188] + data[272:],
+        # Issue 13: policy updates at 272..285.
+        "policy_updates": decode_policy_updates(data),
+        "reserved": data[186:188] + data[285:],
+    }
+
+
+POLICY_SOURCE_NAMES = {0: None, 1: "boot", 2: "control", 3: "registry"}
+
+
+def decode_policy_updates(data: bytes) -> dict:
+    """Status.policy_updates (crates/procguard-protocol/src/ioctl.rs, offsets 272..285)."""
+    applied, rejected, last_rejected_status = struct.unpack_from("<IIi", data, 272)
+    return {
+        "applied": applied,
+        "rejected": rejected,
+        "last_rejected_status": last_rejected_status & 0xFFFFFFFF,
+        "source": POLICY_SOURCE_NAMES.get(data[284], f"invalid({data[284]})"),
     }
 
 
@@ -322,7 +338,7 @@ def test_status_reports_version_altitude_registration_policy_processes_counters_
     assert report["audit_capacity"] == 4096
     assert report["altitude"] == "385201"
     assert report["altitude_padding"] == bytes(len(report["altitude_padding"]))
-    assert report["reserved"] == bytes(2 + 48)
+    assert report["reserved"] == bytes(2 + 35)
     assert report["ask"]["handler_pid"] == 0
     assert report["ask"]["counters"] == dict.fromkeys(ASK_COUNTER_NAMES, 0), "no ask rule: nothing asked"
     assert report["counters"] == {
@@ -583,7 +599,7 @@ def test_events_output_under_80_bytes_is_buffer_too_small_and_takes_nothing(driv
         assert (result.status, result.information) == (STATUS_BUFFER_TOO_SMALL, 0), length
     records, remaining, dropped, decoded = drain(driver, EVENTS_HEADER_SIZE + AUDIT_RECORD_BYTES)
     assert (records, remaining, dropped) == (1, 0, 0)
-    assert decoded[0].sequence == 0
+    assert decoded[0].sequence == 1  # sequence 0: the boot policy record (drained by load)
 
 
 @pytest.mark.parametrize(
@@ -620,7 +636,7 @@ def test_events_drain_in_order_with_every_field_correct(driver):
     assert open_process(driver, AGENT, PROCESS_VM_READ, EDITOR) == PROCESS_VM_READ  # audit only
     records, remaining, dropped, (first, second, third) = drain(driver)
     assert (records, remaining, dropped) == (3, 0, 0)
-    assert [first.sequence, second.sequence, third.sequence] == [0, 1, 2]
+    assert [first.sequence, second.sequence, third.sequence] == [1, 2, 3]  # sequence 0: the boot policy record (drained by load)
     assert time_before < first.timestamp < second.timestamp < third.timestamp <= driver.system_time
     assert (first.object, first.duplication, first.mode) == ("process", False, "enforce")
     assert (first.process_id, first.thread_id) == (AGENT, 0)
@@ -642,9 +658,9 @@ def test_a_drain_never_splits_a_record(driver):
     # Room for two and a half records: two come out, one stays.
     records, remaining, dropped, decoded = drain(driver, EVENTS_HEADER_SIZE + 2 * AUDIT_RECORD_BYTES + 32)
     assert (records, remaining, dropped) == (2, 1, 0)
-    assert [record.sequence for record in decoded] == [0, 1]
+    assert [record.sequence for record in decoded] == [1, 2]  # sequence 0: the boot policy record (drained by load)
     records, remaining, _dropped, decoded = drain(driver)
-    assert (records, remaining, [record.sequence for record in decoded]) == (1, 0, [2])
+    assert (records, remaining, [record.sequence for record in decoded]) == (1, 0, [3])
 
 
 def test_after_an_overflow_drain_reports_dropped_and_remaining(kernel, blob):
@@ -663,13 +679,13 @@ def test_after_an_overflow_drain_reports_dropped_and_remaining(kernel, blob):
     records, remaining, dropped, rest = drain(kernel)
     assert (records, remaining, dropped) == (1, 0, 6)
     decoded += rest
-    assert [record.sequence for record in decoded] == [6, 7, 8, 9]
+    assert [record.sequence for record in decoded] == [7, 8, 9, 10]  # sequence 0: the boot policy record (drained by load)
     assert [record.originator_process_id for record in decoded] == requesters[-4:]
     assert all(record.desired_access == 0 and record.mode == "enforce" for record in decoded)
     # Draining made room: new records are kept again, numbering goes on.
     open_process(kernel, AGENT, PROCESS_TERMINATE, ATTACKER)
     records, remaining, dropped, decoded = drain(kernel)
-    assert (records, remaining, dropped, decoded[0].sequence) == (1, 0, 6, 10)
+    assert (records, remaining, dropped, decoded[0].sequence) == (1, 0, 6, 11)
 
 
 def test_records_added_between_drains_each_appear_exactly_once_in_sequence_order(driver):
@@ -692,7 +708,7 @@ def test_records_added_between_drains_each_appear_exactly_once_in_sequence_order
         drained += decoded
         if remaining == 0:
             break
-    assert [record.sequence for record in drained] == list(range(len(expected)))
+    assert [record.sequence for record in drained] == list(range(1, len(expected) + 1))  # after the boot record
     assert [record.originator_process_id for record in drained] == expected
 
 

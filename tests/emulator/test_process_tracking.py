@@ -161,8 +161,8 @@ def test_an_overflowing_audit_ring_drops_the_oldest_and_keeps_the_newest(kernel,
     for requester in requesters:
         assert terminate(kernel, AGENT, requester=requester) == 0
     records = kernel.drain_audit_records()
-    # Sequences are consecutive from 0: the first one kept, 6, says that 6
-    # were dropped (test_control_plane checks the `dropped` count itself).
-    assert [record.sequence for record in records] == [6, 7, 8, 9]
+    # Sequences are consecutive from 1 (0 is the boot policy record, drained
+    # at load): the first one kept, 7, says that 6 were dropped (test_control_plane checks the `dropped` count itself).
+    assert [record.sequence for record in records] == [7, 8, 9, 10]  # sequence 0: the boot policy record (drained by load)
     assert [record.originator_process_id for record in records] == requesters[-4:], "newest intact"
     assert all(record.desired_access == 0 and record.mode == "enforce" for record in records)

@@ -99,7 +99,12 @@ def test_unload_unregisters_callbacks_then_the_notify_routine_then_frees(kernel,
     delete_device = kinds.index("WdfObjectDelete")
     unregister = kinds.index("ObUnRegisterCallbacks")
     remove_notify = kernel.events.index(("PsSetCreateProcessNotifyRoutineEx", 1))
-    frees = [index for index, kind in enumerate(kinds) if kind == "ExFreePoolWithTag"]
+    # Before all that (issue 13): the registry callback, then its work item
+    # (PITFALLS item 10); the watch's context is freed right after.
+    registry_unregister = kinds.index("CmUnRegisterCallback")
+    flush = kinds.index("WdfWorkItemFlush")
+    assert registry_unregister < flush < delete_device, kinds
+    frees = [index for index, kind in enumerate(kinds) if kind == "ExFreePoolWithTag" and index > delete_device]
     assert frees, "unload frees the state"
     assert delete_device < unregister < remove_notify < min(frees), kinds
     assert kernel.devices == {}
@@ -108,6 +113,7 @@ def test_unload_unregisters_callbacks_then_the_notify_routine_then_frees(kernel,
         "ObUnRegisterCallbacks", "PsSetCreateProcessNotifyRoutineEx", "ExFreePoolWithTag",
         "KeEnterCriticalRegion", "ExAcquireResourceExclusiveLite", "ExReleaseResourceLite",
         "KeLeaveCriticalRegion", "ExDeleteResourceLite", "WdfObjectDelete",
+        "CmUnRegisterCallback", "WdfWorkItemFlush",
     }, kinds
     assert kernel.events[0][1] == WDFDRIVER_HANDLE
     assert len(kernel.wdf_unbinds) == 1

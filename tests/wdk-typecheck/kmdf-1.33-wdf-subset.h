@@ -17,6 +17,7 @@ DECLARE_HANDLE(WDFDEVICE);
 DECLARE_HANDLE(WDFQUEUE);
 DECLARE_HANDLE(WDFREQUEST);
 DECLARE_HANDLE(WDFFILEOBJECT);
+DECLARE_HANDLE(WDFWORKITEM);
 typedef struct WDFDEVICE_INIT *PWDFDEVICE_INIT;
 
 typedef enum _WDF_TRI_STATE {
@@ -60,6 +61,9 @@ typedef enum _WDFFUNCENUM {
     WdfIoQueueRetrieveRequestByFileObjectTableIndex = 159,
     WdfRequestGetFileObjectTableIndex = 277,
     WdfRequestForwardToIoQueueTableIndex = 281,
+    WdfWorkItemCreateTableIndex = 379,
+    WdfWorkItemEnqueueTableIndex = 380,
+    WdfWorkItemFlushTableIndex = 382,
     WdfFunctionTableNumEntries = 458,
 } WDFFUNCENUM;
 extern ULONG WdfFunctionCount;
@@ -268,5 +272,23 @@ typedef NTSTATUS (NTAPI *PFN_WDFREQUESTRETRIEVEOUTPUTBUFFER)(
 typedef VOID (NTAPI *PFN_WDFREQUESTCOMPLETEWITHINFORMATION)(
     PWDF_DRIVER_GLOBALS DriverGlobals, WDFREQUEST Request, NTSTATUS Status,
     ULONG_PTR Information);
+
+/* wdfworkitem.h */
+typedef VOID EVT_WDF_WORKITEM(WDFWORKITEM WorkItem);
+typedef EVT_WDF_WORKITEM *PFN_WDF_WORKITEM;
+
+typedef struct _WDF_WORKITEM_CONFIG {
+    ULONG Size;
+    PFN_WDF_WORKITEM EvtWorkItemFunc;
+    BOOLEAN AutomaticSerialization;
+} WDF_WORKITEM_CONFIG, *PWDF_WORKITEM_CONFIG;
+
+typedef NTSTATUS (NTAPI *PFN_WDFWORKITEMCREATE)(
+    PWDF_DRIVER_GLOBALS DriverGlobals, PWDF_WORKITEM_CONFIG Config,
+    PWDF_OBJECT_ATTRIBUTES Attributes, WDFWORKITEM *WorkItem);
+typedef VOID (NTAPI *PFN_WDFWORKITEMENQUEUE)(
+    PWDF_DRIVER_GLOBALS DriverGlobals, WDFWORKITEM WorkItem);
+typedef VOID (NTAPI *PFN_WDFWORKITEMFLUSH)(
+    PWDF_DRIVER_GLOBALS DriverGlobals, WDFWORKITEM WorkItem);
 
 #endif

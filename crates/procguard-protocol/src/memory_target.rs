@@ -3,7 +3,9 @@
 //! device, so user-mode tests talk to the same dispatcher the driver runs.
 //!
 //! It accepts any non-empty blob that starts with `PGPB` (the policy
-//! engine's magic) as valid; the driver validates blobs completely.
+//! engine's magic) as valid; the driver validates blobs completely. Like
+//! the driver, it counts applied and refused policies in
+//! `Status.policy_updates` (source: control).
 
 extern crate alloc;
 
@@ -51,14 +53,22 @@ impl ControlTarget for MemoryTarget {
     }
 
     fn set_policy(&self, blob: &[u8], persist: bool) -> Result<(), i32> {
+        let mut state = self.state.borrow_mut();
         if blob.len() < 4 || &blob[..4] != b"PGPB" {
+            // Counted as the driver counts a refusal (not a mutation: the
+            // policy in force is unchanged).
+            let updates = &mut state.status.policy_updates;
+            updates.rejected = updates.rejected.wrapping_add(1);
+            updates.last_rejected_status = STATUS_INVALID_PARAMETER;
             return Err(STATUS_INVALID_PARAMETER);
         }
-        let mut state = self.state.borrow_mut();
         if persist {
             state.persisted = Some(blob.to_vec());
         }
         state.policy = blob.to_vec();
+        let updates = &mut state.status.policy_updates;
+        updates.applied = updates.applied.wrapping_add(1);
+        updates.source = Some(crate::PolicySource::Control);
         state.mutations += 1;
         Ok(())
     }
@@ -121,5 +131,33 @@ impl ControlTarget for MemoryTarget {
             out[at + 8..at + 16].copy_from_slice(&strips.to_le_bytes());
         }
         Some(needed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ioctl::PolicyUpdates;
+
+    #[test]
+    fn set_policy_counts_applied_and_refused_policies() {
+        let target = MemoryTarget::default();
+        assert_eq!(target.status().policy_updates, PolicyUpdates::default());
+        assert_eq!(target.set_policy(b"PGPB-one", false), Ok(()));
+        assert_eq!(
+            target.set_policy(b"XXXX", true),
+            Err(STATUS_INVALID_PARAMETER)
+        );
+        assert_eq!(target.set_policy(b"PGPB-two", true), Ok(()));
+        assert_eq!(
+            target.status().policy_updates,
+            PolicyUpdates {
+                applied: 2,
+                rejected: 1,
+                last_rejected_status: STATUS_INVALID_PARAMETER,
+                source: Some(crate::PolicySource::Control),
+            }
+        );
+        assert_eq!(target.state.borrow().mutations, 2);
     }
 }

@@ -47,6 +47,11 @@ pub struct ControlDevice {
 }
 
 impl ControlDevice {
+    /// The framework device (the parent of the registry work item).
+    pub const fn handle(&self) -> WDFDEVICE {
+        self.device
+    }
+
     /// Creates the device, its symbolic link and its queue.
     ///
     /// # Errors

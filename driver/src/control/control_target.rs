@@ -3,20 +3,16 @@
 //! host-tested and fuzzed) checks every buffer; this module does the work.
 //! IOCTLs run at PASSIVE_LEVEL (the control device asks for it).
 
-use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 
-use procguard_policy::CompiledPolicy;
-use procguard_protocol::dispatch::{ControlTarget, STATUS_INVALID_PARAMETER};
+use procguard_protocol::dispatch::ControlTarget;
 use procguard_protocol::ioctl::{
     Counters, PolicyHeader, RuleCountersResponse, Status, PROTOCOL_VERSION,
 };
 use procguard_protocol::AUDIT_RECORD_BYTES;
 
-use crate::control::parameters;
+use crate::control::policy_apply;
 use crate::driver_state::DriverState;
-use crate::ffi::STATUS_INSUFFICIENT_RESOURCES;
-use crate::platform::trace;
 
 /// `major << 16 | minor << 8 | patch` of this crate's version.
 const fn driver_version() -> u32 {
@@ -57,6 +53,7 @@ impl ControlTarget for DriverState {
                 events_pending: self.ring.pending(),
             },
             ask: self.ask.status(),
+            policy_updates: self.policy_updates.snapshot(),
             ..Status::default()
         };
         if let Some(generation) = self.active.read() {
@@ -82,46 +79,7 @@ impl ControlTarget for DriverState {
     }
 
     fn set_policy(&self, blob: &[u8], persist: bool) -> Result<(), i32> {
-        // Validate and compile completely before anything changes.
-        let policy = match CompiledPolicy::from_blob(blob) {
-            Ok(policy) => policy,
-            Err(procguard_policy::DecodeError::OutOfMemory) => {
-                return Err(STATUS_INSUFFICIENT_RESOURCES)
-            }
-            Err(error) => {
-                trace::error(format_args!("policy rejected: {error}"));
-                return Err(STATUS_INVALID_PARAMETER);
-            }
-        };
-        let mut owned = Vec::new();
-        owned
-            .try_reserve_exact(blob.len())
-            .map_err(|_| STATUS_INSUFFICIENT_RESOURCES)?;
-        owned.extend_from_slice(blob);
-        let mut writer = self.writer();
-        if persist {
-            // Persist first: if the registry write fails, nothing changed.
-            parameters::persist_policy(&self.service_key_path, blob).inspect_err(|&status| {
-                trace::error(format_args!(
-                    "writing Parameters\\Policy failed with {}",
-                    trace::Status(status)
-                ));
-                self.note_error(status);
-            })?;
-        }
-        let rules = policy.rule_count();
-        match self.install_policy(&mut writer, policy, owned) {
-            Ok(tracked) => {
-                trace::info(format_args!(
-                    "new policy of {rules} rule(s) in force; {tracked} process(es) classified"
-                ));
-                Ok(())
-            }
-            Err(_) => {
-                self.note_error(STATUS_INSUFFICIENT_RESOURCES);
-                Err(STATUS_INSUFFICIENT_RESOURCES)
-            }
-        }
+        policy_apply::apply_policy(self, blob, policy_apply::Origin::caller(), persist).map(|_| ())
     }
 
     fn policy_header(&self) -> PolicyHeader {

@@ -15,8 +15,8 @@ use crate::ffi::{
     ntddk, _KEY_VALUE_INFORMATION_CLASS, HANDLE, KEY_READ, KEY_WRITE, NTSTATUS, OBJECT_ATTRIBUTES,
     OBJ_CASE_INSENSITIVE, OBJ_KERNEL_HANDLE, PCUNICODE_STRING, REG_BINARY, REG_DWORD,
     REG_OPTION_NON_VOLATILE, REG_SZ, STATUS_BUFFER_OVERFLOW, STATUS_BUFFER_TOO_SMALL,
-    STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_PARAMETER, STATUS_OBJECT_NAME_NOT_FOUND,
-    UNICODE_STRING,
+    STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_BUFFER_SIZE, STATUS_INVALID_PARAMETER,
+    STATUS_OBJECT_NAME_NOT_FOUND, STATUS_OBJECT_TYPE_MISMATCH, UNICODE_STRING,
 };
 use crate::platform::trace;
 use crate::platform::wide_string::{unicode_string, utf16};
@@ -245,6 +245,40 @@ pub fn persist_policy(service_key_path: &[u16], blob: &[u8]) -> Result<(), NTSTA
     } else {
         Ok(())
     }
+}
+
+/// The status a policy refused for `problem` is reported with (status
+/// `last_rejected_status`, policy-rejected records).
+#[must_use]
+pub const fn problem_status(problem: ValueProblem) -> NTSTATUS {
+    match problem {
+        ValueProblem::WrongType(_) => STATUS_OBJECT_TYPE_MISMATCH,
+        ValueProblem::BadSize(_) => STATUS_INVALID_BUFFER_SIZE,
+        ValueProblem::ReadFailed(status) => status,
+        ValueProblem::Altitude(_) => STATUS_INVALID_PARAMETER,
+    }
+}
+
+/// Reads `<service key>\Parameters\Policy` again (after a change the
+/// registry callback saw): the blob, empty when the key or the value is
+/// absent (deleted: no rules). PASSIVE_LEVEL.
+///
+/// # Errors
+/// The value's [`ValueProblem`]: wrong type, oversize, or a failed read.
+pub fn read_policy(service_key_path: &[u16]) -> Result<Vec<u8>, ValueProblem> {
+    if service_key_path.len() > 0x7FFF {
+        return Err(ValueProblem::ReadFailed(STATUS_INVALID_PARAMETER));
+    }
+    let parameters = Key::open(None, &unicode_string(service_key_path))
+        .and_then(|service| Key::open(Some(&service), &unicode_string(&PARAMETERS_KEY)));
+    let key = match parameters {
+        Ok(key) => key,
+        Err(STATUS_OBJECT_NAME_NOT_FOUND) => return Ok(Vec::new()),
+        Err(status) => return Err(ValueProblem::ReadFailed(status)),
+    };
+    read_value(&key, &POLICY_VALUE)
+        .and_then(parse_policy)
+        .map(Option::unwrap_or_default)
 }
 
 /// Reads one value: `Ok(None)` when absent.

@@ -12,6 +12,7 @@ extern crate std;
 
 use super::types::*;
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::boxed::Box;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
 use std::string::String;
@@ -93,8 +94,10 @@ pub struct HostKernel {
     pub irql: u8,
     /// KeAcquireSpinLockRaiseToDpc calls (DISPATCH_LEVEL scopes entered).
     pub dispatch_scopes: u64,
-    /// The writer lock (an ERESOURCE) is held.
+    /// The writer lock (an ERESOURCE) is held: any resource is.
     pub mutex_held: bool,
+    /// The resources held (by address), in the order acquired.
+    pub held_resources: Vec<usize>,
     pub mutex_acquisitions: u64,
     /// Open critical regions (KeEnterCriticalRegion minus KeLeaveCriticalRegion).
     pub critical_regions: u32,
@@ -124,7 +127,41 @@ pub struct HostKernel {
     pub manual_queues: Vec<usize>,
     /// The file-object configuration WdfDeviceInitSetFileObjectConfig got.
     pub file_object_config: Option<WDF_FILEOBJECT_CONFIG>,
+    /// The registry callback (CmRegisterCallbackEx), while registered.
+    pub registry_callback: Option<RegistryCallbackRecord>,
+    /// Fails CmRegisterCallbackEx with this status when set.
+    pub registry_callback_result: Option<NTSTATUS>,
+    /// Cookies CmUnRegisterCallback received.
+    pub registry_unregistered: Vec<i64>,
+    /// Key objects' full names (CmCallbackGetKeyObjectID).
+    pub key_names: BTreeMap<usize, String>,
+    /// Work items created (WdfWorkItemCreate), in order.
+    pub work_items: Vec<WorkItemRecord>,
+    /// WdfWorkItemEnqueue calls.
+    pub work_item_enqueues: u64,
 }
+
+/// A registered registry callback.
+#[derive(Debug, Clone)]
+pub struct RegistryCallbackRecord {
+    pub function: usize,
+    pub context: usize,
+    pub altitude: String,
+    pub driver: usize,
+    pub cookie: i64,
+}
+
+/// A WDF work item.
+#[derive(Debug, Clone)]
+pub struct WorkItemRecord {
+    pub callback: usize,
+    pub parent: usize,
+    pub queued: bool,
+    pub flushes: u32,
+}
+
+/// The first work item's handle.
+pub const FAKE_WORK_ITEM: usize = 0x3017_0000;
 
 /// What the driver did to create its control device.
 #[derive(Debug, Default, Clone)]
@@ -604,20 +641,26 @@ pub unsafe extern "C" fn ExInitializeResourceLite(_Resource: PERESOURCE) -> NTST
     STATUS_SUCCESS
 }
 
-pub unsafe extern "C" fn ExDeleteResourceLite(_Resource: PERESOURCE) -> NTSTATUS {
+pub unsafe extern "C" fn ExDeleteResourceLite(Resource: PERESOURCE) -> NTSTATUS {
     with_host(|host| {
-        assert!(!host.mutex_held, "resource deleted while held");
+        assert!(
+            !host.held_resources.contains(&(Resource as usize)),
+            "resource deleted while held"
+        );
         host.live_resources -= 1;
     });
     STATUS_SUCCESS
 }
 
 pub unsafe extern "C" fn ExAcquireResourceExclusiveLite(
-    _Resource: PERESOURCE,
+    Resource: PERESOURCE,
     Wait: BOOLEAN,
 ) -> BOOLEAN {
     with_host(|host| {
-        assert!(!host.mutex_held, "writer lock acquired recursively");
+        assert!(
+            !host.held_resources.contains(&(Resource as usize)),
+            "writer lock acquired recursively"
+        );
         assert!(Wait != 0, "the writers always wait");
         assert!(
             host.irql <= APC_LEVEL as u8,
@@ -627,16 +670,22 @@ pub unsafe extern "C" fn ExAcquireResourceExclusiveLite(
             host.critical_regions > 0 || host.irql == APC_LEVEL as u8,
             "resource acquired with normal kernel APCs enabled"
         );
+        host.held_resources.push(Resource as usize);
         host.mutex_held = true;
         host.mutex_acquisitions += 1;
     });
     1
 }
 
-pub unsafe extern "C" fn ExReleaseResourceLite(_Resource: PERESOURCE) {
+pub unsafe extern "C" fn ExReleaseResourceLite(Resource: PERESOURCE) {
     with_host(|host| {
-        assert!(host.mutex_held, "resource released while not held");
-        host.mutex_held = false;
+        let held = host
+            .held_resources
+            .iter()
+            .position(|&held| held == Resource as usize)
+            .expect("resource released while not held");
+        host.held_resources.remove(held);
+        host.mutex_held = !host.held_resources.is_empty();
     });
 }
 
@@ -878,7 +927,8 @@ pub unsafe extern "C" fn ZwSetValueKey(
 }
 
 const FAKE_DEVICE_INIT: usize = 0xD1D1;
-const FAKE_DEVICE: usize = 0xDE71;
+/// The control device's handle.
+pub const FAKE_DEVICE: usize = 0xDE71;
 const FAKE_QUEUE: usize = 0x0E0E;
 /// The fake request handle tests pass to EvtIoDeviceControl.
 pub const FAKE_REQUEST: usize = 0x7E07;
@@ -1294,6 +1344,181 @@ pub unsafe fn WdfDriverCreate(
         }
         host.wdf_driver_create_result
     })
+}
+
+/// `CmRegisterCallbackEx`: records the callback (one at a time).
+///
+/// # Safety
+/// Valid altitude and cookie pointers.
+pub unsafe extern "C" fn CmRegisterCallbackEx(
+    Function: PEX_CALLBACK_FUNCTION,
+    Altitude: PCUNICODE_STRING,
+    Driver: PVOID,
+    Context: PVOID,
+    Cookie: PLARGE_INTEGER,
+    Reserved: PVOID,
+) -> NTSTATUS {
+    assert!(Reserved.is_null(), "Reserved must be NULL");
+    if let Some(status) = with_host(|host| host.registry_callback_result) {
+        return status;
+    }
+    // SAFETY: valid string from the driver.
+    let altitude = unsafe { unicode_to_string(Altitude) };
+    let function = Function.expect("a callback") as usize;
+    with_host(|host| {
+        assert!(host.registry_callback.is_none(), "one registry callback");
+        host.registry_callback = Some(RegistryCallbackRecord {
+            function,
+            context: Context as usize,
+            altitude,
+            driver: Driver as usize,
+            cookie: 0x00C0_FFEE,
+        });
+    });
+    // SAFETY: a writable LARGE_INTEGER.
+    unsafe {
+        Cookie.write(LARGE_INTEGER {
+            QuadPart: 0x00C0_FFEE,
+        })
+    };
+    STATUS_SUCCESS
+}
+
+/// `CmUnRegisterCallback`.
+///
+/// # Safety
+/// None beyond the kernel's.
+pub unsafe extern "C" fn CmUnRegisterCallback(Cookie: LARGE_INTEGER) -> NTSTATUS {
+    // SAFETY: every LARGE_INTEGER has a QuadPart.
+    let cookie = unsafe { Cookie.QuadPart };
+    with_host(|host| {
+        let registered = host.registry_callback.take().expect("registered");
+        assert_eq!(registered.cookie, cookie, "the cookie of the registration");
+        host.registry_unregistered.push(cookie);
+    });
+    STATUS_SUCCESS
+}
+
+/// `CmCallbackGetKeyObjectID`: the name from `key_names` (the system owns it).
+///
+/// # Safety
+/// Valid out pointers.
+pub unsafe extern "C" fn CmCallbackGetKeyObjectID(
+    Cookie: PLARGE_INTEGER,
+    Object: PVOID,
+    ObjectID: *mut ULONG_PTR,
+    ObjectName: *mut PCUNICODE_STRING,
+) -> NTSTATUS {
+    // SAFETY: the driver's cookie.
+    let cookie = unsafe { Cookie.read() };
+    // SAFETY: every LARGE_INTEGER has a QuadPart.
+    assert_eq!(unsafe { cookie.QuadPart }, 0x00C0_FFEE, "our cookie");
+    let Some(name) = with_host(|host| host.key_names.get(&(Object as usize)).cloned()) else {
+        return STATUS_NOT_FOUND;
+    };
+    // Leaked: the system's name outlives the callback (a test's few bytes).
+    let units: &'static mut [u16] =
+        Box::leak(name.encode_utf16().collect::<Vec<_>>().into_boxed_slice());
+    let string: &'static UNICODE_STRING = Box::leak(Box::new(UNICODE_STRING {
+        Length: (units.len() * 2) as u16,
+        MaximumLength: (units.len() * 2) as u16,
+        Buffer: units.as_mut_ptr(),
+    }));
+    if !ObjectID.is_null() {
+        // SAFETY: writable when given.
+        unsafe { *ObjectID = Object as ULONG_PTR };
+    }
+    if !ObjectName.is_null() {
+        // SAFETY: writable when given.
+        unsafe { *ObjectName = string };
+    }
+    STATUS_SUCCESS
+}
+
+/// `WdfWorkItemCreate`.
+///
+/// # Safety
+/// Valid config, attributes and out pointer.
+pub unsafe fn WdfWorkItemCreate(
+    Config: PWDF_WORKITEM_CONFIG,
+    Attributes: PWDF_OBJECT_ATTRIBUTES,
+    WorkItem: *mut WDFWORKITEM,
+) -> NTSTATUS {
+    // SAFETY: a valid pointer from the driver.
+    let config = unsafe { Config.read() };
+    // SAFETY: a valid pointer from the driver.
+    let attributes = unsafe { Attributes.read() };
+    assert_eq!(
+        config.Size as usize,
+        core::mem::size_of::<WDF_WORKITEM_CONFIG>()
+    );
+    assert_eq!(
+        attributes.Size as usize,
+        core::mem::size_of::<WDF_OBJECT_ATTRIBUTES>()
+    );
+    assert!(
+        !attributes.ParentObject.is_null(),
+        "a work item needs a parent"
+    );
+    let handle = with_host(|host| {
+        host.work_items.push(WorkItemRecord {
+            callback: config.EvtWorkItemFunc.expect("a callback") as usize,
+            parent: attributes.ParentObject as usize,
+            queued: false,
+            flushes: 0,
+        });
+        FAKE_WORK_ITEM + host.work_items.len() - 1
+    });
+    // SAFETY: writable out pointer.
+    unsafe { *WorkItem = handle as WDFWORKITEM };
+    STATUS_SUCCESS
+}
+
+/// `WdfWorkItemEnqueue`: queued once until it runs.
+///
+/// # Safety
+/// A work item handle.
+pub unsafe fn WdfWorkItemEnqueue(WorkItem: WDFWORKITEM) {
+    with_host(|host| {
+        host.work_item_enqueues += 1;
+        let index = WorkItem as usize - FAKE_WORK_ITEM;
+        host.work_items[index].queued = true;
+    });
+}
+
+/// Runs every queued work item (as the system's worker thread would).
+pub fn run_work_items() -> usize {
+    let mut ran = 0;
+    loop {
+        let next = with_host(|host| {
+            host.work_items
+                .iter_mut()
+                .enumerate()
+                .find(|(_, item)| item.queued)
+                .map(|(index, item)| {
+                    item.queued = false;
+                    (index, item.callback)
+                })
+        });
+        let Some((index, callback)) = next else {
+            return ran;
+        };
+        // SAFETY: the driver's EvtWorkItem, with its handle.
+        let callback: unsafe extern "C" fn(WDFWORKITEM) = unsafe { core::mem::transmute(callback) };
+        // SAFETY: as the framework calls it.
+        unsafe { callback((FAKE_WORK_ITEM + index) as WDFWORKITEM) };
+        ran += 1;
+    }
+}
+
+/// `WdfWorkItemFlush`: runs the item if queued, then returns.
+///
+/// # Safety
+/// A work item handle.
+pub unsafe fn WdfWorkItemFlush(WorkItem: WDFWORKITEM) {
+    let index = WorkItem as usize - FAKE_WORK_ITEM;
+    with_host(|host| host.work_items[index].flushes += 1);
+    run_work_items();
 }
 
 /// The heap of host tests: the system allocator, counting the allocations

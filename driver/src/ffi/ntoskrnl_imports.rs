@@ -53,6 +53,21 @@ extern "C" {
         Data: PVOID,
         DataSize: ULONG,
     ) -> NTSTATUS;
+    pub fn CmRegisterCallbackEx(
+        Function: PEX_CALLBACK_FUNCTION,
+        Altitude: PCUNICODE_STRING,
+        Driver: PVOID,
+        Context: PVOID,
+        Cookie: PLARGE_INTEGER,
+        Reserved: PVOID,
+    ) -> NTSTATUS;
+    pub fn CmUnRegisterCallback(Cookie: LARGE_INTEGER) -> NTSTATUS;
+    pub fn CmCallbackGetKeyObjectID(
+        Cookie: PLARGE_INTEGER,
+        Object: PVOID,
+        ObjectID: *mut ULONG_PTR,
+        ObjectName: *mut PCUNICODE_STRING,
+    ) -> NTSTATUS;
     pub fn DbgPrintEx(ComponentId: ULONG, Level: ULONG, Format: PCSTR, ...) -> ULONG;
     pub fn KeBugCheckEx(
         BugCheckCode: ULONG,

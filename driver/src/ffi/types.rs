@@ -361,6 +361,77 @@ pub struct WDFFILEOBJECT__ {
     _opaque: [u8; 0],
 }
 pub type WDFFILEOBJECT = *mut WDFFILEOBJECT__;
+#[repr(C)]
+pub struct WDFWORKITEM__ {
+    _opaque: [u8; 0],
+}
+pub type WDFWORKITEM = *mut WDFWORKITEM__;
+/// `EVT_WDF_WORKITEM`: runs at PASSIVE_LEVEL in a system thread.
+pub type PFN_WDF_WORKITEM = Option<unsafe extern "C" fn(WorkItem: WDFWORKITEM)>;
+/// `WDF_WORKITEM_CONFIG` (wdfworkitem.h), 24 bytes on x64.
+#[repr(C)]
+#[derive(Debug, Copy, Clone, Default)]
+pub struct _WDF_WORKITEM_CONFIG {
+    pub Size: ULONG,
+    pub EvtWorkItemFunc: PFN_WDF_WORKITEM,
+    pub AutomaticSerialization: BOOLEAN,
+}
+pub type WDF_WORKITEM_CONFIG = _WDF_WORKITEM_CONFIG;
+pub type PWDF_WORKITEM_CONFIG = *mut WDF_WORKITEM_CONFIG;
+
+/// `EX_CALLBACK_FUNCTION` (wdm.h): a registry callback.
+pub type PEX_CALLBACK_FUNCTION = Option<
+    unsafe extern "C" fn(CallbackContext: PVOID, Argument1: PVOID, Argument2: PVOID) -> NTSTATUS,
+>;
+/// `REG_POST_OPERATION_INFORMATION` (wdm.h): a post-notification's Argument2.
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct _REG_POST_OPERATION_INFORMATION {
+    pub Object: PVOID,
+    pub Status: NTSTATUS,
+    pub PreInformation: PVOID,
+    pub ReturnStatus: NTSTATUS,
+    pub CallContext: PVOID,
+    pub ObjectContext: PVOID,
+    pub Reserved: PVOID,
+}
+pub type REG_POST_OPERATION_INFORMATION = _REG_POST_OPERATION_INFORMATION;
+pub type PREG_POST_OPERATION_INFORMATION = *mut REG_POST_OPERATION_INFORMATION;
+/// `REG_SET_VALUE_KEY_INFORMATION` (wdm.h).
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct _REG_SET_VALUE_KEY_INFORMATION {
+    pub Object: PVOID,
+    pub ValueName: PUNICODE_STRING,
+    pub TitleIndex: ULONG,
+    pub Type: ULONG,
+    pub Data: PVOID,
+    pub DataSize: ULONG,
+    pub CallContext: PVOID,
+    pub ObjectContext: PVOID,
+    pub Reserved: PVOID,
+}
+pub type REG_SET_VALUE_KEY_INFORMATION = _REG_SET_VALUE_KEY_INFORMATION;
+pub type PREG_SET_VALUE_KEY_INFORMATION = *mut REG_SET_VALUE_KEY_INFORMATION;
+/// `REG_DELETE_VALUE_KEY_INFORMATION` (wdm.h).
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct _REG_DELETE_VALUE_KEY_INFORMATION {
+    pub Object: PVOID,
+    pub ValueName: PUNICODE_STRING,
+    pub CallContext: PVOID,
+    pub ObjectContext: PVOID,
+    pub Reserved: PVOID,
+}
+pub type REG_DELETE_VALUE_KEY_INFORMATION = _REG_DELETE_VALUE_KEY_INFORMATION;
+pub type PREG_DELETE_VALUE_KEY_INFORMATION = *mut REG_DELETE_VALUE_KEY_INFORMATION;
+// x64 sizes (wdm.h, wdfworkitem.h), as the emulator harness builds them.
+const _: () = assert!(core::mem::size_of::<WDF_WORKITEM_CONFIG>() == 24);
+const _: () = assert!(core::mem::size_of::<REG_SET_VALUE_KEY_INFORMATION>() == 64);
+const _: () = assert!(core::mem::size_of::<REG_DELETE_VALUE_KEY_INFORMATION>() == 40);
+const _: () = assert!(core::mem::size_of::<REG_POST_OPERATION_INFORMATION>() == 56);
+const _: () = assert!(core::mem::offset_of!(REG_POST_OPERATION_INFORMATION, PreInformation) == 16);
+const _: () = assert!(core::mem::offset_of!(REG_SET_VALUE_KEY_INFORMATION, DataSize) == 32);
 pub type ULONG_PTR = u64;
 
 pub type PFN_WDF_IO_QUEUE_IO_DEFAULT =
@@ -631,6 +702,10 @@ pub const STATUS_ACCESS_DENIED: NTSTATUS = 0xC000_0022_u32 as i32;
 pub const STATUS_BUFFER_TOO_SMALL: NTSTATUS = 0xC000_0023_u32 as i32;
 pub const STATUS_OBJECT_NAME_NOT_FOUND: NTSTATUS = 0xC000_0034_u32 as i32;
 pub const STATUS_INSUFFICIENT_RESOURCES: NTSTATUS = 0xC000_009A_u32 as i32;
+/// A registry value of the wrong type (`Parameters\\Policy` not `REG_BINARY`).
+pub const STATUS_OBJECT_TYPE_MISMATCH: NTSTATUS = 0xC000_0024_u32 as i32;
+/// A registry value of an unusable size (larger than the driver reads).
+pub const STATUS_INVALID_BUFFER_SIZE: NTSTATUS = 0xC000_0206_u32 as i32;
 pub const STATUS_NAME_TOO_LONG: NTSTATUS = 0xC000_0106_u32 as i32;
 pub const STATUS_BUFFER_OVERFLOW: NTSTATUS = 0x8000_0005_u32 as i32;
 pub const STATUS_INFO_LENGTH_MISMATCH: NTSTATUS = 0xC000_0004_u32 as i32;

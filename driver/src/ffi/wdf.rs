@@ -45,6 +45,9 @@ pub mod _WDFFUNCENUM {
     pub const WdfRequestRetrieveOutputBufferTableIndex: Type = 270;
     pub const WdfRequestGetFileObjectTableIndex: Type = 277;
     pub const WdfRequestForwardToIoQueueTableIndex: Type = 281;
+    pub const WdfWorkItemCreateTableIndex: Type = 379;
+    pub const WdfWorkItemEnqueueTableIndex: Type = 380;
+    pub const WdfWorkItemFlushTableIndex: Type = 382;
     /// `WdfFunctionTableNumEntries` of the bound version (454 for 1.29): the
     /// `FuncCount` of the bind and the bound of every table read.
     pub const WdfFunctionTableNumEntries: Type = super::KMDF_BIND_FUNCTION_COUNT as Type;
@@ -70,6 +73,9 @@ pub mod _WDFFUNCENUM {
             WdfIoQueueRetrieveRequestByFileObjectTableIndex,
             WdfRequestGetFileObjectTableIndex,
             WdfRequestForwardToIoQueueTableIndex,
+            WdfWorkItemCreateTableIndex,
+            WdfWorkItemEnqueueTableIndex,
+            WdfWorkItemFlushTableIndex,
         ];
         let mut i = 0;
         while i < used.len() {
@@ -277,6 +283,13 @@ wdf_functions! {
         Request: WDFREQUEST,
         DestinationQueue: WDFQUEUE
     ) -> NTSTATUS;
+    WdfWorkItemCreate = WdfWorkItemCreateTableIndex(
+        Config: PWDF_WORKITEM_CONFIG,
+        Attributes: PWDF_OBJECT_ATTRIBUTES,
+        WorkItem: *mut WDFWORKITEM
+    ) -> NTSTATUS;
+    WdfWorkItemEnqueue = WdfWorkItemEnqueueTableIndex(WorkItem: WDFWORKITEM) -> ();
+    WdfWorkItemFlush = WdfWorkItemFlushTableIndex(WorkItem: WDFWORKITEM) -> ();
     WdfRequestCompleteWithInformation = WdfRequestCompleteWithInformationTableIndex(
         Request: WDFREQUEST,
         Status: NTSTATUS,
