@@ -23,7 +23,16 @@ from pathlib import Path
 
 import pytest
 
-from test_windows_programs import PREFIX, REPO, WINE, WINESERVER, packaged, run, wine_env
+from test_windows_programs import (
+    PREFIX,
+    REPO,
+    WINE,
+    WINESERVER,
+    install_wine8_shims,
+    packaged,
+    run,
+    wine_env,
+)
 
 import sys
 
@@ -100,6 +109,7 @@ def wine():
         code, out, err = run([str(WINE), "wineboot", "--init"], REPO, env)
         subprocess.run([str(WINESERVER), "--wait"], env=env, capture_output=True, timeout=120)
         assert code == 0 and (PREFIX / "system.reg").exists(), f"wineboot failed ({code}):\n{out}{err}"
+    install_wine8_shims()
     subprocess.run([str(WINESERVER), "--persistent"], env=env, check=True, timeout=60)
 
     def wine_run(args, cwd, debug="-all"):

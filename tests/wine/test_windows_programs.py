@@ -65,6 +65,29 @@ def wine_env():
     return env
 
 
+SHIMS = Path(__file__).resolve().parent / "shims"
+
+
+def install_wine8_shims():
+    """Wine 8 lacks bcryptprimitives.dll (Windows has it from Windows 8 on),
+    from which Rust's std imports ProcessPrng: build the test-only shim of
+    `shims/bcryptprimitives.c` into the prefix's system32 (never shipped)."""
+    system32 = PREFIX / "drive_c" / "windows" / "system32"
+    target = system32 / "bcryptprimitives.dll"
+    source = SHIMS / "bcryptprimitives.c"
+    if target.exists() and target.stat().st_mtime >= source.stat().st_mtime:
+        return
+    compiler = shutil.which("x86_64-w64-mingw32-gcc") or shutil.which("x86_64-w64-mingw32-gcc-win32")
+    assert compiler, "x86_64-w64-mingw32-gcc is missing (apt-get install gcc-mingw-w64-x86-64)"
+    built = subprocess.run(
+        [compiler, "-shared", "-O2", "-s", "-o", str(target), str(source), "-ladvapi32"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert built.returncode == 0, f"building the bcryptprimitives shim failed:\n{built.stderr}"
+
+
 def run(command, cwd, env):
     """Exit code, stdout and stderr of `command`. Output goes through files,
     not pipes: a Wine program may start Wine's background services, which
@@ -97,6 +120,7 @@ def wine():
         subprocess.run([str(WINESERVER), "--wait"], env=env, capture_output=True, timeout=120)
         made = (PREFIX / "system.reg").exists()
         assert code == 0 and made, f"wineboot failed ({code}):\n{out}{err}"
+    install_wine8_shims()
     # One server for the whole session (it would exit 3 s after each program
     # and cost ~3 s to start again, with Wine's services, for the next one).
     subprocess.run([str(WINESERVER), "--persistent"], env=env, check=True, timeout=60)
