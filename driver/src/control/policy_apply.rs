@@ -102,8 +102,18 @@ fn compile(blob: &[u8], source: PolicySource) -> Result<CompiledPolicy, i32> {
     }
 }
 
-/// Appends a policy record to the audit ring and wakes its readers.
-fn append(state: &DriverState, record: &AuditRecord) {
+/// Appends a policy record (`result` of a policy from `origin`; `id` and
+/// `rules` of the policy in force afterwards) to the audit ring and wakes
+/// its readers.
+fn record(state: &DriverState, origin: Origin, result: Result<(), i32>, id: u32, rules: u32) {
+    let record = AuditRecord::policy_event(
+        kernel_sync::system_time(),
+        origin.source,
+        result,
+        id,
+        rules,
+        origin.by,
+    );
     let words = record.to_words();
     state.ring.append(|sequence| {
         let mut words = words;
@@ -143,18 +153,18 @@ pub fn reject(state: &DriverState, origin: Origin, status: i32) -> i32 {
         origin.source.name(),
         trace::Status(status)
     ));
-    append(
-        state,
-        &AuditRecord::policy_event(
-            kernel_sync::system_time(),
-            origin.source,
-            Err(status),
-            id,
-            rules,
-            origin.by,
-        ),
-    );
+    record(state, origin, Err(status), id, rules);
     status
+}
+
+/// Counts a policy put in force from `origin` (`id`, `rules`) and records it.
+fn note_applied(state: &DriverState, origin: Origin, id: u32, rules: u32) {
+    let counters = &state.policy_updates;
+    counters.applied.fetch_add(1, Ordering::Relaxed);
+    counters
+        .source
+        .store(origin.source.code(), Ordering::Relaxed);
+    record(state, origin, Ok(()), id, rules);
 }
 
 /// Counts and records the policy read at start, installed by `DriverEntry`
@@ -166,23 +176,8 @@ pub fn record_boot(state: &DriverState, result: Result<(), i32>) {
         reject(state, origin, status);
         return;
     }
-    let counters = &state.policy_updates;
-    counters.applied.fetch_add(1, Ordering::Relaxed);
-    counters
-        .source
-        .store(PolicySource::Boot.code(), Ordering::Relaxed);
     let (id, rules) = in_force(state);
-    append(
-        state,
-        &AuditRecord::policy_event(
-            kernel_sync::system_time(),
-            PolicySource::Boot,
-            Ok(()),
-            id,
-            rules,
-            origin.by,
-        ),
-    );
+    note_applied(state, origin, id, rules);
 }
 
 /// Validates, compiles and puts `blob` in force (writing it to
@@ -229,27 +224,12 @@ pub fn apply_policy(
     let rules = u32::try_from(policy.rule_count()).unwrap_or(u32::MAX);
     match state.install_policy(&mut writer, policy, owned) {
         Ok(tracked) => {
-            let counters = &state.policy_updates;
-            counters.applied.fetch_add(1, Ordering::Relaxed);
-            counters
-                .source
-                .store(origin.source.code(), Ordering::Relaxed);
             drop(writer);
             trace::info(format_args!(
                 "{} policy {id:#010x} of {rules} rule(s) in force; {tracked} process(es) classified",
                 origin.source.name()
             ));
-            append(
-                state,
-                &AuditRecord::policy_event(
-                    kernel_sync::system_time(),
-                    origin.source,
-                    Ok(()),
-                    id,
-                    rules,
-                    origin.by,
-                ),
-            );
+            note_applied(state, origin, id, rules);
             Ok(Applied::InForce(tracked))
         }
         Err(error) => {

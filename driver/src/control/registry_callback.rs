@@ -7,7 +7,7 @@
 //!   registry. It returns `STATUS_SUCCESS` always (it never blocks or alters
 //!   an operation) and only enqueues the work item (`WdfWorkItemEnqueue`,
 //!   IRQL <= DISPATCH_LEVEL; an item already queued is not queued again).
-//!   The key's name comes from `CmCallbackGetKeyObjectID` (Windows 7+; the
+//!   The key's name comes from `CmCallbackGetKeyObjectID` (Windows Vista+; the
 //!   system owns the name). When it cannot tell (no pre-information, no
 //!   name), it enqueues: a false match only costs a re-read.
 //! - The work item (PASSIVE_LEVEL, a system worker thread, parented to the
